@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh clone: `make demo` and `make test` (each runs `setup` first).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-slow bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch first, pinned: the CPU wheel on local disk (plain `torch` would pull a multi-GB CUDA build).
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/fedpeat demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/fedpeat bench engine
+
+lint: setup
+	$(BIN)/ruff check federation fedpeat_env agents experiments tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -1,0 +1,137 @@
+"""``fedpeat bench engine``: engine overhead and emulator-vs-full-model speed/memory, as ratios from one run.
+
+Speed is measured here, never asserted in unit tests (shared, noisy machines). Every number of a table comes
+from the same process, so the ratios are comparable even when absolute speeds drift.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from rich.table import Table
+
+from federation.adapters import LoraSpec, attach_lora
+from federation.emulator import build_emulator, layer_drop_spec
+from federation.engine import EngineConfig, RoundRunner
+from federation.methods import DeviceDecision, FedPEATConfig
+from federation.system import tensor_bytes
+from federation.training import LocalTrainConfig, lm_loss, train_local
+
+
+@dataclass(frozen=True)
+class MemoryMeasurement:
+    """Bytes of the tensors alive in one training step, measured (not modelled)."""
+
+    weights_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    saved_activation_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.gradient_bytes + self.optimizer_bytes + self.saved_activation_bytes
+
+
+def measure_training_memory(model: torch.nn.Module, batch: torch.Tensor) -> MemoryMeasurement:
+    """One AdamW step on ``batch``; sums the bytes of the tensors autograd saves for backward (via
+    ``saved_tensors_hooks``, storage counted once), the gradients and the optimiser state."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=1e-4)
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = lm_loss(model, batch)
+    loss.backward()
+    optimiser.step()
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    activations = sum(n for ptr, n in storages.items() if ptr not in param_ptrs)
+    state = [t for s in optimiser.state.values() for t in s.values() if torch.is_tensor(t)]
+    unique_params = {p.data_ptr(): p for p in model.parameters()}.values()
+    result = MemoryMeasurement(tensor_bytes(unique_params), tensor_bytes(p.grad for p in params), tensor_bytes(state), activations)
+    optimiser.zero_grad(set_to_none=True)
+    model.eval()
+    return result
+
+
+def _tokens_per_s(model: torch.nn.Module, blocks: torch.Tensor, steps: int, batch_size: int) -> float:
+    config = LocalTrainConfig(steps=steps, batch_size=batch_size)
+    train_local(model, blocks, LocalTrainConfig(steps=2, batch_size=batch_size), seed=1)  # warm-up
+    stats = train_local(model, blocks, config, seed=0)
+    return stats.tokens / stats.wall_time_s
+
+
+def bench_emulator(steps: int = 20, batch_size: int = 8, ratios: tuple[float, ...] = (0.0, 0.5, 0.75)) -> list[dict]:
+    """LoRA training tokens/s and measured memory of emulators vs the full model (ε = 0)."""
+    runner = RoundRunner(EngineConfig(num_devices=1, max_eval_blocks=1))
+    blocks = runner.data.device_blocks[0]
+    lora = LoraSpec()
+    rows = []
+    for ratio in ratios:
+        spec = layer_drop_spec(runner.model.config.n_layer, 1, ratio)
+        torch.manual_seed(0)
+        model = attach_lora(build_emulator(runner.model, spec), spec, lora)
+        memory = measure_training_memory(model, blocks[:batch_size])
+        rows.append({
+            "compression": ratio, "blocks": len(spec.layers), "tokens_per_s": _tokens_per_s(model, blocks, steps, batch_size),
+            "memory_bytes": memory.total_bytes, "activation_bytes": memory.saved_activation_bytes,
+        })
+    full = rows[0]
+    for row in rows:
+        row["layer_ratio"] = full["blocks"] / row["blocks"]
+        row["speedup"] = row["tokens_per_s"] / full["tokens_per_s"]
+        row["memory_saving"] = full["memory_bytes"] / row["memory_bytes"]
+    return rows
+
+
+def bench_engine_overhead(steps: int = 20, batch_size: int = 8, repeats: int = 3) -> dict:
+    """Wall time of one steady-state engine round (1 device, ε = 0.5, no evaluation) vs a bare torch loop
+    doing the same local steps on the same emulator; best of ``repeats`` each, interleaved."""
+    train = LocalTrainConfig(steps=steps, batch_size=batch_size)
+    config = EngineConfig(num_devices=1, max_eval_blocks=1, method_config=FedPEATConfig(train=train))
+    runner = RoundRunner(config)
+    decision = [DeviceDecision(True, 0.5)]
+    runner.run_round(decision, evaluate=False)  # first round: emulator exchange + model build
+    spec = runner.server.device_specs[0]
+    bare = attach_lora(build_emulator(runner.model, spec), spec, LoraSpec())
+    blocks = runner.data.device_blocks[0]
+    engine_s, bare_s = [], []
+    for rep in range(repeats):
+        started = time.perf_counter()
+        runner.run_round(decision, evaluate=False)
+        engine_s.append(time.perf_counter() - started)
+        params = [p for p in bare.parameters() if p.requires_grad]
+        optimiser = torch.optim.AdamW(params, lr=train.lr)
+        generator = torch.Generator().manual_seed(rep)
+        started = time.perf_counter()
+        bare.train()
+        for _ in range(steps):
+            batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
+            loss = bare(input_ids=batch, labels=batch).loss
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+            optimiser.step()
+        bare_s.append(time.perf_counter() - started)
+    return {"engine_round_s": min(engine_s), "bare_loop_s": min(bare_s), "overhead_ratio": min(engine_s) / min(bare_s)}
+
+
+def engine_tables(overhead: dict, emulator_rows: list[dict]) -> tuple[Table, Table]:
+    first = Table(title="Engine overhead (one round, 1 device, ε=0.5, no evaluation)")
+    for column in ("engine round (s)", "bare torch loop (s)", "ratio (target ≤ 1.05)"):
+        first.add_column(column, justify="right")
+    first.add_row(f"{overhead['engine_round_s']:.3f}", f"{overhead['bare_loop_s']:.3f}", f"{overhead['overhead_ratio']:.3f}")
+    second = Table(title="Emulator vs full model (LoRA training, measured tensors)")
+    for column in ("ε", "blocks", "tokens/s", "speed-up", "memory (MB)", "memory saving", "layer-count ratio"):
+        second.add_column(column, justify="right")
+    for row in emulator_rows:
+        second.add_row(f"{row['compression']:.2f}", str(row["blocks"]), f"{row['tokens_per_s']:.0f}", f"{row['speedup']:.2f}×",
+                       f"{row['memory_bytes'] / 1e6:.1f}", f"{row['memory_saving']:.2f}×", f"{row['layer_ratio']:.2f}×")
+    return first, second

@@ -1,0 +1,108 @@
+"""``fedpeat`` command line (typer). Also reachable as ``python -m experiments``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="FedPEAT-Gym: federated emulator-assisted tuning.")
+console = Console()
+
+
+@app.command("build-corpus")
+def build_corpus_cmd() -> None:
+    """Rebuild the committed offline corpus splits from their sources (needs the `corpus` extra)."""
+    from experiments.build_corpus import build_corpus
+
+    console.print(build_corpus())
+
+
+@app.command()
+def pretrain(
+    steps: int = typer.Option(1500, help="Optimiser steps."),
+    seed: int = typer.Option(0, help="Seed of every random draw."),
+    out: Path = typer.Option(None, help="Output directory (default: the embedded checkpoint folder)."),
+) -> None:
+    """Pretrain the embedded tiny GPT-2 (tokenizer + model) on the offline corpus."""
+    from dataclasses import replace
+
+    from experiments.pretrain import PretrainConfig
+    from experiments.pretrain import pretrain as run_pretrain
+    from federation.foundation import EMBEDDED_DIR
+
+    record = run_pretrain(replace(PretrainConfig(), steps=steps, seed=seed), out or EMBEDDED_DIR)
+    console.print_json(json.dumps(record))
+
+
+@app.command()
+def run(
+    method: str = typer.Option("fedpeat", help="Method: fed-ft, fedpetuning, fedpeat."),
+    devices: int = typer.Option(4, help="Number of devices N."),
+    rounds: int = typer.Option(5, help="Federated rounds."),
+    seed: int = typer.Option(0, help="Seed of every random draw."),
+    compression: list[float] = typer.Option([], help="Emulator compression ε: once for all devices, or once per device."),
+    case: int = typer.Option(1, help="FedPEAT frozen-weight case (1, 2 or 3)."),
+    server_fraction: float = typer.Option(0.0, help="Share of data on the server, which then also trains (collaborative)."),
+    local_steps: int = typer.Option(10, help="Local optimiser steps per round."),
+    partition: str = typer.Option("iid", help="Data split: iid or dirichlet."),
+    alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
+    distill_steps: int = typer.Option(0, help="FedPEAT emulator distillation steps (0: none)."),
+    out: Path = typer.Option(None, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
+) -> None:
+    """Run a federated tuning method and print its per-round table."""
+    from dataclasses import replace
+
+    from experiments.run import round_table, run_federated, write_outputs
+    from federation.engine import EngineConfig
+    from federation.methods import FedPEATConfig, make_method
+
+    _quiet_libraries()
+    try:
+        base = make_method(method).train_config  # validates the name; the method's default lr
+        method_config = FedPEATConfig(train=replace(base, steps=local_steps), case=case, distill_steps=distill_steps)
+        config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
+                              partition=partition, dirichlet_alpha=alpha, method_config=method_config)
+        runner, results = run_federated(config, rounds, compression, console)
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    console.print(round_table(runner, results))
+    if out is not None:
+        for path in write_outputs(runner, results, out):
+            console.print(f"wrote {path}")
+
+
+def _quiet_libraries() -> None:
+    """Silence library chatter that says nothing to a user of this tool."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module="peft")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks, printed as ratios measured in one run.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("engine")
+def bench_engine(
+    steps: int = typer.Option(20, help="Local training steps per measurement."),
+    batch_size: int = typer.Option(8, help="Sequences per step."),
+) -> None:
+    """Engine overhead vs a bare torch loop; emulator vs full-model tokens/s and memory at ε = 0.5, 0.75."""
+    from experiments.bench import bench_emulator, bench_engine_overhead, engine_tables
+
+    _quiet_libraries()
+    with console.status("measuring engine overhead"):
+        overhead = bench_engine_overhead(steps, batch_size)
+    with console.status("measuring emulators"):
+        rows = bench_emulator(steps, batch_size)
+    for table in engine_tables(overhead, rows):
+        console.print(table)

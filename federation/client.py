@@ -1,0 +1,94 @@
+"""The device role: holds a sub-model between rounds, trains what is trainable, uploads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GPT2Config
+
+from federation.adapters import LoraSpec, adapter_state, attach_lora, load_adapter_state
+from federation.emulator import SubModelSpec, build_submodel
+from federation.system import MemoryFootprint, count_parameters, training_memory
+from federation.training import LocalTrainConfig, LossFn, train_local
+
+
+@dataclass(frozen=True)
+class ClientJob:
+    """Everything a device needs for one round (what an executor ships to it)."""
+
+    device: int
+    round: int
+    spec: SubModelSpec
+    frozen_payload: dict[str, torch.Tensor] | None
+    """New frozen sub-model weights (an emulator exchange), or None to keep the held ones."""
+    trainable_payload: dict[str, torch.Tensor]
+    """Global adapter (LoRA) or, for full fine-tuning, the trainable weights — full-model keys."""
+    lora: LoraSpec | None
+    """LoRA to train (None: train every weight of the sub-model)."""
+    train: LocalTrainConfig
+    seed: int
+    """Seed of the device's batch sampling this round."""
+    loss_fn: LossFn
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    device: int
+    round: int
+    state: dict[str, torch.Tensor]
+    """Uploaded trainable tensors (full-model keys)."""
+    num_samples: int
+    """Local training blocks (the FedAvg weight)."""
+    train_loss: float
+    tokens: int
+    wall_time_s: float
+    memory: MemoryFootprint
+
+
+class Client:
+    """One device. Long-lived: its frozen sub-model stays in memory until the server sends a new one."""
+
+    def __init__(self, device: int, blocks: torch.Tensor, model_config: GPT2Config) -> None:
+        if len(blocks) == 0:
+            raise ValueError(f"device {device} has no training data")
+        self.device = device
+        self.blocks = blocks
+        self.model_config = model_config
+        self.spec: SubModelSpec | None = None
+        self.frozen: dict[str, torch.Tensor] = {}
+        self._model = None
+        self._model_lora: LoraSpec | None = None
+
+    def run(self, job: ClientJob) -> ClientUpdate:
+        if job.device != self.device:
+            raise ValueError(f"job for device {job.device} sent to device {self.device}")
+        if job.frozen_payload is not None:
+            self.spec, self.frozen, self._model = job.spec, job.frozen_payload, None
+        elif job.spec != self.spec:
+            raise ValueError(f"device {self.device} holds {self.spec} but the job needs {job.spec} without a payload")
+        model = self._prepare_model(job)
+        stats = train_local(model, self.blocks, job.train, job.seed, job.loss_fn)
+        if job.lora is None:
+            state = {job.spec.to_full_key(k): p.detach().clone() for k, p in model.named_parameters()}
+        else:
+            state = adapter_state(model, job.spec)
+        frozen, trainable = count_parameters(model)
+        cfg = self.model_config
+        memory = training_memory(
+            frozen, trainable, batch_size=job.train.batch_size, seq_len=self.blocks.shape[1], d_model=cfg.n_embd,
+            num_blocks=len(job.spec.layers), num_heads=cfg.n_head, vocab_size=cfg.vocab_size,
+        )
+        return ClientUpdate(self.device, job.round, state, len(self.blocks), stats.mean_loss, stats.tokens, stats.wall_time_s, memory)
+
+    def _prepare_model(self, job: ClientJob):
+        if job.lora is None:  # full fine-tuning: the trainable payload is the whole sub-model
+            model = build_submodel(self.model_config, job.spec, {**self.frozen, **job.trainable_payload})
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return model
+        if self._model is None or self._model_lora != job.lora:
+            base = build_submodel(self.model_config, job.spec, self.frozen)
+            self._model, self._model_lora = attach_lora(base, job.spec, job.lora), job.lora
+        load_adapter_state(self._model, job.trainable_payload, job.spec)
+        return self._model

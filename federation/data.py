@@ -1,0 +1,182 @@
+"""Offline corpus, tokenisation into fixed-length blocks, and seeded device partitions.
+
+The corpus is committed under ``federation/assets/corpus/<domain>/{train,valid}.txt.gz`` (rebuilt by
+``fedpeat build-corpus``; sources and licences in ``SOURCES.md`` there). ``kjv`` is the pretraining domain;
+the other domains are held out from pretraining and serve federated fine-tuning.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+CORPUS_DIR = Path(__file__).parent / "assets" / "corpus"
+DOC_SEPARATOR = "\n\n\x1e\n\n"
+"""Separator between documents inside a split file (ASCII record separator between blank lines)."""
+
+DOMAINS = ("kjv", "pydocs", "licenses", "docstrings")
+PRETRAIN_DOMAIN = "kjv"
+Split = Literal["train", "valid"]
+PartitionKind = Literal["iid", "dirichlet"]
+
+
+def _check_domain(domain: str) -> None:
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+
+
+@lru_cache(maxsize=16)
+def read_documents(domain: str, split: Split = "train") -> tuple[str, ...]:
+    """Documents of one committed corpus split (chapters, paragraphs or docstrings)."""
+    _check_domain(domain)
+    if split not in ("train", "valid"):
+        raise ValueError(f"split must be one of ('train', 'valid'), got {split!r}")
+    path = CORPUS_DIR / domain / f"{split}.txt.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        text = fh.read()
+    return tuple(doc for doc in text.rstrip("\n").split(DOC_SEPARATOR) if doc)
+
+
+def tokenize_blocks(documents: tuple[str, ...] | list[str], tokenizer, block_size: int) -> torch.Tensor:
+    """Encode documents (each followed by EOS), concatenate and cut into blocks.
+
+    Returns a LongTensor of shape (num_blocks, block_size); the remainder shorter than a block is dropped.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size must be >= 2, got {block_size}")
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for encoded in tokenizer(list(documents), add_special_tokens=False, verbose=False)["input_ids"]:
+        ids.extend(encoded)
+        ids.append(eos)
+    n_blocks = len(ids) // block_size
+    if n_blocks == 0:
+        raise ValueError(f"corpus has {len(ids)} tokens, fewer than one block of {block_size}")
+    return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
+
+
+def partition_iid(num_items: int, num_devices: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle item indices and deal them into ``num_devices`` near-equal shards."""
+    _check_partition_args(num_items, num_devices)
+    return [np.sort(shard) for shard in np.array_split(rng.permutation(num_items), num_devices)]
+
+
+def partition_dirichlet(
+    labels: np.ndarray, num_devices: int, alpha: float, rng: np.random.Generator, min_items: int = 1
+) -> list[np.ndarray]:
+    """Label-skewed split: for each label, device shares ~ Dirichlet(alpha · 1_N).
+
+    With a single label this is a quantity skew. Redraws (up to 100 times) until every device holds at least
+    ``min_items`` items. Small ``alpha`` (0.1) gives strongly non-IID shards, large alpha approaches IID.
+    """
+    labels = np.asarray(labels)
+    _check_partition_args(len(labels), num_devices)
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if len(labels) < num_devices * min_items:
+        raise ValueError(f"{len(labels)} items cannot give {num_devices} devices {min_items} item(s) each")
+    for _ in range(100):
+        shards: list[list[int]] = [[] for _ in range(num_devices)]
+        for label in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == label))
+            shares = rng.dirichlet(np.full(num_devices, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+            for device, part in enumerate(np.split(idx, cuts)):
+                shards[device].extend(part.tolist())
+        if min(len(s) for s in shards) >= min_items:
+            return [np.sort(np.array(s, dtype=int)) for s in shards]
+    raise ValueError(f"alpha={alpha} left a device with fewer than {min_items} items after 100 draws; raise alpha")
+
+
+def _check_partition_args(num_items: int, num_devices: int) -> None:
+    if num_devices < 1:
+        raise ValueError(f"num_devices must be >= 1, got {num_devices}")
+    if num_items < num_devices:
+        raise ValueError(f"cannot split {num_items} items across {num_devices} devices")
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """Token blocks of the tuning domains, split across devices, plus held-out evaluation blocks.
+
+    ``device_blocks[i]`` has shape (n_i, block_size); ``eval_blocks`` has shape (n_eval, block_size);
+    ``server_blocks`` (server-held data for collaborative tuning) may have zero rows.
+    """
+
+    device_blocks: tuple[torch.Tensor, ...]
+    eval_blocks: torch.Tensor
+    server_blocks: torch.Tensor
+    device_labels: tuple[np.ndarray, ...]
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.device_blocks)
+
+    @property
+    def device_sizes(self) -> np.ndarray:
+        return np.array([len(b) for b in self.device_blocks])
+
+
+def build_federated_data(
+    tokenizer,
+    num_devices: int,
+    rng: np.random.Generator,
+    domains: tuple[str, ...] = ("pydocs",),
+    block_size: int = 128,
+    partition: PartitionKind = "iid",
+    alpha: float = 0.5,
+    server_fraction: float = 0.0,
+    max_eval_blocks: int = 64,
+) -> FederatedData:
+    """Tokenise the tuning domains and split their train blocks across devices (and optionally the server).
+
+    Labels for the Dirichlet split are the domain index of each block. ``server_fraction`` of the train blocks
+    (drawn first, at random) stay on the server for server–device collaborative tuning.
+    """
+    for domain in domains:
+        _check_domain(domain)
+        if domain == PRETRAIN_DOMAIN:
+            raise ValueError(f"domains must not include the pretraining domain {PRETRAIN_DOMAIN!r}")
+    if partition not in ("iid", "dirichlet"):
+        raise ValueError(f"partition must be one of ('iid', 'dirichlet'), got {partition!r}")
+    if not 0.0 <= server_fraction < 1.0:
+        raise ValueError(f"server_fraction must be in [0, 1), got {server_fraction}")
+    train_parts, labels, eval_parts = [], [], []
+    for label, domain in enumerate(domains):
+        blocks = _cached_blocks(tokenizer, domain, "train", block_size)
+        train_parts.append(blocks)
+        labels.append(np.full(len(blocks), label))
+        eval_parts.append(_cached_blocks(tokenizer, domain, "valid", block_size)[: max(1, max_eval_blocks // len(domains))])
+    train = torch.cat(train_parts)
+    all_labels = np.concatenate(labels)
+    order = rng.permutation(len(train))
+    n_server = int(round(server_fraction * len(train)))
+    server_idx, device_pool = order[:n_server], np.sort(order[n_server:])
+    if partition == "iid":
+        shards = partition_iid(len(device_pool), num_devices, rng)
+    else:
+        shards = partition_dirichlet(all_labels[device_pool], num_devices, alpha, rng)
+    device_idx = [device_pool[s] for s in shards]
+    return FederatedData(
+        device_blocks=tuple(train[idx] for idx in device_idx),
+        eval_blocks=torch.cat(eval_parts),
+        server_blocks=train[np.sort(server_idx)],
+        device_labels=tuple(all_labels[idx] for idx in device_idx),
+    )
+
+
+_BLOCK_CACHE: dict[tuple[str, int, str, str, int], torch.Tensor] = {}
+
+
+def _cached_blocks(tokenizer, domain: str, split: Split, block_size: int) -> torch.Tensor:
+    """Tokenised blocks, cached per (tokenizer, domain, split, block size): tokenising is the slow part."""
+    key = (str(tokenizer.name_or_path), len(tokenizer), domain, split, block_size)
+    if key not in _BLOCK_CACHE:
+        _BLOCK_CACHE[key] = tokenize_blocks(read_documents(domain, split), tokenizer, block_size)
+    return _BLOCK_CACHE[key]

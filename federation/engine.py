@@ -1,0 +1,284 @@
+"""The shared federated round: server configures jobs, an executor trains clients, the method aggregates,
+the server evaluates the plugged-in full model. Every method and the Gymnasium env run on this loop."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from federation.client import Client, ClientJob, ClientUpdate
+from federation.data import PartitionKind, build_federated_data
+from federation.emulator import SubModelSpec
+from federation.executors import Executor, LocalExecutor
+from federation.foundation import load_foundation
+from federation.messages import MessageLog
+from federation.methods import make_method
+from federation.methods.base import DeviceDecision, Method, MethodConfig
+from federation.seeding import child_seed, seed_everything
+from federation.system import ChannelConfig, WirelessChannel, transmission_latency_s
+from federation.training import perplexity
+
+SERVER_DEVICE = -1
+"""Device id of the server's own participant in server–device collaborative tuning."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """A federated run. Defaults run in seconds per round on the embedded model."""
+
+    method: str = "fedpeat"
+    """Method name (see ``federation.methods.METHODS``)."""
+    num_devices: int = 4
+    """Devices N."""
+    seed: int = 0
+    """Seed of every random draw of the run (data split, channel, local batches, adapter init)."""
+    foundation: str | None = None
+    """None: the embedded tiny GPT-2; otherwise a local path or hub name for ``from_pretrained``."""
+    domains: tuple[str, ...] = ("pydocs",)
+    """Fine-tuning domains (held out from pretraining)."""
+    partition: PartitionKind = "iid"
+    """How train blocks are split across devices."""
+    dirichlet_alpha: float = 0.5
+    """Concentration of the Dirichlet split (partition="dirichlet")."""
+    server_fraction: float = 0.0
+    """Share of the tuning data held by the server, which then trains on the full model every round and
+    joins the aggregation (FedPEAT server–device collaborative tuning). 0 disables it."""
+    block_size: int = 128
+    """Tokens per training sequence."""
+    max_eval_blocks: int = 64
+    """Held-out blocks for perplexity."""
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    """Wireless channel of the devices."""
+    method_config: MethodConfig = field(default_factory=MethodConfig)
+    """Settings passed to the method (adapter blocks, LoRA, local training)."""
+
+    def __post_init__(self) -> None:
+        if self.num_devices < 1:
+            raise ValueError(f"num_devices must be >= 1, got {self.num_devices}")
+        if not 0.0 <= self.server_fraction < 1.0:
+            raise ValueError(f"server_fraction must be in [0, 1), got {self.server_fraction}")
+
+
+@dataclass(frozen=True)
+class DeviceRound:
+    """One device's record of one round (zeros where it was not selected)."""
+
+    device: int
+    selected: bool
+    compression: float
+    kept_blocks: int
+    emulator_exchanged: bool
+    bytes_down: int
+    bytes_up: int
+    latency_s: float
+    memory_bytes: int
+    train_loss: float
+    emulator_perplexity: float
+    channel_gain_db: float
+    uplink_rate_bps: float
+    downlink_rate_bps: float
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    full_perplexity: float
+    """Plug-in perplexity of the full model with the aggregated adapter, on held-out tuning-domain data."""
+    emulator_perplexity: float
+    """Mean over participants of the global adapter's perplexity inside their emulator (NaN without emulators)."""
+    round_latency_s: float
+    """max_i Q_i over selected devices (0 when none is selected)."""
+    bytes_down: int
+    bytes_up: int
+    exchanges: int
+    """Devices that downloaded a new emulator this round."""
+    peak_memory_bytes: int
+    """Largest training footprint among the selected devices."""
+    participants: int
+    train_loss: float
+    wall_time_s: float
+    devices: tuple[DeviceRound, ...]
+
+    def summary(self) -> dict:
+        """Flat dict of the round-level fields (no per-device records)."""
+        out = asdict(self)
+        out.pop("devices")
+        return out
+
+
+class Server:
+    """The model owner: holds the full model and the global trainable state, configures and aggregates."""
+
+    def __init__(self, method: Method, full_model, tokenizer, eval_blocks: torch.Tensor, seed: int):
+        self.method = method
+        self.full_model = full_model
+        self.num_layers = full_model.config.n_layer
+        self.eval_blocks = eval_blocks
+        method.setup(full_model, tokenizer)
+        self.global_state = method.init_global_state(full_model, seed)
+        self.device_specs: dict[int, SubModelSpec] = {}
+        self._eval_models: dict[SubModelSpec | None, object] = {}
+
+    def configure(
+        self, round_idx: int, decisions: Sequence[DeviceDecision], seeds: np.ndarray, log: MessageLog
+    ) -> tuple[list[ClientJob], dict[int, bool]]:
+        """Jobs for the selected devices; logs the downlink. Returns (jobs, device -> emulator exchanged)."""
+        jobs, exchanged = [], {}
+        for device, decision in enumerate(decisions):
+            if not decision.selected:
+                continue
+            spec = self.method.device_spec(self.num_layers, decision)
+            frozen = None
+            if self.device_specs.get(device) != spec:
+                frozen = self.method.frozen_payload(spec)
+                self.device_specs[device] = spec
+                if frozen:
+                    log.record(round_idx, device, "down", "emulator" if spec.compression > 0 else "frozen", frozen)
+            exchanged[device] = bool(frozen)
+            trainable = self.method.state_for_device(self.global_state, decision)
+            log.record(round_idx, device, "down", self.method.trainable_kind, trainable)
+            jobs.append(ClientJob(device, round_idx, spec, frozen, trainable, self.method.lora_spec(decision),
+                                  self.method.train_config, int(seeds[device]), self.method.loss_fn()))
+        return jobs, exchanged
+
+    def aggregate(self, updates: Sequence[ClientUpdate]) -> None:
+        if updates:
+            self.global_state = self.method.aggregate([u.state for u in updates], [float(u.num_samples) for u in updates])
+
+    def evaluate(self, spec: SubModelSpec | None = None) -> float:
+        """Perplexity of the global state in the full model (spec None) or in the sub-model ``spec``."""
+        if spec not in self._eval_models:
+            self._eval_models[spec] = self.method.evaluation_model(spec)
+        model = self._eval_models[spec]
+        self.method.load_for_evaluation(model, self.global_state, spec or self.method.server_spec(self.num_layers))
+        return perplexity(model, self.eval_blocks)
+
+
+class RoundRunner:
+    """Runs federated rounds of one method: the unit shared by the CLI, the benchmarks and the env."""
+
+    def __init__(self, config: EngineConfig = EngineConfig(), executor: Executor | None = None) -> None:
+        self.config = config
+        self.rng = seed_everything(config.seed)
+        self.model, self.tokenizer = load_foundation(config.foundation)
+        self.method = make_method(config.method, config.method_config)
+        self.data = build_federated_data(
+            self.tokenizer, config.num_devices, self.rng, domains=config.domains, block_size=config.block_size,
+            partition=config.partition, alpha=config.dirichlet_alpha, server_fraction=config.server_fraction,
+            max_eval_blocks=config.max_eval_blocks,
+        )
+        self.channel = WirelessChannel(config.num_devices, config.channel, np.random.default_rng(child_seed(self.rng)))
+        self.log = MessageLog()
+        self.server = Server(self.method, self.model, self.tokenizer, self.data.eval_blocks, child_seed(self.rng))
+        self.server_client = (
+            Client(SERVER_DEVICE, self.data.server_blocks, self.model.config) if len(self.data.server_blocks) else None
+        )
+        self.executor = executor or LocalExecutor()
+        self.executor.start(self.data.device_blocks, self.model.config)
+        self.round = 0
+        self.initial_perplexity = self.server.evaluate()
+        self.last_perplexity = self.initial_perplexity
+
+    def default_decisions(self, compression: float = 0.0) -> list[DeviceDecision]:
+        return [DeviceDecision(True, compression) for _ in range(self.config.num_devices)]
+
+    def run_round(self, decisions: Sequence[DeviceDecision] | None = None, evaluate: bool = True) -> RoundResult:
+        """One federated round with the given per-device decisions (default: all devices, compression 0).
+
+        ``evaluate=False`` skips the perplexity evaluations (the result then reports NaN perplexities)."""
+        started = time.perf_counter()
+        decisions = list(decisions) if decisions is not None else self.default_decisions()
+        if len(decisions) != self.config.num_devices:
+            raise ValueError(f"decisions must have one entry per device ({self.config.num_devices}), got {len(decisions)}")
+        for decision in decisions:
+            self.method.validate_decision(decision)
+        self.method.validate_round(decisions)
+        self.round += 1
+        channel = self.channel.step()
+        seeds = self.rng.integers(0, 2**31 - 1, size=self.config.num_devices + 1)  # drawn every round for all
+        jobs, exchanged = self.server.configure(self.round, decisions, seeds, self.log)
+        updates = [u for u in self.executor.run(jobs) if u is not None]
+        for update in updates:
+            self.log.record(self.round, update.device, "up", self.method.trainable_kind, update.state)
+        if self.server_client is not None:
+            updates.append(self.server_client.run(self._server_job(seeds[-1])))
+        self.server.aggregate(updates)
+
+        device_ppl: dict[int, float] = {}
+        full_ppl = self.last_perplexity if evaluate else math.nan
+        if updates and evaluate:
+            self.last_perplexity = full_ppl = self.server.evaluate()
+            if self.method.uses_emulator:
+                by_spec: dict[SubModelSpec, float] = {}
+                for u in updates:
+                    if u.device != SERVER_DEVICE:
+                        spec = self.server.device_specs[u.device]
+                        by_spec.setdefault(spec, self.server.evaluate(spec))
+                        device_ppl[u.device] = by_spec[spec]
+        records = self._device_records(decisions, updates, exchanged, channel, device_ppl)
+        selected = [r for r in records if r.selected]
+        return RoundResult(
+            round=self.round,
+            full_perplexity=full_ppl,
+            emulator_perplexity=float(np.mean(list(device_ppl.values()))) if device_ppl else math.nan,
+            round_latency_s=max((r.latency_s for r in selected), default=0.0),
+            bytes_down=sum(r.bytes_down for r in records),
+            bytes_up=sum(r.bytes_up for r in records),
+            exchanges=sum(r.emulator_exchanged for r in records),
+            peak_memory_bytes=max((r.memory_bytes for r in selected), default=0),
+            participants=len(selected),
+            train_loss=float(np.mean([u.train_loss for u in updates])) if updates else math.nan,
+            wall_time_s=time.perf_counter() - started,
+            devices=tuple(records),
+        )
+
+    def _server_job(self, seed: int) -> ClientJob:
+        spec = self.method.server_spec(self.server.num_layers)
+        frozen = self.method.frozen_payload(spec) if self.server_client.spec != spec else None
+        return ClientJob(SERVER_DEVICE, self.round, spec, frozen, self.server.global_state, self.method.lora_spec(),
+                         self.method.train_config, int(seed), self.method.loss_fn())
+
+    def _device_records(self, decisions, updates, exchanged, channel, device_ppl) -> list[DeviceRound]:
+        by_device = {u.device: u for u in updates}
+        gain_db = 10.0 * np.log10(channel.gain)
+        records = []
+        for i, decision in enumerate(decisions):
+            update = by_device.get(i)
+            down = self.log.total_bytes(round_idx=self.round, device=i, direction="down")
+            up = self.log.total_bytes(round_idx=self.round, device=i, direction="up")
+            latency = float(transmission_latency_s(down, up, channel.downlink_rate_bps[i], channel.uplink_rate_bps[i]))
+            spec = self.server.device_specs.get(i)
+            records.append(DeviceRound(
+                device=i,
+                selected=update is not None,
+                compression=decision.compression if decision.selected else math.nan,
+                kept_blocks=len(spec.layers) if spec is not None and decision.selected else 0,
+                emulator_exchanged=exchanged.get(i, False),
+                bytes_down=down,
+                bytes_up=up,
+                latency_s=latency,
+                memory_bytes=update.memory.total_bytes if update else 0,
+                train_loss=update.train_loss if update else math.nan,
+                emulator_perplexity=device_ppl.get(i, math.nan),
+                channel_gain_db=float(gain_db[i]),
+                uplink_rate_bps=float(channel.uplink_rate_bps[i]),
+                downlink_rate_bps=float(channel.downlink_rate_bps[i]),
+            ))
+        return records
+
+    def run(self, rounds: int, decisions: Sequence[DeviceDecision] | None = None, progress=None) -> list[RoundResult]:
+        """``rounds`` rounds with fixed decisions; ``progress(result)`` is called after each round."""
+        results = []
+        for _ in range(rounds):
+            results.append(self.run_round(decisions))
+            if progress is not None:
+                progress(results[-1])
+        return results
+
+    def close(self) -> None:
+        self.executor.shutdown()

@@ -1,0 +1,20 @@
+"""Federated tuning methods on the shared engine, selectable by name."""
+
+from __future__ import annotations
+
+from federation.methods.base import DeviceDecision, Method, MethodConfig
+from federation.methods.fed_ft import FedFT
+from federation.methods.fedpeat import FedPEAT, FedPEATConfig
+from federation.methods.fedpetuning import FedPETuning
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FedFT, FedPETuning, FedPEAT)}
+
+
+def make_method(name: str, config: MethodConfig | None = None) -> Method:
+    """Instantiate a method by name; ``ValueError`` lists the known names."""
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {name!r}")
+    return METHODS[name](config)
+
+
+__all__ = ["METHODS", "DeviceDecision", "FedFT", "FedPEAT", "FedPEATConfig", "FedPETuning", "Method", "MethodConfig", "make_method"]

@@ -1,0 +1,152 @@
+"""The method interface: what a federated tuning method chooses on the shared round.
+
+A method = which sub-model a device holds (``device_spec``) + what is trainable (LoRA or all weights) + the
+local objective (``loss_fn``) + the aggregation (``aggregate``). The round loop itself lives in
+``federation.engine`` and is the same for every method.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from federation.adapters import LoraSpec, adapter_state, attach_lora, load_adapter_state, pad_rank, truncate_rank
+from federation.aggregation import fedavg
+from federation.emulator import SubModelSpec, build_emulator, full_spec, model_payload
+from federation.messages import PayloadKind
+from federation.training import LocalTrainConfig, LossFn, lm_loss
+
+
+@dataclass(frozen=True)
+class DeviceDecision:
+    """The controller's choice for one device in one round."""
+
+    selected: bool = True
+    """Whether the device trains and uploads this round."""
+    compression: float = 0.0
+    """Emulator compression ratio ε = 1 − k/M (methods without emulators require 0)."""
+    lora_rank: int | None = None
+    """LoRA rank for this device (None: the method's global rank; must not exceed it)."""
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Settings shared by every method."""
+
+    num_adapter_layers: int = 1
+    """l: bottom and top blocks that form the adapter (each side)."""
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    """Global LoRA hyper-parameters (rank r_max for per-device truncation)."""
+    train: LocalTrainConfig | None = None
+    """Local training settings; None takes the method's default."""
+
+
+class Method:
+    """Base method: LoRA adapters on the adapter blocks of the full model, FedAvg by sample count.
+
+    Subclasses override the hooks below; every hook is called by the shared round in ``federation.engine``.
+    """
+
+    name = "base"
+    uses_emulator = False
+    """True when ``DeviceDecision.compression`` selects a per-device emulator."""
+    trainable_kind: PayloadKind = "adapter"
+    default_train = LocalTrainConfig(steps=10, batch_size=8, lr=3e-3)
+    lora_on_all_layers = False
+    """LoRA on every block (FedPETuning) instead of only the adapter blocks."""
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config or MethodConfig()
+        self.train_config = self.config.train or self.default_train
+
+    # --- what a device holds -------------------------------------------------------------------------
+    def validate_decision(self, decision: DeviceDecision) -> None:
+        if not self.uses_emulator and decision.compression != 0.0:
+            raise ValueError(f"method {self.name!r} has no emulator; compression must be 0, got {decision.compression}")
+        if decision.lora_rank is not None and self.lora_spec(decision) is None:
+            raise ValueError(f"method {self.name!r} trains all weights; lora_rank must be None")
+        if decision.lora_rank is not None and not 1 <= decision.lora_rank <= self.config.lora.rank:
+            raise ValueError(f"lora_rank must be in [1, {self.config.lora.rank}], got {decision.lora_rank}")
+
+    def device_spec(self, num_layers: int, decision: DeviceDecision) -> SubModelSpec:
+        """Blocks the device holds. Default: the full model."""
+        return self.server_spec(num_layers)
+
+    def server_spec(self, num_layers: int) -> SubModelSpec:
+        """The full model with this method's adapter blocks."""
+        return full_spec(num_layers, None if self.lora_on_all_layers else self.config.num_adapter_layers)
+
+    def lora_spec(self, decision: DeviceDecision | None = None) -> LoraSpec | None:
+        """LoRA of the device (None: full fine-tuning of every weight of its sub-model)."""
+        rank = decision.lora_rank if decision is not None and decision.lora_rank is not None else self.config.lora.rank
+        return LoraSpec(rank, self.config.lora.alpha_per_rank, self.config.lora.target_modules)
+
+    # --- global state --------------------------------------------------------------------------------
+    def init_global_state(self, full_model: GPT2LMHeadModel, seed: int) -> dict[str, torch.Tensor]:
+        """Initial global trainable state in full-model coordinates (LoRA: A random, B zero)."""
+        torch.manual_seed(seed)
+        spec = self.server_spec(full_model.config.n_layer)
+        return adapter_state(attach_lora(copy.deepcopy(full_model), spec, self.lora_spec()), spec)
+
+    def state_for_device(self, global_state: dict[str, torch.Tensor], decision: DeviceDecision) -> dict[str, torch.Tensor]:
+        """What the device downloads each round: the global adapter, truncated to the device's rank."""
+        lora = self.lora_spec(decision)
+        if lora is not None and lora.rank < self.config.lora.rank:
+            return truncate_rank(global_state, lora.rank)
+        return global_state
+
+    def loss_fn(self) -> LossFn:
+        """Local objective (picklable, for remote executors)."""
+        return lm_loss
+
+    def aggregate(self, states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+        """FedAvg of the uploads (lower-rank LoRA zero-padded to the global rank first)."""
+        if self.lora_spec() is not None:
+            states = [pad_rank(s, self.config.lora.rank) for s in states]
+        return fedavg(states, weights)
+
+    # --- server-side models ----------------------------------------------------------------------
+    def setup(self, full_model: GPT2LMHeadModel, tokenizer) -> None:
+        """Called once by the server with the full model and its tokenizer."""
+        self.full_model = full_model
+        self.tokenizer = tokenizer
+        self._submodels: dict[SubModelSpec, GPT2LMHeadModel] = {}
+
+    def submodel(self, spec: SubModelSpec) -> GPT2LMHeadModel:
+        """The frozen sub-model the server sends for ``spec`` (built once per spec)."""
+        if spec not in self._submodels:
+            self._submodels[spec] = self.build_submodel(spec)
+        return self._submodels[spec]
+
+    def build_submodel(self, spec: SubModelSpec) -> GPT2LMHeadModel:
+        """Hook: how a sub-model is made (default: layer drop of the full model, no distillation)."""
+        return build_emulator(self.full_model, spec)
+
+    def frozen_payload(self, spec: SubModelSpec) -> dict[str, torch.Tensor]:
+        """Frozen weights a device needs for ``spec`` (empty when every weight is trainable)."""
+        if self.lora_spec() is None:
+            return {}
+        return model_payload(self.submodel(spec), spec)
+
+    def validate_round(self, decisions: list[DeviceDecision]) -> None:
+        """Hook: cross-device constraints on one round's decisions (default: none)."""
+
+    # --- evaluation (plug-in) ------------------------------------------------------------------------
+    def evaluation_model(self, spec: SubModelSpec | None = None):
+        """A model to evaluate the global state with: the full model (``spec`` None) or a sub-model, with
+        LoRA attached when the method uses it. The server builds it once per spec and reloads the state."""
+        model = copy.deepcopy(self.full_model if spec is None else self.submodel(spec))
+        spec = spec or self.server_spec(self.full_model.config.n_layer)
+        lora = self.lora_spec()
+        return attach_lora(model, spec, lora) if lora is not None else model
+
+    def load_for_evaluation(self, model, global_state: dict[str, torch.Tensor], spec: SubModelSpec) -> None:
+        if self.lora_spec() is not None:
+            load_adapter_state(model, global_state, spec)
+        else:
+            missing, unexpected = model.load_state_dict({spec.to_sub_key(k): v for k, v in global_state.items()}, strict=False)
+            if unexpected:
+                raise ValueError(f"global state has keys the model lacks: {unexpected[:3]}")

@@ -1,0 +1,91 @@
+"""FedPEAT: layer-drop emulators + LoRA adapters, per-device compression and selection each round.
+
+Frozen-weight cases (Chua et al. 2023, "FedPEAT"):
+
+| case | frozen weights w'                 | here                                                          |
+|------|-----------------------------------|---------------------------------------------------------------|
+| 1    | per-device emulators (w'_c ≠ w'_s) | each selected device gets the emulator of its own ε_i          |
+| 2    | one shared emulator               | every selected device must use the same ε in a round           |
+| 3    | none (w'_s = w'_c = ∅)            | plain FL of all weights of the full model (Fed-FT mechanics)   |
+
+Optional emulator distillation (``distill_steps`` > 0): the server distils each emulator's kept middle blocks
+towards the full model on its public data (the pretraining domain) before sending it (Offsite-Tuning).
+Server–device collaborative tuning is the engine's ``server_fraction`` option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from federation.adapters import LoraSpec
+from federation.data import PRETRAIN_DOMAIN, read_documents, tokenize_blocks
+from federation.emulator import SubModelSpec, build_emulator, distill_emulator, layer_drop_spec
+from federation.methods.base import DeviceDecision, Method, MethodConfig
+from federation.training import LocalTrainConfig
+
+
+@dataclass(frozen=True)
+class FedPEATConfig(MethodConfig):
+    case: int = 1
+    """Frozen-weight sharing case (1, 2 or 3; table above)."""
+    distill_steps: int = 0
+    """Emulator distillation steps on the server before an emulator is first sent (0: none)."""
+    distill_blocks: int = 512
+    """Public pretraining-domain blocks used for distillation."""
+
+    def __post_init__(self) -> None:
+        if self.case not in (1, 2, 3):
+            raise ValueError(f"case must be one of (1, 2, 3), got {self.case}")
+        if self.distill_steps < 0:
+            raise ValueError(f"distill_steps must be >= 0, got {self.distill_steps}")
+
+
+class FedPEAT(Method):
+    name = "fedpeat"
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        if config is None or not isinstance(config, FedPEATConfig):
+            base = config or MethodConfig()
+            config = FedPEATConfig(base.num_adapter_layers, base.lora, base.train)
+        super().__init__(config)
+        self._distill_data: torch.Tensor | None = None
+        self.uses_emulator = config.case in (1, 2)
+        if config.case == 3:
+            self.trainable_kind = "model"
+            if config.train is None:
+                self.train_config = LocalTrainConfig(steps=10, batch_size=8, lr=3e-4)
+
+    def lora_spec(self, decision: DeviceDecision | None = None) -> LoraSpec | None:
+        return None if self.config.case == 3 else super().lora_spec(decision)
+
+    def device_spec(self, num_layers: int, decision: DeviceDecision) -> SubModelSpec:
+        if not self.uses_emulator:
+            return self.server_spec(num_layers)
+        return layer_drop_spec(num_layers, self.config.num_adapter_layers, decision.compression)
+
+    def validate_round(self, decisions: list[DeviceDecision]) -> None:
+        if self.config.case == 2:
+            ratios = {d.compression for d in decisions if d.selected}
+            if len(ratios) > 1:
+                raise ValueError(f"FedPEAT case 2 shares one emulator: selected devices need one compression, got {sorted(ratios)}")
+
+    def init_global_state(self, full_model, seed: int) -> dict[str, torch.Tensor]:
+        if self.config.case == 3:
+            return {k: p.detach().clone() for k, p in full_model.named_parameters()}
+        return super().init_global_state(full_model, seed)
+
+    def build_submodel(self, spec: SubModelSpec):
+        emulator = build_emulator(self.full_model, spec)
+        if self.config.distill_steps > 0 and spec.kept_middle < spec.num_middle:
+            distill_emulator(self.full_model, emulator, spec, self._public_blocks(), steps=self.config.distill_steps)
+        return emulator
+
+    def _public_blocks(self) -> torch.Tensor:
+        """The server's public data: the first ``distill_blocks`` blocks of the pretraining domain."""
+        if self._distill_data is None:
+            docs = read_documents(PRETRAIN_DOMAIN, "train")
+            blocks = tokenize_blocks(docs, self.tokenizer, self.full_model.config.n_positions)
+            self._distill_data = blocks[: self.config.distill_blocks]
+        return self._distill_data

@@ -1,0 +1,262 @@
+"""The wireless + memory cost model: path loss, Rayleigh fading, Shannon rates, latency and training memory.
+
+NumPy only (torch is used solely to count tensor bytes and parameters); no Gymnasium / SB3 dependency.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+# Thermal noise PSD at 290 K, kT = -174 dBm/Hz (3GPP TR 36.814, Annex A.2.1 simulation assumptions).
+NOISE_PSD_DBM_PER_HZ: float = -174.0
+
+
+def _out(x: np.ndarray) -> float | np.ndarray:
+    """Return a Python float for 0-d results, the array otherwise."""
+    arr = np.asarray(x, dtype=float)
+    return float(arr) if arr.ndim == 0 else arr
+
+
+def _checked(name: str, x: float | np.ndarray, *, strict: bool) -> np.ndarray:
+    """``x`` as a float array, ValueError unless all > 0 (strict) or >= 0 (NaN always rejected)."""
+    arr = np.asarray(x, dtype=float)
+    if not np.all(arr > 0 if strict else arr >= 0):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} 0, got {x!r}")
+    return arr
+
+
+def dbm_to_w(dbm: float | np.ndarray) -> float | np.ndarray:
+    """Power in dBm -> watts."""
+    return _out(10.0 ** ((np.asarray(dbm, dtype=float) - 30.0) / 10.0))
+
+
+def w_to_dbm(w: float | np.ndarray) -> float | np.ndarray:
+    """Power in watts (> 0) -> dBm."""
+    return _out(10.0 * np.log10(_checked("w", w, strict=True)) + 30.0)
+
+
+def db_to_linear(db: float | np.ndarray) -> float | np.ndarray:
+    """Ratio in dB -> linear ratio."""
+    return _out(10.0 ** (np.asarray(db, dtype=float) / 10.0))
+
+
+def linear_to_db(x: float | np.ndarray) -> float | np.ndarray:
+    """Linear ratio (> 0) -> dB."""
+    return _out(10.0 * np.log10(_checked("x", x, strict=True)))
+
+
+def noise_psd_w_per_hz(noise_figure_db: float = 9.0) -> float:
+    """Receiver noise PSD in W/Hz: -174 dBm/Hz thermal noise plus the noise figure (dB, >= 0)."""
+    if not noise_figure_db >= 0:
+        raise ValueError(f"noise_figure_db must be >= 0 dB, got {noise_figure_db!r}")
+    return float(dbm_to_w(NOISE_PSD_DBM_PER_HZ + noise_figure_db))
+
+
+def path_loss_db(distance_m: float | np.ndarray) -> float | np.ndarray:
+    """Urban-macro path loss in dB, 3GPP TR 36.814 (Annex A.2.1.1): 128.1 + 37.6*log10(d_km), d in metres (> 0)."""
+    d_m = _checked("distance_m", distance_m, strict=True)
+    return _out(128.1 + 37.6 * np.log10(d_m / 1000.0))
+
+
+def shannon_rate(bandwidth_hz: float | np.ndarray, tx_power_w: float | np.ndarray, channel_gain: float | np.ndarray,
+                 noise_psd_w_per_hz: float | np.ndarray) -> float | np.ndarray:
+    """Shannon capacity r = B*log2(1 + p*g / (N0*B)) in bit/s, broadcast over all arguments.
+
+    bandwidth_hz > 0 (Hz), tx_power_w >= 0 (W), channel_gain >= 0 (linear), noise_psd_w_per_hz > 0 (W/Hz).
+    """
+    b = _checked("bandwidth_hz", bandwidth_hz, strict=True)
+    p = _checked("tx_power_w", tx_power_w, strict=False)
+    g = _checked("channel_gain", channel_gain, strict=False)
+    n0 = _checked("noise_psd_w_per_hz", noise_psd_w_per_hz, strict=True)
+    return _out(b * np.log2(1.0 + p * g / (n0 * b)))
+
+
+def transmission_latency_s(downlink_bytes: float | np.ndarray, uplink_bytes: float | np.ndarray,
+                           downlink_rate_bps: float | np.ndarray, uplink_rate_bps: float | np.ndarray) -> float | np.ndarray:
+    """Round communication latency Q = 8*F_dl/r_dl + 8*F_ul/r_ul in seconds (bytes, bit/s).
+
+    A zero payload costs 0 s whatever its rate; a positive payload needs a positive rate.
+    """
+    total = np.zeros(())
+    for name, size, rate_name, rate in (
+        ("downlink_bytes", downlink_bytes, "downlink_rate_bps", downlink_rate_bps),
+        ("uplink_bytes", uplink_bytes, "uplink_rate_bps", uplink_rate_bps),
+    ):
+        f, r = np.broadcast_arrays(_checked(name, size, strict=False), np.asarray(rate, dtype=float))
+        sending = f > 0
+        if not np.all(r[sending] > 0):
+            raise ValueError(f"{rate_name} must be > 0 where {name} > 0, got {rate!r}")
+        safe_r = np.where(sending, r, 1.0)
+        total = total + np.where(sending, 8.0 * f / safe_r, 0.0)
+    return _out(total)
+
+
+def tensor_bytes(tensors: Mapping[str, torch.Tensor] | Iterable[torch.Tensor] | torch.Tensor) -> int:
+    """Bytes held by the given tensors: sum of numel * element_size (a state dict, an iterable, or one tensor)."""
+    if isinstance(tensors, torch.Tensor):
+        tensors = [tensors]
+    elif isinstance(tensors, Mapping):
+        tensors = tensors.values()
+    total = 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensor_bytes expects torch.Tensor items, got {type(t).__name__}")
+        total += t.numel() * t.element_size()
+    return total
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Cell geometry and radio parameters (distances in m, bandwidths in Hz, powers in dBm)."""
+
+    min_distance_m: float = 50.0
+    max_distance_m: float = 500.0
+    fading_correlation: float = 0.9  # Gauss-Markov rho per round (0 = i.i.d. Rayleigh)
+    noise_figure_db: float = 9.0
+    uplink_bandwidth_hz: tuple[float, float] = (1e6, 5e6)  # per-device draw range (uniform)
+    uplink_power_dbm: float = 23.0  # UE power class 23 dBm, 3GPP TR 36.814 Annex A.2.1
+    downlink_bandwidth_hz: float = 20e6
+    downlink_power_dbm: float = 40.0
+
+    def __post_init__(self) -> None:
+        if not self.min_distance_m > 0:
+            raise ValueError(f"min_distance_m must be > 0 m, got {self.min_distance_m!r}")
+        if not self.max_distance_m >= self.min_distance_m:
+            raise ValueError(f"max_distance_m must be >= min_distance_m ({self.min_distance_m}), got {self.max_distance_m!r}")
+        if not 0 <= self.fading_correlation < 1:
+            raise ValueError(f"fading_correlation must be in [0, 1), got {self.fading_correlation!r}")
+        if not self.noise_figure_db >= 0:
+            raise ValueError(f"noise_figure_db must be >= 0 dB, got {self.noise_figure_db!r}")
+        bw = self.uplink_bandwidth_hz
+        if len(bw) != 2 or not 0 < bw[0] <= bw[1]:
+            raise ValueError(f"uplink_bandwidth_hz must be a (low, high) pair with 0 < low <= high, got {bw!r}")
+        if not self.downlink_bandwidth_hz > 0:
+            raise ValueError(f"downlink_bandwidth_hz must be > 0 Hz, got {self.downlink_bandwidth_hz!r}")
+        for name in ("uplink_power_dbm", "downlink_power_dbm"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite dBm value, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """One round's per-device channel, arrays of shape (N,) (read-only copies)."""
+
+    gain: np.ndarray  # linear channel power gain g = 10^(-PL/10) * |h|^2
+    uplink_rate_bps: np.ndarray
+    downlink_rate_bps: np.ndarray
+
+
+def _complex_normal(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n draws of CN(0, 1) (E|h|^2 = 1)."""
+    return (rng.standard_normal(n) + 1j * rng.standard_normal(n)) / math.sqrt(2.0)
+
+
+class WirelessChannel:
+    """Per-device path loss (fixed distances) x Rayleigh fading |h|^2 ~ Exp(1) with Gauss-Markov time correlation:
+    h_{t+1} = rho*h_t + sqrt(1-rho^2)*w_t, h, w ~ CN(0,1), so the marginal of |h|^2 stays Exp(1).
+
+    Uplink and downlink see the same gain (reciprocity). Each device's uplink uses its own bandwidth; the downlink
+    rate is that of the full downlink bandwidth for each device (the server serves devices in turn / broadcasts).
+    All randomness comes from ``rng``: distances, then uplink bandwidths, then the initial fading, then one CN(0,1)
+    vector per ``step``.
+    """
+
+    def __init__(self, num_devices: int, config: ChannelConfig, rng: np.random.Generator) -> None:
+        if isinstance(num_devices, bool) or not isinstance(num_devices, (int, np.integer)) or num_devices < 1:
+            raise ValueError(f"num_devices must be an integer >= 1, got {num_devices!r}")
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        self.num_devices = int(num_devices)
+        self.config = config
+        self._rng = rng
+        self.distances_m: np.ndarray = rng.uniform(config.min_distance_m, config.max_distance_m, self.num_devices)
+        self.uplink_bandwidth_hz: np.ndarray = rng.uniform(*config.uplink_bandwidth_hz, self.num_devices)
+        self.path_loss_db: np.ndarray = np.asarray(path_loss_db(self.distances_m))
+        self._h = _complex_normal(rng, self.num_devices)
+        self._n0_w_per_hz = noise_psd_w_per_hz(config.noise_figure_db)
+        self._uplink_power_w = float(dbm_to_w(config.uplink_power_dbm))
+        self._downlink_power_w = float(dbm_to_w(config.downlink_power_dbm))
+
+    def _gain(self) -> np.ndarray:
+        return 10.0 ** (-self.path_loss_db / 10.0) * np.abs(self._h) ** 2
+
+    def current(self) -> ChannelState:
+        """State of the current fading draw (draws no randomness)."""
+        g = self._gain()
+        up = shannon_rate(self.uplink_bandwidth_hz, self._uplink_power_w, g, self._n0_w_per_hz)
+        down = shannon_rate(self.config.downlink_bandwidth_hz, self._downlink_power_w, g, self._n0_w_per_hz)
+        arrays = [np.array(a, dtype=float, copy=True).reshape(self.num_devices) for a in (g, up, down)]
+        for a in arrays:
+            a.flags.writeable = False
+        return ChannelState(gain=arrays[0], uplink_rate_bps=arrays[1], downlink_rate_bps=arrays[2])
+
+    def step(self) -> ChannelState:
+        """Advance the fading by one round, then return the new state."""
+        rho = self.config.fading_correlation
+        self._h = rho * self._h + math.sqrt(1.0 - rho**2) * _complex_normal(self._rng, self.num_devices)
+        return self.current()
+
+    def gain_db(self) -> np.ndarray:
+        """Current channel power gain in dB, shape (N,)."""
+        return 10.0 * np.log10(self._gain())
+
+
+@dataclass(frozen=True)
+class MemoryFootprint:
+    """On-device training memory, in bytes."""
+
+    weights_bytes: int  # frozen weights (emulator) held on device
+    adapter_bytes: int  # trainable parameters
+    gradient_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.adapter_bytes + self.gradient_bytes + self.optimizer_bytes + self.activation_bytes
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def training_memory(frozen_params: int, trainable_params: int, *, batch_size: int, seq_len: int, d_model: int,
+                    num_blocks: int, num_heads: int, vocab_size: int, bytes_per_value: int = 4,
+                    optimizer_states: int = 2) -> MemoryFootprint:
+    """Memory (bytes) to fine-tune a transformer: weights, adapter, gradients, optimiser states and activations.
+
+    Activations stored for backward follow Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+    Transformer Models", Sec. 4.1 (no recomputation), in values per block: s*b*d*17 + 2.5*a*s^2*b (their 34 sbh +
+    5 a s^2 b bytes at 2 bytes/value); plus the logits and their softmax, 2*b*s*V values. AdamW keeps 2 states.
+    """
+    _check_int("frozen_params", frozen_params, 0)
+    _check_int("trainable_params", trainable_params, 0)
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("d_model", d_model),
+                        ("num_blocks", num_blocks), ("num_heads", num_heads), ("vocab_size", vocab_size),
+                        ("bytes_per_value", bytes_per_value)):
+        _check_int(name, value, 1)
+    _check_int("optimizer_states", optimizer_states, 0)
+    b, s, d, a, v, bpv = (int(x) for x in (batch_size, seq_len, d_model, num_heads, vocab_size, bytes_per_value))
+    # Twice the activation value count, kept integer so that 2.5*a*s^2*b stays exact; rounded up to whole bytes.
+    twice_values = int(num_blocks) * (34 * b * s * d + 5 * a * s * s * b) + 4 * b * s * v
+    return MemoryFootprint(
+        weights_bytes=int(frozen_params) * bpv,
+        adapter_bytes=int(trainable_params) * bpv,
+        gradient_bytes=int(trainable_params) * bpv,
+        optimizer_bytes=int(optimizer_states) * int(trainable_params) * bpv,
+        activation_bytes=(twice_values * bpv + 1) // 2,
+    )
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(frozen, trainable) parameter counts of ``module``, split by ``requires_grad`` (shared tensors counted once)."""
+    params = list(module.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return sum(p.numel() for p in params) - trainable, trainable

@@ -1,0 +1,98 @@
+"""Causal-LM local training and perplexity evaluation, shared by pretraining, clients and the server."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+"""A local objective: (model, batch of token ids (B, T)) -> scalar loss. Default: the LM loss."""
+
+
+def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``batch`` (B, T)."""
+    return model(input_ids=batch, labels=batch).loss
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
+    """exp(mean next-token NLL) over ``blocks`` (N, T), every block weighted by its T−1 predicted tokens."""
+    if len(blocks) == 0:
+        raise ValueError("perplexity needs at least one block")
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        batch = blocks[start : start + batch_size]
+        n_tokens = batch.shape[0] * (batch.shape[1] - 1)
+        total_nll += lm_loss(model, batch).item() * n_tokens
+        total_tokens += n_tokens
+    model.train(was_training)
+    return math.exp(total_nll / total_tokens)
+
+
+@dataclass(frozen=True)
+class LocalTrainConfig:
+    """Local optimisation settings of one client in one round."""
+
+    steps: int = 10
+    """Optimiser steps per round."""
+    batch_size: int = 8
+    """Sequences per step."""
+    lr: float = 3e-3
+    """AdamW learning rate (fresh optimiser each round, as clients are stateless between rounds)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    mean_loss: float
+    tokens: int
+    wall_time_s: float
+
+
+def train_local(
+    model: nn.Module,
+    blocks: torch.Tensor,
+    config: LocalTrainConfig,
+    seed: int,
+    loss_fn: LossFn = lm_loss,
+) -> TrainStats:
+    """Run ``config.steps`` AdamW steps on the trainable parameters of ``model`` with batches drawn from
+    ``blocks`` (N, T) by a torch generator seeded with ``seed`` (so any executor gives identical results)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    if len(blocks) == 0:
+        raise ValueError("train_local needs at least one block")
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    model.train()
+    started = time.perf_counter()
+    losses = []
+    for _ in range(config.steps):
+        batch = blocks[torch.randint(len(blocks), (config.batch_size,), generator=generator)]
+        loss = loss_fn(model, batch)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimiser.step()
+        losses.append(loss.item())
+    model.eval()
+    tokens = config.steps * config.batch_size * blocks.shape[1]
+    return TrainStats(sum(losses) / len(losses), tokens, time.perf_counter() - started)

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from federation.data import DOMAINS, build_federated_data, partition_dirichlet, partition_iid, read_documents
+
+
+def test_committed_corpus_has_every_domain_and_split():
+    for domain in DOMAINS:
+        train, valid = read_documents(domain, "train"), read_documents(domain, "valid")
+        assert len(train) > 10 * len(valid) > 0
+        assert not set(train) & set(valid)
+
+
+def test_iid_partition_covers_every_item_once_and_is_seeded():
+    shards = partition_iid(103, 4, np.random.default_rng(1))
+    assert sorted(np.concatenate(shards).tolist()) == list(range(103))
+    assert [len(s) for s in shards] == [26, 26, 26, 25]
+    again = partition_iid(103, 4, np.random.default_rng(1))
+    assert all(np.array_equal(a, b) for a, b in zip(shards, again))
+
+
+def test_dirichlet_partition_is_label_skewed_for_small_alpha():
+    labels = np.repeat(np.arange(4), 250)
+    shards = partition_dirichlet(labels, 8, 0.1, np.random.default_rng(0))
+    assert sorted(np.concatenate(shards).tolist()) == list(range(1000))
+    # with alpha=0.1 a typical device holds mostly one label
+    dominant = [np.bincount(labels[s], minlength=4).max() / len(s) for s in shards]
+    assert np.median(dominant) > 0.7
+    iid_like = partition_dirichlet(labels, 8, 1000.0, np.random.default_rng(0))
+    assert max(np.bincount(labels[s], minlength=4).max() / len(s) for s in iid_like) < 0.4
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_devices": 0}, "num_devices"),
+    ({"alpha": 0.0}, "alpha"),
+])
+def test_partition_errors(kwargs, match):
+    args = {"labels": np.zeros(10, dtype=int), "num_devices": 2, "alpha": 0.5, "rng": np.random.default_rng(0)} | kwargs
+    with pytest.raises(ValueError, match=match):
+        partition_dirichlet(**args)
+
+
+def test_federated_data_uses_held_out_domain_and_server_share(foundation):
+    _, tokenizer = foundation
+    data = build_federated_data(tokenizer, 3, np.random.default_rng(0), server_fraction=0.2)
+    total = sum(data.device_sizes) + len(data.server_blocks)
+    assert data.num_devices == 3 and len(data.server_blocks) == round(0.2 * total)
+    assert data.eval_blocks.shape[1] == 128
+    with pytest.raises(ValueError, match="pretraining domain"):
+        build_federated_data(tokenizer, 3, np.random.default_rng(0), domains=("kjv",))
+    with pytest.raises(ValueError, match="partition must be one of"):
+        build_federated_data(tokenizer, 3, np.random.default_rng(0), partition="shards")

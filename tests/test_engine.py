@@ -1,0 +1,143 @@
+"""The shared round through its public entry point ``RoundRunner``: message log, exchanges, determinism."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from federation.emulator import build_emulator, layer_drop_spec
+from federation.engine import EngineConfig, RoundRunner
+from federation.methods import DeviceDecision, FedPEATConfig, MethodConfig
+from federation.training import LocalTrainConfig
+
+FAST = LocalTrainConfig(steps=2, batch_size=4, lr=3e-3)
+
+
+def _config(method: str = "fedpeat", **kwargs) -> EngineConfig:
+    method_config = kwargs.pop("method_config", FedPEATConfig(train=FAST))
+    return EngineConfig(method=method, num_devices=3, max_eval_blocks=8, method_config=method_config, **kwargs)
+
+
+def _decisions(*compressions):
+    return [DeviceDecision(c is not None, c or 0.0) for c in compressions]
+
+
+def test_message_bytes_equal_the_tensors_sent(foundation):
+    runner = RoundRunner(_config())
+    runner.run_round(_decisions(0.5, 0.75, None))
+    model, _ = foundation
+    lora_params = 2 * 8 * (128 + 3 * 128)  # 2 adapter blocks x rank 8 x (d_in + d_out of c_attn)
+    for message in runner.log.messages:
+        if message.kind == "adapter":
+            assert message.num_bytes == 4 * lora_params
+        else:
+            spec = runner.server.device_specs[message.device]
+            emulator = build_emulator(model, spec)
+            assert message.num_bytes == 4 * sum(p.numel() for p in emulator.parameters())
+    assert {m.device for m in runner.log.messages} == {0, 1}
+    assert runner.log.total_bytes(direction="up") == 2 * 4 * lora_params
+
+
+def test_device_never_receives_dropped_blocks():
+    runner = RoundRunner(_config())
+    runner.run_round(_decisions(0.75, 0.5, 0.0))
+    for message in runner.log.messages:
+        spec = layer_drop_spec(10, 1, [0.75, 0.5, 0.0][message.device])
+        received = {int(k.split(".")[2]) for k in message.keys if k.startswith("transformer.h.")}
+        assert received <= set(spec.layers)
+        assert not received & set(spec.dropped_layers)
+        if message.kind in ("emulator", "frozen"):
+            assert received == set(spec.layers)
+
+
+def test_emulator_is_sent_only_when_it_changes():
+    runner = RoundRunner(_config())
+    first = runner.run_round(_decisions(0.5, 0.5, 0.5))
+    same = runner.run_round(_decisions(0.5, 0.5, None))
+    switched = runner.run_round(_decisions(0.75, 0.5, 0.5))
+    assert (first.exchanges, same.exchanges, switched.exchanges) == (3, 0, 1)
+    assert same.bytes_down < first.bytes_down
+    assert same.participants == 2 and not same.devices[2].selected and same.devices[2].bytes_down == 0
+    assert switched.devices[0].emulator_exchanged and not switched.devices[2].emulator_exchanged
+
+
+def test_round_reports_latency_memory_and_perplexities():
+    runner = RoundRunner(_config())
+    result = runner.run_round(_decisions(0.0, 0.75, 0.75))
+    full_mem, small_mem = result.devices[0].memory_bytes, result.devices[1].memory_bytes
+    assert full_mem > small_mem > 0 and result.peak_memory_bytes == full_mem
+    assert result.round_latency_s == max(d.latency_s for d in result.devices) > 0
+    assert math.isfinite(result.full_perplexity) and math.isfinite(result.emulator_perplexity)
+    assert result.devices[1].emulator_perplexity > result.devices[0].emulator_perplexity  # smaller emulator
+
+
+def _summaries(results):
+    return [{k: v for k, v in r.summary().items() if k != "wall_time_s"} for r in results]
+
+
+@pytest.mark.parametrize("method, compression", [("fed-ft", 0.0), ("fedpetuning", 0.0), ("fedpeat", 0.5)])
+def test_same_seed_same_numbers(method, compression):
+    method_config = FedPEATConfig(train=FAST) if method == "fedpeat" else MethodConfig(train=FAST)
+    decisions = [DeviceDecision(True, compression)] * 3
+    runs = [RoundRunner(_config(method, seed=s, method_config=method_config)).run(2, decisions) for s in (7, 7, 8)]
+    assert _summaries(runs[0]) == _summaries(runs[1])
+    assert _summaries(runs[0]) != _summaries(runs[2])
+    assert runs[0][-1].full_perplexity < RoundRunner(_config(method, seed=7, method_config=method_config)).initial_perplexity
+
+
+def test_fedpeat_cases_and_decision_errors():
+    case2 = RoundRunner(_config(method_config=FedPEATConfig(train=FAST, case=2)))
+    with pytest.raises(ValueError, match="case 2 shares one emulator"):
+        case2.run_round(_decisions(0.5, 0.75, 0.5))
+    assert case2.run_round(_decisions(0.5, 0.5, None)).exchanges == 2
+
+    case3 = RoundRunner(_config(method_config=FedPEATConfig(train=FAST, case=3)))
+    result = case3.run_round(_decisions(0.0, 0.0, 0.0))
+    assert {m.kind for m in case3.log.messages} == {"model"} and result.exchanges == 0
+    with pytest.raises(ValueError, match="has no emulator"):
+        case3.run_round(_decisions(0.5, 0.0, 0.0))
+    with pytest.raises(ValueError, match="case must be one of"):
+        FedPEATConfig(case=4)
+
+    runner = RoundRunner(_config())
+    with pytest.raises(ValueError, match="one entry per device"):
+        runner.run_round(_decisions(0.5))
+    with pytest.raises(ValueError, match="compression must be in"):
+        runner.run_round(_decisions(1.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="lora_rank must be in"):
+        runner.run_round([DeviceDecision(True, 0.5, lora_rank=99)] * 3)
+    with pytest.raises(ValueError, match="method must be one of"):
+        RoundRunner(_config("fedsgd"))
+
+
+def test_per_device_lora_rank_changes_adapter_bytes():
+    runner = RoundRunner(_config())
+    runner.run_round([DeviceDecision(True, 0.5, lora_rank=r) for r in (2, 4, 8)])
+    up = {m.device: m.num_bytes for m in runner.log.messages if m.direction == "up"}
+    assert up[0] * 2 == up[1] and up[1] * 2 == up[2]
+
+
+def test_collaborative_server_trains_without_using_the_wire():
+    runner = RoundRunner(_config(server_fraction=0.3))
+    plain = RoundRunner(_config())
+    decisions = _decisions(0.5, 0.5, 0.5)
+    collaborative, alone = runner.run_round(decisions), plain.run_round(decisions)
+    assert all(m.device >= 0 for m in runner.log.messages)
+    assert collaborative.full_perplexity != alone.full_perplexity
+    assert len(runner.data.server_blocks) > 0
+
+
+def test_no_device_selected_keeps_the_model():
+    runner = RoundRunner(_config())
+    result = runner.run_round(_decisions(None, None, None))
+    assert result.participants == 0 and result.bytes_down == 0 and result.round_latency_s == 0.0
+    assert result.full_perplexity == runner.initial_perplexity
+
+
+def test_engine_config_errors():
+    with pytest.raises(ValueError, match="num_devices"):
+        EngineConfig(num_devices=0)
+    with pytest.raises(ValueError, match="server_fraction"):
+        replace(EngineConfig(), server_fraction=1.0)
