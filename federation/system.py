@@ -177,11 +177,21 @@ class WirelessChannel:
         self._rng = rng
         self.distances_m: np.ndarray = rng.uniform(config.min_distance_m, config.max_distance_m, self.num_devices)
         self.uplink_bandwidth_hz: np.ndarray = rng.uniform(*config.uplink_bandwidth_hz, self.num_devices)
-        self.path_loss_db: np.ndarray = np.asarray(path_loss_db(self.distances_m))
+        self.path_loss_db: np.ndarray = np.array(path_loss_db(self.distances_m), dtype=float).reshape(self.num_devices)
         self._h = _complex_normal(rng, self.num_devices)
         self._n0_w_per_hz = noise_psd_w_per_hz(config.noise_figure_db)
         self._uplink_power_w = float(dbm_to_w(config.uplink_power_dbm))
         self._downlink_power_w = float(dbm_to_w(config.downlink_power_dbm))
+
+    def reset_devices(self, devices: np.ndarray) -> None:
+        """Redraw distance, uplink bandwidth and fading of the given devices (indices or boolean mask), in the
+        same order as the constructor (distances, bandwidths, fading); e.g. a new episode of a vectorised env."""
+        idx = np.flatnonzero(np.asarray(devices)) if np.asarray(devices).dtype == bool else np.asarray(devices, dtype=int)
+        n, cfg = len(idx), self.config
+        self.distances_m[idx] = self._rng.uniform(cfg.min_distance_m, cfg.max_distance_m, n)
+        self.uplink_bandwidth_hz[idx] = self._rng.uniform(*cfg.uplink_bandwidth_hz, n)
+        self.path_loss_db[idx] = path_loss_db(self.distances_m[idx])
+        self._h[idx] = _complex_normal(self._rng, n)
 
     def _gain(self) -> np.ndarray:
         return 10.0 ** (-self.path_loss_db / 10.0) * np.abs(self._h) ** 2

@@ -251,3 +251,16 @@ def test_count_parameters() -> None:
     lin.bias.requires_grad_(False)
     assert count_parameters(lin) == (3, 12)
     assert count_parameters(nn.Sequential(lin, nn.Linear(3, 2))) == (3, 12 + 8)
+
+
+def test_reset_devices_redraws_only_the_given_devices():
+    from federation.system import ChannelConfig, WirelessChannel
+
+    channel = WirelessChannel(6, ChannelConfig(), np.random.default_rng(3))
+    before = (channel.distances_m.copy(), channel.uplink_bandwidth_hz.copy(), channel.gain_db())
+    channel.reset_devices(np.array([False, True, False, False, True, False]))
+    after = (channel.distances_m, channel.uplink_bandwidth_hz, channel.gain_db())
+    for old, new in zip(before, after):
+        assert np.array_equal(old[[0, 2, 3, 5]], new[[0, 2, 3, 5]])
+        assert not np.any(old[[1, 4]] == new[[1, 4]])
+    assert np.allclose(channel.path_loss_db, 128.1 + 37.6 * np.log10(channel.distances_m / 1000.0))

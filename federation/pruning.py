@@ -1,0 +1,172 @@
+"""FedPFT sub-model construction (DESIGN §4): saliency-based FFN neuron pruning of GPT-2 and its distillation terms.
+
+GPT-2 uses ``Conv1D`` (weights stored (in, out)): neuron j of a block's FFN is ``mlp.c_fc.weight[:, j]`` (d,),
+``mlp.c_fc.bias[j]`` and ``mlp.c_proj.weight[j, :]`` (d,). A pruned block keeps k of the d_ff neurons:
+``c_fc`` (d, k) + (k,), ``c_proj`` (k, d) + (d,) (the output bias is not per neuron and is kept whole). Kept
+neuron index sets are sorted, and position i of a pruned block holds full-FFN neuron ``kept_idx[i]``.
+Every function returns new tensors / modules and leaves its inputs untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+def _ffn(block: nn.Module) -> tuple[Conv1D, Conv1D]:
+    """(c_fc, c_proj) of a GPT-2 block; ValueError if the block has no GPT-2 FFN."""
+    mlp = getattr(block, "mlp", None)
+    if not (isinstance(getattr(mlp, "c_fc", None), Conv1D) and isinstance(getattr(mlp, "c_proj", None), Conv1D)):
+        raise ValueError(f"block must be a GPT-2 block with Conv1D mlp.c_fc and mlp.c_proj, got {type(block).__name__}")
+    return mlp.c_fc, mlp.c_proj
+
+
+def _check_index(name: str, idx: torch.Tensor, size: int) -> None:
+    """``idx`` must be a non-empty, strictly increasing 1-D integer tensor with values in [0, size)."""
+    if idx.dim() != 1 or len(idx) == 0 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        raise ValueError(f"{name} must be a non-empty 1-D integer tensor, got dtype {idx.dtype} shape {tuple(idx.shape)}")
+    if not bool((idx[1:] > idx[:-1]).all()) or int(idx[0]) < 0 or int(idx[-1]) >= size:
+        raise ValueError(f"{name} must be strictly increasing with values in [0, {size}), got {idx.tolist()[:8]}…")
+
+
+def _conv(weight: torch.Tensor, bias: torch.Tensor, requires_grad: bool) -> Conv1D:
+    """A ``Conv1D`` holding copies of ``weight`` (in, out) and ``bias`` (out,)."""
+    layer = Conv1D(weight.shape[1], weight.shape[0])
+    layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=requires_grad)
+    layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=requires_grad)
+    return layer
+
+
+def _ffn_layers(
+    block: nn.Module, fc_w: torch.Tensor, fc_b: torch.Tensor, proj_w: torch.Tensor
+) -> tuple[Conv1D, Conv1D]:
+    """New (c_fc, c_proj) = ((fc_w (d, k), fc_b (k,)), (proj_w (k, d), ``block``'s c_proj bias))."""
+    fc, proj = _ffn(block)
+    return _conv(fc_w, fc_b, fc.weight.requires_grad), _conv(proj_w, proj.bias, proj.weight.requires_grad)
+
+
+def _with_ffn(block: nn.Module, fc_w: torch.Tensor, fc_b: torch.Tensor, proj_w: torch.Tensor) -> nn.Module:
+    """Deep copy of ``block`` with the FFN layers of ``_ffn_layers``."""
+    layers = _ffn_layers(block, fc_w, fc_b, proj_w)
+    new = copy.deepcopy(block)
+    new.mlp.c_fc, new.mlp.c_proj = layers
+    return new
+
+
+def neuron_saliency(block: nn.Module) -> torch.Tensor:
+    """s_j = ‖[c_fc.weight[:, j], c_proj.weight[j, :]]‖₂ for every FFN neuron, shape (d_ff,) (detached)."""
+    fc, proj = _ffn(block)
+    with torch.no_grad():
+        return ((fc.weight**2).sum(0) + (proj.weight**2).sum(1)).sqrt()
+
+
+def top_neurons(saliency: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+    """Sorted indices (LongTensor) of the ⌈keep_ratio·d_ff⌉ most salient neurons (ties: lower index first)."""
+    if saliency.dim() != 1 or len(saliency) == 0:
+        raise ValueError(f"saliency must be a non-empty 1-D tensor, got shape {tuple(saliency.shape)}")
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    keep = math.ceil(keep_ratio * len(saliency) - 1e-9)  # tolerance: 0.3·10 must keep 3, not 4
+    order = torch.argsort(saliency.detach(), descending=True, stable=True)
+    return order[:keep].sort().values.long()
+
+
+def prune_block_ffn(block: nn.Module, neuron_idx: torch.Tensor) -> nn.Module:
+    """Deep copy of ``block`` keeping only FFN neurons ``neuron_idx`` (sorted): c_fc (d, k) + (k,), c_proj (k, d)."""
+    fc, proj = _ffn(block)
+    _check_index("neuron_idx", neuron_idx, fc.weight.shape[1])
+    return _with_ffn(block, fc.weight[:, neuron_idx], fc.bias[neuron_idx], proj.weight[neuron_idx])
+
+
+def prune_gpt2_ffn(
+    model: nn.Module, keep_ratio: float, keep_whole: tuple[int, ...]
+) -> tuple[nn.Module, dict[int, torch.Tensor]]:
+    """FedPFT sub-model: a copy of the GPT-2 ``model`` whose blocks, except ``keep_whole``, keep the top
+    ``keep_ratio`` of their FFN neurons by saliency.
+
+    Returns (pruned copy, {block index: kept neuron indices} for the pruned blocks only). FFN widths then differ
+    per block, so ``config.n_inner`` no longer describes the pruned blocks (the copy runs but cannot be rebuilt
+    from its config).
+    """
+    blocks = getattr(model, "transformer", model).h
+    bad = [i for i in keep_whole if not 0 <= i < len(blocks)]
+    if bad:
+        raise ValueError(f"keep_whole must hold block indices in [0, {len(blocks)}), got {tuple(keep_whole)}")
+    pruned = copy.deepcopy(model)
+    pruned_blocks = getattr(pruned, "transformer", pruned).h
+    kept = {}
+    for i, block in enumerate(blocks):
+        if i in keep_whole:
+            continue
+        idx = kept[i] = top_neurons(neuron_saliency(block), keep_ratio)
+        fc, proj = _ffn(block)
+        layers = _ffn_layers(block, fc.weight[:, idx], fc.bias[idx], proj.weight[idx])
+        pruned_blocks[i].mlp.c_fc, pruned_blocks[i].mlp.c_proj = layers
+    return pruned, kept
+
+
+def ffn_weight_product_loss(
+    teacher_block: nn.Module, student_block: nn.Module, neuron_idx: torch.Tensor
+) -> torch.Tensor:
+    """‖W_out W_in − W'_out W'_in‖_F / ‖W_out W_in‖_F between the teacher's full FFN and the pruned student's.
+
+    Scalar, differentiable w.r.t. the student's ``c_fc`` / ``c_proj`` weights (the teacher is detached); the
+    public FedPFT code computed it on ``.data``, so it never trained anything. ``neuron_idx`` (the student's kept
+    neurons) only checks that the two blocks match. In Conv1D layout the product is (c_fc.weight·c_proj.weight)ᵀ,
+    (d, d); the Frobenius norm ignores the transpose.
+    """
+    t_fc, t_proj = _ffn(teacher_block)
+    s_fc, s_proj = _ffn(student_block)
+    _check_index("neuron_idx", neuron_idx, t_fc.weight.shape[1])
+    if len(neuron_idx) != s_fc.weight.shape[1]:
+        raise ValueError(f"neuron_idx has {len(neuron_idx)} neurons but the student FFN has {s_fc.weight.shape[1]}")
+    with torch.no_grad():
+        target = t_fc.weight @ t_proj.weight
+    return torch.linalg.matrix_norm(target - s_fc.weight @ s_proj.weight) / torch.linalg.matrix_norm(target).clamp_min(
+        1e-12
+    )
+
+
+def refresh_neurons(
+    pruned_block: nn.Module,
+    full_block: nn.Module,
+    kept_idx: torch.Tensor,
+    activation_scores: torch.Tensor,
+    fraction: float,
+) -> tuple[nn.Module, torch.Tensor]:
+    """FedPFT neuron-level distillation step: swap the round(``fraction``·k) kept neurons with the lowest
+    ``activation_scores`` (k,), aligned with ``kept_idx``, higher = more active) for the most salient neurons of
+    ``full_block`` that are not kept, copying their weights from ``full_block``.
+
+    Returns (a new pruned block, its sorted kept indices). Retained neurons keep their (possibly tuned) weights
+    from ``pruned_block``; the c_proj bias is kept. Python ``round`` (half to even) gives the swap count.
+    """
+    f_fc, f_proj = _ffn(full_block)
+    p_fc, p_proj = _ffn(pruned_block)
+    d_ff, k = f_fc.weight.shape[1], p_fc.weight.shape[1]
+    _check_index("kept_idx", kept_idx, d_ff)
+    if len(kept_idx) != k:
+        raise ValueError(f"kept_idx has {len(kept_idx)} neurons but pruned_block's FFN has {k}")
+    if activation_scores.shape != (k,):
+        raise ValueError(f"activation_scores must have shape ({k},), got {tuple(activation_scores.shape)}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    swap = round(fraction * k)
+    if swap > d_ff - k:
+        raise ValueError(f"fraction={fraction} swaps {swap} neurons but only {d_ff - k} are not kept")
+    order = torch.argsort(activation_scores.detach(), stable=True)
+    stay = order[swap:].sort().values
+    saliency = neuron_saliency(full_block).clone()
+    saliency[kept_idx] = -math.inf
+    incoming = torch.argsort(saliency, descending=True, stable=True)[:swap]
+    with torch.no_grad():
+        idx = torch.cat([kept_idx[stay], incoming])
+        fc_w = torch.cat([p_fc.weight[:, stay], f_fc.weight[:, incoming]], dim=1)
+        fc_b = torch.cat([p_fc.bias[stay], f_fc.bias[incoming]])
+        proj_w = torch.cat([p_proj.weight[stay], f_proj.weight[incoming]])
+    perm = torch.argsort(idx)
+    return _with_ffn(pruned_block, fc_w[:, perm], fc_b[perm], proj_w[perm]), idx[perm].long()

@@ -1,0 +1,226 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from federation.pruning import (
+    ffn_weight_product_loss,
+    neuron_saliency,
+    prune_block_ffn,
+    prune_gpt2_ffn,
+    refresh_neurons,
+    top_neurons,
+)
+
+D, D_FF = 16, 64
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT2LMHeadModel:
+    """Tiny random GPT-2 (3 blocks, d = 16, d_ff = 64) in eval mode; tests must not modify it."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=3, n_embd=D, n_head=2, vocab_size=32, n_positions=16, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokens() -> torch.Tensor:
+    return torch.randint(32, (2, 8), generator=torch.Generator().manual_seed(1))
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _same(module: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    now = module.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+
+
+def _mlp_reference(x: torch.Tensor, block: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """The FFN restricted to neurons ``idx``, computed directly from the full block's weights."""
+    fc, proj = block.mlp.c_fc, block.mlp.c_proj
+    return block.mlp.act(x @ fc.weight[:, idx] + fc.bias[idx]) @ proj.weight[idx] + proj.bias
+
+
+def test_saliency_matches_brute_force_loop(model):
+    block = model.transformer.h[1]
+    saliency = neuron_saliency(block)
+    expected = torch.tensor(
+        [torch.cat([block.mlp.c_fc.weight[:, j], block.mlp.c_proj.weight[j, :]]).norm().item() for j in range(D_FF)]
+    )
+    assert saliency.shape == (D_FF,) and not saliency.requires_grad
+    torch.testing.assert_close(saliency, expected)
+    brute_top = sorted(range(D_FF), key=lambda j: -expected[j].item())[:16]
+    assert top_neurons(saliency, 0.25).tolist() == sorted(brute_top)
+
+
+@pytest.mark.parametrize("ratio, n, keep", [(0.25, 64, 16), (0.3, 10, 3), (0.25, 10, 3), (1.0, 7, 7), (0.01, 7, 1)])
+def test_top_neurons_keeps_ceil_of_ratio_sorted(ratio, n, keep):
+    saliency = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    idx = top_neurons(saliency, ratio)
+    assert idx.dtype == torch.long and len(idx) == keep == math.ceil(round(ratio * n, 9))
+    assert idx.tolist() == sorted(idx.tolist())
+    dropped = [j for j in range(n) if j not in idx.tolist()]
+    if dropped:
+        assert saliency[idx].min() >= saliency[dropped].max()
+
+
+@pytest.mark.parametrize(
+    "saliency, ratio, match",
+    [
+        (torch.ones(4), 0.0, r"keep_ratio must be in \(0, 1\]"),
+        (torch.ones(4), 1.5, r"keep_ratio must be in \(0, 1\]"),
+        (torch.ones(2, 2), 0.5, "saliency must be a non-empty 1-D"),
+        (torch.ones(0), 0.5, "saliency must be a non-empty 1-D"),
+    ],
+)
+def test_top_neurons_errors(saliency, ratio, match):
+    with pytest.raises(ValueError, match=match):
+        top_neurons(saliency, ratio)
+
+
+def test_prune_block_ffn_shapes_weights_forward_and_input_untouched(model):
+    block = model.transformer.h[1]
+    before = _state(block)
+    idx = top_neurons(neuron_saliency(block), 0.25)
+    pruned = prune_block_ffn(block, idx)
+    assert _same(block, before) and pruned is not block
+    fc, proj = pruned.mlp.c_fc, pruned.mlp.c_proj
+    assert fc.weight.shape == (D, 16) and fc.bias.shape == (16,) and proj.weight.shape == (16, D)
+    assert proj.bias.shape == (D,) and fc.nf == 16 and proj.nx == 16
+    torch.testing.assert_close(proj.weight, block.mlp.c_proj.weight[idx])
+    x = torch.randn(2, 5, D)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned.mlp(x), _mlp_reference(x, block, idx))
+        assert pruned(x).shape == (2, 5, D)
+    with torch.no_grad():
+        pruned.mlp.c_fc.weight.add_(1.0)  # the copy shares no storage with the input
+    assert _same(block, before)
+
+
+@pytest.mark.parametrize(
+    "idx, match",
+    [
+        (torch.tensor([3, 1]), "neuron_idx must be strictly increasing"),
+        (torch.tensor([1, 1]), "neuron_idx must be strictly increasing"),
+        (torch.tensor([0, 64]), r"neuron_idx must be strictly increasing with values in \[0, 64\)"),
+        (torch.tensor([-1, 2]), "neuron_idx must be strictly increasing"),
+        (torch.tensor([0.0, 1.0]), "neuron_idx must be a non-empty 1-D integer"),
+        (torch.tensor([], dtype=torch.long), "neuron_idx must be a non-empty 1-D integer"),
+    ],
+)
+def test_prune_block_ffn_index_errors(model, idx, match):
+    with pytest.raises(ValueError, match=match):
+        prune_block_ffn(model.transformer.h[0], idx)
+
+
+def test_prune_block_ffn_rejects_non_gpt2_block():
+    with pytest.raises(ValueError, match="block must be a GPT-2 block"):
+        prune_block_ffn(nn.Linear(2, 2), torch.tensor([0]))
+
+
+def test_prune_gpt2_ffn_prunes_all_but_keep_whole_and_runs(model, tokens):
+    before = _state(model)
+    pruned, kept = prune_gpt2_ffn(model, 0.25, keep_whole=(0, 2))
+    assert _same(model, before)
+    assert set(kept) == {1} and len(kept[1]) == 16
+    widths = [block.mlp.c_fc.weight.shape[1] for block in pruned.transformer.h]
+    assert widths == [D_FF, 16, D_FF]
+    assert torch.equal(kept[1], top_neurons(neuron_saliency(model.transformer.h[1]), 0.25))
+    with torch.no_grad():
+        logits = pruned(input_ids=tokens).logits
+    assert logits.shape == (2, 8, 32) and torch.isfinite(logits).all()
+    _, all_kept = prune_gpt2_ffn(model, 0.5, keep_whole=())
+    assert set(all_kept) == {0, 1, 2} and all(len(v) == 32 for v in all_kept.values())
+
+
+def test_prune_gpt2_ffn_keep_ratio_one_is_the_original(model, tokens):
+    pruned, kept = prune_gpt2_ffn(model, 1.0, keep_whole=())
+    assert all(torch.equal(v, torch.arange(D_FF)) for v in kept.values())
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(input_ids=tokens).logits, model(input_ids=tokens).logits)
+
+
+@pytest.mark.parametrize(
+    "ratio, keep_whole, match",
+    [(0.5, (3,), r"keep_whole must hold block indices in \[0, 3\)"), (0.0, (), "keep_ratio must be in")],
+)
+def test_prune_gpt2_ffn_errors(model, ratio, keep_whole, match):
+    with pytest.raises(ValueError, match=match):
+        prune_gpt2_ffn(model, ratio, keep_whole)
+
+
+def test_weight_product_loss_zero_at_full_width_and_differentiable(model):
+    teacher = model.transformer.h[1]
+    full = prune_block_ffn(teacher, torch.arange(D_FF))
+    assert ffn_weight_product_loss(teacher, full, torch.arange(D_FF)).item() == pytest.approx(0.0, abs=1e-6)
+    idx = top_neurons(neuron_saliency(teacher), 0.25)
+    student = prune_block_ffn(teacher, idx)
+    loss = ffn_weight_product_loss(teacher, student, idx)
+    t = teacher.mlp.c_fc.weight @ teacher.mlp.c_proj.weight
+    s = student.mlp.c_fc.weight @ student.mlp.c_proj.weight
+    torch.testing.assert_close(loss, (t - s).norm() / t.norm())
+    assert loss.item() > 0
+    loss.backward()
+    assert student.mlp.c_fc.weight.grad is not None and student.mlp.c_fc.weight.grad.abs().sum() > 0
+    assert student.mlp.c_proj.weight.grad.abs().sum() > 0
+    assert teacher.mlp.c_fc.weight.grad is None
+
+
+def test_weight_product_loss_errors(model):
+    teacher = model.transformer.h[1]
+    student = prune_block_ffn(teacher, torch.arange(8))
+    with pytest.raises(ValueError, match="neuron_idx has 9 neurons but the student FFN has 8"):
+        ffn_weight_product_loss(teacher, student, torch.arange(9))
+    with pytest.raises(ValueError, match="neuron_idx must be strictly increasing"):
+        ffn_weight_product_loss(teacher, student, torch.arange(8).flip(0))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
+def test_refresh_neurons_swaps_round_fraction_of_k(model, fraction):
+    full = model.transformer.h[1]
+    kept = top_neurons(neuron_saliency(full), 0.25)
+    pruned = prune_block_ffn(full, kept)
+    with torch.no_grad():
+        pruned.mlp.c_fc.weight.add_(1.0)  # "tuned" weights, distinguishable from the full block's
+    before_full, before_pruned = _state(full), _state(pruned)
+    scores = torch.randn(16, generator=torch.Generator().manual_seed(2))
+    block, new = refresh_neurons(pruned, full, kept, scores, fraction)
+    assert _same(full, before_full) and _same(pruned, before_pruned)
+    swap = round(fraction * 16)
+    dropped = set(kept[torch.argsort(scores)[:swap]].tolist())
+    old, now = set(kept.tolist()), set(new.tolist())
+    assert new.tolist() == sorted(now) and len(new) == 16 and new.dtype == torch.long
+    assert old - now == dropped and len(now - old) == swap
+    saliency = neuron_saliency(full)
+    outside = sorted(set(range(D_FF)) - old, key=lambda j: -saliency[j].item())
+    assert now - old == set(outside[:swap])
+    x = torch.randn(3, D)
+    for pos, j in enumerate(new.tolist()):
+        source, src_pos = (pruned, kept.tolist().index(j)) if j in old else (full, j)
+        assert torch.equal(block.mlp.c_fc.weight[:, pos], source.mlp.c_fc.weight[:, src_pos])
+        assert torch.equal(block.mlp.c_fc.bias[pos], source.mlp.c_fc.bias[src_pos])
+        assert torch.equal(block.mlp.c_proj.weight[pos], source.mlp.c_proj.weight[src_pos])
+    assert torch.equal(block.mlp.c_proj.bias, pruned.mlp.c_proj.bias)
+    with torch.no_grad():
+        assert block.mlp(x).shape == (3, D)
+
+
+def test_refresh_neurons_errors(model):
+    full = model.transformer.h[1]
+    kept = torch.arange(40)
+    pruned = prune_block_ffn(full, kept)
+    scores = torch.zeros(40)
+    cases = [
+        ((pruned, full, kept, scores, 1.5), r"fraction must be in \[0, 1\]"),
+        ((pruned, full, kept, scores, 1.0), "fraction=1.0 swaps 40 neurons but only 24 are not kept"),
+        ((pruned, full, kept, torch.zeros(39), 0.5), r"activation_scores must have shape \(40,\)"),
+        ((pruned, full, torch.arange(30), scores, 0.5), "kept_idx has 30 neurons but pruned_block's FFN has 40"),
+        ((pruned, full, torch.arange(40).flip(0), scores, 0.5), "kept_idx must be strictly increasing"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            refresh_neurons(*args)
