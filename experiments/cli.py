@@ -61,6 +61,8 @@ def run(
 
     _quiet_libraries()
     try:
+        if method != "fedpeat" and (case != 1 or distill_steps):
+            raise ValueError(f"--case and --distill-steps apply to method 'fedpeat' only, not {method!r}")
         base = make_method(method).train_config  # validates the name; the method's default lr
         method_config = FedPEATConfig(train=replace(base, steps=local_steps), case=case, distill_steps=distill_steps)
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
@@ -106,3 +108,55 @@ def bench_engine(
         rows = bench_emulator(steps, batch_size)
     for table in engine_tables(overhead, rows):
         console.print(table)
+
+
+@app.command()
+def demo(
+    rounds: int = typer.Option(5, help="Federated rounds."),
+    seed: int = typer.Option(0, help="Seed of every random draw."),
+) -> None:
+    """Short FedPEAT run: 4 devices with heterogeneous emulators (ε = 0, 0.5, 0.75, 0.75) on the embedded model."""
+    from experiments.run import round_table, run_federated
+    from federation.engine import EngineConfig
+
+    _quiet_libraries()
+    config = EngineConfig(method="fedpeat", num_devices=4, seed=seed)
+    runner, results = run_federated(config, rounds, [0.0, 0.5, 0.75, 0.75], console)
+    console.print(round_table(runner, results))
+    drop = 1 - results[-1].full_perplexity / runner.initial_perplexity
+    console.print(f"full-model perplexity on the held-out tuning domain: {runner.initial_perplexity:.1f} → "
+                  f"{results[-1].full_perplexity:.1f} ({drop:.0%} lower) after {rounds} rounds; "
+                  f"{sum(r.bytes_down + r.bytes_up for r in results) / 1e6:.1f} MB exchanged")
+
+
+@app.command()
+def calibrate(
+    rounds: int = typer.Option(8, help="Engine rounds per calibration run."),
+    devices: int = typer.Option(4, help="Devices in the engine runs."),
+    local_steps: int = typer.Option(10, help="Local steps per device per round."),
+    levels: list[float] = typer.Option([0.0, 0.25, 0.5, 0.75], help="Compression ratios ε to calibrate."),
+    out: Path = typer.Option(None, help="Calibration file (default: the committed embedded-v1.json)."),
+) -> None:
+    """Fit the FedPEAT-v0 surrogate to real engine rounds and write the versioned calibration file."""
+    from rich.progress import Progress
+
+    from fedpeat_env.calibration import calibrate as run_calibration
+    from fedpeat_env.surrogate import DEFAULT_CALIBRATION
+
+    _quiet_libraries()
+    with Progress(console=console) as progress:
+        task = progress.add_task("engine rounds", total=None)
+
+        def tick(total: int) -> None:
+            if total:
+                progress.update(task, total=total)
+            else:
+                progress.advance(task)
+
+        calibration = run_calibration(tuple(levels), rounds, devices, local_steps=local_steps, progress=tick)
+    path = out or DEFAULT_CALIBRATION
+    calibration.save(path)
+    console.print({"plateau_perplexity": dict(zip(calibration.levels, calibration.plateau_perplexity)),
+                   "initial_perplexity": calibration.initial_perplexity, "rate": calibration.rate,
+                   "exponent": calibration.exponent, "noise_std": calibration.noise_std, **calibration.fit_error})
+    console.print(f"wrote {path}")

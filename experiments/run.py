@@ -38,9 +38,7 @@ def run_federated(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     decisions = decisions_for(config.num_devices, compression)
     runner = RoundRunner(config)
-    for decision in decisions:  # fail before any training on a bad decision
-        runner.method.validate_decision(decision)
-    runner.method.validate_round(decisions)
+    runner.validate(decisions)  # fail before any training on a bad decision
     console = console or Console()
     columns = (TextColumn(f"{config.method} rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ppl {task.fields[ppl]:.1f}"))
@@ -62,7 +60,7 @@ def devices_frame(results: Sequence[RoundResult]) -> pd.DataFrame:
 def round_table(runner: RoundRunner, results: Sequence[RoundResult]) -> Table:
     table = Table(title=f"{runner.config.method} · {runner.config.num_devices} devices · seed {runner.config.seed} "
                         f"· initial full-model ppl {runner.initial_perplexity:.1f}")
-    for column in ("round", "full ppl", "emulator ppl", "latency (s)", "down (MB)", "up (MB)", "exchanges", "peak mem (MB)", "loss"):
+    for column in ("round", "full ppl", "emu ppl", "latency s", "down MB", "up MB", "exch.", "mem MB", "loss"):
         table.add_column(column, justify="right")
     for r in results:
         emu = "–" if math.isnan(r.emulator_perplexity) else f"{r.emulator_perplexity:.1f}"

@@ -193,11 +193,7 @@ class RoundRunner:
         ``evaluate=False`` skips the perplexity evaluations (the result then reports NaN perplexities)."""
         started = time.perf_counter()
         decisions = list(decisions) if decisions is not None else self.default_decisions()
-        if len(decisions) != self.config.num_devices:
-            raise ValueError(f"decisions must have one entry per device ({self.config.num_devices}), got {len(decisions)}")
-        for decision in decisions:
-            self.method.validate_decision(decision)
-        self.method.validate_round(decisions)
+        self.validate(decisions)
         self.round += 1
         channel = self.channel.step()
         seeds = self.rng.integers(0, 2**31 - 1, size=self.config.num_devices + 1)  # drawn every round for all
@@ -236,6 +232,16 @@ class RoundRunner:
             wall_time_s=time.perf_counter() - started,
             devices=tuple(records),
         )
+
+    def validate(self, decisions: Sequence[DeviceDecision]) -> None:
+        """Raise ``ValueError`` for decisions the method cannot run, before anything is sent or trained."""
+        if len(decisions) != self.config.num_devices:
+            raise ValueError(f"decisions must have one entry per device ({self.config.num_devices}), got {len(decisions)}")
+        for decision in decisions:
+            self.method.validate_decision(decision)
+            if decision.selected:
+                self.method.device_spec(self.server.num_layers, decision)
+        self.method.validate_round(list(decisions))
 
     def _server_job(self, seed: int) -> ClientJob:
         spec = self.method.server_spec(self.server.num_layers)

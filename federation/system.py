@@ -74,7 +74,12 @@ def shannon_rate(bandwidth_hz: float | np.ndarray, tx_power_w: float | np.ndarra
     p = _checked("tx_power_w", tx_power_w, strict=False)
     g = _checked("channel_gain", channel_gain, strict=False)
     n0 = _checked("noise_psd_w_per_hz", noise_psd_w_per_hz, strict=True)
-    return _out(b * np.log2(1.0 + p * g / (n0 * b)))
+    return _out(_shannon(b, p, g, n0))
+
+
+def _shannon(b, p, g, n0):
+    """Unchecked Shannon rate, for callers that validated their arguments once (the channel's hot path)."""
+    return b * np.log2(1.0 + p * g / (n0 * b))
 
 
 def transmission_latency_s(downlink_bytes: float | np.ndarray, uplink_bytes: float | np.ndarray,
@@ -198,10 +203,10 @@ class WirelessChannel:
 
     def current(self) -> ChannelState:
         """State of the current fading draw (draws no randomness)."""
-        g = self._gain()
-        up = shannon_rate(self.uplink_bandwidth_hz, self._uplink_power_w, g, self._n0_w_per_hz)
-        down = shannon_rate(self.config.downlink_bandwidth_hz, self._downlink_power_w, g, self._n0_w_per_hz)
-        arrays = [np.array(a, dtype=float, copy=True).reshape(self.num_devices) for a in (g, up, down)]
+        g = self._gain()  # constructor-validated arguments: the unchecked formula is safe and fast here
+        up = _shannon(self.uplink_bandwidth_hz, self._uplink_power_w, g, self._n0_w_per_hz)
+        down = _shannon(self.config.downlink_bandwidth_hz, self._downlink_power_w, g, self._n0_w_per_hz)
+        arrays = [g, up, down]  # freshly computed arrays, never aliased
         for a in arrays:
             a.flags.writeable = False
         return ChannelState(gain=arrays[0], uplink_rate_bps=arrays[1], downlink_rate_bps=arrays[2])

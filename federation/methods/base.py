@@ -64,6 +64,8 @@ class Method:
 
     # --- what a device holds -------------------------------------------------------------------------
     def validate_decision(self, decision: DeviceDecision) -> None:
+        if not 0.0 <= decision.compression < 1.0:
+            raise ValueError(f"compression must be in [0, 1), got {decision.compression}")
         if not self.uses_emulator and decision.compression != 0.0:
             raise ValueError(f"method {self.name!r} has no emulator; compression must be 0, got {decision.compression}")
         if decision.lora_rank is not None and self.lora_spec(decision) is None:

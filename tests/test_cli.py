@@ -1,0 +1,51 @@
+"""The ``fedpeat`` command line through typer's runner (same entry point as the console script)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from experiments import cli
+from experiments.cli import app
+
+runner = CliRunner()
+cli.console.width = 200  # the round table must not wrap or truncate numbers
+
+
+def test_run_writes_round_table_csv_and_json(tmp_path):
+    args = ["run", "--method", "fedpeat", "--devices", "2", "--rounds", "2", "--seed", "3", "--local-steps", "2",
+            "--compression", "0.5", "--compression", "0.75", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rounds = pd.read_csv(tmp_path / "rounds.csv")
+    assert list(rounds["round"]) == [1, 2] and (rounds["full_perplexity"] > 0).all()
+    for value in (*rounds["full_perplexity"], *rounds["emulator_perplexity"]):  # the printed table
+        assert f"{value:.1f}" in result.output
+    devices = pd.read_csv(tmp_path / "devices.csv")
+    assert sorted(devices.loc[devices["round"] == 1, "kept_blocks"]) == [4, 6]
+    messages = pd.read_csv(tmp_path / "messages.csv")
+    assert messages["bytes"].sum() == rounds["bytes_down"].sum() + rounds["bytes_up"].sum()
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["config"]["seed"] == 3 and len(record["rounds"]) == 2
+    again = runner.invoke(app, args[:-1] + [str(tmp_path / "again")])
+    assert again.exit_code == 0
+    same = pd.read_csv(tmp_path / "again" / "rounds.csv").drop(columns="wall_time_s")
+    pd.testing.assert_frame_equal(same, rounds.drop(columns="wall_time_s"))
+
+
+def test_run_rejects_bad_input_with_one_clear_error(tmp_path):
+    cases = [
+        (["--method", "fedx"], "method must be one of"),
+        (["--devices", "3", "--compression", "0.5", "--compression", "0.5"], "one per device"),
+        (["--compression", "1.0"], "compression must be in [0, 1)"),
+        (["--method", "fed-ft", "--case", "2"], "apply to method 'fedpeat' only"),
+        (["--rounds", "0"], "rounds must be >= 1"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "never"
+        result = runner.invoke(app, ["run", "--devices", "2", "--local-steps", "1", *extra, "--out", str(out)])
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in " ".join(result.output.split()), (extra, result.output)
+        assert not out.exists()
