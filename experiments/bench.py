@@ -135,3 +135,58 @@ def engine_tables(overhead: dict, emulator_rows: list[dict]) -> tuple[Table, Tab
         second.add_row(f"{row['compression']:.2f}", str(row["blocks"]), f"{row['tokens_per_s']:.0f}", f"{row['speedup']:.2f}×",
                        f"{row['memory_bytes'] / 1e6:.1f}", f"{row['memory_saving']:.2f}×", f"{row['layer_ratio']:.2f}×")
     return first, second
+
+
+def _steps_per_s(env, steps: int, seed: int = 0) -> float:
+    """Random-action steps per second of a single Gymnasium env (action sampling included, as for CartPole)."""
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    started = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+    return steps / (time.perf_counter() - started)
+
+
+def bench_env(steps: int = 20_000, num_envs: int = 1024, vector_steps: int = 200, ppo_timesteps: int = 8192) -> dict:
+    """FedPEAT-v0 (N=10) vs CartPole-v1 steps/s; vector env at ``num_envs``; share of PPO wall time in the env."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import gymnasium as gym
+    import numpy as np
+
+    import fedpeat_env  # noqa: F401
+    from agents.train import TrainConfig, train
+    from fedpeat_env.vector import FedPEATVectorEnv
+
+    cartpole = _steps_per_s(gym.make("CartPole-v1"), steps)
+    fedpeat = _steps_per_s(gym.make("FedPEAT-v0"), steps)
+    vector = FedPEATVectorEnv(num_envs)
+    vector.reset(seed=0)
+    actions = [vector.action_space.sample() for _ in range(16)]
+    started = time.perf_counter()
+    for i in range(vector_steps):
+        vector.step(actions[i % len(actions)])
+    vector_rate = vector_steps * num_envs / (time.perf_counter() - started)
+    with tempfile.TemporaryDirectory() as tmp:
+        train(TrainConfig(algo="ppo", timesteps=ppo_timesteps, out_dir=tmp), progress=False)
+        share = json.loads((Path(tmp) / "metrics.json").read_text())["env_time_share"]
+    return {"cartpole_steps_per_s": cartpole, "fedpeat_steps_per_s": fedpeat, "ratio_to_cartpole": fedpeat / cartpole,
+            "vector_env_steps_per_s": vector_rate, "vector_ratio_to_single": vector_rate / fedpeat,
+            "num_envs": num_envs, "ppo_env_time_share": float(np.round(share, 4))}
+
+
+def env_table(result: dict) -> Table:
+    table = Table(title="FedPEAT-v0 speed (one process, one run)")
+    for column in ("measure", "value", "target"):
+        table.add_column(column, justify="right")
+    table.add_row("FedPEAT-v0 steps/s (N=10)", f"{result['fedpeat_steps_per_s']:.0f}", "")
+    table.add_row("CartPole-v1 steps/s", f"{result['cartpole_steps_per_s']:.0f}", "")
+    table.add_row("ratio FedPEAT / CartPole", f"{result['ratio_to_cartpole']:.3f}", "≥ 0.3")
+    table.add_row(f"vector env steps/s ({result['num_envs']} envs)", f"{result['vector_env_steps_per_s']:.0f}", "≥ 1,000,000")
+    table.add_row("vector / single env", f"{result['vector_ratio_to_single']:.1f}×", "")
+    table.add_row("PPO wall time inside the env", f"{100 * result['ppo_env_time_share']:.1f}%", "≤ 5%")
+    return table

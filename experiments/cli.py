@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -27,7 +28,6 @@ def pretrain(
     out: Path = typer.Option(None, help="Output directory (default: the embedded checkpoint folder)."),
 ) -> None:
     """Pretrain the embedded tiny GPT-2 (tokenizer + model) on the offline corpus."""
-    from dataclasses import replace
 
     from experiments.pretrain import PretrainConfig
     from experiments.pretrain import pretrain as run_pretrain
@@ -53,7 +53,6 @@ def run(
     out: Path = typer.Option(None, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
 ) -> None:
     """Run a federated tuning method and print its per-round table."""
-    from dataclasses import replace
 
     from experiments.run import round_table, run_federated, write_outputs
     from federation.engine import EngineConfig
@@ -91,6 +90,20 @@ def _quiet_libraries() -> None:
 
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks, printed as ratios measured in one run.")
 app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("env")
+def bench_env_cmd(
+    steps: int = typer.Option(20_000, help="Single-env steps per measurement."),
+    num_envs: int = typer.Option(1024, help="Sub-envs of the vectorised surrogate."),
+) -> None:
+    """FedPEAT-v0 vs CartPole-v1 steps/s, the vectorised surrogate, and PPO's share of time in the env."""
+    from experiments.bench import bench_env, env_table
+
+    _quiet_libraries()
+    with console.status("measuring env speed"):
+        result = bench_env(steps, num_envs)
+    console.print(env_table(result))
 
 
 @bench_app.command("engine")
@@ -160,3 +173,126 @@ def calibrate(
                    "initial_perplexity": calibration.initial_perplexity, "rate": calibration.rate,
                    "exponent": calibration.exponent, "noise_std": calibration.noise_std, **calibration.fit_error})
     console.print(f"wrote {path}")
+
+
+def _env_kwargs(options: list[str]) -> dict:
+    """``--env-option key=value`` pairs (values parsed as JSON when possible) into env keyword arguments."""
+    kwargs = {}
+    for option in options:
+        if "=" not in option:
+            raise ValueError(f"--env-option must look like key=value, got {option!r}")
+        key, value = option.split("=", 1)
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return kwargs
+
+
+@app.command("train")
+def train_cmd(
+    algo: str = typer.Option("ppo", help="ppo, a2c or maskable-ppo."),
+    env: str = typer.Option("FedPEAT-v0", help="Gymnasium id."),
+    timesteps: int = typer.Option(100_000, help="Training env steps."),
+    seed: int = typer.Option(0, help="Seed of the run."),
+    out: Path = typer.Option(Path("runs/agent"), help="Output directory (model, VecNormalize stats, logs)."),
+    env_option: list[str] = typer.Option([], help="Env option key=value (repeatable), e.g. num_devices=6."),
+) -> None:
+    """Train an RL controller (SB3) on a FedPEAT env; tensorboard logs in OUT/tb."""
+    from agents.train import TrainConfig, train
+
+    _quiet_libraries()
+    try:
+        config = TrainConfig(algo=algo, env_id=env, env_kwargs=_env_kwargs(env_option), timesteps=timesteps, seed=seed,
+                             out_dir=str(out))
+        import gymnasium as gym
+
+        import fedpeat_env  # noqa: F401
+
+        gym.make(env, **config.env_kwargs).close()  # validate the env options before training
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    path = train(config)
+    console.print_json((path / "metrics.json").read_text())
+    console.print(f"saved to {path}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    policy: str = typer.Option(..., help="A trained agent's directory, or a baseline: fixed-k, full-model, random, greedy, ucb, oracle."),
+    env: str = typer.Option("FedPEAT-v0", help="Gymnasium id."),
+    seeds: int = typer.Option(10, help="Episodes, one per seed."),
+    env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
+) -> None:
+    """Evaluate a policy on common random numbers and print per-episode results and their mean."""
+    from agents import evaluate, make_policy
+    from agents.train import load_policy
+    from experiments.benchmark import EVAL_SEED_OFFSET
+
+    _quiet_libraries()
+    try:
+        chosen = load_policy(policy) if Path(policy).is_dir() else make_policy(policy)
+        df = evaluate(chosen, env_id=env, env_kwargs=_env_kwargs(env_option),
+                      seeds=[EVAL_SEED_OFFSET + s for s in range(seeds)])
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    console.print(df.to_string(index=False))
+    console.print(f"mean return {df['return'].mean():.3f} over {len(df)} episodes")
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    seeds: int = typer.Option(10, help="Evaluation seeds (one episode each, same channels for every policy)."),
+    timesteps: int = typer.Option(200_000, help="Agent training steps."),
+    algo: str = typer.Option("ppo", help="ppo, a2c or maskable-ppo."),
+    out: Path = typer.Option(Path("runs/benchmark"), help="Output directory."),
+    env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
+    baseline: list[str] = typer.Option([], help="Baselines to compare (repeatable; default: all)."),
+) -> None:
+    """Adaptive vs fixed: train the agent, evaluate it and every baseline, write table (md + CSV) and plots."""
+    from agents import POLICY_NAMES
+    from experiments.benchmark import BenchmarkConfig, run_benchmark
+
+    _quiet_libraries()
+    config = BenchmarkConfig(seeds=seeds, timesteps=timesteps, algo=algo, env_kwargs=_env_kwargs(env_option), out_dir=str(out))
+    unknown = [b for b in baseline if b not in POLICY_NAMES and not b.startswith("fixed-")]
+    if unknown:
+        console.print(f"[red]error:[/red] baseline must be one of {POLICY_NAMES}, got {unknown}")
+        raise typer.Exit(2)
+    if baseline:
+        config = replace(config, baselines=tuple(baseline))
+    result = run_benchmark(config, say=console.log)
+    _print_benchmark(result, algo)
+
+
+def _print_benchmark(result, agent: str) -> None:
+    from rich.table import Table
+
+    table = Table(title="FedPEAT-v0: adaptive vs fixed (mean over seeds, 95% bootstrap CI)")
+    for column in result.table.columns:
+        table.add_column(str(column), justify="left" if column == "policy" else "right")
+    for row in result.table.itertuples(index=False):
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+    console.print(f"oracle margin over the best fixed policy: {result.oracle_margin_pct:.1f}% "
+                  f"(≥ 10% means the scenario leaves room for control)")
+    console.print(f"{agent}: normalised score {result.agent_normalised_score:.3f}; CI above the best fixed policy's: "
+                  f"{'yes' if result.agent_beats_best_fixed else 'no'}")
+    for name, path in result.paths.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command("sim2real")
+def sim2real_cmd(
+    agent: Path = typer.Option(Path("runs/benchmark/ppo"), help="Trained agent directory."),
+    seeds: int = typer.Option(2, help="Episodes per fidelity."),
+    horizon: int = typer.Option(5, help="Rounds per episode (engine rounds are slow)."),
+) -> None:
+    """The same policies on the surrogate and on real engine rounds: returns side by side."""
+    from experiments.benchmark import EVAL_SEED_OFFSET, sim_to_real
+
+    _quiet_libraries()
+    df = sim_to_real(agent, ["fixed-1", "fixed-4"], [EVAL_SEED_OFFSET + s for s in range(seeds)], horizon)
+    console.print(df.to_string(index=False))

@@ -1,0 +1,21 @@
+"""Gymnasium environments for adaptive control of federated foundation-model tuning.
+
+``import fedpeat_env`` registers:
+
+| id | fidelity | per step |
+|----|----------|----------|
+| ``FedPEAT-v0`` | calibrated surrogate (fast, default) | one modelled federated round |
+| ``FedPEAT-Engine-v0`` | the federation engine on the embedded GPT-2 | one real federated round |
+"""
+
+from __future__ import annotations
+
+from gymnasium.envs.registration import register
+
+from fedpeat_env.config import EnvConfig, RewardWeights
+from fedpeat_env.env import FedPEATEnv
+
+register(id="FedPEAT-v0", entry_point="fedpeat_env.env:FedPEATEnv", kwargs={"fidelity": "surrogate"})
+register(id="FedPEAT-Engine-v0", entry_point="fedpeat_env.env:FedPEATEnv", kwargs={"fidelity": "engine", "horizon": 5})
+
+__all__ = ["EnvConfig", "FedPEATEnv", "RewardWeights"]

@@ -1,0 +1,156 @@
+"""Non-learning baselines (fixed level, random, UCB bandit) and the ``make_policy`` registry of every baseline.
+
+| name | policy |
+|------|--------|
+| ``fixed-k`` | every device at level k every round ("FedPEAT without adaptive control"; ``fixed-0``: nobody) |
+| ``full-model`` | every device trains the full model (the level with ε = 0): the Fed-FT-like baseline |
+| ``random`` | uniform over the unmasked actions |
+| ``greedy`` | best immediate reward (``agents.search.GreedyPolicy``) |
+| ``oracle`` | clairvoyant receding-horizon search (``agents.search.OraclePolicy``) |
+| ``ucb`` | UCB1 bandit per device over its levels (DropPEFT-style adaptive baseline) |
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+
+from agents.policy import Policy, action_choices, level_entries
+from agents.search import GreedyPolicy, OraclePolicy
+
+Infeasible = Literal["skip", "compress", "select"]
+POLICY_NAMES = ("fixed-k", "full-model", "random", "greedy", "oracle", "ucb")
+
+
+class FixedPolicy:
+    """Every device at level ``level`` every round (rank entries, if any, at the largest rank).
+
+    :param level: action level k (0: nobody selected); None: the level whose ε is 0 (the full model).
+    :param infeasible: devices whose memory cannot hold the level — ``skip``: they sit out; ``compress``: they
+        take the next more compressed level that fits (or sit out); ``select``: they are selected anyway (the env
+        drops them and charges the memory penalty).
+    """
+
+    def __init__(self, level: int | None, infeasible: Infeasible = "skip") -> None:
+        if level is not None and level < 0:
+            raise ValueError(f"level must be >= 0 or None, got {level}")
+        if infeasible not in ("skip", "compress", "select"):
+            raise ValueError(f"infeasible must be 'skip', 'compress' or 'select', got {infeasible!r}")
+        self.level, self.infeasible = level, infeasible
+        self._action: np.ndarray | None = None
+
+    def reset(self, env: gym.Env) -> None:
+        choices, n = action_choices(env), level_entries(env)
+        level = self.level if self.level is not None else _full_model_level(env)
+        num_levels = int(env.action_space.nvec[0]) - 1
+        if level > num_levels:
+            raise ValueError(f"level must be in 0..{num_levels} for this env, got {level}")
+        action = [values[-1] for values in choices]  # rank entries: largest rank
+        for i in range(n):
+            fits = choices[i]
+            if level in fits or self.infeasible == "select":
+                action[i] = level
+            elif self.infeasible == "compress" and np.any(fits > level):
+                action[i] = int(fits[fits > level][0])
+            else:
+                action[i] = 0
+        self._action = np.array(action, dtype=np.int64)
+
+    def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
+        if self._action is None:
+            raise RuntimeError("call reset(env) before act()")
+        return self._action.copy()
+
+
+def _full_model_level(env: gym.Env) -> int:
+    levels = list(getattr(env.config, "compression_levels", ()))
+    if 0.0 not in levels:
+        raise ValueError(f"full-model needs compression_levels to contain 0.0, got {tuple(levels)}")
+    return levels.index(0.0) + 1
+
+
+class RandomPolicy:
+    """Each action entry uniform over its unmasked values (so uniform over the unmasked actions).
+
+    :param seed: seed of the policy's own generator (independent of the env's).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, env: gym.Env) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
+        return np.array([self.rng.choice(values) for values in action_choices(env)], dtype=np.int64)
+
+
+class UCBPolicy:
+    """UCB1 bandit per device over its unmasked levels 1..K (devices that fit none sit out), learning within an
+    episode like DropPEFT's per-device exploration–exploitation. Each round every selected device's pulled level is
+    credited the round's reward split equally among the selected devices; a device picks the level maximising
+
+        mean credit + c · spread · sqrt(ln t / n)
+
+    (t: round, n: pulls of that level, spread: range of all credits so far, which makes c scale-free; unpulled
+    levels first). Rank entries, if any, stay at the largest rank. Like DropPEFT it ignores switching costs: trying
+    each level once and every later switch download a new emulator, so larger c pays more exchanges (on the default
+    scenario, 5 seeds: c = 0 → −10.7, 0.1 → −12.1, 0.5 → −29.7).
+
+    :param c: exploration weight.
+    """
+
+    def __init__(self, c: float = 0.1) -> None:
+        if not c >= 0:
+            raise ValueError(f"c must be >= 0, got {c}")
+        self.c = c
+
+    def reset(self, env: gym.Env) -> None:
+        choices, n = action_choices(env), level_entries(env)
+        width = int(env.action_space.nvec[0])
+        self.arms = [values[values > 0] for values in choices[:n]]
+        self.pulls, self.totals = np.zeros((n, width)), np.zeros((n, width))
+        self.ranks = np.array([values[-1] for values in choices[n:]], dtype=np.int64)
+        self.t, self.low, self.high = 0, np.inf, -np.inf
+        self._last: np.ndarray | None = None
+
+    def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
+        self.t += 1
+        spread = self.high - self.low if self.high > self.low else 1.0
+        levels = np.zeros(len(self.arms), dtype=np.int64)
+        for i, arms in enumerate(self.arms):
+            if len(arms) == 0:
+                continue
+            n = self.pulls[i, arms]
+            if np.any(n == 0):
+                levels[i] = arms[np.flatnonzero(n == 0)[0]]
+                continue
+            score = self.totals[i, arms] / n + self.c * spread * np.sqrt(np.log(self.t) / n)
+            levels[i] = arms[int(np.argmax(score))]
+        self._last = levels
+        return np.concatenate([levels, self.ranks])
+
+    def observe(self, reward: float, info: dict) -> None:
+        """Credit the last round's reward to the pulled levels (called by ``evaluate`` after each step)."""
+        if self._last is None or not np.any(self._last > 0):
+            return
+        selected = np.flatnonzero(self._last > 0)
+        credit = float(reward) / len(selected)
+        self.pulls[selected, self._last[selected]] += 1
+        self.totals[selected, self._last[selected]] += credit
+        self.low, self.high = min(self.low, credit), max(self.high, credit)
+
+
+def make_policy(name: str, **kwargs: Any) -> Policy:
+    """A baseline by name (see the module table); ``kwargs`` go to its constructor."""
+    match = re.fullmatch(r"fixed-(\d+)", name)
+    if match:
+        return FixedPolicy(int(match.group(1)), **kwargs)
+    factories = {"full-model": lambda **kw: FixedPolicy(None, **kw), "random": RandomPolicy, "greedy": GreedyPolicy,
+                 "oracle": OraclePolicy, "ucb": UCBPolicy}
+    if name not in factories:
+        raise ValueError(f"policy name must be one of {POLICY_NAMES} (fixed-k with k = 0..K), got {name!r}")
+    return factories[name](**kwargs)

@@ -1,0 +1,61 @@
+"""The policy interface shared by baselines and trained agents, and the SB3 adapter.
+
+A policy sees the observation and the *unwrapped* env (so searches can deep-copy it and masks can be read):
+
+    obs, _ = env.reset(seed=s); policy.reset(env.unwrapped)
+    action = policy.act(obs, env.unwrapped)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Chooses one action per round."""
+
+    def reset(self, env: gym.Env) -> None:
+        """Called after ``env.reset``; ``env`` is the unwrapped env."""
+
+    def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
+        """The action (integer array in ``env.action_space``) for observation ``obs``."""
+
+
+def action_choices(env: gym.Env) -> list[np.ndarray]:
+    """Allowed values of each entry of a MultiDiscrete action, from ``env.action_masks()`` when the env has it."""
+    nvec = np.asarray(env.action_space.nvec)
+    mask = env.action_masks() if hasattr(env, "action_masks") else np.ones(int(nvec.sum()), dtype=bool)
+    parts = np.split(np.asarray(mask, dtype=bool), np.cumsum(nvec)[:-1])
+    return [np.flatnonzero(part) for part in parts]
+
+
+def level_entries(env: gym.Env) -> int:
+    """Number of leading action entries that are per-device levels (the rest, if any, are LoRA-rank entries)."""
+    return int(getattr(getattr(env, "config", None), "num_devices", len(env.action_space.nvec)))
+
+
+class SB3Policy:
+    """Wraps a trained stable-baselines3 / sb3-contrib model; MaskablePPO gets ``action_masks=env.action_masks()``.
+
+    :param model: a trained SB3 model (PPO, A2C, MaskablePPO, ...).
+    :param vecnormalize: the ``VecNormalize`` whose observation statistics the model was trained with (or None).
+    :param deterministic: take the mode of the action distribution instead of sampling.
+    """
+
+    def __init__(self, model: Any, vecnormalize: Any = None, deterministic: bool = True) -> None:
+        self.model, self.vecnormalize, self.deterministic = model, vecnormalize, deterministic
+        self.masked = type(model).__name__.startswith("Maskable")
+
+    def reset(self, env: gym.Env) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
+        if self.vecnormalize is not None:
+            obs = self.vecnormalize.normalize_obs(obs)
+        kwargs = {"action_masks": env.action_masks()} if self.masked else {}
+        action, _ = self.model.predict(obs, deterministic=self.deterministic, **kwargs)
+        return np.asarray(action, dtype=np.int64)

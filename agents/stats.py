@@ -1,0 +1,90 @@
+"""Benchmark statistics: IQM, bootstrap CIs, normalised scores, the benchmark table and a Markdown formatter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+from scipy.stats import trim_mean
+
+TABLE_COLUMNS = ("policy", "mean return", "IQM", "CI low", "CI high", "final perplexity", "total latency (s)",
+                 "exchanges", "memory violations", "normalised score")
+
+
+def iqm(x) -> float:
+    """Interquartile mean: the mean of the middle 50% (25% trimmed from each end, as in rliable)."""
+    return float(trim_mean(np.asarray(x, dtype=float).ravel(), 0.25))
+
+
+def bootstrap_ci(x, fn: Callable = np.mean, n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``fn(x)`` from ``n`` resamples with replacement."""
+    values = np.asarray(x, dtype=float).ravel()
+    if values.size == 0:
+        raise ValueError("x must not be empty")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(n, values.size))
+    stats = np.array([fn(values[row]) for row in idx])
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def normalised_score(R, R_random, R_oracle):
+    """(R − R_random) / (R_oracle − R_random): 0 = random, 1 = oracle (arrays broadcast)."""
+    span = np.asarray(R_oracle, dtype=float) - np.asarray(R_random, dtype=float)
+    if np.any(span == 0):
+        raise ValueError("R_oracle must differ from R_random (the normalisation span is zero)")
+    score = (np.asarray(R, dtype=float) - R_random) / span
+    return float(score) if np.ndim(score) == 0 else score
+
+
+def benchmark_table(results: Mapping[str, pd.DataFrame], random: str = "random", oracle: str = "oracle",
+                    **ci_kwargs) -> pd.DataFrame:
+    """One row per policy (``TABLE_COLUMNS``), sorted by mean return (best first), from ``evaluate`` frames.
+    CI: bootstrap of the mean return; per-episode columns are means; the normalised score uses the mean returns
+    of ``random`` and ``oracle`` (NaN if either is missing)."""
+    rows = []
+    for name, df in results.items():
+        returns = df["return"].to_numpy(dtype=float)
+        low, high = bootstrap_ci(returns, **ci_kwargs)
+        rows.append({"policy": name, "mean return": returns.mean(), "IQM": iqm(returns), "CI low": low,
+                     "CI high": high, "final perplexity": df["final_perplexity"].mean(),
+                     "total latency (s)": df["total_latency_s"].mean(), "exchanges": df["exchanges"].mean(),
+                     "memory violations": df["memory_violations"].mean()})
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS[:-1]))
+    means = dict(zip(table["policy"], table["mean return"]))
+    if random in means and oracle in means and means[random] != means[oracle]:
+        table["normalised score"] = normalised_score(table["mean return"].to_numpy(), means[random], means[oracle])
+    else:
+        table["normalised score"] = np.nan
+    return table.sort_values("mean return", ascending=False, ignore_index=True)
+
+
+def oracle_margin(table: pd.DataFrame, oracle: str = "oracle", fixed=("fixed-", "full-model")) -> float:
+    """The oracle's mean-return margin over the best fixed policy, in % of |best fixed| (DESIGN 10a: ≥ 10% means
+    the scenario leaves room for adaptive control)."""
+    is_fixed = table["policy"].str.startswith(tuple(fixed))
+    if oracle not in set(table["policy"]) or not is_fixed.any():
+        raise ValueError(f"table needs an {oracle!r} row and at least one row starting with {fixed}")
+    best = table.loc[is_fixed, "mean return"].max()
+    if best == 0:
+        raise ValueError("the best fixed policy's mean return is 0: the margin in % is undefined")
+    value = table.loc[table["policy"] == oracle, "mean return"].iloc[0]
+    return float(100.0 * (value - best) / abs(best))
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub Markdown table (no ``tabulate`` needed): floats with ``digits`` decimals, numbers right-aligned."""
+    def cell(value) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "nan" if np.isnan(value) else f"{value:.{digits}f}"
+        return str(value).replace("|", "\\|")
+
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    lines = ["| " + " | ".join(str(c) for c in df.columns) + " |",
+             "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

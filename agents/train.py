@@ -1,0 +1,115 @@
+"""Train an SB3 agent on a FedPEAT env and load it back as a ``Policy``.
+
+``train`` writes into ``out_dir``: ``model.zip``, ``vecnormalize.pkl`` (observation and reward statistics),
+``config.json`` (the ``TrainConfig``), ``metrics.json`` (wall time, env steps/s, ``env_time_share``: the share of
+wall time spent inside ``env.step``), ``monitor/*.monitor.csv`` (episodes) and ``tb/`` (tensorboard events and
+``progress.csv``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import gymnasium as gym
+import torch
+from sb3_contrib import MaskablePPO
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+import fedpeat_env  # noqa: F401  (registers the FedPEAT ids)
+from agents.policy import SB3Policy
+
+Algo = Literal["ppo", "a2c", "maskable-ppo"]
+ALGOS = {"ppo": PPO, "a2c": A2C, "maskable-ppo": MaskablePPO}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (saved as ``config.json``)."""
+
+    algo: Algo = "ppo"
+    """ppo, a2c or maskable-ppo (sb3-contrib; uses the env's ``action_masks()``)."""
+    env_id: str = "FedPEAT-v0"
+    """Registered Gymnasium id."""
+    env_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments of ``gymnasium.make`` (the env's ``EnvConfig`` fields)."""
+    timesteps: int = 100_000
+    """Total env steps over all parallel envs."""
+    seed: int = 0
+    """Seeds the envs, the model and torch."""
+    n_envs: int = 4
+    """Parallel envs (DummyVecEnv: one process)."""
+    out_dir: str = "runs/agent"
+    """Where model, statistics, config, metrics and logs go."""
+    algo_kwargs: dict = field(default_factory=dict)
+    """Extra constructor arguments of the algorithm (e.g. n_steps, learning_rate)."""
+    torch_threads: int = 1
+    """torch intra-op threads (1 is fastest for small MLP policies)."""
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {self.algo!r}")
+        for name in ("timesteps", "n_envs", "torch_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class StepTimer(gym.Wrapper):
+    """Accumulates the wall time spent in ``step`` (``step_time_s``) and the number of steps."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.step_time_s, self.steps = 0.0, 0
+
+    def step(self, action):
+        start = time.perf_counter()
+        result = self.env.step(action)
+        self.step_time_s += time.perf_counter() - start
+        self.steps += 1
+        return result
+
+
+def train(config: TrainConfig, progress: bool = True) -> Path:
+    """Train ``config.algo`` and save everything into ``config.out_dir``; returns that directory."""
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.torch_threads)
+    # a callable, not the id: make_vec_env would add render_mode="rgb_array", which the FedPEAT env rejects
+    venv = make_vec_env(partial(gym.make, config.env_id), n_envs=config.n_envs, seed=config.seed, env_kwargs=config.env_kwargs,
+                        monitor_dir=str(out / "monitor"), wrapper_class=StepTimer, vec_env_cls=DummyVecEnv)
+    gamma = config.algo_kwargs.get("gamma", 0.99)
+    venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=gamma)
+    model = ALGOS[config.algo]("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0, **config.algo_kwargs)
+    model.set_logger(configure(str(out / "tb"), ["csv", "tensorboard"]))
+    start = time.perf_counter()
+    model.learn(total_timesteps=config.timesteps, progress_bar=progress)
+    wall_s = time.perf_counter() - start
+    env_s = float(sum(venv.get_attr("step_time_s")))
+    steps = int(sum(venv.get_attr("steps")))
+    model.save(out / "model.zip")
+    venv.save(str(out / "vecnormalize.pkl"))
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    metrics = {"wall_time_s": wall_s, "env_steps": steps, "steps_per_s": steps / wall_s, "env_time_s": env_s,
+               "env_time_share": env_s / wall_s}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    venv.close()
+    return out
+
+
+def load_policy(out_dir: str | Path, deterministic: bool = True) -> SB3Policy:
+    """The policy saved by ``train``, with its VecNormalize observation statistics frozen (training=False,
+    norm_reward=False)."""
+    out = Path(out_dir)
+    config = TrainConfig(**json.loads((out / "config.json").read_text()))
+    model = ALGOS[config.algo].load(out / "model.zip", device="cpu")
+    dummy = DummyVecEnv([lambda: gym.make(config.env_id, **config.env_kwargs)])
+    vecnormalize = VecNormalize.load(str(out / "vecnormalize.pkl"), dummy)
+    vecnormalize.training, vecnormalize.norm_reward = False, False
+    return SB3Policy(model, vecnormalize, deterministic=deterministic)

@@ -1,0 +1,110 @@
+"""``fedpeat benchmark`` / ``fedpeat demo``: adaptive (RL) vs fixed vs baselines on common random numbers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from agents import benchmark_table, evaluate, make_policy, oracle_margin, to_markdown
+from agents.train import TrainConfig, load_policy, train
+
+EVAL_SEED_OFFSET = 10_000
+"""Evaluation seeds start here, away from the training seeds."""
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """One benchmark: train an agent, evaluate it and the baselines on the same seeds."""
+
+    seeds: int = 10
+    """Evaluation episodes (one per seed; every policy meets the same channels on a seed)."""
+    timesteps: int = 200_000
+    """Agent training steps."""
+    algo: str = "ppo"
+    """ppo, a2c or maskable-ppo."""
+    train_seed: int = 0
+    """Seed of the training run."""
+    env_kwargs: dict = field(default_factory=dict)
+    """FedPEAT-v0 options (defaults: the benchmark scenario)."""
+    baselines: tuple[str, ...] = ("fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "greedy", "ucb", "oracle")
+    """Baseline policies (``agents.make_policy`` names)."""
+    out_dir: str = "runs/benchmark"
+    """Where the agent, table (markdown + CSV) and plots go."""
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    table: pd.DataFrame
+    oracle_margin_pct: float
+    """Oracle over the best fixed policy, % of |best fixed| (DESIGN 10a: ≥ 10% means control matters)."""
+    agent_beats_best_fixed: bool
+    """Agent's 95% CI lies entirely above the best fixed policy's."""
+    agent_normalised_score: float
+    paths: dict[str, Path]
+
+
+def run_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print, progress: bool = True) -> BenchmarkResult:
+    out = Path(config.out_dir)
+    agent_dir = out / config.algo
+    say(f"training {config.algo} for {config.timesteps} steps → {agent_dir}")
+    train(TrainConfig(algo=config.algo, env_kwargs=dict(config.env_kwargs), timesteps=config.timesteps,
+                      seed=config.train_seed, out_dir=str(agent_dir)), progress=progress)
+    seeds = [EVAL_SEED_OFFSET + s for s in range(config.seeds)]
+    results = {config.algo: evaluate(load_policy(agent_dir), env_kwargs=config.env_kwargs, seeds=seeds)}
+    for name in config.baselines:
+        say(f"evaluating {name} on {config.seeds} seeds")
+        results[name] = evaluate(make_policy(name), env_kwargs=config.env_kwargs, seeds=seeds)
+    return summarise(results, config.algo, out, agent_dir)
+
+
+def summarise(results: dict[str, pd.DataFrame], agent: str, out: Path, agent_dir: Path | None = None) -> BenchmarkResult:
+    """Benchmark table, markdown + CSV + per-episode CSV + plots, and the headline checks."""
+    from agents.plots import learning_curve, returns_bar
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = benchmark_table(results)
+    rows = table.set_index("policy")
+    fixed = table[table["policy"].str.startswith(("fixed-", "full-model"))]
+    best_fixed = fixed.iloc[0]
+    margin = oracle_margin(table) if "oracle" in rows.index else float("nan")
+    paths = {"markdown": out / "benchmark.md", "csv": out / "benchmark.csv", "episodes": out / "episodes.csv",
+             "returns_png": out / "returns.png"}
+    table.to_csv(paths["csv"], index=False)
+    pd.concat([df.assign(policy=name) for name, df in results.items()]).to_csv(paths["episodes"], index=False)
+    paths["markdown"].write_text(to_markdown(table))
+    returns_bar(table, paths["returns_png"])
+    if agent_dir is not None and (agent_dir / "monitor").is_dir():
+        paths["learning_curve_png"] = learning_curve(agent_dir, out / "learning_curve.png")
+    result = BenchmarkResult(
+        table=table,
+        oracle_margin_pct=margin,
+        agent_beats_best_fixed=bool(rows.loc[agent, "CI low"] > best_fixed["CI high"]),
+        agent_normalised_score=float(rows.loc[agent, "normalised score"]),
+        paths=paths,
+    )
+    summary = {"oracle_margin_pct": margin, "best_fixed": best_fixed["policy"],
+               "agent_beats_best_fixed": result.agent_beats_best_fixed,
+               "agent_normalised_score": result.agent_normalised_score}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def sim_to_real(agent_dir: Path, policies: Sequence[str], seeds: Sequence[int], horizon: int) -> pd.DataFrame:
+    """Mean return of the trained agent and of baselines on FedPEAT-v0 vs FedPEAT-Engine-v0 (same seeds, horizon)."""
+    agent = load_policy(agent_dir)
+    config = json.loads((agent_dir / "config.json").read_text())
+    kwargs = {k: v for k, v in config["env_kwargs"].items() if k != "fidelity"} | {"horizon": horizon}
+    rows = []
+    for name in [config["algo"], *policies]:
+        policy = agent if name == config["algo"] else make_policy(name)
+        row = {"policy": name}
+        for env_id in ("FedPEAT-v0", "FedPEAT-Engine-v0"):
+            df = evaluate(policy, env_id=env_id, env_kwargs=kwargs, seeds=seeds)
+            row[f"{env_id} return"] = df["return"].mean()
+            row[f"{env_id} final ppl"] = df["final_perplexity"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)

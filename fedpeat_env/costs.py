@@ -1,0 +1,103 @@
+"""Bytes and memory per action level, from a GPT-2 architecture (no weights needed).
+
+Parameter counts come from building the profile's ``GPT2Config`` on the ``meta`` device (no memory, no
+download); bytes and memory then go through the one system model, ``federation.system``. For the embedded
+profile these numbers equal the engine's real tensors (checked in the tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from transformers import GPT2LMHeadModel
+
+from federation.emulator import keep_for_compression
+from federation.foundation import profile_config
+from federation.system import training_memory
+
+BYTES_PER_VALUE = 4  # float32 weights and training state
+TRAIN_BATCH_SIZE = 8  # sequences per local step (the engine's default local training)
+TRAIN_SEQ_LEN = 128  # tokens per sequence
+
+
+@dataclass(frozen=True)
+class ArchitectureCounts:
+    num_layers: int
+    d_model: int
+    num_heads: int
+    vocab_size: int
+    embedding_params: int
+    """Token + position embeddings (the LM head is tied to the token embedding)."""
+    block_params: int
+    """Parameters of one transformer block."""
+    final_norm_params: int
+
+
+@lru_cache(maxsize=8)
+def architecture_counts(profile: str) -> ArchitectureCounts:
+    """Parameter counts of a cost profile, from its ``GPT2Config`` built on the meta device."""
+    config = profile_config(profile)
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config)
+    t = model.transformer
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    return ArchitectureCounts(
+        num_layers=config.n_layer, d_model=config.n_embd, num_heads=config.n_head, vocab_size=config.vocab_size,
+        embedding_params=count(t.wte) + count(t.wpe), block_params=count(t.h[0]), final_norm_params=count(t.ln_f),
+    )
+
+
+def lora_params(counts: ArchitectureCounts, rank: int, num_adapter_layers: int = 1) -> int:
+    """LoRA on ``c_attn`` (d → 3d) of the 2l adapter blocks: r·(d + 3d) per block."""
+    return 2 * num_adapter_layers * rank * (counts.d_model + 3 * counts.d_model)
+
+
+@dataclass(frozen=True)
+class LevelCosts:
+    """Per action level k = 1..K (index k−1) and rank level j: what a device downloads and needs in memory."""
+
+    compression: np.ndarray
+    """(K,) ε per level."""
+    kept_blocks: np.ndarray
+    """(K,) blocks in the emulator (adapter + kept middle)."""
+    emulator_bytes: np.ndarray
+    """(K,) frozen emulator weights sent on an exchange."""
+    adapter_bytes: np.ndarray
+    """(R,) LoRA bytes per rank level (sent down and up every round)."""
+    memory_bytes: np.ndarray
+    """(K, R) training footprint (weights + LoRA + grads + AdamW state + activations)."""
+    full_memory_bytes: float
+    """Footprint of the full model (ε = 0) at the largest rank: the unit of the memory tiers."""
+    full_model_bytes: float
+    """Bytes of the full model's weights: the unit of the reference latency."""
+
+
+def level_costs(profile: str, compression_levels: tuple[float, ...], rank_levels: tuple[int, ...],
+                num_adapter_layers: int = 1) -> LevelCosts:
+    counts = architecture_counts(profile)
+    num_middle = counts.num_layers - 2 * num_adapter_layers
+    keeps = np.array([keep_for_compression(num_middle, e) for e in compression_levels])
+    blocks = 2 * num_adapter_layers + keeps
+    emulator_params = counts.embedding_params + counts.final_norm_params + blocks * counts.block_params
+    ranks = np.array(rank_levels)
+    lora = np.array([lora_params(counts, int(r), num_adapter_layers) for r in ranks])
+
+    def memory(frozen: int, trainable: int, num_blocks: int) -> int:
+        return training_memory(frozen, trainable, batch_size=TRAIN_BATCH_SIZE, seq_len=TRAIN_SEQ_LEN,
+                               d_model=counts.d_model, num_blocks=num_blocks, num_heads=counts.num_heads,
+                               vocab_size=counts.vocab_size, bytes_per_value=BYTES_PER_VALUE).total_bytes
+
+    mem = np.array([[memory(int(p), int(q), int(b)) for q in lora] for p, b in zip(emulator_params, blocks)], dtype=float)
+    full_params = counts.embedding_params + counts.final_norm_params + counts.num_layers * counts.block_params
+    return LevelCosts(
+        compression=np.array(compression_levels, dtype=float),
+        kept_blocks=blocks,
+        emulator_bytes=(emulator_params * BYTES_PER_VALUE).astype(float),
+        adapter_bytes=(lora * BYTES_PER_VALUE).astype(float),
+        memory_bytes=mem,
+        full_memory_bytes=float(memory(full_params, int(lora[-1]), counts.num_layers)),
+        full_model_bytes=float(full_params * BYTES_PER_VALUE),
+    )

@@ -1,0 +1,163 @@
+"""The FedPEAT Gymnasium environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from fedpeat_env.config import EnvConfig
+from fedpeat_env.dynamics import REWARD_TERMS, Dynamics, RoundCosts
+from fedpeat_env.surrogate import Calibration
+
+
+class FedPEATEnv(gym.Env):
+    """
+    ## Description
+    Adaptive control of federated emulator-assisted tuning (FedPEAT, Chua et al. 2023). Each step is one federated
+    round: the orchestrator chooses, for each of N mobile devices, whether it participates and which emulator
+    compression ratio ε it trains through (and, with ``control_rank``, its LoRA rank). Devices differ in memory
+    tier, distance to the base station and uplink bandwidth; channels fade (Rayleigh, Gauss–Markov correlated).
+    Sending a device a new emulator (an *exchange*) costs a large download.
+
+    ## Action Space
+    ``MultiDiscrete([K+1] * N)`` (``+ [R] * N`` with ``control_rank``):
+
+    | entry | value | meaning |
+    |-------|-------|---------|
+    | i < N | 0 | device i does not participate |
+    | i < N | k in 1..K | device i trains through the emulator with ε = compression_levels[k−1] |
+    | N ≤ i < 2N | j in 0..R−1 | LoRA rank rank_levels[j] for device i − N (control_rank only) |
+
+    ## Observation Space
+    ``Box`` float32 of shape (5N + 2,), finite bounds:
+
+    | index | observation | range |
+    |-------|-------------|-------|
+    | 5i | channel gain, (g_dB + 100) / 20 | [-3, 3] |
+    | 5i+1 | memory headroom: η·capacity / full-model footprint | [0, 2] |
+    | 5i+2 | ε of the emulator the device holds (−1: none) | [-1, 1] |
+    | 5i+3 | emulator exchanges so far / T | [0, 1] |
+    | 5i+4 | participations so far / T | [0, 1] |
+    | 5N | perplexity progress (ppl_0 − ppl) / (ppl_0 − target) | [-1, 2] |
+    | 5N+1 | round / T | [0, 1] |
+
+    ## Rewards
+    A sum of named terms, all in ``info["reward_terms"]``:
+
+    | term | value |
+    |------|-------|
+    | perplexity | −w_p · max(ppl − target, 0) / (ppl_0 − target) |
+    | latency | −w_q · max_i Q_i / Q_ref, Q_i = 8F_dl/r_dl + 8F_ul/r_ul |
+    | exchanges | −w_x · exchanges / N |
+    | memory | −w_m · mean over active devices of memory / (η · capacity) |
+    | memory_penalty | −P_m per selected device whose footprint exceeds η · capacity (it is dropped) |
+    | exchange_penalty | −P_x per exchange beyond κ · T on a device |
+
+    ## Starting State
+    Full model at its pretrained perplexity; no device holds an emulator. Memory tiers, data shares, distances,
+    bandwidths and fading are drawn from ``reset(seed=...)``.
+
+    ## Episode End
+    Terminated when the perplexity reaches ``target_perplexity``; truncated after ``horizon`` rounds.
+
+    ## Arguments
+    Keyword arguments of ``gymnasium.make`` are the fields of ``fedpeat_env.config.EnvConfig`` (an unknown key
+    raises ``ValueError``). ``fidelity="engine"`` runs a real federated round per step on the embedded model.
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode must be None (FedPEAT has no renderer), got {render_mode!r}")
+        self.render_mode = None
+        self.config = EnvConfig.from_kwargs(**kwargs)
+        self.calibration = Calibration.load(self.config.calibration)
+        self.dynamics = Dynamics(self.config, 1, self.calibration)
+        N, K, R = self.config.num_devices, len(self.config.compression_levels), self.dynamics.R
+        nvec = [K + 1] * N + ([R] * N if self.config.control_rank else [])
+        self.action_space = spaces.MultiDiscrete(nvec)
+        self._nvec = self.action_space.nvec
+        low, high = self.dynamics.observation_bounds()
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self._runner = None
+        self._needs_reset = True
+
+    # --- Gymnasium API -------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        scenario_seed, noise_seed, engine_seed = self.np_random.integers(0, 2**62, size=3)
+        self.dynamics.reset(np.random.default_rng(scenario_seed), np.random.default_rng(noise_seed))
+        if self.config.fidelity == "engine":
+            self._start_engine(int(engine_seed % 2**31))
+        self._needs_reset = False
+        return self.dynamics.observe()[0], {"perplexity": float(self.dynamics.ppl[0])}
+
+    def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step() (and after an episode ends)")
+        levels, ranks = self._split(action)
+        costs = self.dynamics.transmit(levels, ranks)
+        next_ppl = self._engine_perplexity(costs, levels, ranks) if self._runner else self.dynamics.surrogate_perplexity(costs)
+        reward, terms, terminated, truncated = self.dynamics.finish(costs, next_ppl)
+        self._needs_reset = bool(terminated[0] or truncated[0])
+        info = self._info(costs, terms)
+        return self.dynamics.observe()[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), info
+
+    def action_masks(self) -> np.ndarray:
+        """Flat boolean mask for sb3-contrib's MaskablePPO: levels that do not fit a device's memory are False."""
+        return self.dynamics.action_masks()[0]
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+    # --- helpers -------------------------------------------------------------------------------------
+    def _split(self, action) -> tuple[np.ndarray, np.ndarray]:
+        arr = np.asarray(action)
+        if arr.shape != self._nvec.shape or arr.dtype.kind not in "iu" or (arr < 0).any() or (arr >= self._nvec).any():
+            raise ValueError(f"action must be an integer array in {self.action_space} (shape {self.action_space.shape}), got {action!r}")
+        N = self.config.num_devices
+        levels = arr[None, :N].astype(np.int64)
+        ranks = arr[None, N:].astype(np.int64) if self.config.control_rank else np.zeros_like(levels)
+        return levels, ranks
+
+    def _info(self, costs: RoundCosts, terms: dict[str, np.ndarray]) -> dict:
+        return {
+            "reward_terms": {name: float(terms[name][0]) for name in REWARD_TERMS},
+            "perplexity": float(self.dynamics.ppl[0]),
+            "round_latency_s": float(costs.latency_s[0]),
+            "exchanges": int(costs.exchanged[0].sum()),
+            "memory_violations": int(costs.violations[0].sum()),
+            "participants": int(costs.active[0].sum()),
+            "round": int(self.dynamics.t[0]),
+        }
+
+    def _start_engine(self, seed: int) -> None:
+        from federation.adapters import LoraSpec
+        from federation.engine import EngineConfig, RoundRunner
+        from federation.methods import FedPEATConfig
+        from federation.training import LocalTrainConfig
+
+        self.close()
+        train = LocalTrainConfig(steps=self.config.engine_local_steps)
+        lora = LoraSpec(rank=max(self.config.rank_levels))
+        config = EngineConfig(method="fedpeat", num_devices=self.config.num_devices, seed=seed,
+                              method_config=FedPEATConfig(train=train, lora=lora))
+        self._runner = RoundRunner(config)
+        self.dynamics.ppl[:] = self._runner.initial_perplexity
+
+    def _engine_perplexity(self, costs: RoundCosts, levels: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        from federation.methods import DeviceDecision
+
+        eps = self.dynamics.eps_table[levels[0]]
+        rank_values = np.asarray(self.dynamics.ranks)[ranks[0]]
+        decisions = [DeviceDecision(bool(a), float(e) if a else 0.0, int(r)) for a, e, r in zip(costs.active[0], eps, rank_values)]
+        return np.array([self._runner.run_round(decisions).full_perplexity])

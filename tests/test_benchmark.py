@@ -1,0 +1,143 @@
+"""Statistics, the benchmark table, SB3 training / loading and plots (own calibration file, small env)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from agents.baselines import make_policy
+from agents.evaluate import evaluate
+from agents.plots import learning_curve, read_episodes, returns_bar
+from agents.stats import (
+    TABLE_COLUMNS,
+    benchmark_table,
+    bootstrap_ci,
+    iqm,
+    normalised_score,
+    oracle_margin,
+    to_markdown,
+)
+from agents.train import TrainConfig, load_policy, train
+from fedpeat_env.surrogate import Calibration
+
+FAST = {"ppo": {"n_steps": 32, "batch_size": 64, "n_epochs": 2}, "a2c": {"n_steps": 8},
+        "maskable-ppo": {"n_steps": 32, "batch_size": 64, "n_epochs": 2}}
+
+
+@pytest.fixture(scope="module")
+def env_kwargs(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("cal") / "cal.json"
+    Calibration(4000.0, (0.0, 0.25, 0.5, 0.75), (150.0, 160.0, 175.0, 210.0), 0.8, 1.0, 0.02).save(path)
+    return {"calibration": str(path), "num_devices": 3, "horizon": 5}
+
+
+@pytest.fixture(scope="module")
+def runs(env_kwargs, tmp_path_factory) -> dict:
+    """One tiny training run per algorithm (256 steps)."""
+    root = tmp_path_factory.mktemp("runs")
+    return {algo: train(TrainConfig(algo=algo, env_kwargs=env_kwargs, timesteps=256, seed=1, out_dir=str(root / algo),
+                                    algo_kwargs=kwargs), progress=False)
+            for algo, kwargs in FAST.items()}
+
+
+# --- statistics --------------------------------------------------------------------------------------------------
+def test_iqm_by_hand():
+    assert iqm(np.arange(1, 9)) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert iqm([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100]) == pytest.approx(np.mean([3, 4, 5, 6, 7, 8]))
+    assert iqm([7.0]) == 7.0
+
+
+def test_bootstrap_ci():
+    x = np.random.default_rng(0).normal(3.0, 1.0, 40)
+    low, high = bootstrap_ci(x)
+    assert low < x.mean() < high
+    assert bootstrap_ci(x, seed=1) != (low, high) and bootstrap_ci(x) == (low, high)
+    low_iqm, high_iqm = bootstrap_ci(x, fn=iqm, n=500, level=0.5)
+    assert low_iqm < high_iqm and high_iqm - low_iqm < high - low
+    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(x, level=1.5)
+
+
+def test_normalised_score():
+    assert normalised_score(-10.0, -10.0, -2.0) == 0.0
+    assert normalised_score(-2.0, -10.0, -2.0) == 1.0
+    assert normalised_score(-6.0, -10.0, -2.0) == pytest.approx(0.5)
+    np.testing.assert_allclose(normalised_score(np.array([-10.0, -2.0]), -10.0, -2.0), [0.0, 1.0])
+    with pytest.raises(ValueError, match="R_oracle"):
+        normalised_score(1.0, 3.0, 3.0)
+
+
+def _frame(returns) -> pd.DataFrame:
+    n = len(returns)
+    return pd.DataFrame({"seed": range(n), "return": returns, "final_perplexity": np.full(n, 200.0),
+                         "total_latency_s": np.full(n, 1.5), "exchanges": np.full(n, 3), "memory_violations": 0})
+
+
+def test_benchmark_table_columns_order_and_scores():
+    results = {"random": _frame([-10.0, -12.0, -8.0]), "oracle": _frame([-2.0, -3.0, -1.0]),
+               "fixed-4": _frame([-6.0, -7.0, -5.0]), "fixed-1": _frame([-9.0, -9.0, -9.0])}
+    table = benchmark_table(results)
+    assert tuple(table.columns) == TABLE_COLUMNS
+    assert table["policy"].tolist() == ["oracle", "fixed-4", "fixed-1", "random"]
+    scores = dict(zip(table["policy"], table["normalised score"]))
+    assert scores["random"] == 0.0 and scores["oracle"] == 1.0 and scores["fixed-4"] == pytest.approx(0.5)
+    assert (table["CI low"] <= table["mean return"]).all() and (table["mean return"] <= table["CI high"]).all()
+    assert oracle_margin(table) == pytest.approx(100.0 * (-2.0 + 6.0) / 6.0)
+    assert benchmark_table({"fixed-1": _frame([-1.0])})["normalised score"].isna().all()
+
+
+def test_to_markdown():
+    df = pd.DataFrame({"policy": ["a|b", "c"], "mean return": [-1.23456, 2.0], "exchanges": [3, 4]})
+    lines = to_markdown(df, digits=2).splitlines()
+    assert lines[0] == "| policy | mean return | exchanges |"
+    assert lines[1] == "|---|---:|---:|"
+    assert lines[2] == "| a\\|b | -1.23 | 3 |"
+    assert len(lines) == 4
+
+
+# --- training, loading, evaluation ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("algo", list(FAST))
+def test_train_saves_and_loads(algo, runs, env_kwargs):
+    out = runs[algo]
+    for name in ("model.zip", "vecnormalize.pkl", "config.json", "metrics.json"):
+        assert (out / name).is_file()
+    assert json.loads((out / "config.json").read_text())["algo"] == algo
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["env_steps"] >= 256 and 0.0 < metrics["env_time_share"] < 1.0
+    assert list((out / "tb").glob("events.out.tfevents*")) and (out / "tb" / "progress.csv").is_file()
+    policy = load_policy(out)
+    assert not policy.vecnormalize.training and not policy.vecnormalize.norm_reward
+    df = evaluate(policy, "FedPEAT-v0", env_kwargs, [0, 1])
+    assert len(df) == 2 and df["rounds"].between(1, env_kwargs["horizon"]).all()
+    if algo == "maskable-ppo":
+        assert df["memory_violations"].sum() == 0
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="algo must be one of"):
+        TrainConfig(algo="dqn")
+    with pytest.raises(ValueError, match="n_envs"):
+        TrainConfig(n_envs=0)
+
+
+def test_plots(runs, tmp_path, env_kwargs):
+    episodes = read_episodes(runs["ppo"])
+    assert len(episodes) >= 256 // env_kwargs["horizon"] // 2 and episodes["timesteps"].is_monotonic_increasing
+    assert learning_curve(runs["ppo"], tmp_path / "curve.png").stat().st_size > 0
+    assert learning_curve(runs["ppo"] / "tb" / "progress.csv", tmp_path / "progress.png").is_file()
+    results = {name: evaluate(make_policy(name), "FedPEAT-v0", env_kwargs, [0, 1]) for name in ("random", "fixed-4")}
+    assert returns_bar(benchmark_table(results), tmp_path / "bar.png").stat().st_size > 0
+
+
+# --- the default scenario ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_oracle_margin_on_default_scenario(env_kwargs):
+    """DESIGN 10a: on the default scenario the oracle beats the best fixed policy by >= 10% of its return."""
+    kwargs = {"calibration": env_kwargs["calibration"]}
+    names = ["fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "oracle"]
+    table = benchmark_table({name: evaluate(make_policy(name), "FedPEAT-v0", kwargs, range(5)) for name in names})
+    assert oracle_margin(table) >= 10.0

@@ -1,0 +1,170 @@
+"""The FedPEAT Gymnasium environment through ``gymnasium.make``."""
+
+from __future__ import annotations
+
+import re
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import fedpeat_env  # noqa: F401  (registers the ids)
+from fedpeat_env.costs import level_costs
+from fedpeat_env.env import FedPEATEnv
+
+
+def _make(**kwargs):
+    return gym.make("FedPEAT-v0", **kwargs)
+
+
+def _rollout(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    out = [obs]
+    for a in actions:
+        obs, reward, terminated, truncated, info = env.step(a)
+        out.append((obs, reward, info["perplexity"]))
+        if terminated or truncated:
+            break
+    return out
+
+
+def test_both_checkers_pass():
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    for kwargs in ({}, {"control_rank": True, "num_devices": 4}):
+        env = _make(**kwargs)
+        check_env(env.unwrapped, skip_render_check=True)
+        sb3_check_env(env.unwrapped)
+
+
+def test_spaces_match_the_docstring_tables():
+    env = _make(num_devices=6, compression_levels=(0.0, 0.5, 0.75))
+    assert list(env.action_space.nvec) == [4] * 6
+    assert env.observation_space.shape == (5 * 6 + 2,)
+    doc = FedPEATEnv.__doc__
+    obs_rows = re.findall(r"^\s*\| (5i(?:\+\d)?|5N(?:\+1)?) \|.*\| \[(-?\d), (-?\d)\] \|", doc, flags=re.M)
+    low, high = env.observation_space.low, env.observation_space.high
+    offsets = {"5i": 0, "5i+1": 1, "5i+2": 2, "5i+3": 3, "5i+4": 4}
+    for index, lo, hi in obs_rows:
+        i = offsets[index] if index in offsets else 5 * 6 + (1 if index == "5N+1" else 0)
+        assert (low[i], high[i]) == (float(lo), float(hi)), index
+    assert len(obs_rows) == 7
+    ranked = _make(num_devices=3, control_rank=True, rank_levels=(2, 4, 8, 16))
+    assert list(ranked.action_space.nvec) == [5] * 3 + [4] * 3
+
+
+def test_same_seed_same_trajectory_and_different_seed_differs():
+    rng = np.random.default_rng(0)
+    actions = [rng.integers(0, 5, size=10) for _ in range(20)]
+    a, b, c = (_rollout(_make(), s, actions) for s in (3, 3, 4))
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])
+    for x, y in zip(a[1:], b[1:]):
+        assert np.array_equal(x[0], y[0]) and x[1] == y[1] and x[2] == y[2]
+    assert any(x[1] != y[1] for x, y in zip(a[1:], c[1:]))
+
+
+def test_channel_draws_do_not_depend_on_actions():
+    env1, env2 = _make(target_perplexity=2.0).unwrapped, _make(target_perplexity=2.0).unwrapped  # never terminates
+    env1.reset(seed=5)
+    env2.reset(seed=5)
+    for t in range(10):
+        env1.step(np.zeros(10, dtype=np.int64))
+        env2.step(np.full(10, 1 + t % 4, dtype=np.int64))
+        assert np.array_equal(env1.dynamics.gain_db, env2.dynamics.gain_db)
+
+
+def test_info_reward_terms_and_python_float_reward():
+    env = _make()
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(np.full(10, 4))
+    assert type(reward) is float and np.isfinite(reward)
+    assert set(info["reward_terms"]) == {"perplexity", "latency", "exchanges", "memory", "memory_penalty", "exchange_penalty"}
+    assert reward == pytest.approx(sum(info["reward_terms"].values()))
+    for key in ("perplexity", "round_latency_s", "exchanges", "memory_violations"):
+        assert key in info
+    assert info["exchanges"] == 10 - info["memory_violations"]  # first round: every fitting device downloads
+
+
+def test_action_mask_matches_memory_and_violations_are_penalised():
+    env = _make()
+    env.reset(seed=2)
+    mask = env.unwrapped.action_masks().reshape(10, 5)
+    assert mask[:, 0].all()
+    _, _, _, _, info = env.step(np.ones(10, dtype=np.int64))  # everyone on the full model
+    assert info["memory_violations"] == int((~mask[:, 1]).sum())
+    assert info["reward_terms"]["memory_penalty"] == pytest.approx(-1.0 * info["memory_violations"])
+
+
+def test_exchange_only_when_the_emulator_changes_and_penalty_beyond_budget():
+    env = _make(num_devices=2, horizon=8, exchange_fraction=0.25, memory_tiers=(2.0,), target_perplexity=2.0)
+    env.reset(seed=0)
+    exchanges, penalties = [], []
+    for level in (1, 1, 2, 3, 3, 4):
+        _, _, _, _, info = env.step(np.array([level, 0]))
+        exchanges.append(info["exchanges"])
+        penalties.append(info["reward_terms"]["exchange_penalty"])
+    assert exchanges == [1, 0, 1, 1, 0, 1]
+    assert penalties == [0, 0, 0, -0.5, 0, -0.5]  # budget κ·T = 2 exchanges per device
+
+
+def test_bad_config_and_actions_raise_clear_errors():
+    with pytest.raises(ValueError, match="num_devices must be >= 1"):
+        _make(num_devices=0)
+    with pytest.raises(ValueError, match=r"compression_levels must be values in \[0, 1\)"):
+        _make(compression_levels=(0.0, 1.5))
+    with pytest.raises(ValueError, match="cost_profile must be one of"):
+        _make(cost_profile="gpt5")
+    with pytest.raises(ValueError, match="unknown FedPEAT env option"):
+        _make(num_device=3)
+    env = _make(num_devices=3)
+    env.reset(seed=0)
+    for bad in (np.array([0, 1, 5]), np.array([0, 1]), np.array([0.5, 1, 1])):
+        with pytest.raises(ValueError, match="action must be"):
+            env.step(bad)
+
+
+def test_cost_profiles_charge_the_architecture():
+    small = level_costs("embedded", (0.0, 0.5), (8,))
+    xl = level_costs("gpt2-xl", (0.0, 0.5), (8,))
+    assert xl.full_model_bytes / 4 == pytest.approx(1_557_611_200)  # GPT2-XL parameters from its GPT2Config
+    assert xl.emulator_bytes[0] > 500 * small.emulator_bytes[0]
+    env = _make(cost_profile="gpt2-xl")
+    env.reset(seed=0)
+    _, _, _, _, info_xl = env.step(np.full(10, 4))
+    env = _make(cost_profile="embedded")
+    env.reset(seed=0)
+    _, _, _, _, info_small = env.step(np.full(10, 4))
+    assert info_xl["round_latency_s"] > 100 * info_small["round_latency_s"]
+
+
+def test_embedded_costs_equal_the_engine_tensors():
+    from federation.engine import EngineConfig, RoundRunner
+    from federation.methods import DeviceDecision, FedPEATConfig
+    from federation.training import LocalTrainConfig
+
+    costs = level_costs("embedded", (0.0, 0.5, 0.75), (8,))
+    runner = RoundRunner(EngineConfig(num_devices=3, max_eval_blocks=4,
+                                      method_config=FedPEATConfig(train=LocalTrainConfig(steps=1, batch_size=8))))
+    result = runner.run_round([DeviceDecision(True, e) for e in (0.0, 0.5, 0.75)])
+    emulator = [m.num_bytes for m in runner.log.messages if m.kind in ("emulator", "frozen")]
+    adapter = {m.num_bytes for m in runner.log.messages if m.kind == "adapter"}
+    assert emulator == list(costs.emulator_bytes) and adapter == {costs.adapter_bytes[0]}
+    assert [d.memory_bytes for d in result.devices] == list(costs.memory_bytes[:, 0])
+
+
+def test_engine_fidelity_passes_both_checkers_and_runs_real_rounds():
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = gym.make("FedPEAT-Engine-v0", num_devices=2, engine_local_steps=1, horizon=3, memory_tiers=(2.0,))
+    check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped)
+    obs, info = env.reset(seed=0)
+    runner = env.unwrapped._runner
+    assert info["perplexity"] == runner.initial_perplexity
+    _, reward, _, _, info = env.step(np.array([1, 4]))
+    assert runner.round == 1 and info["perplexity"] < runner.initial_perplexity and np.isfinite(reward)
+    emulators = [m for m in runner.log.messages if m.kind in ("emulator", "frozen")]
+    assert [len({int(k.split(".")[2]) for k in m.keys if k.startswith("transformer.h.")}) for m in emulators] == [10, 4]
+    env.close()
