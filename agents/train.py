@@ -21,10 +21,11 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
 
 import fedpeat_env  # noqa: F401  (registers the FedPEAT ids)
 from agents.policy import SB3Policy
+from agents.vec import FedPEATSB3VecEnv
 
 Algo = Literal["ppo", "a2c", "maskable-ppo"]
 ALGOS = {"ppo": PPO, "a2c": A2C, "maskable-ppo": MaskablePPO}
@@ -44,8 +45,8 @@ class TrainConfig:
     """Total env steps over all parallel envs."""
     seed: int = 0
     """Seeds the envs, the model and torch."""
-    n_envs: int = 4
-    """Parallel envs (DummyVecEnv: one process)."""
+    n_envs: int = 8
+    """Parallel envs (FedPEAT-v0: one batched numpy env; other ids: DummyVecEnv in one process)."""
     out_dir: str = "runs/agent"
     """Where model, statistics, config, metrics and logs go."""
     algo_kwargs: dict = field(default_factory=dict)
@@ -81,9 +82,14 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.torch_threads)
-    # a callable, not the id: make_vec_env would add render_mode="rgb_array", which the FedPEAT env rejects
-    venv = make_vec_env(partial(gym.make, config.env_id), n_envs=config.n_envs, seed=config.seed, env_kwargs=config.env_kwargs,
-                        monitor_dir=str(out / "monitor"), wrapper_class=StepTimer, vec_env_cls=DummyVecEnv)
+    if config.env_id == "FedPEAT-v0":  # batched surrogate: one numpy step for all n_envs
+        (out / "monitor").mkdir(exist_ok=True)
+        venv = VecMonitor(FedPEATSB3VecEnv(config.n_envs, seed=config.seed, **config.env_kwargs),
+                          filename=str(out / "monitor" / "vec"))
+    else:  # a callable, not the id: make_vec_env would add render_mode="rgb_array", which the FedPEAT env rejects
+        venv = make_vec_env(partial(gym.make, config.env_id), n_envs=config.n_envs, seed=config.seed,
+                            env_kwargs=config.env_kwargs, monitor_dir=str(out / "monitor"), wrapper_class=StepTimer,
+                            vec_env_cls=DummyVecEnv)
     gamma = config.algo_kwargs.get("gamma", 0.99)
     venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=gamma)
     model = ALGOS[config.algo]("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0, **config.algo_kwargs)

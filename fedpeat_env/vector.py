@@ -18,15 +18,19 @@ class FedPEATVectorEnv(VectorEnv):
     """B independent FedPEAT-v0 episodes (surrogate fidelity) sharing one batched ``Dynamics``.
 
     Same observation, action, reward and info keys as ``FedPEATEnv``; info values are arrays of shape (B,).
-    Autoreset mode NEXT_STEP: the step after an episode ends resets that sub-env (its action is ignored) and
-    returns reward 0.
+    ``autoreset_mode`` NEXT_STEP (default): the step after an episode ends resets that sub-env (its action is
+    ignored) and returns reward 0. SAME_STEP: a finished sub-env is reset within the step; its last observation is
+    in ``info["final_obs"]`` where ``info["_final_obs"]`` is True.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, num_envs: int, **kwargs: Any) -> None:
+    def __init__(self, num_envs: int, autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP, **kwargs: Any) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {autoreset_mode!r}")
+        self.metadata = {"autoreset_mode": autoreset_mode}
         self.config = EnvConfig.from_kwargs(**kwargs)
         if self.config.fidelity != "surrogate":
             raise ValueError(f"fidelity must be 'surrogate' for the vector env, got {self.config.fidelity!r}")
@@ -48,10 +52,17 @@ class FedPEATVectorEnv(VectorEnv):
         self._autoreset[:] = False
         return self.dynamics.observe(), {}
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        actions = np.asarray(actions)
+    def action_masks(self) -> np.ndarray:
+        """(num_envs, mask length) boolean masks, one row per sub-env (see ``FedPEATEnv.action_masks``)."""
+        return self.dynamics.action_masks()
+
+    def validate_actions(self, actions: np.ndarray) -> None:
         if actions.shape != (self.num_envs, len(self._nvec)) or (actions < 0).any() or (actions >= self._nvec).any():
             raise ValueError(f"actions must be integers of shape {(self.num_envs, len(self._nvec))} within {self._nvec}")
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        actions = np.asarray(actions)
+        self.validate_actions(actions)
         N = self.config.num_devices
         levels = actions[:, :N].astype(np.int64)
         ranks = actions[:, N:].astype(np.int64) if self.config.control_rank else np.zeros_like(levels)
@@ -61,6 +72,12 @@ class FedPEATVectorEnv(VectorEnv):
         info = {name: terms[name] for name in REWARD_TERMS}
         info |= {"perplexity": d.ppl.copy(), "round_latency_s": costs.latency_s,
                  "exchanges": costs.exchanged.sum(axis=1), "memory_violations": costs.violations.sum(axis=1)}
+        if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
+            done = terminated | truncated
+            if done.any():
+                info |= {"final_obs": d.observe(), "_final_obs": done}
+                d.reset(d.scenario_rng, d.noise_rng, envs=done)
+            return d.observe(), reward, terminated, truncated, info
         if self._autoreset.any():
             d.reset(d.scenario_rng, d.noise_rng, envs=self._autoreset)
             reward = np.where(self._autoreset, 0.0, reward)

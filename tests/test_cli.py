@@ -49,3 +49,9 @@ def test_run_rejects_bad_input_with_one_clear_error(tmp_path):
         assert result.exit_code == 2, (extra, result.output)
         assert message in " ".join(result.output.split()), (extra, result.output)
         assert not out.exists()
+
+
+def test_demo_federated_prints_the_round_table():
+    result = runner.invoke(app, ["demo-federated", "--rounds", "1"])
+    assert result.exit_code == 0, result.output
+    assert "lower) after 1 rounds" in " ".join(result.output.split())

@@ -48,3 +48,29 @@ def test_vector_env_rejects_bad_actions_and_engine_fidelity():
         vector.step(np.full((2, 10), 7))
     with pytest.raises(ValueError, match="fidelity must be 'surrogate'"):
         FedPEATVectorEnv(2, fidelity="engine")
+
+
+def test_same_step_autoreset_and_the_sb3_adapter():
+    from gymnasium.vector import AutoresetMode
+
+    from agents.vec import FedPEATSB3VecEnv
+
+    vector = FedPEATVectorEnv(2, autoreset_mode=AutoresetMode.SAME_STEP, horizon=2)
+    vector.reset(seed=0)
+    zeros = np.zeros((2, 10), dtype=np.int64)
+    vector.step(zeros)
+    obs, _, _, truncated, info = vector.step(zeros)
+    assert truncated.all() and info["_final_obs"].all()
+    assert np.allclose(info["final_obs"][:, -1], 1.0) and np.allclose(obs[:, -1], 0.0)  # round/T: 1 → new episode
+
+    sb3 = FedPEATSB3VecEnv(3, seed=5, horizon=2)
+    first = sb3.reset()
+    assert first.shape == (3, 52)
+    sb3.step(np.zeros((3, 10), dtype=np.int64))
+    obs, reward, done, infos = sb3.step(np.zeros((3, 10), dtype=np.int64))
+    assert done.all() and reward.dtype == np.float32
+    assert all("terminal_observation" in i and i["TimeLimit.truncated"] for i in infos)
+    assert len(sb3.env_method("action_masks")) == 3 and sb3.env_method("action_masks")[0].shape == (50,)
+    assert sb3.get_attr("steps") == [6, 0, 0]
+    with pytest.raises(ValueError, match="autoreset_mode must be"):
+        FedPEATVectorEnv(2, autoreset_mode="sometimes")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from federation.methods.base import DeviceDecision, Method, MethodConfig
 from federation.methods.fed_ft import FedFT
+from federation.methods.fedot import FedOT, FedOTConfig
 from federation.methods.fedpeat import FedPEAT, FedPEATConfig
 from federation.methods.fedpetuning import FedPETuning
+from federation.methods.hetlora import HetLoRA, HetLoRAConfig, HetLoRALoss
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FedFT, FedPETuning, FedPEAT)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FedFT, FedPETuning, FedPEAT, FedOT, HetLoRA)}
 
 
 def make_method(name: str, config: MethodConfig | None = None) -> Method:
@@ -17,4 +19,7 @@ def make_method(name: str, config: MethodConfig | None = None) -> Method:
     return METHODS[name](config)
 
 
-__all__ = ["METHODS", "DeviceDecision", "FedFT", "FedPEAT", "FedPEATConfig", "FedPETuning", "Method", "MethodConfig", "make_method"]
+__all__ = [
+    "METHODS", "DeviceDecision", "FedFT", "FedOT", "FedOTConfig", "FedPEAT", "FedPEATConfig", "FedPETuning", "HetLoRA",
+    "HetLoRAConfig", "HetLoRALoss", "Method", "MethodConfig", "make_method",
+]

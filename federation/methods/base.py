@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import GPT2LMHeadModel
 
 from federation.adapters import LoraSpec, adapter_state, attach_lora, load_adapter_state, pad_rank, truncate_rank
-from federation.aggregation import fedavg
+from federation.aggregation import fedavg, lora_exact
 from federation.emulator import SubModelSpec, build_emulator, full_spec, model_payload
 from federation.messages import PayloadKind
 from federation.training import LocalTrainConfig, LossFn, lm_loss
@@ -42,6 +43,12 @@ class MethodConfig:
     """Global LoRA hyper-parameters (rank r_max for per-device truncation)."""
     train: LocalTrainConfig | None = None
     """Local training settings; None takes the method's default."""
+    lora_aggregation: Literal["naive", "exact"] = "naive"
+    """LoRA aggregation: "naive" averages A and B separately; "exact" re-factorises the mean of B_k·A_k (§8)."""
+
+    def __post_init__(self) -> None:
+        if self.lora_aggregation not in ("naive", "exact"):
+            raise ValueError(f"lora_aggregation must be one of ('naive', 'exact'), got {self.lora_aggregation!r}")
 
 
 class Method:
@@ -105,9 +112,17 @@ class Method:
         return lm_loss
 
     def aggregate(self, states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-        """FedAvg of the uploads (lower-rank LoRA zero-padded to the global rank first)."""
+        """FedAvg of the uploads; LoRA uploads are zero-padded to the global rank r first.
+
+        ``lora_aggregation="naive"``: weighted mean of A and of B separately (mean(B)·mean(A) ≠ mean(B·A)).
+        ``"exact"``: ``lora_exact`` with rank r — the global B·A is the best rank-r approximation (truncated SVD) of
+        the weighted mean of the devices' B_k·A_k, exact whenever that mean has rank ≤ r (e.g. Σ_k r_k ≤ r). The
+        factors come back balanced (B = U√S, A = √S·Vh); components with zero singular value stay zero in A and B.
+        """
         if self.lora_spec() is not None:
             states = [pad_rank(s, self.config.lora.rank) for s in states]
+            if self.config.lora_aggregation == "exact":
+                return lora_exact(states, weights, rank=self.config.lora.rank)
         return fedavg(states, weights)
 
     # --- server-side models ----------------------------------------------------------------------

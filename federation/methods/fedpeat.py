@@ -15,7 +15,7 @@ Server–device collaborative tuning is the engine's ``server_fraction`` option.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -36,6 +36,7 @@ class FedPEATConfig(MethodConfig):
     """Public pretraining-domain blocks used for distillation."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.case not in (1, 2, 3):
             raise ValueError(f"case must be one of (1, 2, 3), got {self.case}")
         if self.distill_steps < 0:
@@ -48,7 +49,7 @@ class FedPEAT(Method):
     def __init__(self, config: MethodConfig | None = None) -> None:
         if config is None or not isinstance(config, FedPEATConfig):
             base = config or MethodConfig()
-            config = FedPEATConfig(base.num_adapter_layers, base.lora, base.train)
+            config = FedPEATConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
         super().__init__(config)
         self._distill_data: torch.Tensor | None = None
         self.uses_emulator = config.case in (1, 2)

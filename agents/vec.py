@@ -1,0 +1,78 @@
+"""SB3 ``VecEnv`` over the batched surrogate: n_envs FedPEAT-v0 episodes per numpy step instead of n_envs
+Python env steps (``DummyVecEnv``). Same-step autoreset with ``terminal_observation`` in ``infos``, as SB3 expects;
+``env_method("action_masks")`` serves MaskablePPO."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from stable_baselines3.common.vec_env import VecEnv
+
+from fedpeat_env.vector import FedPEATVectorEnv
+
+
+class FedPEATSB3VecEnv(VecEnv):
+    """``num_envs`` surrogate episodes (wrap with ``VecMonitor`` for episode statistics). ``step_time_s`` and
+    ``steps`` accumulate the wall time and count of batched steps (the env's share of training time)."""
+
+    def __init__(self, num_envs: int, seed: int | None = None, **env_kwargs: Any) -> None:
+        self.venv = FedPEATVectorEnv(num_envs, autoreset_mode=AutoresetMode.SAME_STEP, **env_kwargs)
+        super().__init__(num_envs, self.venv.single_observation_space, self.venv.single_action_space)
+        self._seed = seed
+        self._actions: np.ndarray | None = None
+        self.step_time_s, self.steps = 0.0, 0
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self.venv.reset(seed=self._seed)
+        self._seed = None  # later resets continue the generator
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, -1)
+
+    def step_wait(self):
+        started = time.perf_counter()
+        obs, reward, terminated, truncated, info = self.venv.step(self._actions)
+        done = terminated | truncated
+        infos = [{"perplexity": float(info["perplexity"][i]), "TimeLimit.truncated": bool(truncated[i])}
+                 for i in range(self.num_envs)]
+        for i in np.flatnonzero(done):
+            infos[i]["terminal_observation"] = info["final_obs"][i]
+        self.step_time_s += time.perf_counter() - started
+        self.steps += self.num_envs
+        return obs, reward.astype(np.float32), done, infos
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list:
+        if method_name != "action_masks":
+            raise AttributeError(f"FedPEATSB3VecEnv supports env_method('action_masks') only, got {method_name!r}")
+        masks = self.venv.action_masks()
+        return [masks[i] for i in self._indices(indices)]
+
+    def get_attr(self, attr_name: str, indices=None) -> list:
+        """Attributes of the adapter (``step_time_s``, ``steps``: reported once, by index 0) or of the vector env."""
+        if attr_name in ("step_time_s", "steps"):
+            return [getattr(self, attr_name) if i == 0 else 0 for i in self._indices(indices)]
+        value = getattr(self.venv, attr_name)
+        return [value for _ in self._indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        raise AttributeError("FedPEATSB3VecEnv sub-environments share one batched state; set_attr is not supported")
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        return [False for _ in self._indices(indices)]
+
+    def seed(self, seed: int | None = None) -> Sequence[None]:
+        self._seed = seed
+        return [None] * self.num_envs
+
+    def _indices(self, indices) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        return [indices] if isinstance(indices, int) else list(indices)

@@ -1,0 +1,67 @@
+"""FedOT: federated Offsite-Tuning (Xiao et al. 2023) — one shared, distilled layer-drop emulator for every device.
+
+The server builds a single uniform layer-drop emulator of compression ``FedOTConfig.compression`` (adapter blocks
++ evenly spaced middle blocks), distils its kept middle blocks towards the full model on its public data
+(Offsite-Tuning's LM + 30·MSE loss, ``distill_steps`` > 0, on by default) and sends it once to each device. Devices
+train LoRA on the bottom/top adapter blocks through it; the server averages the adapters and evaluates them
+plugged into the full model. It is FedPEAT case 2 with the emulator fixed by the method instead of the controller.
+
+Compression rule: a device's ``DeviceDecision.compression`` must be 0 (take the method's emulator — what
+``RoundRunner.default_decisions()`` sends) or equal ``FedOTConfig.compression``; anything else is a ``ValueError``.
+Either way every device holds the same emulator (``DeviceRound.compression`` reports the decision's value, so 0
+for default decisions; ``kept_blocks`` shows the emulator actually held). A config that is not a ``FedOTConfig``
+(e.g. the CLI's ``FedPEATConfig``) contributes only its shared ``MethodConfig`` fields; the rest take FedOT defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from federation.emulator import SubModelSpec, layer_drop_spec
+from federation.methods.base import DeviceDecision, MethodConfig
+from federation.methods.fedpeat import FedPEAT, FedPEATConfig
+
+
+@dataclass(frozen=True)
+class FedOTConfig(FedPEATConfig):
+    case: int = 2
+    """Always 2 (one emulator shared by all devices); kept for the FedPEAT machinery."""
+    distill_steps: int = 50
+    """Emulator distillation steps on the server before the emulator is first sent (0: plain layer drop)."""
+    compression: float = 0.5
+    """Compression ε = 1 − k/M of the shared emulator, in [0, 1)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.case != 2:
+            raise ValueError(f"case must be 2 for fedot (one shared emulator), got {self.case}")
+        if not 0.0 <= self.compression < 1.0:
+            raise ValueError(f"compression must be in [0, 1), got {self.compression}")
+
+
+class FedOT(FedPEAT):
+    name = "fedot"
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        if config is None or not isinstance(config, FedOTConfig):  # only the shared MethodConfig fields carry over
+            base = config or MethodConfig()
+            config = FedOTConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
+        super().__init__(config)
+
+    def shared_spec(self, num_layers: int) -> SubModelSpec:
+        """The one emulator every device holds."""
+        return layer_drop_spec(num_layers, self.config.num_adapter_layers, self.config.compression)
+
+    def validate_decision(self, decision: DeviceDecision) -> None:
+        super().validate_decision(decision)
+        if decision.compression not in (0.0, self.config.compression):
+            raise ValueError(
+                f"fedot shares one emulator: compression must be 0 (use the method's) or {self.config.compression}, "
+                f"got {decision.compression}"
+            )
+
+    def validate_round(self, decisions: list[DeviceDecision]) -> None:
+        """Every device maps to the shared emulator (``validate_decision``), so rounds need no extra check."""
+
+    def device_spec(self, num_layers: int, decision: DeviceDecision) -> SubModelSpec:
+        return self.shared_spec(num_layers)

@@ -1,0 +1,145 @@
+"""HetLoRA (Cho et al. 2023): heterogeneous LoRA ranks per device, rank self-pruning, sparsity-weighted aggregation.
+
+- Global rank r_max = ``config.lora.rank``; LoRA on every block of the full model (FedPETuning with per-device
+  ranks; no emulator). Device k downloads the first r_k components of the global adapter (A[:r_k], B[:, :r_k]).
+- Device ranks: the shared round's hooks receive a device's ``DeviceDecision`` but not its index, so r_k is
+  ``decision.lora_rank`` (r_max when None). ``HetLoRAConfig.ranks`` is applied by ``HetLoRA.device_decisions``,
+  which builds the per-device decisions (ranks cycled over device indices) for the CLI / scripts; the env's rank
+  head sets ``lora_rank`` itself.
+- Local objective (``HetLoRALoss``): LM loss + λ·Σ_modules ‖B[:, ⌊γr⌋:r]‖_F·‖A[⌊γr⌋:r, :]‖_F, which pushes the
+  tail components of each adapter towards zero.
+- Rank self-pruning r ← max(r_min, ⌊γr⌋): applied by truncating an upload whose tail norm (the regulariser's
+  sum, over the components kept:r) falls below ``prune_tol`` (0 disables). It happens in ``aggregate`` on the
+  server — the shared round has no per-device upload hook and no device index there — so the pruned components
+  are zero in the aggregate but the upload's bytes are unchanged, and the device's next rank is again its
+  decision's (the shrink does not persist across rounds).
+- Aggregation: every upload is zero-padded to r_max; ``aggregation="sparsity"`` weights device k per module by
+  p_k = ‖B_k A_k‖_F / Σ_j ‖B_j A_j‖_F (``federation.aggregation.hetlora``; sample counts are not used),
+  ``"zero-pad"`` is the HetLoRA paper's baseline: the sample-weighted mean of the padded factors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+from torch import nn
+
+from federation.adapters import lora_rank_of, pad_rank, truncate_rank
+from federation.aggregation import hetlora, lora_pairs, zero_pad_average
+from federation.methods.base import DeviceDecision, Method, MethodConfig
+from federation.training import lm_loss
+
+
+def _tail_start(rank: int, gamma: float) -> int:
+    """⌊γr⌋: the first component of the tail (float slack so that e.g. γ·r = 7.0000000001 floors to 7)."""
+    return math.floor(gamma * rank + 1e-9)
+
+
+@dataclass(frozen=True)
+class HetLoRALoss:
+    """LM loss + ``lam``·Σ_modules ‖B[:, ⌊γr⌋:r]‖_F·‖A[⌊γr⌋:r, :]‖_F over the model's peft LoRA modules.
+
+    Picklable (module-level, plain fields), so remote executors can ship it with the job."""
+
+    lam: float = 0.01
+    """λ: weight of the rank self-pruning regulariser."""
+    gamma: float = 0.99
+    """γ: the tail starts at component ⌊γr⌋ of each rank-r adapter."""
+
+    def tail_norm(self, model: nn.Module) -> torch.Tensor:
+        """Σ over LoRA modules (adapter "default") of ‖B[:, ⌊γr⌋:r]‖_F·‖A[⌊γr⌋:r, :]‖_F (differentiable)."""
+        terms = []
+        for module in model.modules():
+            a_dict, b_dict = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+            if not (isinstance(a_dict, nn.ModuleDict) and isinstance(b_dict, nn.ModuleDict) and "default" in a_dict):
+                continue
+            a, b = a_dict["default"].weight, b_dict["default"].weight  # A (r, in), B (out, r)
+            start = _tail_start(a.shape[0], self.gamma)
+            terms.append(torch.linalg.matrix_norm(b[:, start:]) * torch.linalg.matrix_norm(a[start:]))
+        if not terms:
+            raise ValueError("HetLoRALoss needs a model with peft LoRA modules (lora_A / lora_B, adapter 'default')")
+        return torch.stack(terms).sum()
+
+    def __call__(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return lm_loss(model, batch) + self.lam * self.tail_norm(model)
+
+
+def state_tail_norm(state: dict[str, torch.Tensor], start: int) -> float:
+    """Σ over the LoRA pairs of a state dict of ‖B[:, start:]‖_F·‖A[start:, :]‖_F."""
+    return sum(
+        float(torch.linalg.matrix_norm(state[b][:, start:].double()) * torch.linalg.matrix_norm(state[a][start:].double()))
+        for a, b in lora_pairs(state).values()
+    )
+
+
+def prune_rank(state: dict[str, torch.Tensor], gamma: float, tol: float, min_rank: int = 1) -> dict[str, torch.Tensor]:
+    """HetLoRA's self-pruning step on one upload: r ← max(min_rank, ⌊γr⌋) when the tail norm is below ``tol``."""
+    rank = lora_rank_of(state)
+    keep = max(min_rank, _tail_start(rank, gamma))
+    if keep < rank and state_tail_norm(state, keep) < tol:
+        return truncate_rank(state, keep)
+    return state
+
+
+@dataclass(frozen=True)
+class HetLoRAConfig(MethodConfig):
+    ranks: tuple[int, ...] | None = None
+    """Default per-device ranks, cycled over device indices by ``HetLoRA.device_decisions`` (None: r_max)."""
+    lam: float = 0.01
+    """λ of the rank self-pruning regulariser (0: plain LM loss)."""
+    gamma: float = 0.99
+    """γ in (0, 1): the tail is components ⌊γr⌋..r−1."""
+    aggregation: Literal["sparsity", "zero-pad"] = "sparsity"
+    """"sparsity": HetLoRA's norm-weighted average; "zero-pad": sample-weighted average of padded factors."""
+    prune_tol: float = 0.0
+    """Truncate an upload to max(min_rank, ⌊γr⌋) when its tail norm is below this (0: never)."""
+    min_rank: int = 1
+    """r_min: self-pruning never goes below this rank."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        r_max = self.lora.rank
+        if self.lora_aggregation != "naive":
+            raise ValueError(f"lora_aggregation must be 'naive' for hetlora (set `aggregation`), got {self.lora_aggregation!r}")
+        if self.ranks is not None and (not self.ranks or any(not 1 <= r <= r_max for r in self.ranks)):
+            raise ValueError(f"ranks must be a non-empty tuple of ranks in [1, lora.rank={r_max}], got {self.ranks}")
+        if not self.lam >= 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
+        if not 0.0 < self.gamma < 1.0:
+            raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
+        if self.aggregation not in ("sparsity", "zero-pad"):
+            raise ValueError(f"aggregation must be one of ('sparsity', 'zero-pad'), got {self.aggregation!r}")
+        if not self.prune_tol >= 0:
+            raise ValueError(f"prune_tol must be >= 0, got {self.prune_tol}")
+        if not 1 <= self.min_rank <= r_max:
+            raise ValueError(f"min_rank must be in [1, lora.rank={r_max}], got {self.min_rank}")
+
+
+class HetLoRA(Method):
+    name = "hetlora"
+    lora_on_all_layers = True
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        if config is None or not isinstance(config, HetLoRAConfig):  # only the shared MethodConfig fields carry over
+            base = config or MethodConfig()
+            config = HetLoRAConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
+        super().__init__(config)
+
+    def device_decisions(self, num_devices: int, compression: float = 0.0) -> list[DeviceDecision]:
+        """All devices selected, device i with rank ``ranks[i % len(ranks)]`` (None: the global rank)."""
+        ranks = self.config.ranks
+        return [DeviceDecision(True, compression, None if ranks is None else ranks[i % len(ranks)]) for i in range(num_devices)]
+
+    def loss_fn(self) -> HetLoRALoss:
+        return HetLoRALoss(self.config.lam, self.config.gamma)
+
+    def aggregate(self, states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+        """Self-prune each upload (``prune_tol`` > 0), zero-pad to r_max, then the configured HetLoRA aggregation."""
+        cfg = self.config
+        if cfg.prune_tol > 0:
+            states = [prune_rank(s, cfg.gamma, cfg.prune_tol, cfg.min_rank) for s in states]
+        padded = [pad_rank(s, cfg.lora.rank) for s in states]
+        return hetlora(padded) if cfg.aggregation == "sparsity" else zero_pad_average(padded, weights)
