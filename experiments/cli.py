@@ -39,34 +39,31 @@ def pretrain(
 
 @app.command()
 def run(
-    method: str = typer.Option("fedpeat", help="Method: fed-ft, fedpetuning, fedpeat."),
+    method: str = typer.Option("fedpeat", help="Method: fed-ft, fedpetuning, fedpeat, fedot, hetlora."),
     devices: int = typer.Option(4, help="Number of devices N."),
     rounds: int = typer.Option(5, help="Federated rounds."),
     seed: int = typer.Option(0, help="Seed of every random draw."),
     compression: list[float] = typer.Option([], help="Emulator compression ε: once for all devices, or once per device."),
+    lora_rank: list[int] = typer.Option([], help="LoRA rank: once for all devices, or once per device (≤ 8)."),
+    lora_aggregation: str = typer.Option("naive", help="LoRA aggregation: naive (mean of A, B) or exact (mean of B·A)."),
     case: int = typer.Option(1, help="FedPEAT frozen-weight case (1, 2 or 3)."),
     server_fraction: float = typer.Option(0.0, help="Share of data on the server, which then also trains (collaborative)."),
     local_steps: int = typer.Option(10, help="Local optimiser steps per round."),
     partition: str = typer.Option("iid", help="Data split: iid or dirichlet."),
     alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
-    distill_steps: int = typer.Option(0, help="FedPEAT emulator distillation steps (0: none)."),
+    distill_steps: int = typer.Option(None, help="Emulator distillation steps (fedpeat: default 0, fedot: default 50)."),
     out: Path = typer.Option(None, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
 ) -> None:
     """Run a federated tuning method and print its per-round table."""
-
     from experiments.run import round_table, run_federated, write_outputs
     from federation.engine import EngineConfig
-    from federation.methods import FedPEATConfig, make_method
 
     _quiet_libraries()
     try:
-        if method != "fedpeat" and (case != 1 or distill_steps):
-            raise ValueError(f"--case and --distill-steps apply to method 'fedpeat' only, not {method!r}")
-        base = make_method(method).train_config  # validates the name; the method's default lr
-        method_config = FedPEATConfig(train=replace(base, steps=local_steps), case=case, distill_steps=distill_steps)
+        method_config = _method_config(method, local_steps, lora_aggregation, case, distill_steps, compression)
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
                               partition=partition, dirichlet_alpha=alpha, method_config=method_config)
-        runner, results = run_federated(config, rounds, compression, console)
+        runner, results = run_federated(config, rounds, compression, console, lora_rank)
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
@@ -74,6 +71,25 @@ def run(
     if out is not None:
         for path in write_outputs(runner, results, out):
             console.print(f"wrote {path}")
+
+
+def _method_config(method: str, local_steps: int, lora_aggregation: str, case: int, distill_steps: int | None,
+                   compression: list[float]):
+    """The method's config from the ``run`` options; options that do not apply to the method are errors."""
+    from federation.methods import FedOTConfig, FedPEATConfig, MethodConfig, make_method
+
+    train = replace(make_method(method).train_config, steps=local_steps)  # validates the name; the method's lr
+    if method != "fedpeat" and case != 1:
+        raise ValueError(f"--case applies to method 'fedpeat' only, not {method!r}")
+    if method not in ("fedpeat", "fedot") and distill_steps is not None:
+        raise ValueError(f"--distill-steps applies to methods 'fedpeat' and 'fedot' only, not {method!r}")
+    if method == "fedpeat":
+        return FedPEATConfig(train=train, lora_aggregation=lora_aggregation, case=case, distill_steps=distill_steps or 0)
+    if method == "fedot":
+        shared = compression[0] if len(set(compression)) == 1 else 0.5
+        return FedOTConfig(train=train, lora_aggregation=lora_aggregation, compression=shared,
+                           distill_steps=50 if distill_steps is None else distill_steps)
+    return MethodConfig(train=train, lora_aggregation=lora_aggregation)
 
 
 def _quiet_libraries() -> None:

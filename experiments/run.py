@@ -19,24 +19,31 @@ from federation.methods import DeviceDecision
 MB = 1e6
 
 
-def decisions_for(num_devices: int, compression: Sequence[float]) -> list[DeviceDecision]:
-    """Per-device decisions from ``--compression``: none (0 for all), one value for all, or one per device."""
-    if len(compression) == 0:
-        compression = [0.0]
-    if len(compression) == 1:
-        compression = list(compression) * num_devices
-    if len(compression) != num_devices:
-        raise ValueError(f"compression takes 1 value or one per device ({num_devices}), got {len(compression)}")
-    return [DeviceDecision(True, float(c)) for c in compression]
+def _per_device(name: str, values: Sequence, num_devices: int, default) -> list:
+    """One value per device from a CLI list: empty → ``default`` for all, one value → for all, else one each."""
+    values = list(values) or [default]
+    if len(values) == 1:
+        values = values * num_devices
+    if len(values) != num_devices:
+        raise ValueError(f"{name} takes 1 value or one per device ({num_devices}), got {len(values)}")
+    return values
+
+
+def decisions_for(num_devices: int, compression: Sequence[float], lora_rank: Sequence[int] = ()) -> list[DeviceDecision]:
+    """Per-device decisions from ``--compression`` (default 0) and ``--lora-rank`` (default: the global rank)."""
+    eps = _per_device("compression", compression, num_devices, 0.0)
+    ranks = _per_device("lora_rank", lora_rank, num_devices, None)
+    return [DeviceDecision(True, float(e), None if r is None else int(r)) for e, r in zip(eps, ranks)]
 
 
 def run_federated(
-    config: EngineConfig, rounds: int, compression: Sequence[float] = (), console: Console | None = None
+    config: EngineConfig, rounds: int, compression: Sequence[float] = (), console: Console | None = None,
+    lora_rank: Sequence[int] = (),
 ) -> tuple[RoundRunner, list[RoundResult]]:
     """Run ``rounds`` rounds with fixed decisions, showing a progress bar."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    decisions = decisions_for(config.num_devices, compression)
+    decisions = decisions_for(config.num_devices, compression, lora_rank)
     runner = RoundRunner(config)
     runner.validate(decisions)  # fail before any training on a bad decision
     console = console or Console()

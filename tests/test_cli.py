@@ -40,7 +40,10 @@ def test_run_rejects_bad_input_with_one_clear_error(tmp_path):
         (["--method", "fedx"], "method must be one of"),
         (["--devices", "3", "--compression", "0.5", "--compression", "0.5"], "one per device"),
         (["--compression", "1.0"], "compression must be in [0, 1)"),
-        (["--method", "fed-ft", "--case", "2"], "apply to method 'fedpeat' only"),
+        (["--method", "fed-ft", "--case", "2"], "applies to method 'fedpeat' only"),
+        (["--method", "fedpetuning", "--distill-steps", "5"], "applies to methods 'fedpeat' and 'fedot' only"),
+        (["--lora-aggregation", "mean"], "lora_aggregation must be one of"),
+        (["--lora-rank", "2", "--lora-rank", "4", "--lora-rank", "8"], "lora_rank takes 1 value or one per device"),
         (["--rounds", "0"], "rounds must be >= 1"),
     ]
     for extra, message in cases:
@@ -55,3 +58,14 @@ def test_demo_federated_prints_the_round_table():
     result = runner.invoke(app, ["demo-federated", "--rounds", "1"])
     assert result.exit_code == 0, result.output
     assert "lower) after 1 rounds" in " ".join(result.output.split())
+
+
+def test_run_hetlora_with_per_device_ranks_and_exact_aggregation(tmp_path):
+    args = ["run", "--method", "hetlora", "--devices", "2", "--rounds", "1", "--local-steps", "1",
+            "--lora-rank", "2", "--lora-rank", "8", "--out", str(tmp_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    up = pd.read_csv(tmp_path / "messages.csv").query("direction == 'up'").sort_values("device")
+    assert list(up["bytes"] // up["bytes"].min()) == [1, 4]
+    exact = runner.invoke(app, ["run", "--method", "fedpeat", "--devices", "2", "--rounds", "1", "--local-steps", "1",
+                                "--lora-aggregation", "exact"])
+    assert exact.exit_code == 0, exact.output
