@@ -82,8 +82,10 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.torch_threads)
+    (out / "monitor").mkdir(exist_ok=True)
+    for stale in (out / "monitor").glob("*.monitor.csv"):  # a previous run's episodes would join the curve
+        stale.unlink()
     if config.env_id == "FedPEAT-v0":  # batched surrogate: one numpy step for all n_envs
-        (out / "monitor").mkdir(exist_ok=True)
         venv = VecMonitor(FedPEATSB3VecEnv(config.n_envs, seed=config.seed, **config.env_kwargs),
                           filename=str(out / "monitor" / "vec"))
     else:  # a callable, not the id: make_vec_env would add render_mode="rgb_array", which the FedPEAT env rejects

@@ -19,6 +19,9 @@ from fedpeat_env.surrogate import Calibration
 
 GAIN_DB_CENTRE, GAIN_DB_SCALE = -100.0, 20.0  # gain normalisation: (g_dB + 100) / 20, clipped to [-3, 3]
 REWARD_TERMS = ("perplexity", "latency", "exchanges", "memory", "memory_penalty", "exchange_penalty")
+LATENCY_CAP = 10.0
+"""The latency term saturates at 10 reference latencies: a round that slow has failed anyway, and without a cap a
+deep Rayleigh fade during an emulator download cost single episodes −10,000 and swamped reward normalisation."""
 
 
 @dataclass
@@ -175,7 +178,7 @@ class Dynamics:
         w = self.config.reward
         terms = {
             "perplexity": -w.perplexity * np.maximum(next_ppl - self.target, 0.0) / (self.initial_ppl - self.target),
-            "latency": -w.latency * costs.latency_s / self.reference_latency_s,
+            "latency": -w.latency * np.minimum(costs.latency_s / self.reference_latency_s, LATENCY_CAP),
             "exchanges": -w.exchanges * costs.exchanged.sum(axis=1) / self.N,
             "memory": -w.memory * costs.memory_use,
             "memory_penalty": -w.memory_penalty * costs.violations.sum(axis=1),

@@ -50,7 +50,7 @@ class FedPEATEnv(gym.Env):
     | term | value |
     |------|-------|
     | perplexity | −w_p · max(ppl − target, 0) / (ppl_0 − target) |
-    | latency | −w_q · max_i Q_i / Q_ref, Q_i = 8F_dl/r_dl + 8F_ul/r_ul |
+    | latency | −w_q · min(max_i Q_i / Q_ref, 10), Q_i = 8F_dl/r_dl + 8F_ul/r_ul |
     | exchanges | −w_x · exchanges / N |
     | memory | −w_m · mean over active devices of memory / (η · capacity) |
     | memory_penalty | −P_m per selected device whose footprint exceeds η · capacity (it is dropped) |

@@ -168,3 +168,13 @@ def test_engine_fidelity_passes_both_checkers_and_runs_real_rounds():
     emulators = [m for m in runner.log.messages if m.kind in ("emulator", "frozen")]
     assert [len({int(k.split(".")[2]) for k in m.keys if k.startswith("transformer.h.")}) for m in emulators] == [10, 4]
     env.close()
+
+
+def test_latency_term_saturates_in_a_deep_fade():
+    env = _make(num_devices=1, memory_tiers=(2.0,), target_perplexity=2.0)
+    env.reset(seed=0)
+    dynamics = env.unwrapped.dynamics
+    dynamics.channel.path_loss_db[:] = 200.0  # far beyond the cell edge: the emulator download takes ages
+    _, reward, _, _, info = env.step(np.array([1]))
+    assert info["round_latency_s"] > 100 * dynamics.reference_latency_s
+    assert info["reward_terms"]["latency"] == pytest.approx(-0.5 * 10.0)
