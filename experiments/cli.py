@@ -326,3 +326,29 @@ def sim2real_cmd(
     _quiet_libraries()
     df = sim_to_real(agent, ["fixed-1", "fixed-4"], [EVAL_SEED_OFFSET + s for s in range(seeds)], horizon)
     console.print(df.to_string(index=False))
+
+
+@app.command("compare")
+def compare_cmd(
+    methods: list[str] = typer.Option(["fed-ft", "fedpetuning", "fedpeat", "fedot", "hetlora"], "--method",
+                                      help="Methods to compare (repeatable)."),
+    rounds: int = typer.Option(5, help="Federated rounds per run."),
+    seeds: int = typer.Option(3, help="Seeds per method."),
+    devices: int = typer.Option(4, help="Devices N."),
+    local_steps: int = typer.Option(10, help="Local steps per device per round."),
+    compression: float = typer.Option(0.5, help="Emulator compression ε of fedpeat and fedot."),
+    out: Path = typer.Option(Path("runs/compare"), help="Output directory."),
+) -> None:
+    """Federated methods on one engine: final full-model perplexity (mean, 95% CI over seeds), bytes, memory, time."""
+    from experiments.compare import compare, write_comparison
+    from federation.methods import METHODS
+
+    _quiet_libraries()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        console.print(f"[red]error:[/red] method must be one of {sorted(METHODS)}, got {unknown}")
+        raise typer.Exit(2)
+    runs, summary = compare(methods, rounds, list(range(seeds)), devices, local_steps, compression, say=console.log)
+    console.print(summary.to_string(index=False))
+    for path in write_comparison(runs, summary, out):
+        console.print(f"wrote {path}")

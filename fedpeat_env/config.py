@@ -70,8 +70,8 @@ class EnvConfig:
     """surrogate: calibrated perplexity model (fast); engine: each step runs a real federated round."""
     calibration: str | None = None
     """Calibration file (None: the committed one for the embedded model)."""
-    engine_local_steps: int = 4
-    """Local steps per device per round in engine fidelity."""
+    engine_local_steps: int = 10
+    """Local steps per device per round in engine fidelity (10, as in the committed calibration's engine runs)."""
 
     def __post_init__(self) -> None:
         _require(self.num_devices >= 1, "num_devices", ">= 1", self.num_devices)

@@ -69,3 +69,20 @@ def test_run_hetlora_with_per_device_ranks_and_exact_aggregation(tmp_path):
     exact = runner.invoke(app, ["run", "--method", "fedpeat", "--devices", "2", "--rounds", "1", "--local-steps", "1",
                                 "--lora-aggregation", "exact"])
     assert exact.exit_code == 0, exact.output
+
+
+def test_compare_writes_one_table_for_all_methods(tmp_path):
+    args = ["compare", "--method", "fedpetuning", "--method", "fedpeat", "--rounds", "1", "--seeds", "2",
+            "--devices", "2", "--local-steps", "1", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "compare.csv")
+    assert set(summary["method"]) == {"fedpetuning", "fedpeat"}
+    assert (summary["CI low"] <= summary["final perplexity"]).all()
+    runs = pd.read_csv(tmp_path / "compare_runs.csv")
+    assert len(runs) == 4 and (runs["final perplexity"] < runs["initial perplexity"]).all()
+    by_method = summary.set_index("method")
+    assert by_method.loc["fedpeat", "peak device memory (MB)"] < by_method.loc["fedpetuning", "peak device memory (MB)"]
+    assert (tmp_path / "compare.md").read_text().startswith("| method |")
+    bad = runner.invoke(app, ["compare", "--method", "fedx"])
+    assert bad.exit_code == 2 and "method must be one of" in bad.output
