@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +12,16 @@ from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="FedPEAT-Gym: federated emulator-assisted tuning.")
 console = Console()
+
+
+@contextmanager
+def user_errors():
+    """Bad input (a ``ValueError`` from validation) becomes one red line naming the problem and exit code 2."""
+    try:
+        yield
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
 
 
 @app.command("build-corpus")
@@ -59,14 +70,11 @@ def run(
     from federation.engine import EngineConfig
 
     _quiet_libraries()
-    try:
+    with user_errors():
         method_config = _method_config(method, local_steps, lora_aggregation, case, distill_steps, compression)
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
                               partition=partition, dirichlet_alpha=alpha, method_config=method_config)
         runner, results = run_federated(config, rounds, compression, console, lora_rank)
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
     console.print(round_table(runner, results))
     if out is not None:
         for path in write_outputs(runner, results, out):
@@ -232,7 +240,7 @@ def train_cmd(
     from agents.train import TrainConfig, train
 
     _quiet_libraries()
-    try:
+    with user_errors():
         config = TrainConfig(algo=algo, env_id=env, env_kwargs=_env_kwargs(env_option), timesteps=timesteps, seed=seed,
                              out_dir=str(out))
         import gymnasium as gym
@@ -240,9 +248,6 @@ def train_cmd(
         import fedpeat_env  # noqa: F401
 
         gym.make(env, **config.env_kwargs).close()  # validate the env options before training
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
     path = train(config)
     console.print_json((path / "metrics.json").read_text())
     console.print(f"saved to {path}")
@@ -261,13 +266,11 @@ def evaluate_cmd(
     from experiments.benchmark import EVAL_SEED_OFFSET
 
     _quiet_libraries()
-    try:
+    with user_errors():
         chosen = load_policy(policy) if Path(policy).is_dir() else make_policy(policy)
         df = evaluate(chosen, env_id=env, env_kwargs=_env_kwargs(env_option),
                       seeds=[EVAL_SEED_OFFSET + s for s in range(seeds)])
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+
     console.print(df.to_string(index=False))
     console.print(f"mean return {df['return'].mean():.3f} over {len(df)} episodes")
 
@@ -288,12 +291,12 @@ def benchmark_cmd(
     _quiet_libraries()
     config = BenchmarkConfig(seeds=seeds, timesteps=timesteps, algo=algo, env_kwargs=_env_kwargs(env_option), out_dir=str(out))
     unknown = [b for b in baseline if b not in POLICY_NAMES and not b.startswith("fixed-")]
-    if unknown:
-        console.print(f"[red]error:[/red] baseline must be one of {POLICY_NAMES}, got {unknown}")
-        raise typer.Exit(2)
-    if baseline:
-        config = replace(config, baselines=tuple(baseline))
-    result = run_benchmark(config, say=console.log)
+    with user_errors():
+        if unknown:
+            raise ValueError(f"baseline must be one of {POLICY_NAMES}, got {unknown}")
+        if baseline:
+            config = replace(config, baselines=tuple(baseline))
+        result = run_benchmark(config, say=console.log)
     _print_benchmark(result, algo)
 
 
@@ -345,9 +348,9 @@ def compare_cmd(
 
     _quiet_libraries()
     unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        console.print(f"[red]error:[/red] method must be one of {sorted(METHODS)}, got {unknown}")
-        raise typer.Exit(2)
+    with user_errors():
+        if unknown:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {unknown}")
     runs, summary = compare(methods, rounds, list(range(seeds)), devices, local_steps, compression, say=console.log)
     console.print(summary.to_string(index=False))
     for path in write_comparison(runs, summary, out):

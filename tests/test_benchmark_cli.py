@@ -40,3 +40,11 @@ def test_benchmark_writes_table_plots_and_summary(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["best_fixed"] in {"fixed-1", "fixed-4"} and "oracle_margin_pct" in summary
     assert "oracle margin over the best fixed policy" in result.output
+
+
+def test_benchmark_rejects_bad_options_before_training(tmp_path):
+    bad_env = runner.invoke(app, ["benchmark", "--timesteps", "256", "--out", str(tmp_path), "--env-option", "horizon=0"])
+    assert bad_env.exit_code == 2 and "horizon must be >= 1" in bad_env.output
+    bad_baseline = runner.invoke(app, ["benchmark", "--baseline", "clever", "--out", str(tmp_path)])
+    assert bad_baseline.exit_code == 2 and "baseline must be one of" in bad_baseline.output
+    assert not (tmp_path / "ppo" / "model.zip").exists()
