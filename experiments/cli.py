@@ -149,7 +149,7 @@ def bench_engine(
 
 @app.command()
 def demo(
-    timesteps: int = typer.Option(60_000, help="PPO training steps (a few minutes on 2 CPU cores)."),
+    timesteps: int = typer.Option(200_000, help="PPO training steps (a few minutes on 2 CPU cores)."),
     seeds: int = typer.Option(5, help="Evaluation seeds."),
     out: Path = typer.Option(Path("runs/demo"), help="Output directory."),
 ) -> None:
@@ -303,11 +303,13 @@ def benchmark_cmd(
 def _print_benchmark(result, agent: str) -> None:
     from rich.table import Table
 
-    table = Table(title="FedPEAT-v0: adaptive vs fixed (mean over seeds, 95% bootstrap CI)")
-    for column in result.table.columns:
-        table.add_column(str(column), justify="left" if column == "policy" else "right")
-    for row in result.table.itertuples(index=False):
-        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    table = Table(title="FedPEAT-v0: adaptive vs fixed (mean return over seeds, 95% bootstrap CI; full table in the .md)")
+    for column in ("policy", "return", "95% CI", "ppl", "latency s", "exch.", "viol.", "score"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for row in result.table.to_dict("records"):
+        table.add_row(row["policy"], f"{row['mean return']:.2f}", f"[{row['CI low']:.2f}, {row['CI high']:.2f}]",
+                      f"{row['final perplexity']:.0f}", f"{row['total latency (s)']:.0f}", f"{row['exchanges']:.1f}",
+                      f"{row['memory violations']:.1f}", f"{row['normalised score']:.3f}")
     console.print(table)
     console.print(f"oracle margin over the best fixed policy: {result.oracle_margin_pct:.1f}% "
                   f"(≥ 10% means the scenario leaves room for control)")
