@@ -197,6 +197,7 @@ class RoundRunner:
         self.round += 1
         channel = self.channel.step()
         seeds = self.rng.integers(0, 2**31 - 1, size=self.config.num_devices + 1)  # drawn every round for all
+        first_message = len(self.log.messages)
         jobs, exchanged = self.server.configure(self.round, decisions, seeds, self.log)
         updates = [u for u in self.executor.run(jobs) if u is not None]
         for update in updates:
@@ -216,7 +217,7 @@ class RoundRunner:
                         spec = self.server.device_specs[u.device]
                         by_spec.setdefault(spec, self.server.evaluate(spec))
                         device_ppl[u.device] = by_spec[spec]
-        records = self._device_records(decisions, updates, exchanged, channel, device_ppl)
+        records = self._device_records(decisions, updates, exchanged, channel, device_ppl, first_message)
         selected = [r for r in records if r.selected]
         return RoundResult(
             round=self.round,
@@ -249,14 +250,16 @@ class RoundRunner:
         return ClientJob(SERVER_DEVICE, self.round, spec, frozen, self.server.global_state, self.method.lora_spec(),
                          self.method.train_config, int(seed), self.method.loss_fn())
 
-    def _device_records(self, decisions, updates, exchanged, channel, device_ppl) -> list[DeviceRound]:
+    def _device_records(self, decisions, updates, exchanged, channel, device_ppl, first_message: int) -> list[DeviceRound]:
         by_device = {u.device: u for u in updates}
+        # this round's messages only: summing over the whole log per device grew with every round
+        sent = [(m.device, m.direction, m.num_bytes) for m in self.log.messages[first_message:]]
         gain_db = 10.0 * np.log10(channel.gain)
         records = []
         for i, decision in enumerate(decisions):
             update = by_device.get(i)
-            down = self.log.total_bytes(round_idx=self.round, device=i, direction="down")
-            up = self.log.total_bytes(round_idx=self.round, device=i, direction="up")
+            down = sum(b for d, direction, b in sent if d == i and direction == "down")
+            up = sum(b for d, direction, b in sent if d == i and direction == "up")
             latency = float(transmission_latency_s(down, up, channel.downlink_rate_bps[i], channel.uplink_rate_bps[i]))
             spec = self.server.device_specs.get(i)
             records.append(DeviceRound(

@@ -95,7 +95,10 @@ class Method:
 
     # --- global state --------------------------------------------------------------------------------
     def init_global_state(self, full_model: GPT2LMHeadModel, seed: int) -> dict[str, torch.Tensor]:
-        """Initial global trainable state in full-model coordinates (LoRA: A random, B zero)."""
+        """Initial global trainable state in full-model coordinates (LoRA: A random, B zero; without LoRA: every
+        weight of the full model)."""
+        if self.lora_spec() is None:
+            return {k: p.detach().clone() for k, p in full_model.named_parameters()}
         torch.manual_seed(seed)
         spec = self.server_spec(full_model.config.n_layer)
         return adapter_state(attach_lora(copy.deepcopy(full_model), spec, self.lora_spec()), spec)

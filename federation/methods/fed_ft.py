@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from federation.adapters import LoraSpec
 from federation.methods.base import DeviceDecision, Method
 from federation.training import LocalTrainConfig
@@ -16,6 +14,3 @@ class FedFT(Method):
 
     def lora_spec(self, decision: DeviceDecision | None = None) -> LoraSpec | None:
         return None
-
-    def init_global_state(self, full_model, seed: int) -> dict[str, torch.Tensor]:
-        return {k: p.detach().clone() for k, p in full_model.named_parameters()}

@@ -72,11 +72,6 @@ class FedPEAT(Method):
             if len(ratios) > 1:
                 raise ValueError(f"FedPEAT case 2 shares one emulator: selected devices need one compression, got {sorted(ratios)}")
 
-    def init_global_state(self, full_model, seed: int) -> dict[str, torch.Tensor]:
-        if self.config.case == 3:
-            return {k: p.detach().clone() for k, p in full_model.named_parameters()}
-        return super().init_global_state(full_model, seed)
-
     def build_submodel(self, spec: SubModelSpec):
         emulator = build_emulator(self.full_model, spec)
         if self.config.distill_steps > 0 and spec.kept_middle < spec.num_middle:
