@@ -66,12 +66,12 @@ def run(
     out: Path = typer.Option(None, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
 ) -> None:
     """Run a federated tuning method and print its per-round table."""
-    from experiments.run import round_table, run_federated, write_outputs
+    from experiments.run import build_method_config, round_table, run_federated, write_outputs
     from federation.engine import EngineConfig
 
     _quiet_libraries()
     with user_errors():
-        method_config = _method_config(method, local_steps, lora_aggregation, case, distill_steps, compression)
+        method_config = build_method_config(method, local_steps, lora_aggregation, case, distill_steps, compression)
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
                               partition=partition, dirichlet_alpha=alpha, method_config=method_config)
         runner, results = run_federated(config, rounds, compression, console, lora_rank)
@@ -79,25 +79,6 @@ def run(
     if out is not None:
         for path in write_outputs(runner, results, out):
             console.print(f"wrote {path}")
-
-
-def _method_config(method: str, local_steps: int, lora_aggregation: str, case: int, distill_steps: int | None,
-                   compression: list[float]):
-    """The method's config from the ``run`` options; options that do not apply to the method are errors."""
-    from federation.methods import FedOTConfig, FedPEATConfig, MethodConfig, make_method
-
-    train = replace(make_method(method).train_config, steps=local_steps)  # validates the name; the method's lr
-    if method != "fedpeat" and case != 1:
-        raise ValueError(f"--case applies to method 'fedpeat' only, not {method!r}")
-    if method not in ("fedpeat", "fedot") and distill_steps is not None:
-        raise ValueError(f"--distill-steps applies to methods 'fedpeat' and 'fedot' only, not {method!r}")
-    if method == "fedpeat":
-        return FedPEATConfig(train=train, lora_aggregation=lora_aggregation, case=case, distill_steps=distill_steps or 0)
-    if method == "fedot":
-        shared = compression[0] if len(set(compression)) == 1 else 0.5
-        return FedOTConfig(train=train, lora_aggregation=lora_aggregation, compression=shared,
-                           distill_steps=50 if distill_steps is None else distill_steps)
-    return MethodConfig(train=train, lora_aggregation=lora_aggregation)
 
 
 def _quiet_libraries() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,25 +10,14 @@ import pandas as pd
 
 from agents.stats import bootstrap_ci, to_markdown
 from federation.engine import EngineConfig
-from federation.methods import FedOTConfig, FedPEATConfig, MethodConfig, make_method
 
 EMULATOR_METHODS = ("fedpeat", "fedot")
-
-
-def method_config(method: str, local_steps: int, compression: float) -> MethodConfig:
-    """Defaults of each method with ``local_steps`` local steps (fedot: its shared emulator at ``compression``)."""
-    train = replace(make_method(method).train_config, steps=local_steps)
-    if method == "fedot":
-        return FedOTConfig(train=train, compression=compression)
-    if method == "fedpeat":
-        return FedPEATConfig(train=train)
-    return MethodConfig(train=train)
 
 
 def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: int = 4, local_steps: int = 10,
             compression: float = 0.5, say: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-run rows, per-method summary). Emulator methods train through emulators of ratio ``compression``."""
-    from experiments.run import run_federated
+    from experiments.run import build_method_config, run_federated
 
     runs = []
     for method in methods:
@@ -37,7 +25,7 @@ def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: 
         for seed in seeds:
             say(f"{method} seed {seed}")
             config = EngineConfig(method=method, num_devices=devices, seed=seed,
-                                  method_config=method_config(method, local_steps, compression))
+                                  method_config=build_method_config(method, local_steps, compression=[compression]))
             runner, results = run_federated(config, rounds, eps)
             runs.append({
                 "method": method, "seed": seed, "initial perplexity": runner.initial_perplexity,

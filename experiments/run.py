@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -14,9 +14,27 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from federation.engine import EngineConfig, RoundResult, RoundRunner
-from federation.methods import DeviceDecision
+from federation.methods import DeviceDecision, FedOTConfig, FedPEATConfig, MethodConfig, make_method
 
 MB = 1e6
+
+
+def build_method_config(method: str, local_steps: int, lora_aggregation: str = "naive", case: int = 1,
+                        distill_steps: int | None = None, compression: Sequence[float] = ()) -> MethodConfig:
+    """A method's config from CLI-style options (the method's defaults otherwise); options that do not apply to the
+    method are errors. fedot's shared emulator takes the single ``compression`` value given (default 0.5)."""
+    train = replace(make_method(method).train_config, steps=local_steps)  # validates the name; the method's lr
+    if method != "fedpeat" and case != 1:
+        raise ValueError(f"--case applies to method 'fedpeat' only, not {method!r}")
+    if method not in ("fedpeat", "fedot") and distill_steps is not None:
+        raise ValueError(f"--distill-steps applies to methods 'fedpeat' and 'fedot' only, not {method!r}")
+    if method == "fedpeat":
+        return FedPEATConfig(train=train, lora_aggregation=lora_aggregation, case=case, distill_steps=distill_steps or 0)
+    if method == "fedot":
+        shared = compression[0] if len(set(compression)) == 1 else 0.5
+        return FedOTConfig(train=train, lora_aggregation=lora_aggregation, compression=shared,
+                           distill_steps=50 if distill_steps is None else distill_steps)
+    return MethodConfig(train=train, lora_aggregation=lora_aggregation)
 
 
 def _per_device(name: str, values: Sequence, num_devices: int, default) -> list:
