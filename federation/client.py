@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import GPT2Config
 
 from federation.adapters import LoraSpec, adapter_state, attach_lora, load_adapter_state
 from federation.emulator import SubModelSpec, build_submodel
 from federation.system import MemoryFootprint, count_parameters, training_memory
-from federation.training import LocalTrainConfig, LossFn, train_local
+from federation.training import LocalObjective, LocalTrainConfig, LossFn, train_local
+
+SERVER_DEVICE = -1
+"""Device id of the server's own participant in server–device collaborative tuning."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,9 @@ class ClientJob:
     train: LocalTrainConfig
     seed: int
     """Seed of the device's batch sampling this round."""
-    loss_fn: LossFn
+    loss_fn: LossFn | LocalObjective
+    task: int | None = None
+    """Train on the device's blocks of this task (domain label) only; None: on all its blocks."""
 
 
 @dataclass(frozen=True)
@@ -44,21 +50,36 @@ class ClientUpdate:
     tokens: int
     wall_time_s: float
     memory: MemoryFootprint
+    task: int | None = None
+    """The job's task (None: all the device's data)."""
 
 
 class Client:
     """One device. Long-lived: its frozen sub-model stays in memory until the server sends a new one."""
 
-    def __init__(self, device: int, blocks: torch.Tensor, model_config: GPT2Config) -> None:
+    def __init__(self, device: int, blocks: torch.Tensor, model_config: GPT2Config, labels: np.ndarray | None = None) -> None:
         if len(blocks) == 0:
             raise ValueError(f"device {device} has no training data")
+        if labels is not None and len(labels) != len(blocks):
+            raise ValueError(f"labels must have one entry per block ({len(blocks)}), got {len(labels)}")
         self.device = device
         self.blocks = blocks
+        self.labels = labels
         self.model_config = model_config
         self.spec: SubModelSpec | None = None
         self.frozen: dict[str, torch.Tensor] = {}
+        self.private: dict = {}
+        """State a ``LocalObjective`` keeps on the device between rounds (never uploaded)."""
         self._model = None
         self._model_lora: LoraSpec | None = None
+
+    def task_blocks(self, task: int | None) -> torch.Tensor:
+        """The device's blocks of ``task`` (all blocks for None)."""
+        if task is None:
+            return self.blocks
+        if self.labels is None or not (self.labels == task).any():
+            raise ValueError(f"device {self.device} has no blocks of task {task}")
+        return self.blocks[torch.from_numpy(self.labels == task)]
 
     def run(self, job: ClientJob) -> ClientUpdate:
         if job.device != self.device:
@@ -68,7 +89,13 @@ class Client:
         elif job.spec != self.spec:
             raise ValueError(f"device {self.device} holds {self.spec} but the job needs {job.spec} without a payload")
         model = self._prepare_model(job)
-        stats = train_local(model, self.blocks, job.train, job.seed, job.loss_fn)
+        blocks = self.task_blocks(job.task)
+        objective = job.loss_fn if isinstance(job.loss_fn, LocalObjective) else None
+        if objective is not None:
+            objective.prepare(model, self.private)
+        stats = train_local(model, blocks, job.train, job.seed, job.loss_fn)
+        if objective is not None:
+            objective.finish(model, self.private)
         if job.lora is None:
             state = {job.spec.to_full_key(k): p.detach().clone() for k, p in model.named_parameters()}
         else:
@@ -79,7 +106,8 @@ class Client:
             frozen, trainable, batch_size=job.train.batch_size, seq_len=self.blocks.shape[1], d_model=cfg.n_embd,
             num_blocks=len(job.spec.layers), num_heads=cfg.n_head, vocab_size=cfg.vocab_size,
         )
-        return ClientUpdate(self.device, job.round, state, len(self.blocks), stats.mean_loss, stats.tokens, stats.wall_time_s, memory)
+        return ClientUpdate(self.device, job.round, state, len(blocks), stats.mean_loss, stats.tokens, stats.wall_time_s, memory,
+                            job.task)
 
     def _prepare_model(self, job: ClientJob):
         if job.lora is None:  # full fine-tuning: the trainable payload is the whole sub-model

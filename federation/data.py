@@ -106,13 +106,16 @@ class FederatedData:
     """Token blocks of the tuning domains, split across devices, plus held-out evaluation blocks.
 
     ``device_blocks[i]`` has shape (n_i, block_size); ``eval_blocks`` has shape (n_eval, block_size);
-    ``server_blocks`` (server-held data for collaborative tuning) may have zero rows.
+    ``server_blocks`` (server-held data for collaborative tuning) may have zero rows. Labels are the index of
+    each block's domain in ``domains`` (the task, for multi-task methods).
     """
 
     device_blocks: tuple[torch.Tensor, ...]
     eval_blocks: torch.Tensor
     server_blocks: torch.Tensor
     device_labels: tuple[np.ndarray, ...]
+    eval_labels: np.ndarray
+    domains: tuple[str, ...]
 
     @property
     def num_devices(self) -> int:
@@ -147,12 +150,13 @@ def build_federated_data(
         raise ValueError(f"partition must be one of ('iid', 'dirichlet'), got {partition!r}")
     if not 0.0 <= server_fraction < 1.0:
         raise ValueError(f"server_fraction must be in [0, 1), got {server_fraction}")
-    train_parts, labels, eval_parts = [], [], []
+    train_parts, labels, eval_parts, eval_labels = [], [], [], []
     for label, domain in enumerate(domains):
         blocks = _cached_blocks(tokenizer, domain, "train", block_size)
         train_parts.append(blocks)
         labels.append(np.full(len(blocks), label))
         eval_parts.append(_cached_blocks(tokenizer, domain, "valid", block_size)[: max(1, max_eval_blocks // len(domains))])
+        eval_labels.append(np.full(len(eval_parts[-1]), label))
     train = torch.cat(train_parts)
     all_labels = np.concatenate(labels)
     order = rng.permutation(len(train))
@@ -168,6 +172,8 @@ def build_federated_data(
         eval_blocks=torch.cat(eval_parts),
         server_blocks=train[np.sort(server_idx)],
         device_labels=tuple(all_labels[idx] for idx in device_idx),
+        eval_labels=np.concatenate(eval_labels),
+        domains=tuple(domains),
     )
 
 

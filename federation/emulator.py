@@ -2,7 +2,8 @@
 
 A GPT-2 with L blocks is split into ``l`` bottom and ``l`` top *adapter* blocks (tunable, or carrying LoRA) and
 M = L − 2l *middle* blocks. An emulator keeps k of the M middle blocks (compression ε = 1 − k/M) plus the
-embeddings, the adapter blocks and the final layer norm. Tensors cross the wire under their **full-model** key
+embeddings, the adapter blocks and the final layer norm. A sub-model may also keep only some FFN neurons of a
+block (FedPFT): neuron j is ``mlp.c_fc.weight[:, j]``, ``mlp.c_fc.bias[j]``, ``mlp.c_proj.weight[j, :]``. Tensors cross the wire under their **full-model** key
 names (``transformer.h.<full index>…``), so a device's payload shows exactly which blocks it received.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
 
 _BLOCK_KEY = re.compile(r"(^|\.)h\.(\d+)\.")
 
@@ -35,20 +37,36 @@ class SubModelSpec:
     """Which blocks of the full model a device holds.
 
     ``layers``: full-model indices of the kept blocks (increasing); ``adapter_layers``: the tunable bottom/top
-    blocks (a subset of ``layers``). The full model is the spec keeping every block.
+    blocks (a subset of ``layers``); ``ffn_neurons``: (full block index, kept FFN neuron indices, increasing) for
+    blocks whose FFN is pruned (empty: every FFN whole). The full model is the spec keeping every block whole.
     """
 
     num_layers: int
     layers: tuple[int, ...]
     adapter_layers: tuple[int, ...]
+    ffn_neurons: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
+        for block, neurons in self.ffn_neurons:
+            if block not in self.layers:
+                raise ValueError(f"ffn_neurons names block {block}, which is not in layers {self.layers}")
+            if not neurons or list(neurons) != sorted(set(neurons)) or neurons[0] < 0:
+                raise ValueError(f"ffn_neurons of block {block} must be non-empty, increasing and >= 0")
         if list(self.layers) != sorted(set(self.layers)) or not self.layers:
             raise ValueError(f"layers must be non-empty and strictly increasing, got {self.layers}")
         if self.layers[0] < 0 or self.layers[-1] >= self.num_layers:
             raise ValueError(f"layers must lie in [0, {self.num_layers}), got {self.layers}")
         if not set(self.adapter_layers) <= set(self.layers):
             raise ValueError(f"adapter_layers {self.adapter_layers} must be a subset of layers {self.layers}")
+
+    @property
+    def is_full(self) -> bool:
+        """Every block of the full model, unpruned."""
+        return len(self.layers) == self.num_layers and not self.ffn_neurons
+
+    def pruned_neurons(self) -> dict[int, torch.Tensor]:
+        """{full block index: kept neuron indices (LongTensor)} of the pruned blocks."""
+        return {block: torch.tensor(neurons, dtype=torch.long) for block, neurons in self.ffn_neurons}
 
     @property
     def num_middle(self) -> int:
@@ -123,8 +141,10 @@ def full_spec(num_layers: int, num_adapter_layers: int | None = None) -> SubMode
 def submodel_state(full_model: GPT2LMHeadModel, spec: SubModelSpec) -> dict[str, torch.Tensor]:
     """The tensors a device needs for ``spec``, keyed in full-model coordinates (tied ``lm_head`` excluded).
 
-    Tensors are detached clones, so the payload never aliases the server's model.
+    Pruned FFNs keep only the spec's neurons. Tensors are detached clones, so the payload never aliases the
+    server's model.
     """
+    pruned = spec.pruned_neurons()
     out = {}
     for key, tensor in full_model.state_dict().items():
         if key == "lm_head.weight" and full_model.config.tie_word_embeddings:
@@ -132,6 +152,11 @@ def submodel_state(full_model: GPT2LMHeadModel, spec: SubModelSpec) -> dict[str,
         match = _BLOCK_KEY.search(key)
         if match and int(match.group(2)) not in spec.layers:
             continue
+        idx = pruned.get(int(match.group(2))) if match else None
+        if idx is not None and key.endswith(("mlp.c_fc.weight", "mlp.c_fc.bias")):
+            tensor = tensor[..., idx]
+        elif idx is not None and key.endswith("mlp.c_proj.weight"):
+            tensor = tensor[idx]
         out[key] = tensor.detach().clone()
     return out
 
@@ -153,6 +178,9 @@ def build_submodel(config: GPT2Config, spec: SubModelSpec, state: dict[str, torc
     sub_config = config.__class__.from_dict({**config.to_dict(), "n_layer": len(spec.layers)})
     sub_config._attn_implementation = getattr(config, "_attn_implementation", None) or "eager"
     model = GPT2LMHeadModel(sub_config)
+    for block, neurons in spec.ffn_neurons:  # pruned FFNs: narrower c_fc / c_proj (GPT-2 Conv1D: (in, out))
+        mlp = model.transformer.h[spec.layers.index(block)].mlp
+        mlp.c_fc, mlp.c_proj = Conv1D(len(neurons), config.n_embd), Conv1D(config.n_embd, len(neurons))
     missing, unexpected = model.load_state_dict({spec.to_sub_key(k): v for k, v in state.items()}, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and sub_config.tie_word_embeddings)]
     if missing or unexpected:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from federation.client import Client, ClientJob, ClientUpdate
+from federation.client import SERVER_DEVICE, Client, ClientJob, ClientUpdate
 from federation.data import PartitionKind, build_federated_data
 from federation.emulator import SubModelSpec
 from federation.executors import Executor, LocalExecutor
@@ -22,9 +22,6 @@ from federation.methods.base import DeviceDecision, Method, MethodConfig
 from federation.seeding import child_seed, seed_everything
 from federation.system import ChannelConfig, WirelessChannel, transmission_latency_s
 from federation.training import perplexity
-
-SERVER_DEVICE = -1
-"""Device id of the server's own participant in server–device collaborative tuning."""
 
 
 @dataclass(frozen=True)
@@ -103,31 +100,41 @@ class RoundResult:
     train_loss: float
     wall_time_s: float
     devices: tuple[DeviceRound, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Method-specific numbers (e.g. FL-TAC clustering accuracy, per-task perplexity ``ppl_<domain>``)."""
 
     def summary(self) -> dict:
-        """Flat dict of the round-level fields (no per-device records)."""
+        """Flat dict of the round-level fields and the metrics (no per-device records)."""
         out = asdict(self)
         out.pop("devices")
-        return out
+        return {**out, **out.pop("metrics")}
 
 
 class Server:
     """The model owner: holds the full model and the global trainable state, configures and aggregates."""
 
-    def __init__(self, method: Method, full_model, tokenizer, eval_blocks: torch.Tensor, seed: int):
+    def __init__(self, method: Method, full_model, tokenizer, eval_blocks: torch.Tensor, seed: int,
+                 eval_labels: np.ndarray | None = None, device_tasks: Sequence[tuple[int, ...]] = (), num_tasks: int = 1):
         self.method = method
         self.full_model = full_model
         self.num_layers = full_model.config.n_layer
         self.eval_blocks = eval_blocks
+        self.eval_labels = eval_labels if eval_labels is not None else np.zeros(len(eval_blocks), dtype=int)
+        self.device_tasks = list(device_tasks)
         method.setup(full_model, tokenizer)
+        method.bind_tasks(self.device_tasks, num_tasks)
         self.global_state = method.init_global_state(full_model, seed)
         self.device_specs: dict[int, SubModelSpec] = {}
+        self.task_perplexity: dict[int, float] = {}
+        """Per-task perplexities of the last full-model evaluation (methods with per-task states)."""
         self._eval_models: dict[SubModelSpec | None, object] = {}
 
     def configure(
         self, round_idx: int, decisions: Sequence[DeviceDecision], seeds: np.ndarray, log: MessageLog
     ) -> tuple[list[ClientJob], dict[int, bool]]:
-        """Jobs for the selected devices; logs the downlink. Returns (jobs, device -> emulator exchanged)."""
+        """Jobs for the selected devices (one per task a device holds for multi-task methods); logs the downlink.
+        Returns (jobs, device -> emulator exchanged)."""
+        self.method.begin_round(round_idx)
         jobs, exchanged = [], {}
         for device, decision in enumerate(decisions):
             if not decision.selected:
@@ -138,25 +145,40 @@ class Server:
                 frozen = self.method.frozen_payload(spec)
                 self.device_specs[device] = spec
                 if frozen:
-                    log.record(round_idx, device, "down", "emulator" if spec.compression > 0 else "frozen", frozen)
+                    log.record(round_idx, device, "down", "frozen" if spec.is_full else "emulator", frozen)
             exchanged[device] = bool(frozen)
-            trainable = self.method.state_for_device(self.global_state, decision)
-            log.record(round_idx, device, "down", self.method.trainable_kind, trainable)
-            jobs.append(ClientJob(device, round_idx, spec, frozen, trainable, self.method.lora_spec(decision),
-                                  self.method.train_config, int(seeds[device]), self.method.loss_fn()))
+            lora = self.method.device_lora(device, decision)
+            tasks = self.device_tasks[device] if self.method.multi_task else (None,)
+            for n, task in enumerate(tasks):
+                trainable = self.method.trainable_for(device, task, decision, self.global_state)
+                log.record(round_idx, device, "down", self.method.trainable_kind, trainable)
+                jobs.append(ClientJob(device, round_idx, spec, frozen if n == 0 else None, trainable, lora,
+                                      self.method.train_config, int(seeds[device]) + n, self.method.loss_fn(), task))
         return jobs, exchanged
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> None:
         if updates:
-            self.global_state = self.method.aggregate([u.state for u in updates], [float(u.num_samples) for u in updates])
+            self.global_state = self.method.aggregate_updates(self.global_state, updates)
 
     def evaluate(self, spec: SubModelSpec | None = None) -> float:
-        """Perplexity of the global state in the full model (spec None) or in the sub-model ``spec``."""
+        """Perplexity of the global state in the full model (spec None) or in the sub-model ``spec``. A method with
+        per-task states is evaluated on each task's held-out blocks; the result is the mean over tasks (the full
+        model's per-task values are kept in ``task_perplexity``)."""
         if spec not in self._eval_models:
             self._eval_models[spec] = self.method.evaluation_model(spec)
         model = self._eval_models[spec]
-        self.method.load_for_evaluation(model, self.global_state, spec or self.method.server_spec(self.num_layers))
-        return perplexity(model, self.eval_blocks)
+        load_spec = spec or self.method.server_spec(self.num_layers)
+        states = self.method.evaluation_states(self.global_state)
+        if set(states) == {None}:
+            self.method.load_for_evaluation(model, states[None], load_spec)
+            return perplexity(model, self.eval_blocks)
+        per_task = {}
+        for task, state in sorted(states.items()):
+            self.method.load_for_evaluation(model, state, load_spec)
+            per_task[task] = perplexity(model, self.eval_blocks[torch.from_numpy(self.eval_labels == task)])
+        if spec is None:
+            self.task_perplexity = per_task
+        return float(np.mean(list(per_task.values())))
 
 
 class RoundRunner:
@@ -174,12 +196,17 @@ class RoundRunner:
         )
         self.channel = WirelessChannel(config.num_devices, config.channel, np.random.default_rng(child_seed(self.rng)))
         self.log = MessageLog()
-        self.server = Server(self.method, self.model, self.tokenizer, self.data.eval_blocks, child_seed(self.rng))
+        if self.method.multi_task and (len(config.domains) < 2 or config.server_fraction > 0):
+            raise ValueError(f"method {config.method!r} trains one adapter per task: domains must name >= 2 tasks and "
+                             f"server_fraction must be 0, got domains={config.domains}, server_fraction={config.server_fraction}")
+        device_tasks = [tuple(int(t) for t in np.unique(labels)) for labels in self.data.device_labels]
+        self.server = Server(self.method, self.model, self.tokenizer, self.data.eval_blocks, child_seed(self.rng),
+                             self.data.eval_labels, device_tasks, len(config.domains))
         self.server_client = (
             Client(SERVER_DEVICE, self.data.server_blocks, self.model.config) if len(self.data.server_blocks) else None
         )
         self.executor = executor or LocalExecutor()
-        self.executor.start(self.data.device_blocks, self.model.config)
+        self.executor.start(self.data.device_blocks, self.model.config, self.data.device_labels)
         self.round = 0
         self.initial_perplexity = self.server.evaluate()
         self.last_perplexity = self.initial_perplexity
@@ -232,7 +259,14 @@ class RoundRunner:
             train_loss=float(np.mean([u.train_loss for u in updates])) if updates else math.nan,
             wall_time_s=time.perf_counter() - started,
             devices=tuple(records),
+            metrics=self._metrics(evaluate and bool(updates)),
         )
+
+    def _metrics(self, evaluated: bool) -> dict[str, float]:
+        metrics = dict(self.method.round_metrics())
+        if evaluated:
+            metrics |= {f"ppl_{self.data.domains[t]}": p for t, p in self.server.task_perplexity.items()}
+        return metrics
 
     def validate(self, decisions: Sequence[DeviceDecision]) -> None:
         """Raise ``ValueError`` for decisions the method cannot run, before anything is sent or trained."""
@@ -251,28 +285,30 @@ class RoundRunner:
                          self.method.train_config, int(seed), self.method.loss_fn())
 
     def _device_records(self, decisions, updates, exchanged, channel, device_ppl, first_message: int) -> list[DeviceRound]:
-        by_device = {u.device: u for u in updates}
+        by_device: dict[int, list[ClientUpdate]] = {}
+        for u in updates:  # several per device for multi-task methods (one per task, trained one after another)
+            by_device.setdefault(u.device, []).append(u)
         # this round's messages only: summing over the whole log per device grew with every round
         sent = [(m.device, m.direction, m.num_bytes) for m in self.log.messages[first_message:]]
         gain_db = 10.0 * np.log10(channel.gain)
         records = []
         for i, decision in enumerate(decisions):
-            update = by_device.get(i)
+            device_updates = by_device.get(i, [])
             down = sum(b for d, direction, b in sent if d == i and direction == "down")
             up = sum(b for d, direction, b in sent if d == i and direction == "up")
             latency = float(transmission_latency_s(down, up, channel.downlink_rate_bps[i], channel.uplink_rate_bps[i]))
             spec = self.server.device_specs.get(i)
             records.append(DeviceRound(
                 device=i,
-                selected=update is not None,
+                selected=bool(device_updates),
                 compression=decision.compression if decision.selected else math.nan,
                 kept_blocks=len(spec.layers) if spec is not None and decision.selected else 0,
                 emulator_exchanged=exchanged.get(i, False),
                 bytes_down=down,
                 bytes_up=up,
                 latency_s=latency,
-                memory_bytes=update.memory.total_bytes if update else 0,
-                train_loss=update.train_loss if update else math.nan,
+                memory_bytes=max((u.memory.total_bytes for u in device_updates), default=0),
+                train_loss=float(np.mean([u.train_loss for u in device_updates])) if device_updates else math.nan,
                 emulator_perplexity=device_ppl.get(i, math.nan),
                 channel_gain_db=float(gain_db[i]),
                 uplink_rate_bps=float(channel.uplink_rate_bps[i]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from transformers import GPT2Config
 
@@ -16,8 +17,9 @@ class Executor(ABC):
     """Owns the devices' clients; runs one round of jobs."""
 
     @abstractmethod
-    def start(self, device_blocks: Sequence[torch.Tensor], model_config: GPT2Config) -> None:
-        """Create one long-lived client per device with its local blocks."""
+    def start(self, device_blocks: Sequence[torch.Tensor], model_config: GPT2Config,
+              device_labels: Sequence[np.ndarray] | None = None) -> None:
+        """Create one long-lived client per device with its local blocks (and their task labels)."""
 
     @abstractmethod
     def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | None]:
@@ -33,8 +35,10 @@ class LocalExecutor(Executor):
     def __init__(self) -> None:
         self.clients: list[Client] = []
 
-    def start(self, device_blocks: Sequence[torch.Tensor], model_config: GPT2Config) -> None:
-        self.clients = [Client(i, blocks, model_config) for i, blocks in enumerate(device_blocks)]
+    def start(self, device_blocks: Sequence[torch.Tensor], model_config: GPT2Config,
+              device_labels: Sequence[np.ndarray] | None = None) -> None:
+        labels = device_labels or [None] * len(device_blocks)
+        self.clients = [Client(i, blocks, model_config, lab) for i, (blocks, lab) in enumerate(zip(device_blocks, labels))]
 
     def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | None]:
         if not self.clients:

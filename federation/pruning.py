@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from federation.emulator import SubModelSpec, adapter_block_indices, full_spec
+
 
 def _ffn(block: nn.Module) -> tuple[Conv1D, Conv1D]:
     """(c_fc, c_proj) of a GPT-2 block; ValueError if the block has no GPT-2 FFN."""
@@ -170,3 +172,87 @@ def refresh_neurons(
         proj_w = torch.cat([p_proj.weight[stay], f_proj.weight[incoming]])
     perm = torch.argsort(idx)
     return _with_ffn(pruned_block, fc_w[:, perm], fc_b[perm], proj_w[perm]), idx[perm].long()
+
+
+def pruned_spec(full_model: nn.Module, keep_ratio: float, num_adapter_layers: int) -> SubModelSpec:
+    """FedPFT sub-model spec: every block, LoRA on all of them, the FFN of each middle block (all but the
+    ``num_adapter_layers`` bottom and top blocks, which stay whole) reduced to its top ``keep_ratio`` neurons by
+    saliency."""
+    blocks = full_model.transformer.h
+    whole = set(adapter_block_indices(len(blocks), num_adapter_layers))
+    neurons = tuple(
+        (i, tuple(top_neurons(neuron_saliency(block), keep_ratio).tolist())) for i, block in enumerate(blocks) if i not in whole
+    )
+    spec = full_spec(len(blocks))
+    return SubModelSpec(spec.num_layers, spec.layers, spec.adapter_layers, neurons)
+
+
+@torch.no_grad()
+def ffn_activation_scores(model: nn.Module, blocks: torch.Tensor, sub_blocks: list[int], batch_size: int = 16) -> dict[int, torch.Tensor]:
+    """Mean |activation| of every FFN neuron (after the nonlinearity) of the blocks ``sub_blocks`` of ``model`` over
+    the token blocks (N, T): {block: (k,)}. Higher = more active (the inverse of APoZ's 'percentage of zeros')."""
+    sums: dict[int, torch.Tensor] = {}
+    hooks = []
+    for b in sub_blocks:
+        def record(module, inputs, output, b=b):
+            sums[b] = sums.get(b, 0) + output.abs().sum(dim=(0, 1))
+        hooks.append(model.transformer.h[b].mlp.act.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(blocks), batch_size):
+            model(input_ids=blocks[start : start + batch_size])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return {b: s / blocks.numel() for b, s in sums.items()}
+
+
+def distill_pruned(
+    full_model: nn.Module,
+    pruned: nn.Module,
+    spec: SubModelSpec,
+    blocks: torch.Tensor,
+    steps: int = 50,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    weight_product: float = 1.0,
+    seed: int = 0,
+) -> list[float]:
+    """FedPFT layer-level distillation of a pruned sub-model (every block kept, ``spec.ffn_neurons`` pruned) towards
+    the full model on ``blocks`` (N, T): loss = mean over blocks of ‖h_s − h_t‖² / ‖h_t‖² (each block's output hidden
+    state) + ``weight_product``·Σ_pruned blocks ``ffn_weight_product_loss`` — with gradients, unlike the public code.
+    Trains only the pruned FFNs (c_fc, c_proj); returns the loss per step."""
+    if len(spec.layers) != spec.num_layers:
+        raise ValueError("distill_pruned needs a sub-model that keeps every block (FFN pruning only)")
+    pruned_blocks = spec.pruned_neurons()
+    params = []
+    for p in pruned.parameters():
+        p.requires_grad_(False)
+    for b in pruned_blocks:
+        for layer in _ffn(pruned.transformer.h[b]):
+            for p in layer.parameters():
+                p.requires_grad_(True)
+                params.append(p)
+    optimiser = torch.optim.AdamW(params, lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    full_model.eval()
+    pruned.train()
+    losses = []
+    for _ in range(steps):
+        batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
+        with torch.no_grad():
+            targets = full_model(input_ids=batch, output_hidden_states=True).hidden_states[1:]
+        hidden = pruned(input_ids=batch, output_hidden_states=True).hidden_states[1:]
+        loss = torch.stack([((h - t) ** 2).sum() / (t**2).sum() for h, t in zip(hidden, targets)]).mean()
+        for b, idx in pruned_blocks.items():
+            loss = loss + weight_product * ffn_weight_product_loss(full_model.transformer.h[b], pruned.transformer.h[b], idx)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    for p in pruned.parameters():
+        p.requires_grad_(False)
+    pruned.eval()
+    return losses

@@ -14,6 +14,27 @@ LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 """A local objective: (model, batch of token ids (B, T)) -> scalar loss. Default: the LM loss."""
 
 
+class LocalObjective:
+    """A local objective that needs more than one loss: several optimiser steps per batch and/or state that stays
+    on the device between rounds (e.g. FedDAT's private adapter). Subclasses must be picklable (remote executors).
+
+    Per batch, ``train_local`` runs ``stages`` optimiser steps; step s minimises ``loss(model, batch, s)`` and leaves
+    parameters that get no gradient in that step unchanged. The client calls ``prepare`` before local training and
+    ``finish`` after it, with ``private``: a dict the client keeps between rounds and never uploads.
+    """
+
+    stages: int = 1
+
+    def prepare(self, model: nn.Module, private: dict) -> None:
+        """Set the model up for local training (default: nothing)."""
+
+    def loss(self, model: nn.Module, batch: torch.Tensor, stage: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finish(self, model: nn.Module, private: dict) -> None:
+        """Store what must persist on the device; leave the model ready for the upload (default: nothing)."""
+
+
 def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of ``batch`` (B, T)."""
     return model(input_ids=batch, labels=batch).loss
@@ -71,10 +92,12 @@ def train_local(
     blocks: torch.Tensor,
     config: LocalTrainConfig,
     seed: int,
-    loss_fn: LossFn = lm_loss,
+    loss_fn: LossFn | LocalObjective = lm_loss,
 ) -> TrainStats:
-    """Run ``config.steps`` AdamW steps on the trainable parameters of ``model`` with batches drawn from
-    ``blocks`` (N, T) by a torch generator seeded with ``seed`` (so any executor gives identical results)."""
+    """Run ``config.steps`` batches of AdamW steps on the trainable parameters of ``model``, batches drawn from
+    ``blocks`` (N, T) by a torch generator seeded with ``seed`` (so any executor gives identical results).
+
+    A ``LocalObjective`` takes ``stages`` optimiser steps per batch; the reported loss is that of stage 0."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
@@ -84,15 +107,18 @@ def train_local(
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     model.train()
     started = time.perf_counter()
+    staged = isinstance(loss_fn, LocalObjective)
     losses = []
     for _ in range(config.steps):
         batch = blocks[torch.randint(len(blocks), (config.batch_size,), generator=generator)]
-        loss = loss_fn(model, batch)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimiser.step()
-        losses.append(loss.item())
+        for stage in range(loss_fn.stages if staged else 1):
+            loss = loss_fn.loss(model, batch, stage) if staged else loss_fn(model, batch)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimiser.step()
+            if stage == 0:
+                losses.append(loss.item())
     model.eval()
     tokens = config.steps * config.batch_size * blocks.shape[1]
     return TrainStats(sum(losses) / len(losses), tokens, time.perf_counter() - started)

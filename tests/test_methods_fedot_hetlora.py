@@ -11,6 +11,7 @@ import torch
 
 from federation.adapters import LoraSpec, attach_lora, lora_rank_of
 from federation.aggregation import hetlora, lora_pairs
+from federation.client import ClientUpdate
 from federation.emulator import full_spec, model_payload, submodel_state
 from federation.engine import EngineConfig, RoundRunner
 from federation.executors import LocalExecutor
@@ -26,6 +27,7 @@ from federation.methods import (
     make_method,
 )
 from federation.methods.hetlora import prune_rank
+from federation.system import MemoryFootprint
 from federation.training import LocalTrainConfig, lm_loss
 
 FAST = LocalTrainConfig(steps=2, batch_size=4, lr=3e-3)
@@ -209,7 +211,8 @@ def test_hetlora_aggregations_and_self_pruning():
     assert lora_rank_of(prune_rank(small, 0.99, tol=1e-3)) == 7
     assert lora_rank_of(prune_rank(large, 0.99, tol=1e-3)) == 8
     assert lora_rank_of(prune_rank(small, 0.99, tol=1e-3, min_rank=8)) == 8
-    pruned = HetLoRA(HetLoRAConfig(prune_tol=1e-3)).aggregate([small, small], [1.0, 1.0])
+    updates = [ClientUpdate(i, 1, small, 1, 0.0, 0, 0.0, MemoryFootprint(0, 0, 0, 0, 0)) for i in range(2)]
+    pruned = HetLoRA(HetLoRAConfig(prune_tol=1e-3)).aggregate_updates({}, updates)
     assert lora_rank_of(pruned) == 8
     assert not pruned["transformer.h.0.attn.c_attn.lora_A.weight"][7].any()
     assert not pruned["transformer.h.0.attn.c_attn.lora_B.weight"][:, 7].any()

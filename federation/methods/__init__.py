@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from federation.methods.base import DeviceDecision, Method, MethodConfig
 from federation.methods.fed_ft import FedFT
+from federation.methods.feddat import DualAdapterObjective, FedDAT, FedDATConfig
 from federation.methods.fedot import FedOT, FedOTConfig
 from federation.methods.fedpeat import FedPEAT, FedPEATConfig
 from federation.methods.fedpetuning import FedPETuning
+from federation.methods.fedpft import FedPFT, FedPFTConfig
+from federation.methods.fltac import FLTAC
 from federation.methods.hetlora import HetLoRA, HetLoRAConfig, HetLoRALoss
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FedFT, FedPETuning, FedPEAT, FedOT, HetLoRA)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (FedFT, FedPETuning, FedPEAT, FedOT, FedPFT, HetLoRA, FedDAT, FLTAC)
+}
 
 
 def make_method(name: str, config: MethodConfig | None = None) -> Method:
@@ -20,6 +25,7 @@ def make_method(name: str, config: MethodConfig | None = None) -> Method:
 
 
 __all__ = [
-    "METHODS", "DeviceDecision", "FedFT", "FedOT", "FedOTConfig", "FedPEAT", "FedPEATConfig", "FedPETuning", "HetLoRA",
-    "HetLoRAConfig", "HetLoRALoss", "Method", "MethodConfig", "make_method",
+    "FLTAC", "METHODS", "DeviceDecision", "DualAdapterObjective", "FedDAT", "FedDATConfig", "FedFT", "FedOT", "FedOTConfig",
+    "FedPEAT", "FedPEATConfig", "FedPETuning", "FedPFT", "FedPFTConfig", "HetLoRA", "HetLoRAConfig", "HetLoRALoss",
+    "Method", "MethodConfig", "make_method",
 ]

@@ -8,6 +8,7 @@ local objective (``loss_fn``) + the aggregation (``aggregate``). The round loop 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,9 +17,11 @@ from transformers import GPT2LMHeadModel
 
 from federation.adapters import LoraSpec, adapter_state, attach_lora, load_adapter_state, pad_rank, truncate_rank
 from federation.aggregation import fedavg, lora_exact
+from federation.client import ClientUpdate
+from federation.data import PRETRAIN_DOMAIN, read_documents, tokenize_blocks
 from federation.emulator import SubModelSpec, build_emulator, full_spec, model_payload
 from federation.messages import PayloadKind
-from federation.training import LocalTrainConfig, LossFn, lm_loss
+from federation.training import LocalObjective, LocalTrainConfig, LossFn, lm_loss
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Method:
     default_train = LocalTrainConfig(steps=10, batch_size=8, lr=3e-3)
     lora_on_all_layers = False
     """LoRA on every block (FedPETuning) instead of only the adapter blocks."""
+    multi_task = False
+    """One job per (device, task it holds) each round, each with its own adapter (FL-TAC)."""
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config or MethodConfig()
@@ -110,9 +115,23 @@ class Method:
             return truncate_rank(global_state, lora.rank)
         return global_state
 
-    def loss_fn(self) -> LossFn:
+    def device_lora(self, device: int, decision: DeviceDecision) -> LoraSpec | None:
+        """LoRA that ``device`` trains this round (default: ``lora_spec(decision)``)."""
+        return self.lora_spec(decision)
+
+    def trainable_for(self, device: int, task: int | None, decision: DeviceDecision,
+                      global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What ``device`` downloads for ``task`` (None unless ``multi_task``); default ``state_for_device``."""
+        return self.state_for_device(global_state, decision)
+
+    def loss_fn(self) -> LossFn | LocalObjective:
         """Local objective (picklable, for remote executors)."""
         return lm_loss
+
+    def aggregate_updates(self, global_state: dict[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
+        """The next global state from this round's uploads (they carry device, task and sample count); default:
+        ``aggregate`` weighted by sample count."""
+        return self.aggregate([u.state for u in updates], [float(u.num_samples) for u in updates])
 
     def aggregate(self, states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
         """FedAvg of the uploads; LoRA uploads are zero-padded to the global rank r first.
@@ -134,6 +153,14 @@ class Method:
         self.full_model = full_model
         self.tokenizer = tokenizer
         self._submodels: dict[SubModelSpec, GPT2LMHeadModel] = {}
+        self._public: torch.Tensor | None = None
+
+    def public_blocks(self, count: int) -> torch.Tensor:
+        """The server's public data for distillation: the first ``count`` blocks of the pretraining domain."""
+        if self._public is None or len(self._public) < count:
+            docs = read_documents(PRETRAIN_DOMAIN, "train")
+            self._public = tokenize_blocks(docs, self.tokenizer, self.full_model.config.n_positions)
+        return self._public[:count]
 
     def submodel(self, spec: SubModelSpec) -> GPT2LMHeadModel:
         """The frozen sub-model the server sends for ``spec`` (built once per spec)."""
@@ -154,6 +181,17 @@ class Method:
     def validate_round(self, decisions: list[DeviceDecision]) -> None:
         """Hook: cross-device constraints on one round's decisions (default: none)."""
 
+    def bind_tasks(self, device_tasks: Sequence[tuple[int, ...]], num_tasks: int) -> None:
+        """Called once by the server: the task (domain) labels each device holds, and how many tasks there are."""
+        self.device_tasks, self.num_tasks = list(device_tasks), num_tasks
+
+    def begin_round(self, round_idx: int) -> None:
+        """Hook at the start of every round, before devices are configured (default: nothing)."""
+
+    def round_metrics(self) -> dict[str, float]:
+        """Method-specific numbers of the last round, reported in ``RoundResult.metrics`` (default: none)."""
+        return {}
+
     # --- evaluation (plug-in) ------------------------------------------------------------------------
     def evaluation_model(self, spec: SubModelSpec | None = None):
         """A model to evaluate the global state with: the full model (``spec`` None) or a sub-model, with
@@ -162,6 +200,10 @@ class Method:
         spec = spec or self.server_spec(self.full_model.config.n_layer)
         lora = self.lora_spec()
         return attach_lora(model, spec, lora) if lora is not None else model
+
+    def evaluation_states(self, global_state: dict[str, torch.Tensor]) -> dict[int | None, dict[str, torch.Tensor]]:
+        """Trainable state to evaluate per task (key None: one state for all evaluation data)."""
+        return {None: global_state}
 
     def load_for_evaluation(self, model, global_state: dict[str, torch.Tensor], spec: SubModelSpec) -> None:
         if self.lora_spec() is not None:

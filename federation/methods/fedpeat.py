@@ -17,10 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-import torch
-
 from federation.adapters import LoraSpec
-from federation.data import PRETRAIN_DOMAIN, read_documents, tokenize_blocks
 from federation.emulator import SubModelSpec, build_emulator, distill_emulator, layer_drop_spec
 from federation.methods.base import DeviceDecision, Method, MethodConfig
 from federation.training import LocalTrainConfig
@@ -51,7 +48,6 @@ class FedPEAT(Method):
             base = config or MethodConfig()
             config = FedPEATConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
         super().__init__(config)
-        self._distill_data: torch.Tensor | None = None
         self.uses_emulator = config.case in (1, 2)
         if config.case == 3:
             self.trainable_kind = "model"
@@ -75,13 +71,6 @@ class FedPEAT(Method):
     def build_submodel(self, spec: SubModelSpec):
         emulator = build_emulator(self.full_model, spec)
         if self.config.distill_steps > 0 and spec.kept_middle < spec.num_middle:
-            distill_emulator(self.full_model, emulator, spec, self._public_blocks(), steps=self.config.distill_steps)
+            distill_emulator(self.full_model, emulator, spec, self.public_blocks(self.config.distill_blocks),
+                             steps=self.config.distill_steps)
         return emulator
-
-    def _public_blocks(self) -> torch.Tensor:
-        """The server's public data: the first ``distill_blocks`` blocks of the pretraining domain."""
-        if self._distill_data is None:
-            docs = read_documents(PRETRAIN_DOMAIN, "train")
-            blocks = tokenize_blocks(docs, self.tokenizer, self.full_model.config.n_positions)
-            self._distill_data = blocks[: self.config.distill_blocks]
-        return self._distill_data

@@ -2,17 +2,15 @@
 
 - Global rank r_max = ``config.lora.rank``; LoRA on every block of the full model (FedPETuning with per-device
   ranks; no emulator). Device k downloads the first r_k components of the global adapter (A[:r_k], B[:, :r_k]).
-- Device ranks: the shared round's hooks receive a device's ``DeviceDecision`` but not its index, so r_k is
-  ``decision.lora_rank`` (r_max when None). ``HetLoRAConfig.ranks`` is applied by ``HetLoRA.device_decisions``,
-  which builds the per-device decisions (ranks cycled over device indices) for the CLI / scripts; the env's rank
-  head sets ``lora_rank`` itself.
+- Device ranks: r_k is ``decision.lora_rank`` (r_max when None), capped by the device's self-pruned rank.
+  ``HetLoRAConfig.ranks`` is applied by ``HetLoRA.device_decisions``, which builds the per-device decisions (ranks
+  cycled over device indices) for the CLI / scripts; the env's rank head sets ``lora_rank`` itself.
 - Local objective (``HetLoRALoss``): LM loss + λ·Σ_modules ‖B[:, ⌊γr⌋:r]‖_F·‖A[⌊γr⌋:r, :]‖_F, which pushes the
   tail components of each adapter towards zero.
-- Rank self-pruning r ← max(r_min, ⌊γr⌋): applied by truncating an upload whose tail norm (the regulariser's
-  sum, over the components kept:r) falls below ``prune_tol`` (0 disables). It happens in ``aggregate`` on the
-  server — the shared round has no per-device upload hook and no device index there — so the pruned components
-  are zero in the aggregate but the upload's bytes are unchanged, and the device's next rank is again its
-  decision's (the shrink does not persist across rounds).
+- Rank self-pruning r ← max(r_min, ⌊γr⌋): an upload whose tail norm (the regulariser's sum over the components
+  kept:r) falls below ``prune_tol`` (0 disables) is truncated when it arrives, and the device's rank stays at most
+  the pruned rank from then on (``device_ranks``): later rounds send it, and it trains and uploads, fewer
+  components. (The upload that triggered the prune still carried the full rank.)
 - Aggregation: every upload is zero-padded to r_max; ``aggregation="sparsity"`` weights device k per module by
   p_k = ‖B_k A_k‖_F / Σ_j ‖B_j A_j‖_F (``federation.aggregation.hetlora``; sample counts are not used),
   ``"zero-pad"`` is the HetLoRA paper's baseline: the sample-weighted mean of the padded factors.
@@ -21,14 +19,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
 from torch import nn
 
-from federation.adapters import lora_rank_of, pad_rank, truncate_rank
+from federation.adapters import LoraSpec, lora_rank_of, pad_rank, truncate_rank
 from federation.aggregation import hetlora, lora_pairs, zero_pad_average
+from federation.client import SERVER_DEVICE, ClientUpdate
 from federation.methods.base import DeviceDecision, Method, MethodConfig
 from federation.training import lm_loss
 
@@ -127,6 +127,8 @@ class HetLoRA(Method):
             base = config or MethodConfig()
             config = HetLoRAConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
         super().__init__(config)
+        self.device_ranks: dict[int, int] = {}
+        """Device → its self-pruned rank (devices that never pruned are absent)."""
 
     def device_decisions(self, num_devices: int, compression: float = 0.0) -> list[DeviceDecision]:
         """All devices selected, device i with rank ``ranks[i % len(ranks)]`` (None: the global rank)."""
@@ -136,10 +138,35 @@ class HetLoRA(Method):
     def loss_fn(self) -> HetLoRALoss:
         return HetLoRALoss(self.config.lam, self.config.gamma)
 
-    def aggregate(self, states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-        """Self-prune each upload (``prune_tol`` > 0), zero-pad to r_max, then the configured HetLoRA aggregation."""
+    def _rank(self, device: int, decision: DeviceDecision) -> int:
+        r_max = self.config.lora.rank
+        wanted = decision.lora_rank if decision.lora_rank is not None else r_max
+        return min(wanted, self.device_ranks.get(device, r_max))
+
+    def device_lora(self, device: int, decision: DeviceDecision) -> LoraSpec:
+        return replace(self.lora_spec(decision), rank=self._rank(device, decision))
+
+    def trainable_for(self, device: int, task: int | None, decision: DeviceDecision,
+                      global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rank = self._rank(device, decision)
+        return truncate_rank(global_state, rank) if rank < self.config.lora.rank else global_state
+
+    def aggregate_updates(self, global_state: dict[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
+        """Self-prune each upload (``prune_tol`` > 0; the device keeps the pruned rank), then ``aggregate``."""
         cfg = self.config
-        if cfg.prune_tol > 0:
-            states = [prune_rank(s, cfg.gamma, cfg.prune_tol, cfg.min_rank) for s in states]
+        states = []
+        for u in updates:
+            state = prune_rank(u.state, cfg.gamma, cfg.prune_tol, cfg.min_rank) if cfg.prune_tol > 0 else u.state
+            if u.device != SERVER_DEVICE and lora_rank_of(state) < lora_rank_of(u.state):
+                self.device_ranks[u.device] = lora_rank_of(state)
+            states.append(state)
+        return self.aggregate(states, [float(u.num_samples) for u in updates])
+
+    def round_metrics(self) -> dict[str, float]:
+        return {"pruned_devices": float(len(self.device_ranks))}
+
+    def aggregate(self, states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+        """Zero-pad to r_max, then the configured HetLoRA aggregation."""
+        cfg = self.config
         padded = [pad_rank(s, cfg.lora.rank) for s in states]
         return hetlora(padded) if cfg.aggregation == "sparsity" else zero_pad_average(padded, weights)

@@ -1,0 +1,120 @@
+"""FedPFT (Peng et al. 2024): a sub-model built by FFN neuron pruning, aligned to the full model by distillation.
+
+- Sub-model: every block of the full model; the FFN of each middle block keeps its top ``keep_ratio`` neurons by
+  saliency s_j = ‖[c_fc.weight[:, j], c_proj.weight[j, :]]‖₂ (paper: 25%); the ``num_adapter_layers`` bottom and top
+  blocks stay whole. Attention is never pruned, so LoRA sits on ``c_attn`` of every block and plugs into the full
+  model unchanged. With keep_ratio 0.25 and one whole block at each end, the sub-model has as many parameters as
+  a layer-drop emulator of ε = 0.5 (FFN = 2/3 of a block): the FedOT comparison at equal sub-model size.
+- Layer-level distillation before FL (``distill_steps``): normalised MSE between every block's output hidden state
+  in the sub-model and in the full model + ``weight_product``·‖W_out W_in − W'_out W'_in‖/‖W_out W_in‖, trained
+  with gradients (``federation.pruning.distill_pruned``) on the server's public data (pretraining domain).
+- Neuron-level distillation during FL: every ``refresh_every`` rounds (paper: 10) the server ranks each pruned
+  block's kept neurons by mean |activation| on public data and swaps the least active ``refresh_fraction`` (ρ,
+  paper 0.5) for the most salient neurons not kept, copied from the full FFN. The sub-model spec changes, so
+  every device downloads the refreshed sub-model in its next round (logged as an emulator exchange).
+- Aggregation: FedAvg of the LoRA adapters (``--lora-aggregation exact`` also applies).
+- ``DeviceDecision.compression`` must be 0: the sub-model is set by ``keep_ratio``, not by the controller.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from federation.emulator import SubModelSpec, build_emulator
+from federation.methods.base import DeviceDecision, Method, MethodConfig
+from federation.pruning import distill_pruned, ffn_activation_scores, pruned_spec, refresh_neurons
+
+
+@dataclass(frozen=True)
+class FedPFTConfig(MethodConfig):
+    keep_ratio: float = 0.25
+    """Share of FFN neurons a middle block keeps, in (0, 1]."""
+    distill_steps: int = 50
+    """Layer-level distillation steps on the server before the sub-model is first sent (0: none)."""
+    distill_blocks: int = 512
+    """Public pretraining-domain blocks used for distillation and activation scores."""
+    weight_product: float = 1.0
+    """α: weight of the FFN weight-product term in the layer-level distillation loss."""
+    refresh_every: int = 10
+    """R: neuron-level distillation every R rounds (0: never)."""
+    refresh_fraction: float = 0.5
+    """ρ: share of each pruned block's kept neurons swapped at a refresh, in [0, 1]."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        for name in ("distill_steps", "refresh_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.distill_blocks < 1:
+            raise ValueError(f"distill_blocks must be >= 1, got {self.distill_blocks}")
+        if not self.weight_product >= 0:
+            raise ValueError(f"weight_product must be >= 0, got {self.weight_product}")
+        if not 0.0 <= self.refresh_fraction <= 1.0:
+            raise ValueError(f"refresh_fraction must be in [0, 1], got {self.refresh_fraction}")
+
+
+class FedPFT(Method):
+    name = "fedpft"
+    uses_emulator = True
+    lora_on_all_layers = True
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        if config is None or not isinstance(config, FedPFTConfig):  # only the shared MethodConfig fields carry over
+            base = config or MethodConfig()
+            config = FedPFTConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
+        super().__init__(config)
+        self._spec: SubModelSpec | None = None
+        self._refreshed = 0
+
+    def validate_decision(self, decision: DeviceDecision) -> None:
+        if decision.compression != 0.0:
+            raise ValueError(f"fedpft's sub-model is set by keep_ratio; compression must be 0, got {decision.compression}")
+        super().validate_decision(decision)
+
+    def current_spec(self) -> SubModelSpec:
+        """The sub-model every device holds now (changes at each neuron refresh)."""
+        if self._spec is None:
+            self._spec = pruned_spec(self.full_model, self.config.keep_ratio, self.config.num_adapter_layers)
+        return self._spec
+
+    def device_spec(self, num_layers: int, decision: DeviceDecision) -> SubModelSpec:
+        return self.current_spec()
+
+    def build_submodel(self, spec: SubModelSpec) -> GPT2LMHeadModel:
+        model = build_emulator(self.full_model, spec)
+        if self.config.distill_steps > 0:
+            distill_pruned(self.full_model, model, spec, self.public_blocks(self.config.distill_blocks),
+                           steps=self.config.distill_steps, weight_product=self.config.weight_product)
+        return model
+
+    def begin_round(self, round_idx: int) -> None:
+        """Neuron-level distillation before rounds R+1, 2R+1, … (after every R rounds of FL)."""
+        self._refreshed = 0
+        every = self.config.refresh_every
+        if every and round_idx > 1 and (round_idx - 1) % every == 0 and self.config.refresh_fraction > 0:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        spec = self.current_spec()
+        model = copy.deepcopy(self.submodel(spec))
+        kept = spec.pruned_neurons()
+        scores = ffn_activation_scores(model, self.public_blocks(self.config.distill_blocks)[:64], sorted(kept))
+        neurons = []
+        for block, idx in kept.items():
+            new_block, new_idx = refresh_neurons(model.transformer.h[block], self.full_model.transformer.h[block], idx,
+                                                 scores[block], self.config.refresh_fraction)
+            model.transformer.h[block] = new_block
+            neurons.append((block, tuple(new_idx.tolist())))
+            self._refreshed += int((~torch.isin(new_idx, idx)).sum())
+        self._spec = SubModelSpec(spec.num_layers, spec.layers, spec.adapter_layers, tuple(neurons))
+        self._submodels[self._spec] = model
+
+    def round_metrics(self) -> dict[str, float]:
+        return {"refreshed_neurons": float(self._refreshed)}
+

@@ -1,0 +1,74 @@
+"""FL-TAC (Ping et al. 2024): one low-rank adapter per task on each device, clustered and averaged on the server.
+
+- Tasks are the tuning domains (``EngineConfig.domains``, e.g. pydocs, licenses, docstrings): every device trains
+  one LoRA (on every block) per task it holds, on that task's blocks only, and uploads each adapter.
+- The server flattens all uploads, runs k-means with K = number of tasks (k-means++ seeding, seeded per round),
+  and averages within each cluster (``federation.aggregation.fltac``). The server never uses task labels to
+  aggregate: a device's adapter slot gets back the average of the cluster its upload fell into. Round 1 starts
+  every slot from the same initial adapter.
+- Logged each round in ``RoundResult.metrics``: ``clustering_accuracy`` (Hungarian matching of clusters to the true
+  tasks, ``federation.aggregation.clustering_accuracy``), ``clusters`` (non-empty clusters) and the full-model
+  perplexity per task ``ppl_<domain>``: task t is evaluated with the cluster holding most of task t's uploads
+  (evaluation may use labels; aggregation does not). ``full_perplexity`` is the mean over tasks.
+- The global state (``Server.global_state``) is the plain average of all uploads, kept for reference.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from federation.aggregation import clustering_accuracy, fedavg, fltac
+from federation.client import ClientUpdate
+from federation.methods.base import DeviceDecision, Method, MethodConfig
+
+
+class FLTAC(Method):
+    name = "fltac"
+    lora_on_all_layers = True
+    multi_task = True
+
+    def init_global_state(self, full_model: GPT2LMHeadModel, seed: int) -> dict[str, torch.Tensor]:
+        self._seed = seed
+        self._initial = super().init_global_state(full_model, seed)
+        self.slot_states: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        """(device, task) → the cluster average that device's task adapter starts from next round."""
+        self.task_states: dict[int, dict[str, torch.Tensor]] = {t: self._initial for t in range(self.num_tasks)}
+        """Task → the adapter evaluated for it (the cluster holding most of its uploads)."""
+        self._metrics: dict[str, float] = {}
+        self._round = 0
+        return self._initial
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        if self.config.lora_aggregation != "naive":
+            raise ValueError(f"lora_aggregation must be 'naive' for fltac (clusters average A and B), got {self.config.lora_aggregation!r}")
+
+    def begin_round(self, round_idx: int) -> None:
+        self._round, self._metrics = round_idx, {}
+
+    def trainable_for(self, device: int, task: int | None, decision: DeviceDecision,
+                      global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.state_for_device(self.slot_states.get((device, task), self._initial), decision)
+
+    def aggregate_updates(self, global_state: dict[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
+        """k-means over the uploads (K = number of tasks, at most one cluster per upload), per-cluster averages."""
+        k = min(self.num_tasks, len(updates))
+        clusters, labels = fltac([u.state for u in updates], k, seed=self._seed + self._round)
+        tasks = [u.task for u in updates]
+        for update, label in zip(updates, labels):
+            self.slot_states[(update.device, update.task)] = clusters[label]
+        for task in set(tasks):
+            majority = Counter(int(label) for label, t in zip(labels, tasks) if t == task).most_common(1)[0][0]
+            self.task_states[task] = clusters[majority]
+        self._metrics = {"clustering_accuracy": clustering_accuracy(labels, tasks), "clusters": float(len(clusters))}
+        return fedavg([u.state for u in updates], [1.0] * len(updates))
+
+    def evaluation_states(self, global_state: dict[str, torch.Tensor]) -> dict[int | None, dict[str, torch.Tensor]]:
+        return dict(self.task_states)
+
+    def round_metrics(self) -> dict[str, float]:
+        return dict(self._metrics)

@@ -1,0 +1,234 @@
+"""FedPFT, FedDAT and FL-TAC on the shared round (and HetLoRA's persistent rank self-pruning)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+
+import pytest
+import torch
+from peft import get_peft_model_state_dict
+
+from federation.adapters import LoraSpec, attach_lora, load_adapter_state, lora_rank_of
+from federation.client import ClientUpdate
+from federation.emulator import build_submodel, full_spec, submodel_state
+from federation.engine import EngineConfig, RoundRunner
+from federation.methods import (
+    DualAdapterObjective,
+    FedDATConfig,
+    FedPFTConfig,
+    HetLoRA,
+    HetLoRAConfig,
+    MethodConfig,
+)
+from federation.methods.feddat import LOCAL, SHARED, TEACHER
+from federation.pruning import (
+    distill_pruned,
+    ffn_activation_scores,
+    ffn_weight_product_loss,
+    neuron_saliency,
+    prune_gpt2_ffn,
+    pruned_spec,
+    top_neurons,
+)
+from federation.system import MemoryFootprint
+from federation.training import LocalTrainConfig, train_local
+
+FAST = LocalTrainConfig(steps=2, batch_size=4, lr=3e-3)
+TASKS = ("pydocs", "licenses", "docstrings")
+CONFIGS = {
+    "fedpft": dict(method_config=FedPFTConfig(train=FAST, distill_steps=3, refresh_every=1)),
+    "feddat": dict(method_config=FedDATConfig(train=FAST), domains=TASKS, partition="dirichlet", dirichlet_alpha=0.1),
+    "fltac": dict(method_config=MethodConfig(train=FAST), domains=TASKS),
+}
+
+
+def _runner(method: str, seed: int = 0, **kwargs) -> RoundRunner:
+    return RoundRunner(EngineConfig(method=method, num_devices=3, seed=seed, max_eval_blocks=8, **{**CONFIGS[method], **kwargs}))
+
+
+def _summaries(results):
+    return [{k: v for k, v in r.summary().items() if k != "wall_time_s"} for r in results]
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_two_rounds_are_seed_deterministic_and_upload_adapters_only(method):
+    runs = [_runner(method, seed=s) for s in (3, 3, 4)]
+    results = [r.run(2) for r in runs]
+    assert _summaries(results[0]) == _summaries(results[1])
+    assert _summaries(results[0]) != _summaries(results[2])
+    assert all(math.isfinite(r.full_perplexity) for r in results[0])
+    assert results[0][-1].full_perplexity < runs[0].initial_perplexity
+    uploads = [m for m in runs[0].log.messages if m.direction == "up"]
+    assert uploads and all(m.kind == "adapter" for m in uploads)
+    assert all("lora_" in name for m in uploads for name in m.keys)
+
+
+# --- FedPFT ----------------------------------------------------------------------------------------------------
+
+
+def test_pruned_spec_keeps_the_most_salient_neurons_and_whole_end_blocks(foundation):
+    model, _ = foundation
+    spec = pruned_spec(model, 0.25, num_adapter_layers=1)
+    d_ff = model.config.n_inner or 4 * model.config.n_embd
+    pruned = dict(spec.ffn_neurons)
+    assert sorted(pruned) == list(range(1, model.config.n_layer - 1))  # first and last blocks whole
+    for block, neurons in pruned.items():
+        assert len(neurons) == d_ff // 4
+        assert list(neurons) == top_neurons(neuron_saliency(model.transformer.h[block]), 0.25).tolist()
+    assert not spec.is_full and full_spec(model.config.n_layer).is_full
+    # the device-side builder reproduces the server's pruned model from the payload alone
+    sub = build_submodel(model.config, spec, submodel_state(model, spec))
+    reference, kept = prune_gpt2_ffn(model, 0.25, keep_whole=(0, model.config.n_layer - 1))
+    assert {b: tuple(i.tolist()) for b, i in kept.items()} == pruned
+    batch = torch.randint(model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(sub(input_ids=batch).logits, reference(input_ids=batch).logits, atol=1e-5)
+    frac = sum(p.numel() for b in sub.transformer.h for p in b.parameters()) / sum(
+        p.numel() for b in model.transformer.h for p in b.parameters())
+    assert 0.55 < frac < 0.65  # ≈ a layer-drop emulator keeping 6 of 10 blocks (ε = 0.5)
+
+
+def test_distill_pruned_trains_only_pruned_ffns_with_a_live_weight_product_term(foundation, tuning_blocks):
+    model, _ = foundation
+    spec = pruned_spec(model, 0.25, num_adapter_layers=1)
+    sub = build_submodel(model.config, spec, submodel_state(model, spec))
+    before = {k: v.clone() for k, v in sub.state_dict().items()}
+    idx = spec.pruned_neurons()
+    product_before = ffn_weight_product_loss(model.transformer.h[1], sub.transformer.h[1], idx[1]).item()
+    losses = distill_pruned(model, sub, spec, tuning_blocks[0], steps=15, lr=3e-3, weight_product=1.0)
+    assert losses[-1] < losses[0]
+    changed = {k for k, v in sub.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".mlp.c_" in k for k in changed)
+    assert not any(k.startswith(("transformer.h.0.", f"transformer.h.{model.config.n_layer - 1}.")) for k in changed)
+    assert ffn_weight_product_loss(model.transformer.h[1], sub.transformer.h[1], idx[1]).item() < product_before
+    scores = ffn_activation_scores(sub, tuning_blocks[1][:4], [1, 2])
+    assert set(scores) == {1, 2} and scores[1].shape == (len(idx[1]),) and (scores[1] >= 0).all()
+
+
+def test_fedpft_devices_hold_only_their_neurons_and_get_refreshed_ones():
+    runner = _runner("fedpft")
+    runner.run_round()
+    spec = runner.method.current_spec()
+    downloads = [m for m in runner.log.messages if m.direction == "down" and m.kind == "emulator"]
+    assert len(downloads) == 3  # one sub-model per device
+    payload = runner.method.frozen_payload(spec)
+    assert set(downloads[0].keys) == set(payload)
+    for block, neurons in spec.ffn_neurons:
+        assert payload[f"transformer.h.{block}.mlp.c_fc.weight"].shape[1] == len(neurons)
+        assert payload[f"transformer.h.{block}.mlp.c_proj.weight"].shape[0] == len(neurons)
+    second = runner.run_round()  # refresh_every=1: neurons refreshed before round 2, sub-model re-sent
+    new_spec = runner.method.current_spec()
+    assert new_spec != spec and second.exchanges == 3
+    assert second.metrics["refreshed_neurons"] == sum(round(0.5 * len(n)) for _, n in spec.ffn_neurons)
+    assert all(len(n) == len(o) for (_, n), (_, o) in zip(new_spec.ffn_neurons, spec.ffn_neurons))
+    with pytest.raises(ValueError, match="compression must be 0"):
+        runner.run_round([runner.default_decisions(0.5)[0]] * 3)
+    for kwargs, field in [({"keep_ratio": 0.0}, "keep_ratio"), ({"refresh_fraction": 2.0}, "refresh_fraction"),
+                          ({"distill_steps": -1}, "distill_steps")]:
+        with pytest.raises(ValueError, match=field):
+            FedPFTConfig(**kwargs)
+
+
+# --- FedDAT ----------------------------------------------------------------------------------------------------
+
+
+def test_dual_adapter_teacher_is_half_local_half_frozen_shared(foundation, tuning_blocks):
+    model, _ = foundation
+    spec = full_spec(model.config.n_layer)
+    lora_model = attach_lora(copy.deepcopy(model), spec, LoraSpec(4))
+    with torch.no_grad():  # a non-trivial received shared adapter (B is zero at init)
+        for name, p in lora_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    objective, private = DualAdapterObjective(temperature=3.0), {}
+    objective.prepare(lora_model, private)
+    assert {SHARED, LOCAL, TEACHER} <= set(lora_model.peft_config)
+    shared = {k: v.clone() for k, v in get_peft_model_state_dict(lora_model, adapter_name=SHARED).items()}
+    # with the local adapter set equal to the shared one, the DAT (0.5·A_c + 0.5·Â_s) equals the shared model
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(lora_model, shared, adapter_name=LOCAL)
+    batch = tuning_blocks[1][:2]
+    with torch.no_grad():
+        objective._activate(lora_model, [LOCAL, TEACHER])
+        dat = lora_model(input_ids=batch).logits
+        objective._activate(lora_model, [SHARED])
+        student = lora_model(input_ids=batch).logits
+    assert torch.allclose(dat, student, atol=1e-5)
+    objective._activate(lora_model, [SHARED, LOCAL])
+    stats = train_local(lora_model, tuning_blocks[0], LocalTrainConfig(steps=3, batch_size=2), seed=0, loss_fn=objective)
+    objective.finish(lora_model, private)
+    assert math.isfinite(stats.mean_loss)
+    after = {name: get_peft_model_state_dict(lora_model, adapter_name=name) for name in (SHARED, LOCAL, TEACHER)}
+    assert all(torch.equal(after[TEACHER][k], shared[k]) for k in shared)  # the teacher copy stays frozen
+    assert any(not torch.equal(after[SHARED][k], shared[k]) for k in shared)  # shared step trained A_s
+    assert any(not torch.equal(after[LOCAL][k], shared[k]) for k in shared)  # teacher step trained A_c
+    assert all(torch.equal(private[LOCAL][k], after[LOCAL][k]) for k in shared)
+    assert pickle.loads(pickle.dumps(objective)) == objective
+
+
+def test_feddat_keeps_the_local_adapter_on_the_device_between_rounds():
+    runner = _runner("feddat")
+    runner.run_round()
+    first = {i: {k: v.clone() for k, v in c.private[LOCAL].items()} for i, c in enumerate(runner.executor.clients)}
+    runner.run_round()
+    for i, client in enumerate(runner.executor.clients):
+        assert set(client.private[LOCAL]) == set(first[i])
+        assert any(not torch.equal(client.private[LOCAL][k], first[i][k]) for k in first[i])  # kept and trained on
+    uploaded = {name for m in runner.log.messages if m.direction == "up" for name in m.keys}
+    assert uploaded == set(runner.server.global_state)  # only the shared adapter crosses the wire
+    with pytest.raises(ValueError, match="temperature"):
+        FedDATConfig(temperature=0.0)
+
+
+# --- FL-TAC ----------------------------------------------------------------------------------------------------
+
+
+def test_fltac_one_adapter_per_task_clustered_with_accuracy_logged():
+    runner = _runner("fltac")
+    result = runner.run_round()
+    tasks = [len(t) for t in runner.server.device_tasks]
+    uploads = [m for m in runner.log.messages if m.direction == "up"]
+    assert len(uploads) == sum(tasks) == 9  # IID over 3 domains: every device holds every task
+    assert 0.0 <= result.metrics["clustering_accuracy"] <= 1.0 and result.metrics["clusters"] == 3
+    per_task = [result.metrics[f"ppl_{d}"] for d in TASKS]
+    assert result.full_perplexity == pytest.approx(sum(per_task) / 3)
+    assert set(runner.method.slot_states) == {(i, t) for i in range(3) for t in range(3)}
+    with pytest.raises(ValueError, match="domains must name >= 2 tasks"):
+        _runner("fltac", domains=("pydocs",))
+    with pytest.raises(ValueError, match="lora_aggregation must be 'naive' for fltac"):
+        _runner("fltac", method_config=MethodConfig(lora_aggregation="exact"))
+
+
+# --- HetLoRA rank self-pruning persists ------------------------------------------------------------------------
+
+
+def _update(device: int, state) -> ClientUpdate:
+    return ClientUpdate(device, 1, state, 10, 0.0, 0, 0.0, MemoryFootprint(0, 0, 0, 0, 0))
+
+
+def test_hetlora_pruned_rank_persists_for_the_device(foundation):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 6, generator=g), torch.randn(5, 8, generator=g)
+    small = {"transformer.h.0.attn.c_attn.lora_A.weight": a.clone(), "transformer.h.0.attn.c_attn.lora_B.weight": b.clone()}
+    small["transformer.h.0.attn.c_attn.lora_A.weight"][7] *= 1e-4
+    method = HetLoRA(HetLoRAConfig(prune_tol=1e-3))
+    large = {"transformer.h.0.attn.c_attn.lora_A.weight": a, "transformer.h.0.attn.c_attn.lora_B.weight": b}
+    merged = method.aggregate_updates({}, [_update(0, small), _update(1, large)])
+    assert lora_rank_of(merged) == 8 and method.device_ranks == {0: 7}
+    from federation.methods import DeviceDecision
+
+    assert method.device_lora(0, DeviceDecision()).rank == 7 and method.device_lora(1, DeviceDecision()).rank == 8
+    assert lora_rank_of(method.trainable_for(0, None, DeviceDecision(), merged)) == 7
+    assert method.round_metrics() == {"pruned_devices": 1.0}
+    # the engine sends the pruned device fewer components from then on
+    runner = RoundRunner(EngineConfig(method="hetlora", num_devices=2, max_eval_blocks=8,
+                                      method_config=HetLoRAConfig(train=FAST, prune_tol=1e9)))
+    runner.run_round()
+    runner.run_round()
+    down = [m.num_bytes for m in runner.log.messages if m.direction == "down" and m.kind == "adapter" and m.device == 0]
+    assert down[1] * 8 == down[0] * 7
+    model = attach_lora(copy.deepcopy(foundation[0]), full_spec(10), LoraSpec(7))
+    load_adapter_state(model, method.trainable_for(0, None, DeviceDecision(), runner.server.global_state), full_spec(10))
