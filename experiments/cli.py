@@ -50,7 +50,7 @@ def pretrain(
 
 @app.command()
 def run(
-    method: str = typer.Option("fedpeat", help="Method: fed-ft, fedpetuning, fedpeat, fedot, hetlora."),
+    method: str = typer.Option("fedpeat", help="Method: fed-ft, fedpetuning, fedpeat, fedot, fedpft, hetlora, feddat, fltac."),
     devices: int = typer.Option(4, help="Number of devices N."),
     rounds: int = typer.Option(5, help="Federated rounds."),
     seed: int = typer.Option(0, help="Seed of every random draw."),
@@ -62,20 +62,36 @@ def run(
     local_steps: int = typer.Option(10, help="Local optimiser steps per round."),
     partition: str = typer.Option("iid", help="Data split: iid or dirichlet."),
     alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
-    distill_steps: int = typer.Option(None, help="Emulator distillation steps (fedpeat: default 0, fedot: default 50)."),
+    distill_steps: int = typer.Option(None, help="Sub-model distillation steps (fedpeat: default 0, fedot/fedpft: 50)."),
+    domain: list[str] = typer.Option([], help="Tuning domain (repeatable; tasks of fltac). Default: pydocs; fltac: "
+                                              "pydocs, licenses, docstrings."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Any other setting of the method's config as key=value "
+                                     "(repeatable), e.g. -o keep_ratio=0.25 (fedpft), -o aggregation=zero-pad (hetlora)."),
     out: Path = typer.Option(None, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
 ) -> None:
     """Run a federated tuning method and print its per-round table."""
-    from experiments.run import build_method_config, round_table, run_federated, write_outputs
+    from experiments.run import (
+        build_method_config,
+        default_domains,
+        metrics_table,
+        parse_options,
+        round_table,
+        run_federated,
+        write_outputs,
+    )
     from federation.engine import EngineConfig
 
     _quiet_libraries()
     with user_errors():
-        method_config = build_method_config(method, local_steps, lora_aggregation, case, distill_steps, compression)
+        method_config = build_method_config(method, local_steps, lora_aggregation, case, distill_steps, compression,
+                                            parse_options(option))
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
-                              partition=partition, dirichlet_alpha=alpha, method_config=method_config)
+                              partition=partition, dirichlet_alpha=alpha, domains=default_domains(method, domain),
+                              method_config=method_config)
         runner, results = run_federated(config, rounds, compression, console, lora_rank)
     console.print(round_table(runner, results))
+    if (extra := metrics_table(runner, results)) is not None:
+        console.print(extra)
     if out is not None:
         for path in write_outputs(runner, results, out):
             console.print(f"wrote {path}")
@@ -316,25 +332,49 @@ def sim2real_cmd(
 
 @app.command("compare")
 def compare_cmd(
-    methods: list[str] = typer.Option(["fed-ft", "fedpetuning", "fedpeat", "fedot", "hetlora"], "--method",
-                                      help="Methods to compare (repeatable)."),
+    methods: list[str] = typer.Option(["fed-ft", "fedpetuning", "fedpeat", "fedot", "fedpft", "hetlora", "feddat", "fltac"],
+                                      "--method", help="Method entry NAME[:key=value...] (repeatable), e.g. "
+                                                       "hetlora:ranks=2,4,8:aggregation=zero-pad."),
     rounds: int = typer.Option(5, help="Federated rounds per run."),
     seeds: int = typer.Option(3, help="Seeds per method."),
     devices: int = typer.Option(4, help="Devices N."),
     local_steps: int = typer.Option(10, help="Local steps per device per round."),
     compression: float = typer.Option(0.5, help="Emulator compression ε of fedpeat and fedot."),
+    partition: str = typer.Option("iid", help="Data split: iid or dirichlet."),
+    alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
+    domain: list[str] = typer.Option([], help="Tuning domains (repeatable). Default: pydocs, or the three tuning "
+                                              "domains when a multi-task method (fltac) is compared."),
     out: Path = typer.Option(Path("runs/compare"), help="Output directory."),
 ) -> None:
     """Federated methods on one engine: final full-model perplexity (mean, 95% CI over seeds), bytes, memory, time."""
     from experiments.compare import compare, write_comparison
-    from federation.methods import METHODS
 
     _quiet_libraries()
-    unknown = [m for m in methods if m not in METHODS]
     with user_errors():
-        if unknown:
-            raise ValueError(f"method must be one of {sorted(METHODS)}, got {unknown}")
-    runs, summary = compare(methods, rounds, list(range(seeds)), devices, local_steps, compression, say=console.log)
+        runs, summary = compare(methods, rounds, list(range(seeds)), devices, local_steps, compression, partition, alpha,
+                                domain, say=console.log)
     console.print(summary.to_string(index=False))
     for path in write_comparison(runs, summary, out):
+        console.print(f"wrote {path}")
+
+
+@app.command("claims")
+def claims_cmd(
+    claim: list[str] = typer.Option([], help="Claim to check (repeatable): fedpft, hetlora, feddat, fltac. Default: all."),
+    rounds: int = typer.Option(6, help="Federated rounds per run."),
+    seeds: int = typer.Option(3, help="Seeds per side of each claim (>= 2)."),
+    devices: int = typer.Option(4, help="Devices N."),
+    local_steps: int = typer.Option(5, help="Local steps per device per round."),
+    out: Path = typer.Option(Path("runs/claims"), help="Output directory."),
+) -> None:
+    """Check the papers' claims (FedPFT ≥ FedOT, HetLoRA sparsity ≥ zero-pad, FedDAT ≥ FedAvg under non-IID, FL-TAC
+    clustering) on the shared engine: perplexity with 95% CIs and a verdict per claim."""
+    from experiments.claims import run_claims, write_claims
+
+    _quiet_libraries()
+    with user_errors():
+        table, runs = run_claims(rounds, seeds, devices, local_steps, claim, say=console.log)
+    console.print(table.drop(columns=["statement"]).to_string(index=False))
+    settings = f"`fedpeat claims --rounds {rounds} --seeds {seeds} --devices {devices} --local-steps {local_steps}`"
+    for path in write_claims(table, runs, out, settings):
         console.print(f"wrote {path}")

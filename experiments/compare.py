@@ -1,4 +1,8 @@
-"""``fedpeat compare``: every chosen method on the same engine, seeds and data; one table (markdown + CSV)."""
+"""``fedpeat compare``: every chosen method on the same engine, seeds and data; one table (markdown + CSV).
+
+A method entry is a name with optional config settings, ``NAME[:key=value[:key=value…]]`` — e.g.
+``hetlora:ranks=2,4,8:aggregation=zero-pad`` — so variants of one method compare side by side under that label.
+"""
 
 from __future__ import annotations
 
@@ -10,38 +14,61 @@ import pandas as pd
 
 from agents.stats import bootstrap_ci, to_markdown
 from federation.engine import EngineConfig
+from federation.methods import make_method
 
-EMULATOR_METHODS = ("fedpeat", "fedot")
+RUN_COLUMNS = ("bytes down (MB)", "bytes up (MB)", "peak device memory (MB)", "wall time (s)")
+
+
+def parse_method_entry(entry: str) -> tuple[str, dict[str, str]]:
+    """``"hetlora:ranks=2,4,8:lam=0"`` → ("hetlora", {"ranks": "2,4,8", "lam": "0"})."""
+    from experiments.run import parse_options
+
+    name, *settings = entry.split(":")
+    make_method(name.strip())  # ValueError listing the known names
+    return name.strip(), parse_options([s for s in settings if s.strip()])
 
 
 def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: int = 4, local_steps: int = 10,
-            compression: float = 0.5, say: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-run rows, per-method summary). Emulator methods train through emulators of ratio ``compression``."""
-    from experiments.run import build_method_config, run_federated
+            compression: float = 0.5, partition: str = "iid", alpha: float = 0.5, domains: Sequence[str] = (),
+            say: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-run rows, per-entry summary sorted by final perplexity). Emulator methods with a controllable ratio
+    (fedpeat, fedot) train through emulators of ratio ``compression``. Every entry is validated before any run.
+    Without ``domains``, all entries tune on pydocs — or all on the three tuning domains when one entry is multi-task.
+    Method-specific metrics of the last round (e.g. fltac's clustering accuracy) become extra columns."""
+    from experiments.run import MULTI_TASK_DOMAINS, build_method_config, default_domains, run_federated
 
+    plans = []
+    if not domains and any(make_method(parse_method_entry(e)[0]).multi_task for e in methods):
+        domains = MULTI_TASK_DOMAINS  # every entry on the same data: the multi-task method's tasks
+    for entry in methods:
+        name, options = parse_method_entry(entry)
+        method_config = build_method_config(name, local_steps, compression=[compression], options=options)
+        eps = [compression] if name in ("fedpeat", "fedot") else [0.0]
+        plans.append((entry, name, method_config, eps))
     runs = []
-    for method in methods:
-        eps = [compression] if method in EMULATOR_METHODS else [0.0]
+    for entry, name, method_config, eps in plans:
         for seed in seeds:
-            say(f"{method} seed {seed}")
-            config = EngineConfig(method=method, num_devices=devices, seed=seed,
-                                  method_config=build_method_config(method, local_steps, compression=[compression]))
+            say(f"{entry} seed {seed}")
+            config = EngineConfig(method=name, num_devices=devices, seed=seed, partition=partition, dirichlet_alpha=alpha,
+                                  domains=default_domains(name, domains), method_config=method_config)
             runner, results = run_federated(config, rounds, eps)
             runs.append({
-                "method": method, "seed": seed, "initial perplexity": runner.initial_perplexity,
+                "method": entry, "seed": seed, "initial perplexity": runner.initial_perplexity,
                 "final perplexity": results[-1].full_perplexity,
-                "bytes down (MB)": sum(r.bytes_down for r in results) / 1e6,
-                "bytes up (MB)": sum(r.bytes_up for r in results) / 1e6,
-                "peak device memory (MB)": max(r.peak_memory_bytes for r in results) / 1e6,
-                "wall time (s)": sum(r.wall_time_s for r in results),
+                RUN_COLUMNS[0]: sum(r.bytes_down for r in results) / 1e6,
+                RUN_COLUMNS[1]: sum(r.bytes_up for r in results) / 1e6,
+                RUN_COLUMNS[2]: max(r.peak_memory_bytes for r in results) / 1e6,
+                RUN_COLUMNS[3]: sum(r.wall_time_s for r in results),
+                **results[-1].metrics,
             })
     df = pd.DataFrame(runs)
+    extra = [c for c in df.columns if c not in ("method", "seed", "initial perplexity", "final perplexity", *RUN_COLUMNS)]
     rows = []
-    for method, group in df.groupby("method", sort=False):
+    for entry, group in df.groupby("method", sort=False):
         ppl = group["final perplexity"].to_numpy()
         low, high = bootstrap_ci(ppl) if len(ppl) > 1 else (float(ppl[0]), float(ppl[0]))
-        rows.append({"method": method, "final perplexity": float(np.mean(ppl)), "CI low": low, "CI high": high,
-                     **{c: group[c].mean() for c in df.columns[5:]}})
+        rows.append({"method": entry, "final perplexity": float(np.mean(ppl)), "CI low": low, "CI high": high,
+                     **{c: group[c].mean() for c in (*RUN_COLUMNS, *extra)}})
     return df, pd.DataFrame(rows).sort_values("final perplexity", ignore_index=True)
 
 

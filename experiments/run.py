@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, fields, replace
 from pathlib import Path
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 import pandas as pd
 from rich.console import Console
@@ -14,27 +16,83 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from federation.engine import EngineConfig, RoundResult, RoundRunner
-from federation.methods import DeviceDecision, FedOTConfig, FedPEATConfig, MethodConfig, make_method
+from federation.methods import DeviceDecision, MethodConfig, make_method
 
 MB = 1e6
 
 
+MULTI_TASK_DOMAINS = ("pydocs", "licenses", "docstrings")
+"""Default tasks of multi-task methods (fltac): the three held-out tuning domains."""
+
+
+def default_domains(method: str, domains: Sequence[str] = ()) -> tuple[str, ...]:
+    """``domains`` if given; otherwise pydocs, or the three tuning domains for a multi-task method."""
+    if domains:
+        return tuple(domains)
+    return MULTI_TASK_DOMAINS if make_method(method).multi_task else ("pydocs",)
+
+
+def parse_options(items: Sequence[str]) -> dict[str, str]:
+    """``["key=value", ...]`` → dict (ValueError naming the item without ``=``)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"method option must look like key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _convert(name: str, raw: str, hint):
+    """A CLI string as the type ``hint`` of config field ``name`` (int, float, bool, str, Literal, tuple[...], X | None)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        if raw.lower() == "none" and type(None) in args:
+            return None
+        return _convert(name, raw, next(a for a in args if a is not type(None)))
+    if origin is tuple:
+        return tuple(_convert(name, item.strip(), args[0]) for item in raw.split(","))
+    if origin is Literal:
+        if raw not in args:
+            raise ValueError(f"{name} must be one of {args}, got {raw!r}")
+        return raw
+    if hint is bool:
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{name} must be true or false, got {raw!r}")
+        return raw.lower() in ("true", "1")
+    try:
+        return hint(raw)
+    except (TypeError, ValueError):
+        kind = {int: "an integer", float: "a number"}.get(hint, getattr(hint, "__name__", str(hint)))
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
+
+
 def build_method_config(method: str, local_steps: int, lora_aggregation: str = "naive", case: int = 1,
-                        distill_steps: int | None = None, compression: Sequence[float] = ()) -> MethodConfig:
+                        distill_steps: int | None = None, compression: Sequence[float] = (),
+                        options: Mapping[str, str] | None = None) -> MethodConfig:
     """A method's config from CLI-style options (the method's defaults otherwise); options that do not apply to the
-    method are errors. fedot's shared emulator takes the single ``compression`` value given (default 0.5)."""
-    train = replace(make_method(method).train_config, steps=local_steps)  # validates the name; the method's lr
+    method are errors. fedot's shared emulator takes the single ``compression`` value given (default 0.5).
+    ``options`` sets any other field of the method's config class by name (e.g. ``keep_ratio`` of fedpft)."""
+    default = make_method(method)  # validates the name
+    config_cls = type(default.config)
+    hints = get_type_hints(config_cls)
+    settable = sorted(f.name for f in fields(config_cls) if f.name not in ("train", "lora", "lora_aggregation"))
+    values: dict = {"train": replace(default.train_config, steps=local_steps), "lora_aggregation": lora_aggregation}
     if method != "fedpeat" and case != 1:
         raise ValueError(f"--case applies to method 'fedpeat' only, not {method!r}")
-    if method not in ("fedpeat", "fedot") and distill_steps is not None:
-        raise ValueError(f"--distill-steps applies to methods 'fedpeat' and 'fedot' only, not {method!r}")
     if method == "fedpeat":
-        return FedPEATConfig(train=train, lora_aggregation=lora_aggregation, case=case, distill_steps=distill_steps or 0)
+        values["case"] = case
+    if distill_steps is not None:
+        if "distill_steps" not in hints:
+            raise ValueError(f"--distill-steps applies to methods 'fedpeat', 'fedot' and 'fedpft' only, not {method!r}")
+        values["distill_steps"] = distill_steps
     if method == "fedot":
-        shared = compression[0] if len(set(compression)) == 1 else 0.5
-        return FedOTConfig(train=train, lora_aggregation=lora_aggregation, compression=shared,
-                           distill_steps=50 if distill_steps is None else distill_steps)
-    return MethodConfig(train=train, lora_aggregation=lora_aggregation)
+        values["compression"] = compression[0] if len(set(compression)) == 1 else 0.5
+    for key, raw in (options or {}).items():
+        if key not in settable:
+            raise ValueError(f"method option {key!r} is not a setting of {method!r}; allowed: {settable}")
+        values[key] = _convert(key, raw, hints[key])
+    return config_cls(**values)
 
 
 def _per_device(name: str, values: Sequence, num_devices: int, default) -> list:
@@ -58,9 +116,12 @@ def run_federated(
     config: EngineConfig, rounds: int, compression: Sequence[float] = (), console: Console | None = None,
     lora_rank: Sequence[int] = (),
 ) -> tuple[RoundRunner, list[RoundResult]]:
-    """Run ``rounds`` rounds with fixed decisions, showing a progress bar."""
+    """Run ``rounds`` rounds with fixed decisions, showing a progress bar. Without ``lora_rank`` the method's own
+    per-device ranks apply (e.g. hetlora's ``ranks``)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if not lora_rank:
+        lora_rank = [d.lora_rank for d in make_method(config.method, config.method_config).device_decisions(config.num_devices)]
     decisions = decisions_for(config.num_devices, compression, lora_rank)
     runner = RoundRunner(config)
     runner.validate(decisions)  # fail before any training on a bad decision
@@ -91,6 +152,19 @@ def round_table(runner: RoundRunner, results: Sequence[RoundResult]) -> Table:
         emu = "–" if math.isnan(r.emulator_perplexity) else f"{r.emulator_perplexity:.1f}"
         table.add_row(str(r.round), f"{r.full_perplexity:.1f}", emu, f"{r.round_latency_s:.3f}", f"{r.bytes_down / MB:.3f}",
                       f"{r.bytes_up / MB:.3f}", str(r.exchanges), f"{r.peak_memory_bytes / MB:.1f}", f"{r.train_loss:.3f}")
+    return table
+
+
+def metrics_table(runner: RoundRunner, results: Sequence[RoundResult]) -> Table | None:
+    """The method-specific metrics per round (e.g. fltac's clustering accuracy), or None if the method has none."""
+    names = list(dict.fromkeys(name for r in results for name in r.metrics))
+    if not names:
+        return None
+    table = Table(title=f"{runner.config.method} metrics")
+    for column in ("round", *names):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(str(r.round), *(f"{r.metrics[m]:.4g}" if m in r.metrics else "–" for m in names))
     return table
 
 

@@ -162,7 +162,8 @@ class Server:
 
     def evaluate(self, spec: SubModelSpec | None = None) -> float:
         """Perplexity of the global state in the full model (spec None) or in the sub-model ``spec``. A method with
-        per-task states is evaluated on each task's held-out blocks; the result is the mean over tasks (the full
+        per-task states is evaluated with each task's state on that task's held-out blocks; the result pools all
+        tokens, exp(Σ_t n_t·log ppl_t / Σ_t n_t), like a single state's perplexity on the same blocks (the full
         model's per-task values are kept in ``task_perplexity``)."""
         if spec not in self._eval_models:
             self._eval_models[spec] = self.method.evaluation_model(spec)
@@ -172,13 +173,15 @@ class Server:
         if set(states) == {None}:
             self.method.load_for_evaluation(model, states[None], load_spec)
             return perplexity(model, self.eval_blocks)
-        per_task = {}
+        per_task, counts = {}, {}
         for task, state in sorted(states.items()):
             self.method.load_for_evaluation(model, state, load_spec)
-            per_task[task] = perplexity(model, self.eval_blocks[torch.from_numpy(self.eval_labels == task)])
+            mask = self.eval_labels == task
+            per_task[task], counts[task] = perplexity(model, self.eval_blocks[torch.from_numpy(mask)]), int(mask.sum())
         if spec is None:
             self.task_perplexity = per_task
-        return float(np.mean(list(per_task.values())))
+        # pooled over all evaluation tokens (blocks are equally long), as for a single state: comparable across methods
+        return math.exp(sum(counts[t] * math.log(p) for t, p in per_task.items()) / sum(counts.values()))
 
 
 class RoundRunner:

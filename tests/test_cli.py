@@ -41,7 +41,7 @@ def test_run_rejects_bad_input_with_one_clear_error(tmp_path):
         (["--devices", "3", "--compression", "0.5", "--compression", "0.5"], "one per device"),
         (["--compression", "1.0"], "compression must be in [0, 1)"),
         (["--method", "fed-ft", "--case", "2"], "applies to method 'fedpeat' only"),
-        (["--method", "fedpetuning", "--distill-steps", "5"], "applies to methods 'fedpeat' and 'fedot' only"),
+        (["--method", "fedpetuning", "--distill-steps", "5"], "applies to methods 'fedpeat', 'fedot' and 'fedpft' only"),
         (["--lora-aggregation", "mean"], "lora_aggregation must be one of"),
         (["--lora-rank", "2", "--lora-rank", "4", "--lora-rank", "8"], "lora_rank takes 1 value or one per device"),
         (["--rounds", "0"], "rounds must be >= 1"),
@@ -86,3 +86,66 @@ def test_compare_writes_one_table_for_all_methods(tmp_path):
     assert (tmp_path / "compare.md").read_text().startswith("| method |")
     bad = runner.invoke(app, ["compare", "--method", "fedx"])
     assert bad.exit_code == 2 and "method must be one of" in bad.output
+
+
+def test_run_takes_method_options_and_prints_method_metrics(tmp_path):
+    args = ["run", "--method", "fedpft", "-o", "keep_ratio=0.5", "-o", "refresh_every=1", "--distill-steps", "2",
+            "--devices", "2", "--rounds", "2", "--local-steps", "1", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rounds = pd.read_csv(tmp_path / "rounds.csv")
+    # 8 pruned blocks keep 256 of 512 neurons; before round 2 half of them (128 per block) are swapped
+    assert list(rounds["refreshed_neurons"]) == [0, 8 * 128]
+    assert "fedpft metrics" in result.output and "refreshed_neurons" in result.output
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["config"]["method_config"]["keep_ratio"] == 0.5
+    cases = [
+        (["--method", "fedpft", "-o", "keepratio=0.5"], "method option 'keepratio' is not a setting of 'fedpft'"),
+        (["--method", "fedpft", "-o", "keep_ratio=half"], "keep_ratio must be a number"),
+        (["--method", "fedpft", "-o", "keep_ratio"], "method option must look like key=value"),
+        (["--method", "hetlora", "-o", "aggregation=mean"], "aggregation must be one of"),
+        (["--method", "fed-ft", "--distill-steps", "3"], "--distill-steps applies to methods"),
+        (["--method", "fltac", "--domain", "pydocs"], "domains must name >= 2 tasks"),
+    ]
+    for extra, message in cases:
+        bad = runner.invoke(app, ["run", "--rounds", "1", "--devices", "2", *extra])
+        assert bad.exit_code == 2, (extra, bad.output)
+        assert message in " ".join(bad.output.split()), (extra, bad.output)
+
+
+def test_compare_method_variants_and_claims(tmp_path):
+    args = ["compare", "--method", "hetlora:ranks=2,8", "--method", "hetlora:ranks=2,8:aggregation=zero-pad",
+            "--rounds", "1", "--seeds", "2", "--devices", "2", "--local-steps", "1", "--out", str(tmp_path / "cmp")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert set(summary["method"]) == {"hetlora:ranks=2,8", "hetlora:ranks=2,8:aggregation=zero-pad"}
+    runs = pd.read_csv(tmp_path / "cmp" / "compare_runs.csv")
+    assert (runs["bytes up (MB)"] == runs["bytes up (MB)"].iloc[0]).all()  # same ranks → same bytes, other aggregation
+    assert runs.groupby("seed")["final perplexity"].nunique().eq(2).all()
+
+    claims = ["claims", "--claim", "fltac", "--rounds", "1", "--seeds", "2", "--devices", "2", "--local-steps", "1",
+              "--out", str(tmp_path / "claims")]
+    result = runner.invoke(app, claims)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "claims" / "claims.csv")
+    assert list(table["claim"]) == ["fltac"] and table.loc[0, "baseline"] == "fedpetuning"
+    assert 0.0 <= table.loc[0, "clustering accuracy"] <= 1.0
+    assert table.loc[0, "verdict"] in {"reproduces (CIs separate)", "holds in the mean; CIs overlap",
+                                       "does not reproduce (baseline better, CIs separate)",
+                                       "does not reproduce in the mean; CIs overlap"}
+    runs = pd.read_csv(tmp_path / "claims" / "claims_runs.csv")
+    assert len(runs) == 4 and (runs["final perplexity"] < runs["initial perplexity"]).all()
+    assert (tmp_path / "claims" / "claims.md").read_text().startswith("# Papers' claims")
+    for extra, message in [(["--claim", "fedx"], "claim must be one of"), (["--seeds", "1"], "seeds >= 2")]:
+        bad = runner.invoke(app, ["claims", *extra])
+        assert bad.exit_code == 2 and message in " ".join(bad.output.split()), bad.output
+
+
+def test_claim_verdicts():
+    from experiments.claims import verdict
+
+    assert verdict(10.0, (9.0, 11.0), 20.0, (19.0, 21.0)) == "reproduces (CIs separate)"
+    assert verdict(10.0, (9.0, 15.0), 12.0, (11.0, 13.0)) == "holds in the mean; CIs overlap"
+    assert verdict(20.0, (19.0, 21.0), 10.0, (9.0, 11.0)) == "does not reproduce (baseline better, CIs separate)"
+    assert verdict(12.0, (11.0, 13.0), 10.0, (9.0, 15.0)) == "does not reproduce in the mean; CIs overlap"

@@ -194,7 +194,9 @@ def test_fltac_one_adapter_per_task_clustered_with_accuracy_logged():
     assert len(uploads) == sum(tasks) == 9  # IID over 3 domains: every device holds every task
     assert 0.0 <= result.metrics["clustering_accuracy"] <= 1.0 and result.metrics["clusters"] == 3
     per_task = [result.metrics[f"ppl_{d}"] for d in TASKS]
-    assert result.full_perplexity == pytest.approx(sum(per_task) / 3)
+    counts = [int((runner.data.eval_labels == t).sum()) for t in range(3)]
+    pooled = math.exp(sum(n * math.log(p) for n, p in zip(counts, per_task)) / sum(counts))
+    assert result.full_perplexity == pytest.approx(pooled)
     assert set(runner.method.slot_states) == {(i, t) for i in range(3) for t in range(3)}
     with pytest.raises(ValueError, match="domains must name >= 2 tasks"):
         _runner("fltac", domains=("pydocs",))

@@ -98,6 +98,10 @@ class Method:
         rank = decision.lora_rank if decision is not None and decision.lora_rank is not None else self.config.lora.rank
         return LoraSpec(rank, self.config.lora.alpha_per_rank, self.config.lora.target_modules)
 
+    def device_decisions(self, num_devices: int, compression: float = 0.0) -> list[DeviceDecision]:
+        """The method's default decisions: every device selected with ``compression`` and the global rank."""
+        return [DeviceDecision(True, compression) for _ in range(num_devices)]
+
     # --- global state --------------------------------------------------------------------------------
     def init_global_state(self, full_model: GPT2LMHeadModel, seed: int) -> dict[str, torch.Tensor]:
         """Initial global trainable state in full-model coordinates (LoRA: A random, B zero; without LoRA: every

@@ -9,7 +9,8 @@
 - Logged each round in ``RoundResult.metrics``: ``clustering_accuracy`` (Hungarian matching of clusters to the true
   tasks, ``federation.aggregation.clustering_accuracy``), ``clusters`` (non-empty clusters) and the full-model
   perplexity per task ``ppl_<domain>``: task t is evaluated with the cluster holding most of task t's uploads
-  (evaluation may use labels; aggregation does not). ``full_perplexity`` is the mean over tasks.
+  (evaluation may use labels; aggregation does not). ``full_perplexity`` pools the tasks' tokens, so it is
+  comparable with a single-adapter method's perplexity on the same evaluation blocks.
 - The global state (``Server.global_state``) is the plain average of all uploads, kept for reference.
 """
 
