@@ -130,17 +130,18 @@ def zero_pad_average(
     return out
 
 
-def hetlora(updates: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def hetlora(updates: Sequence[dict[str, torch.Tensor]], exact_rank: int | None = None) -> dict[str, torch.Tensor]:
     """HetLoRA aggregation (Cho et al.): zero-pad to the largest rank, weight by the norm of each update's product.
 
     Per module, p_k = ‖B_k A_k‖_F / Σ_j ‖B_j A_j‖_F (equal weights if every product is zero), and the padded
     factors are averaged with those weights: A = Σ_k p_k·pad(A_k) (r_max, in), B = Σ_k p_k·pad(B_k) (out, r_max).
+    With ``exact_rank``, each module is instead ``lora_exact`` of the products with the weights p_k, at that rank.
     """
     out = {}
     for (a, b), padded in _padded_modules(updates).values():
         norms = [float(torch.linalg.matrix_norm(u[b].double() @ u[a].double())) for u in updates]
         weights = norms if sum(norms) > 0 else [1.0] * len(updates)
-        out.update(fedavg(padded, weights))
+        out.update(fedavg(padded, weights) if exact_rank is None else lora_exact(padded, weights, rank=exact_rank))
     return out
 
 

@@ -207,6 +207,16 @@ def test_hetlora_aggregations_and_self_pruning():
         assert torch.allclose(sparsity[key], tensor)
         assert torch.allclose(zero_pad[key], (3 * padded[0][key] + padded[1][key]) / 4)
 
+    # exact: the module's B·A is the weighted mean of the products (Σ r_k = 10 > 8, so compare at rank 8 via SVD)
+    products = [states[0]["transformer.h.0.attn.c_attn.lora_B.weight"].double() @ states[0]["transformer.h.0.attn.c_attn.lora_A.weight"].double(),
+                states[1]["transformer.h.0.attn.c_attn.lora_B.weight"].double() @ states[1]["transformer.h.0.attn.c_attn.lora_A.weight"].double()]
+    norms = [float(torch.linalg.matrix_norm(m)) for m in products]
+    for aggregation, w in (("sparsity", norms), ("zero-pad", weights)):
+        exact = HetLoRA(HetLoRAConfig(aggregation=aggregation, lora_aggregation="exact")).aggregate(states, weights)
+        target = (w[0] * products[0] + w[1] * products[1]) / sum(w)  # rank ≤ min(5, 6) = 5 ≤ 8: exact
+        got = exact["transformer.h.0.attn.c_attn.lora_B.weight"].double() @ exact["transformer.h.0.attn.c_attn.lora_A.weight"].double()
+        assert torch.allclose(got, target, atol=1e-5), aggregation
+
     small, large = _state(8, tail_scale=1e-4), _state(8)
     assert lora_rank_of(prune_rank(small, 0.99, tol=1e-3)) == 7
     assert lora_rank_of(prune_rank(large, 0.99, tol=1e-3)) == 8
@@ -221,7 +231,6 @@ def test_hetlora_aggregations_and_self_pruning():
 @pytest.mark.parametrize("kwargs, field", [
     ({"aggregation": "mean"}, "aggregation must be one of"),
     ({"ranks": (2, 16)}, "ranks must be"),
-    ({"lora_aggregation": "exact"}, "lora_aggregation must be 'naive'"),
     ({"lora_aggregation": "svd"}, "lora_aggregation must be one of"),
     ({"gamma": 1.0}, "gamma must be"),
     ({"lam": -1.0}, "lam must be"),

@@ -11,9 +11,11 @@ import torch
 from peft import get_peft_model_state_dict
 
 from federation.adapters import LoraSpec, attach_lora, load_adapter_state, lora_rank_of
+from federation.aggregation import lora_pairs
 from federation.client import ClientUpdate
 from federation.emulator import build_submodel, full_spec, submodel_state
 from federation.engine import EngineConfig, RoundRunner
+from federation.executors import LocalExecutor
 from federation.methods import (
     DualAdapterObjective,
     FedDATConfig,
@@ -200,8 +202,28 @@ def test_fltac_one_adapter_per_task_clustered_with_accuracy_logged():
     assert set(runner.method.slot_states) == {(i, t) for i in range(3) for t in range(3)}
     with pytest.raises(ValueError, match="domains must name >= 2 tasks"):
         _runner("fltac", domains=("pydocs",))
-    with pytest.raises(ValueError, match="lora_aggregation must be 'naive' for fltac"):
-        _runner("fltac", method_config=MethodConfig(lora_aggregation="exact"))
+
+
+def test_fltac_exact_aggregation_averages_each_clusters_products():
+    class Recording(LocalExecutor):
+        def run(self, jobs):
+            self.updates = super().run(jobs)
+            return self.updates
+
+    executor = Recording()
+    config = EngineConfig(method="fltac", num_devices=2, max_eval_blocks=6, domains=TASKS,
+                          method_config=MethodConfig(train=FAST, lora_aggregation="exact"))
+    runner = RoundRunner(config, executor)
+    runner.run_round()
+    for (device, task), state in runner.method.slot_states.items():
+        mine = next(u.state for u in executor.updates if (u.device, u.task) == (device, task))
+        members = [u.state for u in executor.updates if runner.method.slot_states[(u.device, u.task)] is state]
+        assert any(m is mine for m in members)
+        for prefix, (a, b) in lora_pairs(state).items():
+            mean = sum(m[b].double() @ m[a].double() for m in members) / len(members)
+            u, sv, vh = torch.linalg.svd(mean, full_matrices=False)  # best rank-8 approximation of the mean product
+            target = (u[:, :8] * sv[:8]) @ vh[:8]
+            assert torch.allclose(state[b].double() @ state[a].double(), target, atol=1e-5), prefix
 
 
 # --- HetLoRA rank self-pruning persists ------------------------------------------------------------------------

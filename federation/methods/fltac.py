@@ -3,7 +3,8 @@
 - Tasks are the tuning domains (``EngineConfig.domains``, e.g. pydocs, licenses, docstrings): every device trains
   one LoRA (on every block) per task it holds, on that task's blocks only, and uploads each adapter.
 - The server flattens all uploads, runs k-means with K = number of tasks (k-means++ seeding, seeded per round),
-  and averages within each cluster (``federation.aggregation.fltac``). The server never uses task labels to
+  and averages within each cluster (``federation.aggregation.fltac``; with ``lora_aggregation="exact"`` the
+  cluster's mean B·A, re-factorised). The server never uses task labels to
   aggregate: a device's adapter slot gets back the average of the cluster its upload fell into. Round 1 starts
   every slot from the same initial adapter.
 - Logged each round in ``RoundResult.metrics``: ``clustering_accuracy`` (Hungarian matching of clusters to the true
@@ -24,7 +25,7 @@ from transformers import GPT2LMHeadModel
 
 from federation.aggregation import clustering_accuracy, fedavg, fltac
 from federation.client import ClientUpdate
-from federation.methods.base import DeviceDecision, Method, MethodConfig
+from federation.methods.base import DeviceDecision, Method
 
 
 class FLTAC(Method):
@@ -43,11 +44,6 @@ class FLTAC(Method):
         self._round = 0
         return self._initial
 
-    def __init__(self, config: MethodConfig | None = None) -> None:
-        super().__init__(config)
-        if self.config.lora_aggregation != "naive":
-            raise ValueError(f"lora_aggregation must be 'naive' for fltac (clusters average A and B), got {self.config.lora_aggregation!r}")
-
     def begin_round(self, round_idx: int) -> None:
         self._round, self._metrics = round_idx, {}
 
@@ -59,6 +55,9 @@ class FLTAC(Method):
         """k-means over the uploads (K = number of tasks, at most one cluster per upload), per-cluster averages."""
         k = min(self.num_tasks, len(updates))
         clusters, labels = fltac([u.state for u in updates], k, seed=self._seed + self._round)
+        if self.config.lora_aggregation == "exact":  # same clusters, equal weights, products averaged
+            clusters = [self.aggregate([u.state for u, lab in zip(updates, labels) if lab == c], [1.0] * int((labels == c).sum()))
+                        for c in range(len(clusters))]
         tasks = [u.task for u in updates]
         for update, label in zip(updates, labels):
             self.slot_states[(update.device, update.task)] = clusters[label]

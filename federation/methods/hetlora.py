@@ -13,7 +13,8 @@
   components. (The upload that triggered the prune still carried the full rank.)
 - Aggregation: every upload is zero-padded to r_max; ``aggregation="sparsity"`` weights device k per module by
   p_k = ‖B_k A_k‖_F / Σ_j ‖B_j A_j‖_F (``federation.aggregation.hetlora``; sample counts are not used),
-  ``"zero-pad"`` is the HetLoRA paper's baseline: the sample-weighted mean of the padded factors.
+  ``"zero-pad"`` is the HetLoRA paper's baseline: the sample-weighted mean of the padded factors. Either can be
+  exact (``lora_aggregation="exact"``): the weighted mean of the products, re-factorised at rank r_max.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from federation.adapters import LoraSpec, lora_rank_of, pad_rank, truncate_rank
-from federation.aggregation import hetlora, lora_pairs, zero_pad_average
+from federation.aggregation import hetlora, lora_exact, lora_pairs, zero_pad_average
 from federation.client import SERVER_DEVICE, ClientUpdate
 from federation.methods.base import DeviceDecision, Method, MethodConfig
 from federation.training import lm_loss
@@ -102,8 +103,6 @@ class HetLoRAConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         r_max = self.lora.rank
-        if self.lora_aggregation != "naive":
-            raise ValueError(f"lora_aggregation must be 'naive' for hetlora (set `aggregation`), got {self.lora_aggregation!r}")
         if self.ranks is not None and (not self.ranks or any(not 1 <= r <= r_max for r in self.ranks)):
             raise ValueError(f"ranks must be a non-empty tuple of ranks in [1, lora.rank={r_max}], got {self.ranks}")
         if not self.lam >= 0:
@@ -166,7 +165,11 @@ class HetLoRA(Method):
         return {"pruned_devices": float(len(self.device_ranks))}
 
     def aggregate(self, states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-        """Zero-pad to r_max, then the configured HetLoRA aggregation."""
+        """Zero-pad to r_max, then the configured HetLoRA aggregation; ``lora_aggregation="exact"`` averages the
+        products B_k·A_k with the same weights (norm-based or sample counts) and re-factorises at rank r_max."""
         cfg = self.config
         padded = [pad_rank(s, cfg.lora.rank) for s in states]
-        return hetlora(padded) if cfg.aggregation == "sparsity" else zero_pad_average(padded, weights)
+        exact = cfg.lora_aggregation == "exact"
+        if cfg.aggregation == "sparsity":
+            return hetlora(padded, exact_rank=cfg.lora.rank if exact else None)
+        return lora_exact(padded, weights, rank=cfg.lora.rank) if exact else zero_pad_average(padded, weights)
