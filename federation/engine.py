@@ -192,6 +192,9 @@ class RoundRunner:
         self.rng = seed_everything(config.seed)
         self.model, self.tokenizer = load_foundation(config.foundation)
         self.method = make_method(config.method, config.method_config)
+        if self.method.multi_task and (len(config.domains) < 2 or config.server_fraction > 0):
+            raise ValueError(f"method {config.method!r} trains one adapter per task: domains must name >= 2 tasks and "
+                             f"server_fraction must be 0, got domains={config.domains}, server_fraction={config.server_fraction}")
         self.data = build_federated_data(
             self.tokenizer, config.num_devices, self.rng, domains=config.domains, block_size=config.block_size,
             partition=config.partition, alpha=config.dirichlet_alpha, server_fraction=config.server_fraction,
@@ -199,9 +202,6 @@ class RoundRunner:
         )
         self.channel = WirelessChannel(config.num_devices, config.channel, np.random.default_rng(child_seed(self.rng)))
         self.log = MessageLog()
-        if self.method.multi_task and (len(config.domains) < 2 or config.server_fraction > 0):
-            raise ValueError(f"method {config.method!r} trains one adapter per task: domains must name >= 2 tasks and "
-                             f"server_fraction must be 0, got domains={config.domains}, server_fraction={config.server_fraction}")
         device_tasks = [tuple(int(t) for t in np.unique(labels)) for labels in self.data.device_labels]
         self.server = Server(self.method, self.model, self.tokenizer, self.data.eval_blocks, child_seed(self.rng),
                              self.data.eval_labels, device_tasks, len(config.domains))
