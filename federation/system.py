@@ -1,6 +1,7 @@
 """The wireless + memory cost model: path loss, Rayleigh fading, Shannon rates, latency and training memory.
 
-NumPy only (torch is used solely to count tensor bytes and parameters); no Gymnasium / SB3 dependency.
+NumPy, and numba for the channel's round (torch is used solely to count tensor bytes and parameters); no Gymnasium /
+SB3 dependency.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 from torch import nn
@@ -80,6 +82,47 @@ def shannon_rate(bandwidth_hz: float | np.ndarray, tx_power_w: float | np.ndarra
 def _shannon(b, p, g, n0):
     """Unchecked Shannon rate, for callers that validated their arguments once (the channel's hot path)."""
     return b * np.log2(1.0 + p * g / (n0 * b))
+
+
+_shannon_compiled = numba.njit(cache=True)(_shannon)  # the same formula on scalars, in compiled channel rounds
+LARGE_CHANNEL = 1024
+"""Channels of at least this many devices draw their normals with numba's ``Generator`` (numpy's stream, ~2.5x
+faster per draw, ~9 us per call) and compute rates with numpy's vectorised log2; smaller ones run a round as one
+compiled call (no per-call overheads)."""
+
+
+@numba.njit(cache=True)
+def _compiled_normals(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.standard_normal((2, n))
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _fade(h: np.ndarray, rho: float, w: np.ndarray) -> None:
+    """Advance the fading ``h`` (2, N: real and imaginary parts) in place by one round, h <- rho*h + sqrt(1-rho^2)*w,
+    w ~ CN(0,1) made from the standard normals ``w`` (2, N: real parts, imaginary parts) scaled by 1/sqrt(2)."""
+    scale = math.sqrt(1.0 - rho**2)
+    for k in range(2):
+        for i in range(h.shape[1]):
+            h[k, i] = rho * h[k, i] + scale * (w[k, i] / math.sqrt(2.0))
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _gains(h: np.ndarray, path_gain: np.ndarray, out: np.ndarray) -> None:
+    """Linear gains path_gain*|h|^2 (N,) of the fading ``h`` (2, N), into ``out``."""
+    for i in range(h.shape[1]):
+        out[i] = path_gain[i] * (h[0, i] * h[0, i] + h[1, i] * h[1, i])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _compiled_round(h: np.ndarray, rho: float, w: np.ndarray, path_gain: np.ndarray, uplink_hz: np.ndarray,
+                    uplink_w: float, downlink_hz: float, downlink_w: float, n0: float, out: np.ndarray) -> None:
+    """``_fade`` with ``w`` (none if it has no columns), then [gain, uplink rate, downlink rate] (3, N) into ``out``."""
+    if w.shape[1]:
+        _fade(h, rho, w)
+    _gains(h, path_gain, out[0])
+    for i in range(h.shape[1]):
+        out[1, i] = _shannon_compiled(uplink_hz[i], uplink_w, out[0, i], n0)
+        out[2, i] = _shannon_compiled(downlink_hz, downlink_w, out[0, i], n0)
 
 
 def transmission_latency_s(downlink_bytes: float | np.ndarray, uplink_bytes: float | np.ndarray,
@@ -157,11 +200,6 @@ class ChannelState:
     downlink_rate_bps: np.ndarray
 
 
-def _complex_normal(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n draws of CN(0, 1) (E|h|^2 = 1)."""
-    return (rng.standard_normal(n) + 1j * rng.standard_normal(n)) / math.sqrt(2.0)
-
-
 class WirelessChannel:
     """Per-device path loss (fixed distances) x Rayleigh fading |h|^2 ~ Exp(1) with Gauss-Markov time correlation:
     h_{t+1} = rho*h_t + sqrt(1-rho^2)*w_t, h, w ~ CN(0,1), so the marginal of |h|^2 stays Exp(1).
@@ -169,7 +207,8 @@ class WirelessChannel:
     Uplink and downlink see the same gain (reciprocity). Each device's uplink uses its own bandwidth; the downlink
     rate is that of the full downlink bandwidth for each device (the server serves devices in turn / broadcasts).
     All randomness comes from ``rng``: distances, then uplink bandwidths, then the initial fading, then one CN(0,1)
-    vector per ``step``.
+    vector per ``step`` (its N real parts, then its N imaginary parts). A round costs a few compiled / vectorised
+    calls for any number of devices (see ``LARGE_CHANNEL``).
     """
 
     def __init__(self, num_devices: int, config: ChannelConfig, rng: np.random.Generator) -> None:
@@ -183,10 +222,22 @@ class WirelessChannel:
         self.distances_m: np.ndarray = rng.uniform(config.min_distance_m, config.max_distance_m, self.num_devices)
         self.uplink_bandwidth_hz: np.ndarray = rng.uniform(*config.uplink_bandwidth_hz, self.num_devices)
         self.path_loss_db: np.ndarray = np.array(path_loss_db(self.distances_m), dtype=float).reshape(self.num_devices)
-        self._h = _complex_normal(rng, self.num_devices)
+        self.path_loss_db.flags.writeable = False  # the linear path gain is derived from it once
+        self._path_gain = 10.0 ** (-self.path_loss_db / 10.0)
+        self._h = self._fresh_fading(self.num_devices)  # (2, N): real and imaginary parts
         self._n0_w_per_hz = noise_psd_w_per_hz(config.noise_figure_db)
         self._uplink_power_w = float(dbm_to_w(config.uplink_power_dbm))
         self._downlink_power_w = float(dbm_to_w(config.downlink_power_dbm))
+
+    def _normals(self, n: int) -> np.ndarray:
+        """``rng.standard_normal((2, n))`` (drawn in numba for large channels: the same numbers)."""
+        return _compiled_normals(self._rng, n) if self.num_devices >= LARGE_CHANNEL else self._rng.standard_normal((2, n))
+
+    def _fresh_fading(self, n: int) -> np.ndarray:
+        """(2, n) independent CN(0,1) draws (real parts, then imaginary parts): one round from zero with rho = 0."""
+        h = np.zeros((2, n))
+        _fade(h, 0.0, self._normals(n))
+        return h
 
     def reset_devices(self, devices: np.ndarray) -> None:
         """Redraw distance, uplink bandwidth and fading of the given devices (indices or boolean mask), in the
@@ -195,31 +246,42 @@ class WirelessChannel:
         n, cfg = len(idx), self.config
         self.distances_m[idx] = self._rng.uniform(cfg.min_distance_m, cfg.max_distance_m, n)
         self.uplink_bandwidth_hz[idx] = self._rng.uniform(*cfg.uplink_bandwidth_hz, n)
+        self.path_loss_db.flags.writeable = True
         self.path_loss_db[idx] = path_loss_db(self.distances_m[idx])
-        self._h[idx] = _complex_normal(self._rng, n)
+        self.path_loss_db.flags.writeable = False
+        self._path_gain[idx] = 10.0 ** (-self.path_loss_db[idx] / 10.0)
+        self._h[:, idx] = self._fresh_fading(n)
 
-    def _gain(self) -> np.ndarray:
-        return 10.0 ** (-self.path_loss_db / 10.0) * np.abs(self._h) ** 2
+    def _round(self, advance: bool) -> ChannelState:
+        """The state after advancing the fading by one round if ``advance``, else the current state."""
+        n, rho, n0 = self.num_devices, float(self.config.fading_correlation), self._n0_w_per_hz
+        up = (self.uplink_bandwidth_hz, self._uplink_power_w)  # constructor-validated: the unchecked formula is safe
+        down = (float(self.config.downlink_bandwidth_hz), self._downlink_power_w)
+        out = np.empty((3, n))
+        if n < LARGE_CHANNEL:
+            _compiled_round(self._h, rho, self._normals(n) if advance else np.empty((2, 0)), self._path_gain, *up, *down,
+                            n0, out)
+        else:
+            if advance:
+                _fade(self._h, rho, self._normals(n))
+            _gains(self._h, self._path_gain, out[0])
+            out[1], out[2] = _shannon(*up, out[0], n0), _shannon(*down, out[0], n0)
+        out.flags.writeable = False  # fresh, never aliased
+        return ChannelState(gain=out[0], uplink_rate_bps=out[1], downlink_rate_bps=out[2])
 
     def current(self) -> ChannelState:
         """State of the current fading draw (draws no randomness)."""
-        g = self._gain()  # constructor-validated arguments: the unchecked formula is safe and fast here
-        up = _shannon(self.uplink_bandwidth_hz, self._uplink_power_w, g, self._n0_w_per_hz)
-        down = _shannon(self.config.downlink_bandwidth_hz, self._downlink_power_w, g, self._n0_w_per_hz)
-        arrays = [g, up, down]  # freshly computed arrays, never aliased
-        for a in arrays:
-            a.flags.writeable = False
-        return ChannelState(gain=arrays[0], uplink_rate_bps=arrays[1], downlink_rate_bps=arrays[2])
+        return self._round(False)
 
     def step(self) -> ChannelState:
-        """Advance the fading by one round, then return the new state."""
-        rho = self.config.fading_correlation
-        self._h = rho * self._h + math.sqrt(1.0 - rho**2) * _complex_normal(self._rng, self.num_devices)
-        return self.current()
+        """Advance the fading by one round (one CN(0,1) draw per device), then return the new state."""
+        return self._round(True)
 
     def gain_db(self) -> np.ndarray:
         """Current channel power gain in dB, shape (N,)."""
-        return 10.0 * np.log10(self._gain())
+        g = np.empty(self.num_devices)
+        _gains(self._h, self._path_gain, g)
+        return 10.0 * np.log10(g)
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,38 @@ def test_channel_state_shapes_and_consistency() -> None:
         WirelessChannel(0, cfg, np.random.default_rng(0))
 
 
+def test_channel_step_draws_numpys_normals_and_matches_the_complex_model() -> None:
+    cfg = ChannelConfig()
+    ch, rng = WirelessChannel(5, cfg, np.random.default_rng(4)), np.random.default_rng(4)
+    rng.uniform(size=10)  # distances and bandwidths
+    h = (rng.standard_normal(5) + 1j * rng.standard_normal(5)) / math.sqrt(2.0)
+    scale = 10.0 ** (-ch.path_loss_db / 10.0)
+    for _ in range(3):
+        h = 0.9 * h + math.sqrt(1 - 0.81) * (rng.standard_normal(5) + 1j * rng.standard_normal(5)) / math.sqrt(2.0)
+        np.testing.assert_allclose(ch.step().gain, scale * np.abs(h) ** 2, rtol=1e-12)
+
+
+def test_large_channels_take_the_vectorised_path_with_the_same_draws(monkeypatch) -> None:
+    import federation.system as system
+
+    def run(threshold: int) -> list[ChannelState]:
+        monkeypatch.setattr(system, "LARGE_CHANNEL", threshold)
+        ch = WirelessChannel(64, ChannelConfig(), np.random.default_rng(8))
+        ch.reset_devices(np.arange(0, 64, 3))
+        return [ch.current(), ch.step(), ch.step()]
+
+    for small, large in zip(run(10**6), run(64)):
+        np.testing.assert_array_equal(small.gain, large.gain)  # same normals (numba's Generator = numpy's stream)
+        np.testing.assert_allclose(small.uplink_rate_bps, large.uplink_rate_bps, rtol=1e-14)
+        np.testing.assert_allclose(small.downlink_rate_bps, large.downlink_rate_bps, rtol=1e-14)
+
+
+def test_path_loss_is_read_only() -> None:
+    ch = WirelessChannel(3, ChannelConfig(), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="read-only"):
+        ch.path_loss_db[0] = 10.0
+
+
 def _fading_samples(rho: float, devices: int = 500, steps: int = 400) -> np.ndarray:
     """|h|^2 = g / 10^(-PL/10), shape (steps, devices)."""
     ch = WirelessChannel(devices, ChannelConfig(fading_correlation=rho), np.random.default_rng(123))
