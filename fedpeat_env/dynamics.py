@@ -1,15 +1,15 @@
-"""The FedPEAT round model for B parallel episodes (numpy). The single env runs it with B = 1, the vector env
-with B = num_envs: one implementation of the observation, the costs and the reward.
+"""The FedPEAT round model for B parallel episodes. The single env runs it with B = 1, the vector env with
+B = num_envs: one implementation of the observation, the costs and the reward, in compiled kernels (numba,
+``cache=True``: the first use on a machine compiles for a few seconds, later processes load the cache).
 
-Randomness: at reset, each episode draws its scenario (memory tiers, data shares, distances, bandwidths) from
-the scenario generator; every step draws one fading vector for all devices and one surrogate noise value per
-episode, whatever the action, so every policy sees the same channel on the same seed (common random numbers).
+Randomness: at reset, each episode draws its scenario (memory tiers, data shares, distances, bandwidths); every
+step draws one fading vector for all devices and one surrogate noise value per episode, whatever the action, so
+every policy sees the same channel on the same seed (common random numbers).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import numba
 import numpy as np
 
 from federation.system import WirelessChannel, dbm_to_w, noise_psd_w_per_hz, path_loss_db, shannon_rate
@@ -23,31 +23,26 @@ LATENCY_CAP = 10.0
 """The latency term saturates at 10 reference latencies: a round that slow has failed anyway, and without a cap a
 deep Rayleigh fade during an emulator download cost single episodes −10,000 and swamped reward normalisation."""
 
-
-@dataclass
-class RoundCosts:
-    """What one round cost, per episode (B,) or per device (B, N)."""
-
-    active: np.ndarray
-    """(B, N) selected and within memory: these devices train."""
-    violations: np.ndarray
-    """(B, N) selected but over η·capacity: dropped, penalised."""
-    exchanged: np.ndarray
-    """(B, N) downloaded a new emulator."""
-    latency_s: np.ndarray
-    """(B,) max transmission latency over active devices."""
-    memory_use: np.ndarray
-    """(B,) mean memory / allowed memory over active devices (0 if none)."""
-    excess_exchanges: np.ndarray
-    """(B,) exchanges this round beyond each device's κ·T budget."""
-    compression: np.ndarray
-    """(B,) data-weighted ε of the active devices (0 if none)."""
-    share: np.ndarray
-    """(B,) active devices' share of all device data."""
+# Rows of a round's result, an array (NUM_ROWS, B) float64. REWARD is the sum of rows TERMS .. TERMS + 5 (the
+# reward terms in REWARD_TERMS order); PERPLEXITY and ROUND are after the round.
+REWARD, TERMS, PERPLEXITY, LATENCY_S, EXCHANGES, VIOLATIONS, PARTICIPANTS, ROUND = 0, 1, 7, 8, 9, 10, 11, 12
+MEMORY_USE, EXCESS_EXCHANGES, COMPRESSION, SHARE, NOISE, NUM_ROWS = 13, 14, 15, 16, 17, 18
+"""LATENCY_S: max transmission latency over active devices (s). EXCHANGES, VIOLATIONS (selected but over η·capacity:
+dropped), PARTICIPANTS (selected and within memory: trained): device counts. MEMORY_USE: mean memory / allowed
+memory over active devices (0 if none). EXCESS_EXCHANGES: exchanges beyond each device's κ·T budget. COMPRESSION:
+data-weighted ε of the active devices (0 if none); SHARE: their share of all device data; NOISE: the round's
+standard normal of the surrogate."""
 
 
 class Dynamics:
-    """State and transition of B FedPEAT episodes."""
+    """State and transition of B FedPEAT episodes (N devices, horizon T).
+
+    Scenario, drawn at reset: ``allowed`` η·capacity (bytes), ``share`` data shares, ``headroom`` allowed / full-model
+    footprint clipped to [0, 2] (B, N); ``masks`` (B, mask length). Channel: ``channel``, a ``WirelessChannel`` of
+    B·N devices (episode-major); ``gain_db`` (B, N) its current gains in dB. State: ``ppl``, ``t`` (B,); ``held``
+    emulator level, ``exchanges`` and ``participation`` counts (B, N); ``active`` (B, N) the devices that trained in
+    the last round.
+    """
 
     def __init__(self, config: EnvConfig, batch: int, calibration: Calibration) -> None:
         self.config, self.batch, self.cal = config, batch, calibration
@@ -60,14 +55,22 @@ class Dynamics:
         self.held_eps_table = np.concatenate([[-1.0], self.costs.compression])  # observation: −1 = no emulator
         self.emulator_bytes = np.concatenate([[0.0], self.costs.emulator_bytes])
         self.memory_table = np.vstack([np.zeros((1, self.R)), self.costs.memory_bytes])
-        self.target = config.target_perplexity or 1.1 * min(calibration.plateau_perplexity)
-        self.initial_ppl = calibration.initial_perplexity
+        self.target = float(config.target_perplexity or 1.1 * min(calibration.plateau_perplexity))
+        self.initial_ppl = float(calibration.initial_perplexity)
         if not self.initial_ppl > self.target:
             raise ValueError(f"target_perplexity must be below the initial perplexity {self.initial_ppl:.1f}, got {self.target}")
         self.exchange_budget = config.exchange_fraction * config.horizon
         self.reference_latency_s = self._reference_latency()
         self.obs_dim = 5 * self.N + 2
-        self.channel: WirelessChannel | None = None
+        self.weights = np.array([getattr(config.reward, name) for name in REWARD_TERMS], dtype=float)
+        self.nvec = np.array([self.K + 1] * self.N + ([self.R] * self.N if config.control_rank else []))
+        self._all = np.ones(batch, dtype=bool)
+        B, N = batch, self.N
+        self.allowed, self.share, self.headroom = np.zeros((B, N)), np.zeros((B, N)), np.zeros((B, N))
+        self.masks = np.ones((B, int(self.nvec.sum())), dtype=bool)
+        self.ppl, self.t = np.zeros(B), np.zeros(B, dtype=np.int64)
+        self.held, self.exchanges, self.participation = (np.zeros((B, N), dtype=np.int64) for _ in range(3))
+        self.active = np.zeros((B, N), dtype=bool)
 
     def _reference_latency(self) -> float:
         """Downloading the full model at the cell edge with average fading: the unit of the latency term."""
@@ -77,49 +80,38 @@ class Dynamics:
         return 8.0 * self.costs.full_model_bytes / float(rate)
 
     # --- reset ---------------------------------------------------------------------------------------
-    def reset(self, scenario_rng: np.random.Generator, noise_rng: np.random.Generator, envs: np.ndarray | None = None) -> None:
-        """Start new episodes for ``envs`` (bool mask (B,); None: all, which also creates the channel)."""
-        B, N = self.batch, self.N
-        if envs is None or self.channel is None:
-            envs = np.ones(B, dtype=bool)
-            self.scenario_rng, self.noise_rng = scenario_rng, noise_rng
-            self.channel = WirelessChannel(B * N, self.config.channel, scenario_rng)
-            self.capacity = np.zeros((B, N))
-            self.share = np.zeros((B, N))
-            self.ppl = np.zeros(B)
-            self.t = np.zeros(B, dtype=int)
-            self.held = np.zeros((B, N), dtype=int)
-            self.exchange_count = np.zeros((B, N))
-            self.participation = np.zeros((B, N))
-        else:
-            self.channel.reset_devices(np.repeat(envs, N))
-        n = int(envs.sum())
-        tiers = np.asarray(self.config.memory_tiers)[self.scenario_rng.integers(0, len(self.config.memory_tiers), (n, N))]
-        self.capacity[envs] = tiers * self.costs.full_memory_bytes
-        self.share[envs] = self.scenario_rng.dirichlet(np.full(N, 2.0), size=n)
-        self.ppl[envs] = self.initial_ppl
-        self.t[envs] = 0
-        self.held[envs] = 0
-        self.exchange_count[envs] = 0
-        self.participation[envs] = 0
-        self.gain_db = (10.0 * np.log10(self.channel.current().gain)).reshape(B, N)
-        self.allowed = self.config.memory_fraction * self.capacity
-        self.headroom = np.clip(self.allowed / self.costs.full_memory_bytes, 0.0, 2.0)
+    def reset(self, rng: np.random.Generator) -> None:
+        """Start B new episodes; ``rng`` draws their scenarios, every later round and later partial resets."""
+        self.rng = rng
+        self.channel = WirelessChannel(self.batch * self.N, self.config.channel, rng)
+        self._start(np.arange(self.batch))
+
+    def reset_episodes(self, envs: np.ndarray) -> None:
+        """Start new episodes for the sub-envs in the bool mask ``envs`` (B,)."""
+        idx = np.flatnonzero(envs)
+        self.channel.reset_devices((idx[:, None] * self.N + np.arange(self.N)).ravel())
+        self._start(idx)
+
+    def _start(self, idx: np.ndarray) -> None:
+        """Draw memory tiers and data shares ~ Dirichlet(2) of the sub-envs ``idx`` and zero their state."""
+        cfg = self.config
+        tier_draws, gamma = self.rng.random((len(idx), self.N)), self.rng.standard_gamma(2.0, (len(idx), self.N))
+        _start_episodes(idx, tier_draws, gamma, np.asarray(cfg.memory_tiers, dtype=float), cfg.memory_fraction,
+               self.costs.full_memory_bytes, self.memory_table[:, 0].copy(), self.initial_ppl, self.allowed, self.share,
+               self.headroom, self.masks, self.ppl, self.t, self.held, self.exchanges, self.participation, self.active)
+        self.gain_db = self.channel.gain_db().reshape(self.batch, self.N)
 
     # --- observation and masks -----------------------------------------------------------------------
     def observe(self) -> np.ndarray:
         """(B, 5N + 2) float32: per device [gain, memory headroom, held ε, exchanges/T, participation/T] then
         [perplexity progress, round/T]."""
-        T, N = self.config.horizon, self.N
-        obs = np.empty((self.batch, 5 * N + 2), dtype=np.float32)
-        np.clip((self.gain_db - GAIN_DB_CENTRE) / GAIN_DB_SCALE, -3.0, 3.0, out=obs[:, 0 : 5 * N : 5])
-        obs[:, 1 : 5 * N : 5] = self.headroom
-        obs[:, 2 : 5 * N : 5] = self.held_eps_table[self.held]
-        np.minimum(self.exchange_count / T, 1.0, out=obs[:, 3 : 5 * N : 5])
-        np.minimum(self.participation / T, 1.0, out=obs[:, 4 : 5 * N : 5])
-        obs[:, 5 * N] = np.clip((self.initial_ppl - self.ppl) / (self.initial_ppl - self.target), -1.0, 2.0)
-        obs[:, 5 * N + 1] = self.t / T
+        obs = np.empty((self.batch, self.obs_dim), dtype=np.float32)
+        _observe_all(obs, *self._observation_args())
         return obs
+
+    def _observation_args(self) -> tuple:
+        return (self.t, self.ppl, self.gain_db, self.headroom, self.held, self.exchanges, self.participation,
+                self.held_eps_table, self.target, self.initial_ppl, self.config.horizon)
 
     def observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         low = np.tile([-3.0, 0.0, -1.0, 0.0, 0.0], self.N).tolist() + [-1.0, 0.0]
@@ -128,63 +120,170 @@ class Dynamics:
 
     def action_masks(self) -> np.ndarray:
         """(B, N·(K+1) [+ N·R]) bool: level k of device i is allowed if its footprint at the smallest rank fits η·M_i."""
-        fits = self.memory_table[None, None, :, 0] <= self.allowed[:, :, None]  # (B, N, K+1); level 0 always fits
-        masks = [fits.reshape(self.batch, -1)]
-        if self.config.control_rank:
-            masks.append(np.ones((self.batch, self.N * self.R), dtype=bool))
-        return np.concatenate(masks, axis=1)
+        return self.masks.copy()
 
     # --- one round -----------------------------------------------------------------------------------
-    def transmit(self, levels: np.ndarray, rank_idx: np.ndarray) -> RoundCosts:
-        """Advance the channel, apply the decisions (B, N) and price the round (everything but perplexity)."""
-        state = self.channel.step()
+    def valid(self, actions: np.ndarray) -> bool:
+        """Whether int64 ``actions`` (B, N [+ N]) are all within the action space's ``nvec``."""
+        return _in_range(actions, self.nvec)
+
+    def transmit(self, actions: np.ndarray, live: np.ndarray | None = None) -> np.ndarray:
+        """Advance the channel and draw the surrogate noise (for every episode), apply valid, C-contiguous int64
+        decisions (B, N [+ N ranks]) of the ``live`` episodes (bool (B,), None: all) and price the round. Returns the
+        round's result (NUM_ROWS, B) with every row but REWARD, TERMS.., PERPLEXITY and ROUND filled (zeros but NOISE
+        for episodes not live); updates ``active``."""
         B, N = self.batch, self.N
-        self.gain_db = (10.0 * np.log10(state.gain)).reshape(B, N)
-        selected = levels > 0
-        need = self.memory_table[levels, rank_idx]
-        violations = selected & (need > self.allowed)
-        active = selected & ~violations
-        exchanged = active & (self.held != levels)
-        self.held = np.where(exchanged, levels, self.held)
-        before = self.exchange_count
-        self.exchange_count = before + exchanged
-        excess = exchanged & (self.exchange_count > self.exchange_budget)
-        adapter = self.costs.adapter_bytes[rank_idx]
-        down = exchanged * self.emulator_bytes[levels] + active * adapter
-        up = active * adapter
-        latency = 8.0 * down / state.downlink_rate_bps.reshape(B, N) + 8.0 * up / state.uplink_rate_bps.reshape(B, N)
-        n_active = active.sum(axis=1)
-        weighted = active * self.share
-        share = weighted.sum(axis=1)
-        self.participation = self.participation + active
-        return RoundCosts(
-            active=active, violations=violations, exchanged=exchanged,
-            latency_s=np.where(active, latency, 0.0).max(axis=1),
-            memory_use=np.where(active, need / self.allowed, 0.0).sum(axis=1) / np.maximum(n_active, 1),
-            excess_exchanges=excess.sum(axis=1).astype(float),
-            compression=(weighted * self.eps_table[levels]).sum(axis=1) / np.maximum(share, 1e-12),
-            share=share,
-        )
+        state = self.channel.step()
+        self.gain_db = 10.0 * np.log10(state.gain).reshape(B, N)
+        out = np.zeros((NUM_ROWS, B))
+        out[NOISE] = self.rng.standard_normal(B)
+        _transmit(actions, self._all if live is None else live, self.held, self.exchanges, self.participation,
+                  self.allowed, self.share, state.uplink_rate_bps.reshape(B, N), state.downlink_rate_bps.reshape(B, N),
+                  self.memory_table, self.emulator_bytes, self.eps_table, self.costs.adapter_bytes, self.exchange_budget,
+                  self.active, out)
+        return out
 
-    def surrogate_perplexity(self, costs: RoundCosts) -> np.ndarray:
-        """Next perplexity from the calibrated surrogate; draws one normal per episode every round."""
-        z = self.noise_rng.standard_normal(self.batch)
-        return self.cal.step(self.ppl, costs.compression, costs.share, z)
+    def surrogate_perplexity(self, result: np.ndarray) -> np.ndarray:
+        """(B,) next perplexity from the calibrated surrogate, given ``transmit``'s result."""
+        return self.cal.step(self.ppl, result[COMPRESSION], result[SHARE], result[NOISE])
 
-    def finish(self, costs: RoundCosts, next_ppl: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """Set the new perplexity, advance time; returns (reward, reward terms, terminated, truncated), all (B,)."""
-        self.ppl = next_ppl
-        self.t = self.t + 1
-        w = self.config.reward
-        terms = {
-            "perplexity": -w.perplexity * np.maximum(next_ppl - self.target, 0.0) / (self.initial_ppl - self.target),
-            "latency": -w.latency * np.minimum(costs.latency_s / self.reference_latency_s, LATENCY_CAP),
-            "exchanges": -w.exchanges * costs.exchanged.sum(axis=1) / self.N,
-            "memory": -w.memory * costs.memory_use,
-            "memory_penalty": -w.memory_penalty * costs.violations.sum(axis=1),
-            "exchange_penalty": -w.exchange_penalty * costs.excess_exchanges,
-        }
-        reward = sum(terms.values())
-        terminated = next_ppl <= self.target
-        truncated = ~terminated & (self.t >= self.config.horizon)
-        return reward, terms, terminated, truncated
+    def finish(self, result: np.ndarray, next_ppl: np.ndarray, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Set the new perplexity (B,) of the live episodes, advance their time and fill ``result``'s remaining rows
+        (reward rows zero for episodes not live). Returns (observation (B, 5N + 2) float32, [terminated, truncated]
+        (2, B) bool)."""
+        obs = np.empty((self.batch, self.obs_dim), dtype=np.float32)
+        ended = np.zeros((2, self.batch), dtype=bool)
+        _finish(next_ppl, self._all if live is None else live, result, ended, self.weights, self.reference_latency_s,
+                obs, *self._observation_args())
+        return obs, ended
+
+    def step(self, actions: np.ndarray, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A surrogate round (``transmit``, ``surrogate_perplexity``, ``finish``): (observation, result, ended)."""
+        result = self.transmit(actions, live)
+        obs, ended = self.finish(result, self.surrogate_perplexity(result), live)
+        return obs, result, ended
+
+
+# --- compiled kernels: B episodes, N devices -------------------------------------------------------------------
+@numba.njit(cache=True, error_model="numpy")
+def _in_range(actions, nvec) -> bool:
+    ok = True
+    for b in range(actions.shape[0]):
+        for i in range(actions.shape[1]):
+            ok &= (actions[b, i] >= 0) & (actions[b, i] < nvec[i])
+    return ok
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _start_episodes(idx, tier_draws, gamma, tiers, memory_fraction, full_memory_bytes, smallest_rank_memory,
+                    initial_ppl, allowed, share, headroom, masks, ppl, t, held, exchanges, participation, active) -> None:
+    """New episodes for the sub-envs ``idx`` (n,): each device the memory tier where its ``tier_draws`` (n, N) ~ U(0, 1)
+    falls, data shares ``gamma`` (n, N) ~ Gamma(2) normalised (Dirichlet(2)), masks from the footprint at the smallest
+    rank (the rank head, if any, allows every rank); zeroes the episodes' state."""
+    N = allowed.shape[1]
+    levels = len(smallest_rank_memory)
+    for j in range(len(idx)):
+        b = idx[j]
+        total = 0.0
+        for i in range(N):
+            total += gamma[j, i]
+        for i in range(N):
+            allowed[b, i] = memory_fraction * (tiers[int(tier_draws[j, i] * len(tiers))] * full_memory_bytes)
+            share[b, i] = gamma[j, i] / total
+            headroom[b, i] = min(max(allowed[b, i] / full_memory_bytes, 0.0), 2.0)
+            for k in range(levels):
+                masks[b, i * levels + k] = smallest_rank_memory[k] <= allowed[b, i]
+            held[b, i] = exchanges[b, i] = participation[b, i] = 0
+            active[b, i] = False
+        ppl[b] = initial_ppl
+        t[b] = 0
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _transmit(actions, live, held, exchanges, participation, allowed, share, uplink_bps, downlink_bps, memory_table,
+              emulator_bytes, eps_table, adapter_bytes, exchange_budget, active, out) -> None:
+    """Costs of one round (see ``Dynamics.transmit``). A selected device over its allowed memory is dropped; an
+    active device whose held emulator differs downloads the new one (an exchange); every active device downloads
+    and uploads its adapter."""
+    B, N = held.shape
+    ranked = actions.shape[1] > N
+    for b in range(B):
+        if not live[b]:
+            active[b] = False
+            continue
+        latency = memory = weighted = data = 0.0
+        n_active = n_exchanges = n_violations = n_excess = 0
+        for i in range(N):
+            level = actions[b, i]
+            rank = actions[b, N + i] if ranked else 0
+            need = memory_table[level, rank]
+            on = (level > 0) & (need <= allowed[b, i])
+            swap = on & (held[b, i] != level)
+            n_violations += (level > 0) & (need > allowed[b, i])
+            n_active += on
+            n_exchanges += swap
+            held[b, i] = level if swap else held[b, i]
+            exchanges[b, i] += swap
+            n_excess += swap & (exchanges[b, i] > exchange_budget)
+            participation[b, i] += on
+            active[b, i] = on
+            adapter = adapter_bytes[rank]
+            down = adapter + emulator_bytes[level] * swap
+            q = 8.0 * down / downlink_bps[b, i] + 8.0 * adapter / uplink_bps[b, i]
+            latency = max(latency, q if on else 0.0)
+            memory += need / allowed[b, i] if on else 0.0
+            data += share[b, i] if on else 0.0
+            weighted += share[b, i] * eps_table[level] if on else 0.0
+        out[LATENCY_S, b] = latency
+        out[EXCHANGES, b] = n_exchanges
+        out[VIOLATIONS, b] = n_violations
+        out[PARTICIPANTS, b] = n_active
+        out[MEMORY_USE, b] = memory / max(n_active, 1)
+        out[EXCESS_EXCHANGES, b] = n_excess
+        out[COMPRESSION, b] = weighted / max(data, 1e-12)
+        out[SHARE, b] = data
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _finish(next_ppl, live, out, ended, weights, reference_latency_s, obs, t, ppl, gain_db, headroom, held,
+            exchanges, participation, held_eps_table, target, initial_ppl, horizon) -> None:
+    """Reward terms, episode end and observation after a round (see ``Dynamics.finish``)."""
+    B, N = held.shape
+    for b in range(B):
+        if live[b]:
+            ppl[b] = next_ppl[b]
+            t[b] += 1
+            out[TERMS, b] = -weights[0] * max(ppl[b] - target, 0.0) / (initial_ppl - target)
+            out[TERMS + 1, b] = -weights[1] * min(out[LATENCY_S, b] / reference_latency_s, LATENCY_CAP)
+            out[TERMS + 2, b] = -weights[2] * out[EXCHANGES, b] / N
+            out[TERMS + 3, b] = -weights[3] * out[MEMORY_USE, b]
+            out[TERMS + 4, b] = -weights[4] * out[VIOLATIONS, b]
+            out[TERMS + 5, b] = -weights[5] * out[EXCESS_EXCHANGES, b]
+            reward = 0.0
+            for k in range(6):
+                reward += out[TERMS + k, b]
+            out[REWARD, b] = reward
+            ended[0, b] = ppl[b] <= target
+            ended[1, b] = (ppl[b] > target) & (t[b] >= horizon)
+        out[PERPLEXITY, b] = ppl[b]
+        out[ROUND, b] = t[b]
+    _observe_all(obs, t, ppl, gain_db, headroom, held, exchanges, participation, held_eps_table, target,
+                 initial_ppl, horizon)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _observe_all(obs, t, ppl, gain_db, headroom, held, exchanges, participation, held_eps_table, target,
+                 initial_ppl, horizon) -> None:
+    """Write every episode's observation into ``obs`` (B, 5N + 2) (layout: ``Dynamics.observe``)."""
+    B, N = held.shape
+    for b in range(B):
+        for i in range(N):
+            gain = (gain_db[b, i] - GAIN_DB_CENTRE) / GAIN_DB_SCALE
+            obs[b, 5 * i] = min(max(gain, -3.0), 3.0)
+            obs[b, 5 * i + 1] = headroom[b, i]
+            obs[b, 5 * i + 2] = held_eps_table[held[b, i]]
+            obs[b, 5 * i + 3] = min(exchanges[b, i] / horizon, 1.0)
+            obs[b, 5 * i + 4] = min(participation[b, i] / horizon, 1.0)
+        progress = (initial_ppl - ppl[b]) / (initial_ppl - target)
+        obs[b, 5 * N] = min(max(progress, -1.0), 2.0)
+        obs[b, 5 * N + 1] = t[b] / horizon

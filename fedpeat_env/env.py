@@ -9,7 +9,18 @@ import numpy as np
 from gymnasium import spaces
 
 from fedpeat_env.config import EnvConfig
-from fedpeat_env.dynamics import REWARD_TERMS, Dynamics, RoundCosts
+from fedpeat_env.dynamics import (
+    EXCHANGES,
+    LATENCY_S,
+    PARTICIPANTS,
+    PERPLEXITY,
+    REWARD,
+    REWARD_TERMS,
+    ROUND,
+    TERMS,
+    VIOLATIONS,
+    Dynamics,
+)
 from fedpeat_env.surrogate import Calibration
 
 
@@ -80,9 +91,7 @@ class FedPEATEnv(gym.Env):
         self.config = EnvConfig.from_kwargs(**kwargs)
         self.calibration = Calibration.load(self.config.calibration)
         self.dynamics = Dynamics(self.config, 1, self.calibration)
-        N, K, R = self.config.num_devices, len(self.config.compression_levels), self.dynamics.R
-        nvec = [K + 1] * N + ([R] * N if self.config.control_rank else [])
-        self.action_space = spaces.MultiDiscrete(nvec)
+        self.action_space = spaces.MultiDiscrete(self.dynamics.nvec)
         self._nvec = self.action_space.nvec
         low, high = self.dynamics.observation_bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
@@ -92,8 +101,8 @@ class FedPEATEnv(gym.Env):
     # --- Gymnasium API -------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        scenario_seed, noise_seed, engine_seed = self.np_random.integers(0, 2**62, size=3)
-        self.dynamics.reset(np.random.default_rng(scenario_seed), np.random.default_rng(noise_seed))
+        episode_seed, engine_seed = self.np_random.integers(0, 2**62, size=2)  # an episode's draws: its own generator
+        self.dynamics.reset(np.random.default_rng(episode_seed))
         if self.config.fidelity == "engine":
             self._start_engine(int(engine_seed % 2**31))
         self._needs_reset = False
@@ -102,13 +111,25 @@ class FedPEATEnv(gym.Env):
     def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._needs_reset:
             raise RuntimeError("call reset() before step() (and after an episode ends)")
-        levels, ranks = self._split(action)
-        costs = self.dynamics.transmit(levels, ranks)
-        next_ppl = self._engine_perplexity(costs, levels, ranks) if self._runner else self.dynamics.surrogate_perplexity(costs)
-        reward, terms, terminated, truncated = self.dynamics.finish(costs, next_ppl)
-        self._needs_reset = bool(terminated[0] or truncated[0])
-        info = self._info(costs, terms)
-        return self.dynamics.observe()[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), info
+        actions = self._checked(action)
+        if self._runner is None:
+            obs, result, ended = self.dynamics.step(actions)
+        else:
+            result = self.dynamics.transmit(actions)
+            obs, ended = self.dynamics.finish(result, self._engine_perplexity(actions))
+        terminated, truncated = bool(ended[0, 0]), bool(ended[1, 0])
+        self._needs_reset = terminated or truncated
+        r = result[:, 0].tolist()
+        info = {
+            "reward_terms": dict(zip(REWARD_TERMS, r[TERMS : TERMS + len(REWARD_TERMS)])),
+            "perplexity": r[PERPLEXITY],
+            "round_latency_s": r[LATENCY_S],
+            "exchanges": int(r[EXCHANGES]),
+            "memory_violations": int(r[VIOLATIONS]),
+            "participants": int(r[PARTICIPANTS]),
+            "round": int(r[ROUND]),
+        }
+        return obs[0], r[REWARD], terminated, truncated, info
 
     def action_masks(self) -> np.ndarray:
         """Flat boolean mask for sb3-contrib's MaskablePPO: levels that do not fit a device's memory are False."""
@@ -120,25 +141,14 @@ class FedPEATEnv(gym.Env):
             self._runner = None
 
     # --- helpers -------------------------------------------------------------------------------------
-    def _split(self, action) -> tuple[np.ndarray, np.ndarray]:
+    def _checked(self, action) -> np.ndarray:
+        """``action`` as an int64 array (1, N [+ N]), or ValueError."""
         arr = np.asarray(action)
-        if arr.shape != self._nvec.shape or arr.dtype.kind not in "iu" or (arr < 0).any() or (arr >= self._nvec).any():
-            raise ValueError(f"action must be an integer array in {self.action_space} (shape {self.action_space.shape}), got {action!r}")
-        N = self.config.num_devices
-        levels = arr[None, :N].astype(np.int64)
-        ranks = arr[None, N:].astype(np.int64) if self.config.control_rank else np.zeros_like(levels)
-        return levels, ranks
-
-    def _info(self, costs: RoundCosts, terms: dict[str, np.ndarray]) -> dict:
-        return {
-            "reward_terms": {name: float(terms[name][0]) for name in REWARD_TERMS},
-            "perplexity": float(self.dynamics.ppl[0]),
-            "round_latency_s": float(costs.latency_s[0]),
-            "exchanges": int(costs.exchanged[0].sum()),
-            "memory_violations": int(costs.violations[0].sum()),
-            "participants": int(costs.active[0].sum()),
-            "round": int(self.dynamics.t[0]),
-        }
+        if arr.shape == self._nvec.shape and arr.dtype.kind in "iu":
+            actions = np.ascontiguousarray(arr, dtype=np.int64).reshape(1, -1)
+            if self.dynamics.valid(actions):
+                return actions
+        raise ValueError(f"action must be an integer array in {self.action_space} (shape {self.action_space.shape}), got {action!r}")
 
     def _start_engine(self, seed: int) -> None:
         from federation.adapters import LoraSpec
@@ -154,10 +164,14 @@ class FedPEATEnv(gym.Env):
         self._runner = RoundRunner(config)
         self.dynamics.ppl[:] = self._runner.initial_perplexity
 
-    def _engine_perplexity(self, costs: RoundCosts, levels: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    def _engine_perplexity(self, actions: np.ndarray) -> np.ndarray:
+        """(1,) perplexity after a real federated round of the devices ``transmit`` made active."""
         from federation.methods import DeviceDecision
 
-        eps = self.dynamics.eps_table[levels[0]]
-        rank_values = np.asarray(self.dynamics.ranks)[ranks[0]]
-        decisions = [DeviceDecision(bool(a), float(e) if a else 0.0, int(r)) for a, e, r in zip(costs.active[0], eps, rank_values)]
+        N = self.config.num_devices
+        eps = self.dynamics.eps_table[actions[0, :N]]
+        ranks = actions[0, N:] if self.config.control_rank else np.zeros(N, dtype=np.int64)
+        rank_values = np.asarray(self.dynamics.ranks)[ranks]
+        decisions = [DeviceDecision(bool(a), float(e) if a else 0.0, int(r))
+                     for a, e, r in zip(self.dynamics.active[0], eps, rank_values)]
         return np.array([self._runner.run_round(decisions).full_perplexity])

@@ -14,13 +14,39 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+import numba
 import numpy as np
 from scipy.optimize import least_squares
 
 FORMAT_VERSION = 1
 DEFAULT_CALIBRATION = Path(__file__).parent / "calibrations" / "embedded-v1.json"
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _surrogate_step(ppl: np.ndarray, compression: np.ndarray, share: np.ndarray, z: np.ndarray, levels: np.ndarray,
+                    plateaus: np.ndarray, rate: float, exponent: float, noise_std: float, out: np.ndarray) -> None:
+    """The surrogate round (module docstring) for each of B episodes, into ``out`` (B,). ppl_inf(ε) is linear
+    between calibrated levels, constant beyond them (``np.interp``, written out: numba's is slow on scalars)."""
+    last = len(levels) - 1
+    for b in range(ppl.shape[0]):
+        if not share[b] > 0:
+            out[b] = ppl[b]
+            continue
+        eps = compression[b]
+        if eps < levels[0]:
+            inf = plateaus[0]
+        elif eps >= levels[last]:
+            inf = plateaus[last]
+        else:
+            j = 0
+            while eps >= levels[j + 1]:
+                j += 1
+            slope = (plateaus[j + 1] - plateaus[j]) / (levels[j + 1] - levels[j])
+            inf = plateaus[j] if eps == levels[j] else slope * (eps - levels[j]) + plateaus[j]
+        out[b] = (inf + (ppl[b] - inf) * np.exp(-rate * share[b] ** exponent)) * np.exp(noise_std * z[b])
 
 
 @dataclass(frozen=True)
@@ -47,16 +73,18 @@ class Calibration:
         if list(self.levels) != sorted(self.levels):
             raise ValueError(f"levels must be increasing, got {self.levels}")
 
-    def plateau(self, compression: np.ndarray | float) -> np.ndarray:
-        """ppl_inf(ε), linear between calibrated levels, constant beyond them."""
-        return np.interp(compression, self.levels, self.plateau_perplexity)
+    @cached_property
+    def _tables(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(self.levels, dtype=float), np.array(self.plateau_perplexity, dtype=float)
 
     def step(self, ppl: np.ndarray, compression: np.ndarray, share: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """One round for a batch: ``ppl``, ``compression`` (ε̄), ``share`` (s_t) and standard normals ``z``, all (B,)."""
-        inf = self.plateau(compression)
-        decay = np.exp(-self.rate * np.power(np.maximum(share, 0.0), self.exponent))
-        moved = (inf + (ppl - inf) * decay) * np.exp(self.noise_std * z)
-        return np.where(share > 0, moved, ppl)
+        """One round for a batch: ``ppl``, ``compression`` (ε̄), ``share`` (s_t) and standard normals ``z``, all (B,)
+        float64; returns the next perplexity (B,)."""
+        ppl, compression, share, z = (np.ascontiguousarray(x, dtype=float) for x in (ppl, compression, share, z))
+        out = np.empty_like(ppl)
+        _surrogate_step(ppl, compression, share, z, *self._tables, float(self.rate), float(self.exponent),
+                        float(self.noise_std), out)
+        return out
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Vectorised surrogate: ``num_envs`` FedPEAT-v0 episodes stepped at once in numpy (gymnasium ``VectorEnv``)."""
+"""Vectorised surrogate: ``num_envs`` FedPEAT-v0 episodes stepped at once by one compiled kernel (gymnasium ``VectorEnv``)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,26 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from fedpeat_env.config import EnvConfig
-from fedpeat_env.dynamics import REWARD_TERMS, Dynamics
+from fedpeat_env.dynamics import (
+    EXCHANGES,
+    LATENCY_S,
+    PARTICIPANTS,
+    PERPLEXITY,
+    REWARD,
+    REWARD_TERMS,
+    ROUND,
+    TERMS,
+    VIOLATIONS,
+    Dynamics,
+)
 from fedpeat_env.surrogate import Calibration
 
 
 class FedPEATVectorEnv(VectorEnv):
     """B independent FedPEAT-v0 episodes (surrogate fidelity) sharing one batched ``Dynamics``.
 
-    Same observation, action, reward and info keys as ``FedPEATEnv``; info values are arrays of shape (B,).
+    Same observation, action and reward as ``FedPEATEnv``; info has its keys with arrays of shape (B,), the reward
+    terms as top-level keys.
     ``autoreset_mode`` NEXT_STEP (default): the step after an episode ends resets that sub-env (its action is
     ignored) and returns reward 0. SAME_STEP: a finished sub-env is reset within the step; its last observation is
     in ``info["final_obs"]`` where ``info["_final_obs"]`` is True.
@@ -36,8 +48,7 @@ class FedPEATVectorEnv(VectorEnv):
             raise ValueError(f"fidelity must be 'surrogate' for the vector env, got {self.config.fidelity!r}")
         self.num_envs = num_envs
         self.dynamics = Dynamics(self.config, num_envs, Calibration.load(self.config.calibration))
-        N, K, R = self.config.num_devices, len(self.config.compression_levels), self.dynamics.R
-        self.single_action_space = spaces.MultiDiscrete([K + 1] * N + ([R] * N if self.config.control_rank else []))
+        self.single_action_space = spaces.MultiDiscrete(self.dynamics.nvec)
         low, high = self.dynamics.observation_bounds()
         self.single_observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -47,8 +58,7 @@ class FedPEATVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        scenario_seed, noise_seed = self.np_random.integers(0, 2**62, size=2)
-        self.dynamics.reset(np.random.default_rng(scenario_seed), np.random.default_rng(noise_seed))
+        self.dynamics.reset(np.random.default_rng(self.np_random.integers(0, 2**62, size=2)[0]))  # as FedPEATEnv
         self._autoreset[:] = False
         return self.dynamics.observe(), {}
 
@@ -56,32 +66,34 @@ class FedPEATVectorEnv(VectorEnv):
         """(num_envs, mask length) boolean masks, one row per sub-env (see ``FedPEATEnv.action_masks``)."""
         return self.dynamics.action_masks()
 
-    def validate_actions(self, actions: np.ndarray) -> None:
-        if actions.shape != (self.num_envs, len(self._nvec)) or (actions < 0).any() or (actions >= self._nvec).any():
-            raise ValueError(f"actions must be integers of shape {(self.num_envs, len(self._nvec))} within {self._nvec}")
+    def validate_actions(self, actions: np.ndarray) -> np.ndarray:
+        """``actions`` as a C-contiguous int64 array (num_envs, len(nvec)), or ValueError."""
+        actions = np.asarray(actions)
+        if actions.shape == (self.num_envs, len(self._nvec)) and actions.dtype.kind in "iu":
+            actions = np.ascontiguousarray(actions, dtype=np.int64)
+            if self.dynamics.valid(actions):
+                return actions
+        raise ValueError(f"actions must be integers of shape {(self.num_envs, len(self._nvec))} within {self._nvec}")
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        actions = np.asarray(actions)
-        self.validate_actions(actions)
-        N = self.config.num_devices
-        levels = actions[:, :N].astype(np.int64)
-        ranks = actions[:, N:].astype(np.int64) if self.config.control_rank else np.zeros_like(levels)
+        actions = self.validate_actions(actions)
         d = self.dynamics
-        costs = d.transmit(levels, ranks)
-        reward, terms, terminated, truncated = d.finish(costs, d.surrogate_perplexity(costs))
-        info = {name: terms[name] for name in REWARD_TERMS}
-        info |= {"perplexity": d.ppl.copy(), "round_latency_s": costs.latency_s,
-                 "exchanges": costs.exchanged.sum(axis=1), "memory_violations": costs.violations.sum(axis=1)}
+        final = {}
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
+            obs, result, (terminated, truncated) = d.step(actions)
             done = terminated | truncated
             if done.any():
-                info |= {"final_obs": d.observe(), "_final_obs": done}
-                d.reset(d.scenario_rng, d.noise_rng, envs=done)
-            return d.observe(), reward, terminated, truncated, info
-        if self._autoreset.any():
-            d.reset(d.scenario_rng, d.noise_rng, envs=self._autoreset)
-            reward = np.where(self._autoreset, 0.0, reward)
-            terminated = terminated & ~self._autoreset
-            truncated = truncated & ~self._autoreset
-        self._autoreset = terminated | truncated
-        return d.observe(), reward, terminated, truncated, info
+                final = {"final_obs": obs, "_final_obs": done}
+                d.reset_episodes(done)
+                obs = d.observe()
+        else:  # NEXT_STEP: sub-envs that ended last step start anew and skip this step (reward 0)
+            resetting = self._autoreset
+            if resetting.any():
+                d.reset_episodes(resetting)
+            obs, result, (terminated, truncated) = d.step(actions, ~resetting)
+            self._autoreset = terminated | truncated
+        info = {name: result[TERMS + k] for k, name in enumerate(REWARD_TERMS)}
+        info |= {"perplexity": result[PERPLEXITY], "round_latency_s": result[LATENCY_S],
+                 "exchanges": result[EXCHANGES].astype(np.int64), "memory_violations": result[VIOLATIONS].astype(np.int64),
+                 "participants": result[PARTICIPANTS].astype(np.int64), "round": result[ROUND].astype(np.int64)}
+        return obs, result[REWARD], terminated, truncated, info | final

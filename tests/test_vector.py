@@ -74,3 +74,20 @@ def test_same_step_autoreset_and_the_sb3_adapter():
     assert sb3.get_attr("steps") == [6, 0, 0]
     with pytest.raises(ValueError, match="autoreset_mode must be"):
         FedPEATVectorEnv(2, autoreset_mode="sometimes")
+
+
+def test_large_batch_is_reproducible_and_within_bounds():
+    def run(seed: int) -> list[np.ndarray]:
+        vector = FedPEATVectorEnv(110, horizon=5)  # 1100 devices: the channel's vectorised path
+        obs, _ = vector.reset(seed=seed)
+        vector.action_space.seed(seed)
+        out = [obs]
+        for _ in range(12):  # two autoresets per sub-env at least
+            obs, reward, terminated, truncated, info = vector.step(vector.action_space.sample())
+            assert vector.observation_space.contains(obs) and np.isfinite(reward).all()
+            out += [obs, reward]
+        return out
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[-1], c[-1])
