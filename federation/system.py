@@ -62,8 +62,12 @@ def noise_psd_w_per_hz(noise_figure_db: float = 9.0) -> float:
 
 def path_loss_db(distance_m: float | np.ndarray) -> float | np.ndarray:
     """Urban-macro path loss in dB, 3GPP TR 36.814 (Annex A.2.1.1): 128.1 + 37.6*log10(d_km), d in metres (> 0)."""
-    d_m = _checked("distance_m", distance_m, strict=True)
-    return _out(128.1 + 37.6 * np.log10(d_m / 1000.0))
+    return _out(_path_loss_db(_checked("distance_m", distance_m, strict=True)))
+
+
+def _path_loss_db(d_m):
+    """Unchecked path loss, for callers that validated their distances (the channel draws them in a valid range)."""
+    return 128.1 + 37.6 * np.log10(d_m / 1000.0)
 
 
 def shannon_rate(bandwidth_hz: float | np.ndarray, tx_power_w: float | np.ndarray, channel_gain: float | np.ndarray,
@@ -84,11 +88,34 @@ def _shannon(b, p, g, n0):
     return b * np.log2(1.0 + p * g / (n0 * b))
 
 
-_shannon_compiled = numba.njit(cache=True)(_shannon)  # the same formula on scalars, in compiled channel rounds
+_shannon_compiled = numba.njit(cache=True)(_shannon)  # the same formulas on scalars, in compiled channel code
+_path_loss_compiled = numba.njit(cache=True)(_path_loss_db)
 LARGE_CHANNEL = 1024
-"""Channels of at least this many devices draw their normals with numba's ``Generator`` (numpy's stream, ~2.5x
-faster per draw, ~9 us per call) and compute rates with numpy's vectorised log2; smaller ones run a round as one
-compiled call (no per-call overheads)."""
+"""Channels of at least this many devices draw a round's normals with numba's ``Generator`` (numpy's stream, ~2.5x
+faster per draw, ~9 us per call) and compute rates with numpy's vectorised log2; smaller ones draw with numpy and
+run the round as one compiled call."""
+_NO_DRAWS = np.empty((2, 0))  # ``_compiled_round`` without advancing the fading
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _faded(h: float, rho: float, w: float) -> float:
+    """One component of h <- rho*h + sqrt(1-rho^2)*w', w' ~ CN(0,1): the standard normal ``w`` scaled by 1/sqrt(2).
+    rho = 0: a fresh CN(0,1) component."""
+    return rho * h + math.sqrt(1.0 - rho**2) * (w / math.sqrt(2.0))
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _place_devices(idx: np.ndarray, distances_drawn: np.ndarray, bandwidths_drawn: np.ndarray, normals: np.ndarray,
+                   distances: np.ndarray, bandwidths: np.ndarray, path_loss: np.ndarray, path_gain: np.ndarray,
+                   h: np.ndarray) -> None:
+    """Devices ``idx`` (n,) get the drawn distances and bandwidths (n,), a fresh CN(0,1) fading from ``normals``
+    (2, n), and the path loss (dB) and linear path gain of their distance."""
+    for j in range(len(idx)):
+        i = idx[j]
+        distances[i], bandwidths[i] = distances_drawn[j], bandwidths_drawn[j]
+        h[0, i], h[1, i] = _faded(0.0, 0.0, normals[0, j]), _faded(0.0, 0.0, normals[1, j])
+        path_loss[i] = _path_loss_compiled(distances[i])
+        path_gain[i] = 10.0 ** (-path_loss[i] / 10.0)
 
 
 @numba.njit(cache=True)
@@ -98,12 +125,11 @@ def _compiled_normals(rng: np.random.Generator, n: int) -> np.ndarray:
 
 @numba.njit(cache=True, error_model="numpy")
 def _fade(h: np.ndarray, rho: float, w: np.ndarray) -> None:
-    """Advance the fading ``h`` (2, N: real and imaginary parts) in place by one round, h <- rho*h + sqrt(1-rho^2)*w,
-    w ~ CN(0,1) made from the standard normals ``w`` (2, N: real parts, imaginary parts) scaled by 1/sqrt(2)."""
-    scale = math.sqrt(1.0 - rho**2)
+    """Advance the fading ``h`` (2, N: real and imaginary parts) in place by one round with the standard normals
+    ``w`` (2, N: real parts, imaginary parts)."""
     for k in range(2):
         for i in range(h.shape[1]):
-            h[k, i] = rho * h[k, i] + scale * (w[k, i] / math.sqrt(2.0))
+            h[k, i] = _faded(h[k, i], rho, w[k, i])
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -219,38 +245,32 @@ class WirelessChannel:
         self.num_devices = int(num_devices)
         self.config = config
         self._rng = rng
-        self.distances_m: np.ndarray = rng.uniform(config.min_distance_m, config.max_distance_m, self.num_devices)
-        self.uplink_bandwidth_hz: np.ndarray = rng.uniform(*config.uplink_bandwidth_hz, self.num_devices)
-        self.path_loss_db: np.ndarray = np.array(path_loss_db(self.distances_m), dtype=float).reshape(self.num_devices)
-        self.path_loss_db.flags.writeable = False  # the linear path gain is derived from it once
-        self._path_gain = 10.0 ** (-self.path_loss_db / 10.0)
-        self._h = self._fresh_fading(self.num_devices)  # (2, N): real and imaginary parts
+        n = self.num_devices
+        self.distances_m, self.uplink_bandwidth_hz, self._path_loss, self._path_gain = (np.empty(n) for _ in range(4))
+        self.path_loss_db = self._path_loss.view()
+        self.path_loss_db.flags.writeable = False  # the linear path gain is derived from it when a device is drawn
+        self._h = np.empty((2, n))  # fading: real and imaginary parts
+        self._draw(np.arange(n))
         self._n0_w_per_hz = noise_psd_w_per_hz(config.noise_figure_db)
         self._uplink_power_w = float(dbm_to_w(config.uplink_power_dbm))
         self._downlink_power_w = float(dbm_to_w(config.downlink_power_dbm))
 
-    def _normals(self, n: int) -> np.ndarray:
-        """``rng.standard_normal((2, n))`` (drawn in numba for large channels: the same numbers)."""
-        return _compiled_normals(self._rng, n) if self.num_devices >= LARGE_CHANNEL else self._rng.standard_normal((2, n))
-
-    def _fresh_fading(self, n: int) -> np.ndarray:
-        """(2, n) independent CN(0,1) draws (real parts, then imaginary parts): one round from zero with rho = 0."""
-        h = np.zeros((2, n))
-        _fade(h, 0.0, self._normals(n))
-        return h
+    def _draw(self, idx: np.ndarray) -> None:
+        n, cfg = len(idx), self.config
+        draws = (self._rng.uniform(cfg.min_distance_m, cfg.max_distance_m, n), self._rng.uniform(*cfg.uplink_bandwidth_hz, n),
+                 self._rng.standard_normal((2, n)))
+        _place_devices(idx, *draws, self.distances_m, self.uplink_bandwidth_hz, self._path_loss, self._path_gain, self._h)
 
     def reset_devices(self, devices: np.ndarray) -> None:
         """Redraw distance, uplink bandwidth and fading of the given devices (indices or boolean mask), in the
         same order as the constructor (distances, bandwidths, fading); e.g. a new episode of a vectorised env."""
-        idx = np.flatnonzero(np.asarray(devices)) if np.asarray(devices).dtype == bool else np.asarray(devices, dtype=int)
-        n, cfg = len(idx), self.config
-        self.distances_m[idx] = self._rng.uniform(cfg.min_distance_m, cfg.max_distance_m, n)
-        self.uplink_bandwidth_hz[idx] = self._rng.uniform(*cfg.uplink_bandwidth_hz, n)
-        self.path_loss_db.flags.writeable = True
-        self.path_loss_db[idx] = path_loss_db(self.distances_m[idx])
-        self.path_loss_db.flags.writeable = False
-        self._path_gain[idx] = 10.0 ** (-self.path_loss_db[idx] / 10.0)
-        self._h[:, idx] = self._fresh_fading(n)
+        devices = np.asarray(devices)
+        self._draw(np.flatnonzero(devices) if devices.dtype == bool else devices.astype(np.int64))
+
+    def _normals(self) -> np.ndarray:
+        """(2, N) ``rng.standard_normal((2, N))`` (drawn in numba for large channels: the same numbers)."""
+        n = self.num_devices
+        return _compiled_normals(self._rng, n) if n >= LARGE_CHANNEL else self._rng.standard_normal((2, n))
 
     def _round(self, advance: bool) -> ChannelState:
         """The state after advancing the fading by one round if ``advance``, else the current state."""
@@ -259,11 +279,10 @@ class WirelessChannel:
         down = (float(self.config.downlink_bandwidth_hz), self._downlink_power_w)
         out = np.empty((3, n))
         if n < LARGE_CHANNEL:
-            _compiled_round(self._h, rho, self._normals(n) if advance else np.empty((2, 0)), self._path_gain, *up, *down,
-                            n0, out)
+            _compiled_round(self._h, rho, self._normals() if advance else _NO_DRAWS, self._path_gain, *up, *down, n0, out)
         else:
             if advance:
-                _fade(self._h, rho, self._normals(n))
+                _fade(self._h, rho, self._normals())
             _gains(self._h, self._path_gain, out[0])
             out[1], out[2] = _shannon(*up, out[0], n0), _shannon(*down, out[0], n0)
         out.flags.writeable = False  # fresh, never aliased

@@ -2,9 +2,11 @@
 B = num_envs: one implementation of the observation, the costs and the reward, in compiled kernels (numba,
 ``cache=True``: the first use on a machine compiles for a few seconds, later processes load the cache).
 
-Randomness: at reset, each episode draws its scenario (memory tiers, data shares, distances, bandwidths); every
-step draws one fading vector for all devices and one surrogate noise value per episode, whatever the action, so
-every policy sees the same channel on the same seed (common random numbers).
+Randomness: one PCG64 stream per seed. At reset, each episode draws its scenario (memory tiers, data shares,
+distances, bandwidths, fading) and its surrogate noise for every round; every step draws one fading vector for all
+devices, whatever the action, so every policy sees the same channel and noise on the same seed (common random
+numbers). ``next_episodes`` starts the next episodes 2^80 draws further: they do not depend on what earlier episodes
+drew.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from fedpeat_env.surrogate import Calibration
 
 GAIN_DB_CENTRE, GAIN_DB_SCALE = -100.0, 20.0  # gain normalisation: (g_dB + 100) / 20, clipped to [-3, 3]
 REWARD_TERMS = ("perplexity", "latency", "exchanges", "memory", "memory_penalty", "exchange_penalty")
+EPISODE_STRIDE = 2**80
+"""Draws between the starts of consecutive ``next_episodes`` (PCG64's period is 2^128)."""
 LATENCY_CAP = 10.0
 """The latency term saturates at 10 reference latencies: a round that slow has failed anyway, and without a cap a
 deep Rayleigh fade during an emulator download cost single episodes −10,000 and swamped reward normalisation."""
@@ -38,7 +42,8 @@ class Dynamics:
     """State and transition of B FedPEAT episodes (N devices, horizon T).
 
     Scenario, drawn at reset: ``allowed`` η·capacity (bytes), ``share`` data shares, ``headroom`` allowed / full-model
-    footprint clipped to [0, 2] (B, N); ``masks`` (B, mask length). Channel: ``channel``, a ``WirelessChannel`` of
+    footprint clipped to [0, 2] (B, N); ``masks`` (B, mask length); ``noise`` (B, T) the surrogate's standard normal
+    of each round. Channel: ``channel``, a ``WirelessChannel`` of
     B·N devices (episode-major); ``gain_db`` (B, N) its current gains in dB. State: ``ppl``, ``t`` (B,); ``held``
     emulator level, ``exchanges`` and ``participation`` counts (B, N); ``active`` (B, N) the devices that trained in
     the last round.
@@ -65,12 +70,22 @@ class Dynamics:
         self.weights = np.array([getattr(config.reward, name) for name in REWARD_TERMS], dtype=float)
         self.nvec = np.array([self.K + 1] * self.N + ([self.R] * self.N if config.control_rank else []))
         self._all = np.ones(batch, dtype=bool)
+        self._tiers = np.asarray(config.memory_tiers, dtype=float)
+        self._smallest_rank_memory = self.memory_table[:, 0].copy()
         B, N = batch, self.N
         self.allowed, self.share, self.headroom = np.zeros((B, N)), np.zeros((B, N)), np.zeros((B, N))
         self.masks = np.ones((B, int(self.nvec.sum())), dtype=bool)
-        self.ppl, self.t = np.zeros(B), np.zeros(B, dtype=np.int64)
+        self.ppl, self.t, self.noise = np.zeros(B), np.zeros(B, dtype=np.int64), np.zeros((B, config.horizon))
         self.held, self.exchanges, self.participation = (np.zeros((B, N), dtype=np.int64) for _ in range(3))
-        self.active = np.zeros((B, N), dtype=bool)
+        self.active, self.gain_db = np.zeros((B, N), dtype=bool), np.zeros((B, N))
+        # the kernels' persistent arguments (arrays updated in place)
+        self._observation = (self.t, self.ppl, self.gain_db, self.headroom, self.held, self.exchanges, self.participation,
+                             self.held_eps_table, self.target, self.initial_ppl, config.horizon)
+        self._pricing = (self.t, self.noise, self.held, self.exchanges, self.participation, self.allowed, self.share,
+                         self.memory_table, self.emulator_bytes, self.eps_table, self.costs.adapter_bytes,
+                         self.exchange_budget, self.active)
+        self.rng = np.random.Generator(np.random.PCG64(0))  # its state is set by ``reset``
+        self.channel = WirelessChannel(B * N, config.channel, self.rng)
 
     def _reference_latency(self) -> float:
         """Downloading the full model at the cell edge with average fading: the unit of the latency term."""
@@ -80,11 +95,19 @@ class Dynamics:
         return 8.0 * self.costs.full_model_bytes / float(rate)
 
     # --- reset ---------------------------------------------------------------------------------------
-    def reset(self, rng: np.random.Generator) -> None:
-        """Start B new episodes; ``rng`` draws their scenarios, every later round and later partial resets."""
-        self.rng = rng
-        self.channel = WirelessChannel(self.batch * self.N, self.config.channel, rng)
-        self._start(np.arange(self.batch))
+    def reset(self, seed: int) -> None:
+        """Start B new episodes: their scenarios, every later round and later resets draw from the PCG64 stream of
+        ``seed``."""
+        self._origin, self._episode = np.random.PCG64(seed).state, 0
+        self.rng.bit_generator.state = self._origin
+        self.reset_episodes(self._all)
+
+    def next_episodes(self) -> None:
+        """Start B new episodes at the next multiple of ``EPISODE_STRIDE`` draws of the stream."""
+        self._episode += 1
+        self.rng.bit_generator.state = self._origin
+        self.rng.bit_generator.advance(self._episode * EPISODE_STRIDE)
+        self.reset_episodes(self._all)
 
     def reset_episodes(self, envs: np.ndarray) -> None:
         """Start new episodes for the sub-envs in the bool mask ``envs`` (B,)."""
@@ -93,25 +116,22 @@ class Dynamics:
         self._start(idx)
 
     def _start(self, idx: np.ndarray) -> None:
-        """Draw memory tiers and data shares ~ Dirichlet(2) of the sub-envs ``idx`` and zero their state."""
-        cfg = self.config
-        tier_draws, gamma = self.rng.random((len(idx), self.N)), self.rng.standard_gamma(2.0, (len(idx), self.N))
-        _start_episodes(idx, tier_draws, gamma, np.asarray(cfg.memory_tiers, dtype=float), cfg.memory_fraction,
-               self.costs.full_memory_bytes, self.memory_table[:, 0].copy(), self.initial_ppl, self.allowed, self.share,
-               self.headroom, self.masks, self.ppl, self.t, self.held, self.exchanges, self.participation, self.active)
-        self.gain_db = self.channel.gain_db().reshape(self.batch, self.N)
+        """Draw memory tiers, data shares ~ Dirichlet(2) and surrogate noise of the sub-envs ``idx``; zero their state."""
+        cfg, n = self.config, len(idx)
+        draws = (self.rng.random((n, self.N)), self.rng.standard_gamma(2.0, (n, self.N)),
+                 self.rng.standard_normal((n, cfg.horizon)))
+        _start_episodes(idx, *draws, self._tiers, cfg.memory_fraction, self.costs.full_memory_bytes,
+                        self._smallest_rank_memory, self.initial_ppl, self.allowed, self.share, self.headroom, self.masks,
+                        self.noise, self.ppl, self.t, self.held, self.exchanges, self.participation, self.active)
+        self.gain_db[:] = self.channel.gain_db().reshape(self.batch, self.N)
 
     # --- observation and masks -----------------------------------------------------------------------
     def observe(self) -> np.ndarray:
         """(B, 5N + 2) float32: per device [gain, memory headroom, held ε, exchanges/T, participation/T] then
         [perplexity progress, round/T]."""
         obs = np.empty((self.batch, self.obs_dim), dtype=np.float32)
-        _observe_all(obs, *self._observation_args())
+        _observe_all(obs, *self._observation)
         return obs
-
-    def _observation_args(self) -> tuple:
-        return (self.t, self.ppl, self.gain_db, self.headroom, self.held, self.exchanges, self.participation,
-                self.held_eps_table, self.target, self.initial_ppl, self.config.horizon)
 
     def observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         low = np.tile([-3.0, 0.0, -1.0, 0.0, 0.0], self.N).tolist() + [-1.0, 0.0]
@@ -128,19 +148,16 @@ class Dynamics:
         return _in_range(actions, self.nvec)
 
     def transmit(self, actions: np.ndarray, live: np.ndarray | None = None) -> np.ndarray:
-        """Advance the channel and draw the surrogate noise (for every episode), apply valid, C-contiguous int64
-        decisions (B, N [+ N ranks]) of the ``live`` episodes (bool (B,), None: all) and price the round. Returns the
-        round's result (NUM_ROWS, B) with every row but REWARD, TERMS.., PERPLEXITY and ROUND filled (zeros but NOISE
-        for episodes not live); updates ``active``."""
+        """Advance the channel (of every episode), apply valid, C-contiguous int64 decisions (B, N [+ N ranks]) of
+        the ``live`` episodes (bool (B,), None: all) and price the round. Returns the round's result (NUM_ROWS, B) with
+        every row but REWARD, TERMS.., PERPLEXITY and ROUND filled (zeros for episodes not live); updates ``active``."""
         B, N = self.batch, self.N
         state = self.channel.step()
-        self.gain_db = 10.0 * np.log10(state.gain).reshape(B, N)
+        np.log10(state.gain.reshape(B, N), out=self.gain_db)
+        self.gain_db *= 10.0
         out = np.zeros((NUM_ROWS, B))
-        out[NOISE] = self.rng.standard_normal(B)
-        _transmit(actions, self._all if live is None else live, self.held, self.exchanges, self.participation,
-                  self.allowed, self.share, state.uplink_rate_bps.reshape(B, N), state.downlink_rate_bps.reshape(B, N),
-                  self.memory_table, self.emulator_bytes, self.eps_table, self.costs.adapter_bytes, self.exchange_budget,
-                  self.active, out)
+        _transmit(actions, self._all if live is None else live, state.uplink_rate_bps.reshape(B, N),
+                  state.downlink_rate_bps.reshape(B, N), out, *self._pricing)
         return out
 
     def surrogate_perplexity(self, result: np.ndarray) -> np.ndarray:
@@ -153,8 +170,8 @@ class Dynamics:
         (2, B) bool)."""
         obs = np.empty((self.batch, self.obs_dim), dtype=np.float32)
         ended = np.zeros((2, self.batch), dtype=bool)
-        _finish(next_ppl, self._all if live is None else live, result, ended, self.weights, self.reference_latency_s,
-                obs, *self._observation_args())
+        _finish(next_ppl, self._all if live is None else live, result, ended, obs, self.weights,
+                self.reference_latency_s, *self._observation)
         return obs, ended
 
     def step(self, actions: np.ndarray, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,33 +192,36 @@ def _in_range(actions, nvec) -> bool:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _start_episodes(idx, tier_draws, gamma, tiers, memory_fraction, full_memory_bytes, smallest_rank_memory,
-                    initial_ppl, allowed, share, headroom, masks, ppl, t, held, exchanges, participation, active) -> None:
+def _start_episodes(idx, tier_draws, gamma_draws, noise_draws, tiers, memory_fraction, full_memory_bytes,
+                    smallest_rank_memory, initial_ppl, allowed, share, headroom, masks, noise, ppl, t, held, exchanges,
+                    participation, active) -> None:
     """New episodes for the sub-envs ``idx`` (n,): each device the memory tier where its ``tier_draws`` (n, N) ~ U(0, 1)
-    falls, data shares ``gamma`` (n, N) ~ Gamma(2) normalised (Dirichlet(2)), masks from the footprint at the smallest
-    rank (the rank head, if any, allows every rank); zeroes the episodes' state."""
+    falls, data shares Dirichlet(2) from ``gamma_draws`` (n, N) ~ Gamma(2), surrogate noise ``noise_draws`` (n, T).
+    Masks follow from the footprint at the smallest rank (the rank head, if any, allows every rank); the state is
+    zeroed."""
     N = allowed.shape[1]
     levels = len(smallest_rank_memory)
     for j in range(len(idx)):
         b = idx[j]
         total = 0.0
         for i in range(N):
-            total += gamma[j, i]
+            total += gamma_draws[j, i]
         for i in range(N):
             allowed[b, i] = memory_fraction * (tiers[int(tier_draws[j, i] * len(tiers))] * full_memory_bytes)
-            share[b, i] = gamma[j, i] / total
             headroom[b, i] = min(max(allowed[b, i] / full_memory_bytes, 0.0), 2.0)
             for k in range(levels):
                 masks[b, i * levels + k] = smallest_rank_memory[k] <= allowed[b, i]
+            share[b, i] = gamma_draws[j, i] / total
             held[b, i] = exchanges[b, i] = participation[b, i] = 0
             active[b, i] = False
+        noise[b] = noise_draws[j]
         ppl[b] = initial_ppl
         t[b] = 0
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _transmit(actions, live, held, exchanges, participation, allowed, share, uplink_bps, downlink_bps, memory_table,
-              emulator_bytes, eps_table, adapter_bytes, exchange_budget, active, out) -> None:
+def _transmit(actions, live, uplink_bps, downlink_bps, out, t, noise, held, exchanges, participation, allowed, share,
+              memory_table, emulator_bytes, eps_table, adapter_bytes, exchange_budget, active) -> None:
     """Costs of one round (see ``Dynamics.transmit``). A selected device over its allowed memory is dropped; an
     active device whose held emulator differs downloads the new one (an exchange); every active device downloads
     and uploads its adapter."""
@@ -242,10 +262,11 @@ def _transmit(actions, live, held, exchanges, participation, allowed, share, upl
         out[EXCESS_EXCHANGES, b] = n_excess
         out[COMPRESSION, b] = weighted / max(data, 1e-12)
         out[SHARE, b] = data
+        out[NOISE, b] = noise[b, t[b]]
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _finish(next_ppl, live, out, ended, weights, reference_latency_s, obs, t, ppl, gain_db, headroom, held,
+def _finish(next_ppl, live, out, ended, obs, weights, reference_latency_s, t, ppl, gain_db, headroom, held,
             exchanges, participation, held_eps_table, target, initial_ppl, horizon) -> None:
     """Reward terms, episode end and observation after a round (see ``Dynamics.finish``)."""
     B, N = held.shape

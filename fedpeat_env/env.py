@@ -96,15 +96,18 @@ class FedPEATEnv(gym.Env):
         low, high = self.dynamics.observation_bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self._runner = None
-        self._needs_reset = True
+        self._needs_reset = self._needs_seed = True
 
     # --- Gymnasium API -------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        episode_seed, engine_seed = self.np_random.integers(0, 2**62, size=2)  # an episode's draws: its own generator
-        self.dynamics.reset(np.random.default_rng(episode_seed))
+        if seed is not None or self._needs_seed:
+            self.dynamics.reset(int(self.np_random.integers(2**62)))
+            self._needs_seed = False
+        else:
+            self.dynamics.next_episodes()
         if self.config.fidelity == "engine":
-            self._start_engine(int(engine_seed % 2**31))
+            self._start_engine(int(self.np_random.integers(2**31)))
         self._needs_reset = False
         return self.dynamics.observe()[0], {"perplexity": float(self.dynamics.ppl[0])}
 

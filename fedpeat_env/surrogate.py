@@ -74,16 +74,18 @@ class Calibration:
             raise ValueError(f"levels must be increasing, got {self.levels}")
 
     @cached_property
-    def _tables(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.array(self.levels, dtype=float), np.array(self.plateau_perplexity, dtype=float)
+    def _parameters(self) -> tuple:
+        """The compiled step's arguments after the batch: levels, plateaus, rate, exponent, noise_std."""
+        return (np.array(self.levels, dtype=float), np.array(self.plateau_perplexity, dtype=float), float(self.rate),
+                float(self.exponent), float(self.noise_std))
 
     def step(self, ppl: np.ndarray, compression: np.ndarray, share: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """One round for a batch: ``ppl``, ``compression`` (ε̄), ``share`` (s_t) and standard normals ``z``, all (B,)
-        float64; returns the next perplexity (B,)."""
-        ppl, compression, share, z = (np.ascontiguousarray(x, dtype=float) for x in (ppl, compression, share, z))
-        out = np.empty_like(ppl)
-        _surrogate_step(ppl, compression, share, z, *self._tables, float(self.rate), float(self.exponent),
-                        float(self.noise_std), out)
+        """One round for a batch: ``ppl``, ``compression`` (ε̄), ``share`` (s_t) and standard normals ``z``, all (B,);
+        returns the next perplexity (B,)."""
+        out = np.empty(len(ppl))
+        _surrogate_step(np.ascontiguousarray(ppl, dtype=float), np.ascontiguousarray(compression, dtype=float),
+                        np.ascontiguousarray(share, dtype=float), np.ascontiguousarray(z, dtype=float),
+                        *self._parameters, out)
         return out
 
     def save(self, path: Path) -> None:

@@ -58,7 +58,7 @@ class FedPEATVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        self.dynamics.reset(np.random.default_rng(self.np_random.integers(0, 2**62, size=2)[0]))  # as FedPEATEnv
+        self.dynamics.reset(int(self.np_random.integers(2**62)))  # as FedPEATEnv
         self._autoreset[:] = False
         return self.dynamics.observe(), {}
 
