@@ -212,30 +212,47 @@ def distill_emulator(
     sub_adapters = set(spec.sub_adapter_layers())
     num_top = len(spec.adapter_layers) // 2  # adapters are l bottom + l top blocks
     top_in_sub, top_in_full = len(spec.layers) - num_top, spec.num_layers - num_top
-    params = []
-    for p in emulator.parameters():
-        p.requires_grad_(False)
-    for idx, block in enumerate(emulator.transformer.h):
-        if idx not in sub_adapters:
-            for p in block.parameters():
-                p.requires_grad_(True)
-                params.append(p)
-    optimiser = torch.optim.AdamW(params, lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    full_model.eval()
-    emulator.train()
-    for _ in range(steps):
-        batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
+    params = [p for idx, block in enumerate(emulator.transformer.h) if idx not in sub_adapters for p in block.parameters()]
+
+    def loss_fn(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = full_model(input_ids=batch, output_hidden_states=True).hidden_states[top_in_full]
         out = emulator(input_ids=batch, labels=batch, output_hidden_states=True)
-        loss = out.loss + hidden_weight * nn.functional.mse_loss(out.hidden_states[top_in_sub], target)
+        return out.loss + hidden_weight * nn.functional.mse_loss(out.hidden_states[top_in_sub], target)
+
+    full_model.eval()
+    return train_parameters(emulator, params, loss_fn, blocks, steps, batch_size, lr, seed)
+
+
+def train_parameters(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    loss_fn,
+    blocks: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> list[float]:
+    """``steps`` AdamW steps of ``loss_fn(batch)`` on ``params`` only (every other parameter of ``model`` frozen), batches
+    of ``blocks`` (N, T) drawn by a generator seeded with ``seed``. The server-side distillation loop of emulators
+    and pruned sub-models; afterwards the whole model is frozen and in eval mode. Returns the loss per step."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW(params, lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
+        loss = loss_fn(batch)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
-    for p in emulator.parameters():
+    for p in model.parameters():
         p.requires_grad_(False)
-    emulator.eval()
+    model.eval()
     return losses

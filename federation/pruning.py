@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from federation.emulator import SubModelSpec, adapter_block_indices, full_spec
+from federation.emulator import SubModelSpec, adapter_block_indices, full_spec, train_parameters
 
 
 def _ffn(block: nn.Module) -> tuple[Conv1D, Conv1D]:
@@ -227,32 +227,16 @@ def distill_pruned(
     if len(spec.layers) != spec.num_layers:
         raise ValueError("distill_pruned needs a sub-model that keeps every block (FFN pruning only)")
     pruned_blocks = spec.pruned_neurons()
-    params = []
-    for p in pruned.parameters():
-        p.requires_grad_(False)
-    for b in pruned_blocks:
-        for layer in _ffn(pruned.transformer.h[b]):
-            for p in layer.parameters():
-                p.requires_grad_(True)
-                params.append(p)
-    optimiser = torch.optim.AdamW(params, lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    full_model.eval()
-    pruned.train()
-    losses = []
-    for _ in range(steps):
-        batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
+    params = [p for b in pruned_blocks for layer in _ffn(pruned.transformer.h[b]) for p in layer.parameters()]
+
+    def loss_fn(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             targets = full_model(input_ids=batch, output_hidden_states=True).hidden_states[1:]
         hidden = pruned(input_ids=batch, output_hidden_states=True).hidden_states[1:]
         loss = torch.stack([((h - t) ** 2).sum() / (t**2).sum() for h, t in zip(hidden, targets)]).mean()
         for b, idx in pruned_blocks.items():
             loss = loss + weight_product * ffn_weight_product_loss(full_model.transformer.h[b], pruned.transformer.h[b], idx)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
-    for p in pruned.parameters():
-        p.requires_grad_(False)
-    pruned.eval()
-    return losses
+        return loss
+
+    full_model.eval()
+    return train_parameters(pruned, params, loss_fn, blocks, steps, batch_size, lr, seed)

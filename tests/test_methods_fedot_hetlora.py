@@ -207,15 +207,17 @@ def test_hetlora_aggregations_and_self_pruning():
         assert torch.allclose(sparsity[key], tensor)
         assert torch.allclose(zero_pad[key], (3 * padded[0][key] + padded[1][key]) / 4)
 
-    # exact: the module's B·A is the weighted mean of the products (Σ r_k = 10 > 8, so compare at rank 8 via SVD)
-    products = [states[0]["transformer.h.0.attn.c_attn.lora_B.weight"].double() @ states[0]["transformer.h.0.attn.c_attn.lora_A.weight"].double(),
-                states[1]["transformer.h.0.attn.c_attn.lora_B.weight"].double() @ states[1]["transformer.h.0.attn.c_attn.lora_A.weight"].double()]
+    # exact: the module's B·A is the weighted mean of the products (ranks 2 + 4 ≤ 8, so exactly representable)
+    g = torch.Generator().manual_seed(3)
+    key_a, key_b = "transformer.h.0.attn.c_attn.lora_A.weight", "transformer.h.0.attn.c_attn.lora_B.weight"
+    wide = [{key_a: torch.randn(r, 12, generator=g), key_b: torch.randn(10, r, generator=g)} for r in (2, 4)]
+    products = [w[key_b].double() @ w[key_a].double() for w in wide]
     norms = [float(torch.linalg.matrix_norm(m)) for m in products]
     for aggregation, w in (("sparsity", norms), ("zero-pad", weights)):
-        exact = HetLoRA(HetLoRAConfig(aggregation=aggregation, lora_aggregation="exact")).aggregate(states, weights)
-        target = (w[0] * products[0] + w[1] * products[1]) / sum(w)  # rank ≤ min(5, 6) = 5 ≤ 8: exact
-        got = exact["transformer.h.0.attn.c_attn.lora_B.weight"].double() @ exact["transformer.h.0.attn.c_attn.lora_A.weight"].double()
-        assert torch.allclose(got, target, atol=1e-5), aggregation
+        exact = HetLoRA(HetLoRAConfig(aggregation=aggregation, lora_aggregation="exact")).aggregate(wide, weights)
+        target = (w[0] * products[0] + w[1] * products[1]) / sum(w)
+        got = exact[key_b].double() @ exact[key_a].double()
+        assert lora_rank_of(exact) == 8 and torch.allclose(got, target, atol=1e-5), aggregation
 
     small, large = _state(8, tail_scale=1e-4), _state(8)
     assert lora_rank_of(prune_rank(small, 0.99, tol=1e-3)) == 7

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
@@ -61,6 +61,8 @@ class Method:
     """
 
     name = "base"
+    config_class: type[MethodConfig] = MethodConfig
+    """The method's settings; another ``MethodConfig`` given to the constructor contributes its shared fields."""
     uses_emulator = False
     """True when ``DeviceDecision.compression`` selects a per-device emulator."""
     trainable_kind: PayloadKind = "adapter"
@@ -71,7 +73,10 @@ class Method:
     """One job per (device, task it holds) each round, each with its own adapter (FL-TAC)."""
 
     def __init__(self, config: MethodConfig | None = None) -> None:
-        self.config = config or MethodConfig()
+        if not isinstance(config, self.config_class):  # only the shared MethodConfig fields carry over
+            base = config or MethodConfig()
+            config = self.config_class(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
+        self.config = config
         self.train_config = self.config.train or self.default_train
 
     # --- what a device holds -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ plugged into the full model. Baseline: ``fedpetuning`` (FedAvg of a single LoRA 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -102,13 +102,8 @@ class FedDATConfig(MethodConfig):
 
 class FedDAT(Method):
     name = "feddat"
+    config_class = FedDATConfig
     lora_on_all_layers = True
-
-    def __init__(self, config: MethodConfig | None = None) -> None:
-        if config is None or not isinstance(config, FedDATConfig):  # only the shared MethodConfig fields carry over
-            base = config or MethodConfig()
-            config = FedDATConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
-        super().__init__(config)
 
     def loss_fn(self) -> DualAdapterObjective:
         return DualAdapterObjective(self.config.temperature)

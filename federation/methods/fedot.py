@@ -15,10 +15,10 @@ for default decisions; ``kept_blocks`` shows the emulator actually held). A conf
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from federation.emulator import SubModelSpec, layer_drop_spec
-from federation.methods.base import DeviceDecision, MethodConfig
+from federation.methods.base import DeviceDecision
 from federation.methods.fedpeat import FedPEAT, FedPEATConfig
 
 
@@ -41,12 +41,7 @@ class FedOTConfig(FedPEATConfig):
 
 class FedOT(FedPEAT):
     name = "fedot"
-
-    def __init__(self, config: MethodConfig | None = None) -> None:
-        if config is None or not isinstance(config, FedOTConfig):  # only the shared MethodConfig fields carry over
-            base = config or MethodConfig()
-            config = FedOTConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
-        super().__init__(config)
+    config_class = FedOTConfig
 
     def shared_spec(self, num_layers: int) -> SubModelSpec:
         """The one emulator every device holds."""

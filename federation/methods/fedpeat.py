@@ -15,7 +15,7 @@ Server–device collaborative tuning is the engine's ``server_fraction`` option.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from federation.adapters import LoraSpec
 from federation.emulator import SubModelSpec, build_emulator, distill_emulator, layer_drop_spec
@@ -42,16 +42,14 @@ class FedPEATConfig(MethodConfig):
 
 class FedPEAT(Method):
     name = "fedpeat"
+    config_class = FedPEATConfig
 
     def __init__(self, config: MethodConfig | None = None) -> None:
-        if config is None or not isinstance(config, FedPEATConfig):
-            base = config or MethodConfig()
-            config = FedPEATConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
         super().__init__(config)
-        self.uses_emulator = config.case in (1, 2)
-        if config.case == 3:
+        self.uses_emulator = self.config.case in (1, 2)
+        if self.config.case == 3:
             self.trainable_kind = "model"
-            if config.train is None:
+            if self.config.train is None:
                 self.train_config = LocalTrainConfig(steps=10, batch_size=8, lr=3e-4)
 
     def lora_spec(self, decision: DeviceDecision | None = None) -> LoraSpec | None:

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from transformers import GPT2LMHeadModel
@@ -61,13 +61,11 @@ class FedPFTConfig(MethodConfig):
 
 class FedPFT(Method):
     name = "fedpft"
+    config_class = FedPFTConfig
     uses_emulator = True
     lora_on_all_layers = True
 
     def __init__(self, config: MethodConfig | None = None) -> None:
-        if config is None or not isinstance(config, FedPFTConfig):  # only the shared MethodConfig fields carry over
-            base = config or MethodConfig()
-            config = FedPFTConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
         super().__init__(config)
         self._spec: SubModelSpec | None = None
         self._refreshed = 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -119,12 +119,10 @@ class HetLoRAConfig(MethodConfig):
 
 class HetLoRA(Method):
     name = "hetlora"
+    config_class = HetLoRAConfig
     lora_on_all_layers = True
 
     def __init__(self, config: MethodConfig | None = None) -> None:
-        if config is None or not isinstance(config, HetLoRAConfig):  # only the shared MethodConfig fields carry over
-            base = config or MethodConfig()
-            config = HetLoRAConfig(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
         super().__init__(config)
         self.device_ranks: dict[int, int] = {}
         """Device → its self-pruned rank (devices that never pruned are absent)."""
