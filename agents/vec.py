@@ -1,4 +1,4 @@
-"""SB3 ``VecEnv`` over the batched surrogate: n_envs FedPEAT-v0 episodes per numpy step instead of n_envs
+"""SB3 ``VecEnv`` over the batched surrogate: n_envs FedPEAT-v0 episodes per compiled step instead of n_envs
 Python env steps (``DummyVecEnv``). Same-step autoreset with ``terminal_observation`` in ``infos``, as SB3 expects;
 ``env_method("action_masks")`` serves MaskablePPO."""
 
@@ -38,8 +38,8 @@ class FedPEATSB3VecEnv(VecEnv):
         started = time.perf_counter()
         obs, reward, terminated, truncated, info = self.venv.step(self._actions)
         done = terminated | truncated
-        infos = [{"perplexity": float(info["perplexity"][i]), "TimeLimit.truncated": bool(truncated[i])}
-                 for i in range(self.num_envs)]
+        infos = [{"perplexity": ppl, "TimeLimit.truncated": cut}
+                 for ppl, cut in zip(info["perplexity"].tolist(), truncated.tolist())]
         for i in np.flatnonzero(done):
             infos[i]["terminal_observation"] = info["final_obs"][i]
         self.step_time_s += time.perf_counter() - started

@@ -137,15 +137,21 @@ def engine_tables(overhead: dict, emulator_rows: list[dict]) -> tuple[Table, Tab
     return first, second
 
 
-def _steps_per_s(env, steps: int, seed: int = 0) -> float:
-    """Random-action steps per second of a single Gymnasium env (action sampling included, as for CartPole)."""
+def _steps_per_s(env, steps: int, seed: int = 0, warmup: int = 100) -> float:
+    """Random-action steps per second of a single Gymnasium env (action sampling included, as for CartPole), after
+    ``warmup`` untimed steps (first calls: loading compiled kernels)."""
     env.reset(seed=seed)
     env.action_space.seed(seed)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                env.reset()
+
+    run(warmup)
     started = time.perf_counter()
-    for _ in range(steps):
-        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            env.reset()
+    run(steps)
     return steps / (time.perf_counter() - started)
 
 
@@ -167,6 +173,7 @@ def bench_env(steps: int = 20_000, num_envs: int = 1024, vector_steps: int = 200
     vector = FedPEATVectorEnv(num_envs)
     vector.reset(seed=0)
     actions = [vector.action_space.sample() for _ in range(16)]
+    vector.step(actions[0])  # untimed: loads the compiled kernels
     started = time.perf_counter()
     for i in range(vector_steps):
         vector.step(actions[i % len(actions)])

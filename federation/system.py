@@ -251,9 +251,10 @@ class WirelessChannel:
         self.path_loss_db.flags.writeable = False  # the linear path gain is derived from it when a device is drawn
         self._h = np.empty((2, n))  # fading: real and imaginary parts
         self._draw(np.arange(n))
-        self._n0_w_per_hz = noise_psd_w_per_hz(config.noise_figure_db)
-        self._uplink_power_w = float(dbm_to_w(config.uplink_power_dbm))
-        self._downlink_power_w = float(dbm_to_w(config.downlink_power_dbm))
+        # the Shannon rates' arguments (constructor-validated: the unchecked formula is safe)
+        self._links = (self.uplink_bandwidth_hz, float(dbm_to_w(config.uplink_power_dbm)),
+                       float(config.downlink_bandwidth_hz), float(dbm_to_w(config.downlink_power_dbm)),
+                       noise_psd_w_per_hz(config.noise_figure_db))
 
     def _draw(self, idx: np.ndarray) -> None:
         n, cfg = len(idx), self.config
@@ -274,17 +275,16 @@ class WirelessChannel:
 
     def _round(self, advance: bool) -> ChannelState:
         """The state after advancing the fading by one round if ``advance``, else the current state."""
-        n, rho, n0 = self.num_devices, float(self.config.fading_correlation), self._n0_w_per_hz
-        up = (self.uplink_bandwidth_hz, self._uplink_power_w)  # constructor-validated: the unchecked formula is safe
-        down = (float(self.config.downlink_bandwidth_hz), self._downlink_power_w)
+        n, rho = self.num_devices, float(self.config.fading_correlation)
         out = np.empty((3, n))
         if n < LARGE_CHANNEL:
-            _compiled_round(self._h, rho, self._normals() if advance else _NO_DRAWS, self._path_gain, *up, *down, n0, out)
+            _compiled_round(self._h, rho, self._normals() if advance else _NO_DRAWS, self._path_gain, *self._links, out)
         else:
             if advance:
                 _fade(self._h, rho, self._normals())
             _gains(self._h, self._path_gain, out[0])
-            out[1], out[2] = _shannon(*up, out[0], n0), _shannon(*down, out[0], n0)
+            up_hz, up_w, down_hz, down_w, n0 = self._links
+            out[1], out[2] = _shannon(up_hz, up_w, out[0], n0), _shannon(down_hz, down_w, out[0], n0)
         out.flags.writeable = False  # fresh, never aliased
         return ChannelState(gain=out[0], uplink_rate_bps=out[1], downlink_rate_bps=out[2])
 
@@ -296,10 +296,11 @@ class WirelessChannel:
         """Advance the fading by one round (one CN(0,1) draw per device), then return the new state."""
         return self._round(True)
 
-    def gain_db(self) -> np.ndarray:
-        """Current channel power gain in dB, shape (N,)."""
-        g = np.empty(self.num_devices)
-        _gains(self._h, self._path_gain, g)
+    def gain_db(self, devices: np.ndarray | None = None) -> np.ndarray:
+        """Current channel power gain in dB, shape (N,), or of the given device indices."""
+        h, path_gain = (self._h, self._path_gain) if devices is None else (self._h[:, devices], self._path_gain[devices])
+        g = np.empty(len(path_gain))
+        _gains(h, path_gain, g)
         return 10.0 * np.log10(g)
 
 

@@ -43,8 +43,8 @@ class Dynamics:
 
     Scenario, drawn at reset: ``allowed`` η·capacity (bytes), ``share`` data shares, ``headroom`` allowed / full-model
     footprint clipped to [0, 2] (B, N); ``masks`` (B, mask length); ``noise`` (B, T) the surrogate's standard normal
-    of each round. Channel: ``channel``, a ``WirelessChannel`` of
-    B·N devices (episode-major); ``gain_db`` (B, N) its current gains in dB. State: ``ppl``, ``t`` (B,); ``held``
+    of each round. Channel: ``channel``, a ``WirelessChannel`` of B·N devices (episode-major); ``gain_db`` (B, N) its
+    current gains in dB. State: ``ppl``, ``t`` (B,); ``held``
     emulator level, ``exchanges`` and ``participation`` counts (B, N); ``active`` (B, N) the devices that trained in
     the last round.
     """
@@ -112,7 +112,9 @@ class Dynamics:
     def reset_episodes(self, envs: np.ndarray) -> None:
         """Start new episodes for the sub-envs in the bool mask ``envs`` (B,)."""
         idx = np.flatnonzero(envs)
-        self.channel.reset_devices((idx[:, None] * self.N + np.arange(self.N)).ravel())
+        devices = (idx[:, None] * self.N + np.arange(self.N)).ravel()
+        self.channel.reset_devices(devices)
+        self.gain_db.reshape(-1)[devices] = self.channel.gain_db(devices)
         self._start(idx)
 
     def _start(self, idx: np.ndarray) -> None:
@@ -123,7 +125,6 @@ class Dynamics:
         _start_episodes(idx, *draws, self._tiers, cfg.memory_fraction, self.costs.full_memory_bytes,
                         self._smallest_rank_memory, self.initial_ppl, self.allowed, self.share, self.headroom, self.masks,
                         self.noise, self.ppl, self.t, self.held, self.exchanges, self.participation, self.active)
-        self.gain_db[:] = self.channel.gain_db().reshape(self.batch, self.N)
 
     # --- observation and masks -----------------------------------------------------------------------
     def observe(self) -> np.ndarray:
@@ -151,18 +152,19 @@ class Dynamics:
         """Advance the channel (of every episode), apply valid, C-contiguous int64 decisions (B, N [+ N ranks]) of
         the ``live`` episodes (bool (B,), None: all) and price the round. Returns the round's result (NUM_ROWS, B) with
         every row but REWARD, TERMS.., PERPLEXITY and ROUND filled (zeros for episodes not live); updates ``active``."""
-        B, N = self.batch, self.N
         state = self.channel.step()
-        np.log10(state.gain.reshape(B, N), out=self.gain_db)
+        np.log10(state.gain.reshape(self.batch, self.N), out=self.gain_db)
         self.gain_db *= 10.0
-        out = np.zeros((NUM_ROWS, B))
-        _transmit(actions, self._all if live is None else live, state.uplink_rate_bps.reshape(B, N),
-                  state.downlink_rate_bps.reshape(B, N), out, *self._pricing)
+        out = np.zeros((NUM_ROWS, self.batch))
+        _transmit(actions, self._all if live is None else live, state.uplink_rate_bps, state.downlink_rate_bps, out,
+                  *self._pricing)
         return out
 
     def surrogate_perplexity(self, result: np.ndarray) -> np.ndarray:
         """(B,) next perplexity from the calibrated surrogate, given ``transmit``'s result."""
-        return self.cal.step(self.ppl, result[COMPRESSION], result[SHARE], result[NOISE])
+        next_ppl = np.empty(self.batch)
+        self.cal.step_into(self.ppl, result[COMPRESSION], result[SHARE], result[NOISE], next_ppl)
+        return next_ppl
 
     def finish(self, result: np.ndarray, next_ppl: np.ndarray, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Set the new perplexity (B,) of the live episodes, advance their time and fill ``result``'s remaining rows
@@ -222,9 +224,9 @@ def _start_episodes(idx, tier_draws, gamma_draws, noise_draws, tiers, memory_fra
 @numba.njit(cache=True, error_model="numpy")
 def _transmit(actions, live, uplink_bps, downlink_bps, out, t, noise, held, exchanges, participation, allowed, share,
               memory_table, emulator_bytes, eps_table, adapter_bytes, exchange_budget, active) -> None:
-    """Costs of one round (see ``Dynamics.transmit``). A selected device over its allowed memory is dropped; an
-    active device whose held emulator differs downloads the new one (an exchange); every active device downloads
-    and uploads its adapter."""
+    """Costs of one round (see ``Dynamics.transmit``; rates (B·N,) in bit/s, episode-major). A selected device over
+    its allowed memory is dropped; an active device whose held emulator differs downloads the new one (an exchange);
+    every active device downloads and uploads its adapter."""
     B, N = held.shape
     ranked = actions.shape[1] > N
     for b in range(B):
@@ -235,25 +237,30 @@ def _transmit(actions, live, uplink_bps, downlink_bps, out, t, noise, held, exch
         n_active = n_exchanges = n_violations = n_excess = 0
         for i in range(N):
             level = actions[b, i]
+            active[b, i] = False
+            if level == 0:
+                continue
             rank = actions[b, N + i] if ranked else 0
             need = memory_table[level, rank]
-            on = (level > 0) & (need <= allowed[b, i])
-            swap = on & (held[b, i] != level)
-            n_violations += (level > 0) & (need > allowed[b, i])
-            n_active += on
-            n_exchanges += swap
-            held[b, i] = level if swap else held[b, i]
-            exchanges[b, i] += swap
-            n_excess += swap & (exchanges[b, i] > exchange_budget)
-            participation[b, i] += on
-            active[b, i] = on
+            if need > allowed[b, i]:
+                n_violations += 1
+                continue
+            active[b, i] = True
+            n_active += 1
             adapter = adapter_bytes[rank]
-            down = adapter + emulator_bytes[level] * swap
-            q = 8.0 * down / downlink_bps[b, i] + 8.0 * adapter / uplink_bps[b, i]
-            latency = max(latency, q if on else 0.0)
-            memory += need / allowed[b, i] if on else 0.0
-            data += share[b, i] if on else 0.0
-            weighted += share[b, i] * eps_table[level] if on else 0.0
+            down = adapter
+            if held[b, i] != level:
+                held[b, i] = level
+                exchanges[b, i] += 1
+                n_exchanges += 1
+                down += emulator_bytes[level]
+                if exchanges[b, i] > exchange_budget:
+                    n_excess += 1
+            participation[b, i] += 1
+            latency = max(latency, 8.0 * down / downlink_bps[b * N + i] + 8.0 * adapter / uplink_bps[b * N + i])
+            memory += need / allowed[b, i]
+            data += share[b, i]
+            weighted += share[b, i] * eps_table[level]
         out[LATENCY_S, b] = latency
         out[EXCHANGES, b] = n_exchanges
         out[VIOLATIONS, b] = n_violations
@@ -295,16 +302,17 @@ def _finish(next_ppl, live, out, ended, obs, weights, reference_latency_s, t, pp
 @numba.njit(cache=True, error_model="numpy")
 def _observe_all(obs, t, ppl, gain_db, headroom, held, exchanges, participation, held_eps_table, target,
                  initial_ppl, horizon) -> None:
-    """Write every episode's observation into ``obs`` (B, 5N + 2) (layout: ``Dynamics.observe``)."""
+    """Write every episode's observation into ``obs`` (B, 5N + 2) (layout: ``Dynamics.observe``; reciprocals
+    instead of divisions in the per-device loop)."""
     B, N = held.shape
+    per_db, per_round = 1.0 / GAIN_DB_SCALE, 1.0 / horizon
     for b in range(B):
         for i in range(N):
-            gain = (gain_db[b, i] - GAIN_DB_CENTRE) / GAIN_DB_SCALE
-            obs[b, 5 * i] = min(max(gain, -3.0), 3.0)
+            obs[b, 5 * i] = min(max((gain_db[b, i] - GAIN_DB_CENTRE) * per_db, -3.0), 3.0)
             obs[b, 5 * i + 1] = headroom[b, i]
             obs[b, 5 * i + 2] = held_eps_table[held[b, i]]
-            obs[b, 5 * i + 3] = min(exchanges[b, i] / horizon, 1.0)
-            obs[b, 5 * i + 4] = min(participation[b, i] / horizon, 1.0)
+            obs[b, 5 * i + 3] = min(exchanges[b, i] * per_round, 1.0)
+            obs[b, 5 * i + 4] = min(participation[b, i] * per_round, 1.0)
         progress = (initial_ppl - ppl[b]) / (initial_ppl - target)
         obs[b, 5 * N] = min(max(progress, -1.0), 2.0)
-        obs[b, 5 * N + 1] = t[b] / horizon
+        obs[b, 5 * N + 1] = t[b] * per_round

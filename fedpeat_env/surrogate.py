@@ -83,10 +83,13 @@ class Calibration:
         """One round for a batch: ``ppl``, ``compression`` (ε̄), ``share`` (s_t) and standard normals ``z``, all (B,);
         returns the next perplexity (B,)."""
         out = np.empty(len(ppl))
-        _surrogate_step(np.ascontiguousarray(ppl, dtype=float), np.ascontiguousarray(compression, dtype=float),
-                        np.ascontiguousarray(share, dtype=float), np.ascontiguousarray(z, dtype=float),
-                        *self._parameters, out)
+        self.step_into(*(np.ascontiguousarray(x, dtype=float) for x in (ppl, compression, share, z)), out)
         return out
+
+    def step_into(self, ppl: np.ndarray, compression: np.ndarray, share: np.ndarray, z: np.ndarray,
+                  out: np.ndarray) -> None:
+        """``step`` into ``out``; every array float64, C-contiguous, (B,) (unchecked: the env's hot path)."""
+        _surrogate_step(ppl, compression, share, z, *self._parameters, out)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -296,3 +296,10 @@ def test_reset_devices_redraws_only_the_given_devices():
         assert np.array_equal(old[[0, 2, 3, 5]], new[[0, 2, 3, 5]])
         assert not np.any(old[[1, 4]] == new[[1, 4]])
     assert np.allclose(channel.path_loss_db, 128.1 + 37.6 * np.log10(channel.distances_m / 1000.0))
+
+
+def test_gain_db_of_some_devices() -> None:
+    ch = WirelessChannel(6, ChannelConfig(), np.random.default_rng(1))
+    ch.step()
+    np.testing.assert_array_equal(ch.gain_db(np.array([4, 1])), ch.gain_db()[[4, 1]])
+    np.testing.assert_allclose(ch.gain_db(), 10.0 * np.log10(ch.current().gain))
