@@ -11,13 +11,17 @@ drew.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numba
 import numpy as np
 
 from federation.system import WirelessChannel, dbm_to_w, noise_psd_w_per_hz, path_loss_db, shannon_rate
 from fedpeat_env.config import EnvConfig
 from fedpeat_env.costs import LevelCosts, level_costs
-from fedpeat_env.surrogate import Calibration
+
+if TYPE_CHECKING:
+    from fedpeat_env.surrogate import Calibration
 
 GAIN_DB_CENTRE, GAIN_DB_SCALE = -100.0, 20.0  # gain normalisation: (g_dB + 100) / 20, clipped to [-3, 3]
 REWARD_TERMS = ("perplexity", "latency", "exchanges", "memory", "memory_penalty", "exchange_penalty")
@@ -50,7 +54,7 @@ class Dynamics:
     """
 
     def __init__(self, config: EnvConfig, batch: int, calibration: Calibration) -> None:
-        self.config, self.batch, self.cal = config, batch, calibration
+        self.config, self.batch = config, batch
         self.N, self.K = config.num_devices, len(config.compression_levels)
         self.ranks = config.rank_levels if config.control_rank else config.rank_levels[-1:]
         self.R = len(self.ranks)
@@ -78,12 +82,12 @@ class Dynamics:
         self.ppl, self.t, self.noise = np.zeros(B), np.zeros(B, dtype=np.int64), np.zeros((B, config.horizon))
         self.held, self.exchanges, self.participation = (np.zeros((B, N), dtype=np.int64) for _ in range(3))
         self.active, self.gain_db = np.zeros((B, N), dtype=bool), np.zeros((B, N))
-        # the kernels' persistent arguments (arrays updated in place)
-        self._observation = (self.t, self.ppl, self.gain_db, self.headroom, self.held, self.exchanges, self.participation,
-                             self.held_eps_table, self.target, self.initial_ppl, config.horizon)
-        self._pricing = (self.t, self.noise, self.held, self.exchanges, self.participation, self.allowed, self.share,
-                         self.memory_table, self.emulator_bytes, self.eps_table, self.costs.adapter_bytes,
-                         self.exchange_budget, self.active)
+        # the kernels' arguments that persist (arrays updated in place): state, scenario, tables; surrogate; reward
+        self._model = (self.t, self.ppl, self.noise, self.held, self.exchanges, self.participation, self.active,
+                       self.gain_db, self.allowed, self.share, self.headroom, self.memory_table, self.emulator_bytes,
+                       self.eps_table, self.held_eps_table, self.costs.adapter_bytes, self.exchange_budget)
+        self._surrogate = calibration.step_arguments
+        self._rewards = (self.weights, self.reference_latency_s, self.target, self.initial_ppl, config.horizon)
         self.rng = np.random.Generator(np.random.PCG64(0))  # its state is set by ``reset``
         self.channel = WirelessChannel(B * N, config.channel, self.rng)
 
@@ -131,7 +135,7 @@ class Dynamics:
         """(B, 5N + 2) float32: per device [gain, memory headroom, held ε, exchanges/T, participation/T] then
         [perplexity progress, round/T]."""
         obs = np.empty((self.batch, self.obs_dim), dtype=np.float32)
-        _observe_all(obs, *self._observation)
+        _observe_all(obs, *self._model, *self._rewards)
         return obs
 
     def observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -148,39 +152,39 @@ class Dynamics:
         """Whether int64 ``actions`` (B, N [+ N]) are all within the action space's ``nvec``."""
         return _in_range(actions, self.nvec)
 
-    def transmit(self, actions: np.ndarray, live: np.ndarray | None = None) -> np.ndarray:
-        """Advance the channel (of every episode), apply valid, C-contiguous int64 decisions (B, N [+ N ranks]) of
-        the ``live`` episodes (bool (B,), None: all) and price the round. Returns the round's result (NUM_ROWS, B) with
-        every row but REWARD, TERMS.., PERPLEXITY and ROUND filled (zeros for episodes not live); updates ``active``."""
+    def _advance_channel(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Advance every episode's channel one round; returns (uplink, downlink rates (B·N,) bit/s, empty result)."""
         state = self.channel.step()
         np.log10(state.gain.reshape(self.batch, self.N), out=self.gain_db)
         self.gain_db *= 10.0
-        out = np.zeros((NUM_ROWS, self.batch))
-        _transmit(actions, self._all if live is None else live, state.uplink_rate_bps, state.downlink_rate_bps, out,
-                  *self._pricing)
-        return out
+        return state.uplink_rate_bps, state.downlink_rate_bps, np.zeros((NUM_ROWS, self.batch))
 
-    def surrogate_perplexity(self, result: np.ndarray) -> np.ndarray:
-        """(B,) next perplexity from the calibrated surrogate, given ``transmit``'s result."""
-        next_ppl = np.empty(self.batch)
-        self.cal.step_into(self.ppl, result[COMPRESSION], result[SHARE], result[NOISE], next_ppl)
-        return next_ppl
-
-    def finish(self, result: np.ndarray, next_ppl: np.ndarray, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Set the new perplexity (B,) of the live episodes, advance their time and fill ``result``'s remaining rows
-        (reward rows zero for episodes not live). Returns (observation (B, 5N + 2) float32, [terminated, truncated]
-        (2, B) bool)."""
-        obs = np.empty((self.batch, self.obs_dim), dtype=np.float32)
-        ended = np.zeros((2, self.batch), dtype=bool)
-        _finish(next_ppl, self._all if live is None else live, result, ended, obs, self.weights,
-                self.reference_latency_s, *self._observation)
-        return obs, ended
+    def _outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((2, self.batch), dtype=bool), np.empty((self.batch, self.obs_dim), dtype=np.float32)
 
     def step(self, actions: np.ndarray, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A surrogate round (``transmit``, ``surrogate_perplexity``, ``finish``): (observation, result, ended)."""
-        result = self.transmit(actions, live)
-        obs, ended = self.finish(result, self.surrogate_perplexity(result), live)
+        """A surrogate round: advance the channel, apply valid, C-contiguous int64 decisions (B, N [+ N ranks]) of the
+        ``live`` episodes (bool (B,), None: all), price the round, move the perplexity by the calibrated surrogate,
+        reward. Returns (observation (B, 5N + 2) float32, the round's result (NUM_ROWS, B), [terminated, truncated]
+        (2, B) bool); episodes not live keep their state (result rows zero, not ended)."""
+        uplink_bps, downlink_bps, result = self._advance_channel()
+        ended, obs = self._outputs()
+        _round(actions, self._all if live is None else live, uplink_bps, downlink_bps, result, ended, obs, *self._model,
+               *self._surrogate, *self._rewards)
         return obs, result, ended
+
+    def transmit(self, actions: np.ndarray) -> np.ndarray:
+        """``step`` up to the perplexity, for another perplexity model (engine fidelity): returns the round's result
+        with every row but REWARD, TERMS.., PERPLEXITY and ROUND; updates ``active``."""
+        uplink_bps, downlink_bps, result = self._advance_channel()
+        _transmit(actions, uplink_bps, downlink_bps, result, *self._model)
+        return result
+
+    def finish(self, result: np.ndarray, next_ppl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rest of ``step`` after ``transmit``, given the next perplexity (B,): (observation, ended)."""
+        ended, obs = self._outputs()
+        _finish(next_ppl, result, ended, obs, *self._model, *self._rewards)
+        return obs, ended
 
 
 # --- compiled kernels: B episodes, N devices -------------------------------------------------------------------
@@ -221,87 +225,155 @@ def _start_episodes(idx, tier_draws, gamma_draws, noise_draws, tiers, memory_fra
         t[b] = 0
 
 
-@numba.njit(cache=True, error_model="numpy")
-def _transmit(actions, live, uplink_bps, downlink_bps, out, t, noise, held, exchanges, participation, allowed, share,
-              memory_table, emulator_bytes, eps_table, adapter_bytes, exchange_budget, active) -> None:
-    """Costs of one round (see ``Dynamics.transmit``; rates (B·N,) in bit/s, episode-major). A selected device over
+# The entry kernels take, after their per-call arrays, ``Dynamics._model`` (state, scenario, tables), then (``_round``)
+# ``Dynamics._surrogate`` and ``Dynamics._rewards``; the per-episode parts are inlined into them.
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _price(b, actions, uplink_bps, downlink_bps, out, t, noise, held, exchanges, participation, active, allowed, share,
+           memory_table, emulator_bytes, eps_table, adapter_bytes, exchange_budget) -> None:
+    """Costs of episode b's round into ``out[:, b]`` (rates (B·N,) in bit/s, episode-major). A selected device over
     its allowed memory is dropped; an active device whose held emulator differs downloads the new one (an exchange);
     every active device downloads and uploads its adapter."""
-    B, N = held.shape
+    N = held.shape[1]
     ranked = actions.shape[1] > N
-    for b in range(B):
-        if not live[b]:
-            active[b] = False
+    latency = memory = weighted = data = 0.0
+    n_active = n_exchanges = n_violations = n_excess = 0
+    for i in range(N):
+        level = actions[b, i]
+        active[b, i] = False
+        if level == 0:
             continue
-        latency = memory = weighted = data = 0.0
-        n_active = n_exchanges = n_violations = n_excess = 0
-        for i in range(N):
-            level = actions[b, i]
-            active[b, i] = False
-            if level == 0:
-                continue
-            rank = actions[b, N + i] if ranked else 0
-            need = memory_table[level, rank]
-            if need > allowed[b, i]:
-                n_violations += 1
-                continue
-            active[b, i] = True
-            n_active += 1
-            adapter = adapter_bytes[rank]
-            down = adapter
-            if held[b, i] != level:
-                held[b, i] = level
-                exchanges[b, i] += 1
-                n_exchanges += 1
-                down += emulator_bytes[level]
-                if exchanges[b, i] > exchange_budget:
-                    n_excess += 1
-            participation[b, i] += 1
-            latency = max(latency, 8.0 * down / downlink_bps[b * N + i] + 8.0 * adapter / uplink_bps[b * N + i])
-            memory += need / allowed[b, i]
-            data += share[b, i]
-            weighted += share[b, i] * eps_table[level]
-        out[LATENCY_S, b] = latency
-        out[EXCHANGES, b] = n_exchanges
-        out[VIOLATIONS, b] = n_violations
-        out[PARTICIPANTS, b] = n_active
-        out[MEMORY_USE, b] = memory / max(n_active, 1)
-        out[EXCESS_EXCHANGES, b] = n_excess
-        out[COMPRESSION, b] = weighted / max(data, 1e-12)
-        out[SHARE, b] = data
-        out[NOISE, b] = noise[b, t[b]]
+        rank = actions[b, N + i] if ranked else 0
+        need = memory_table[level, rank]
+        if need > allowed[b, i]:
+            n_violations += 1
+            continue
+        active[b, i] = True
+        n_active += 1
+        adapter = adapter_bytes[rank]
+        down = adapter
+        if held[b, i] != level:
+            held[b, i] = level
+            exchanges[b, i] += 1
+            n_exchanges += 1
+            down += emulator_bytes[level]
+            if exchanges[b, i] > exchange_budget:
+                n_excess += 1
+        participation[b, i] += 1
+        latency = max(latency, 8.0 * down / downlink_bps[b * N + i] + 8.0 * adapter / uplink_bps[b * N + i])
+        memory += need / allowed[b, i]
+        data += share[b, i]
+        weighted += share[b, i] * eps_table[level]
+    out[LATENCY_S, b] = latency
+    out[EXCHANGES, b] = n_exchanges
+    out[VIOLATIONS, b] = n_violations
+    out[PARTICIPANTS, b] = n_active
+    out[MEMORY_USE, b] = memory / max(n_active, 1)
+    out[EXCESS_EXCHANGES, b] = n_excess
+    out[COMPRESSION, b] = weighted / max(data, 1e-12)
+    out[SHARE, b] = data
+    out[NOISE, b] = noise[b, t[b]]
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _settle(b, next_ppl, out, ended, weights, reference_latency_s, t, ppl, target, initial_ppl, horizon, N) -> None:
+    """Episode b after its round: new perplexity, time, reward terms and reward into ``out[:, b]``, episode end."""
+    ppl[b] = next_ppl
+    t[b] += 1
+    out[TERMS, b] = -weights[0] * max(next_ppl - target, 0.0) / (initial_ppl - target)
+    out[TERMS + 1, b] = -weights[1] * min(out[LATENCY_S, b] / reference_latency_s, LATENCY_CAP)
+    out[TERMS + 2, b] = -weights[2] * out[EXCHANGES, b] / N
+    out[TERMS + 3, b] = -weights[3] * out[MEMORY_USE, b]
+    out[TERMS + 4, b] = -weights[4] * out[VIOLATIONS, b]
+    out[TERMS + 5, b] = -weights[5] * out[EXCESS_EXCHANGES, b]
+    reward = 0.0
+    for k in range(6):
+        reward += out[TERMS + k, b]
+    out[REWARD, b] = reward
+    ended[0, b] = next_ppl <= target
+    ended[1, b] = (next_ppl > target) & (t[b] >= horizon)
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _next_perplexity(ppl, compression, share, z, levels, plateaus, rate, exponent, noise_std) -> float:
+    """The surrogate round of one episode (``fedpeat_env.surrogate``). ppl_inf(ε) is linear between calibrated
+    levels, constant beyond them (``np.interp``, written out: numba's is slow on scalars)."""
+    if not share > 0:
+        return ppl
+    last = len(levels) - 1
+    if compression < levels[0]:
+        inf = plateaus[0]
+    elif compression >= levels[last]:
+        inf = plateaus[last]
+    else:
+        j = 0
+        while compression >= levels[j + 1]:
+            j += 1
+        slope = (plateaus[j + 1] - plateaus[j]) / (levels[j + 1] - levels[j])
+        inf = plateaus[j] if compression == levels[j] else slope * (compression - levels[j]) + plateaus[j]
+    return (inf + (ppl - inf) * np.exp(-rate * share**exponent)) * np.exp(noise_std * z)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _finish(next_ppl, live, out, ended, obs, weights, reference_latency_s, t, ppl, gain_db, headroom, held,
-            exchanges, participation, held_eps_table, target, initial_ppl, horizon) -> None:
-    """Reward terms, episode end and observation after a round (see ``Dynamics.finish``)."""
-    B, N = held.shape
-    for b in range(B):
+def surrogate_step(ppl, compression, share, z, levels, plateaus, rate, exponent, noise_std, out) -> None:
+    """``_next_perplexity`` of B episodes (``Calibration.step``): float64 (B,) arrays, the result into ``out``."""
+    for b in range(len(ppl)):
+        out[b] = _next_perplexity(ppl[b], compression[b], share[b], z[b], levels, plateaus, rate, exponent, noise_std)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _round(actions, live, uplink_bps, downlink_bps, out, ended, obs, t, ppl, noise, held, exchanges, participation,
+           active, gain_db, allowed, share, headroom, memory_table, emulator_bytes, eps_table, held_eps_table,
+           adapter_bytes, exchange_budget, levels, plateaus, rate, exponent, noise_std, weights, reference_latency_s,
+           target, initial_ppl, horizon) -> None:
+    """A surrogate round of the live episodes (``Dynamics.step``), then every observation."""
+    N = held.shape[1]
+    for b in range(held.shape[0]):
         if live[b]:
-            ppl[b] = next_ppl[b]
-            t[b] += 1
-            out[TERMS, b] = -weights[0] * max(ppl[b] - target, 0.0) / (initial_ppl - target)
-            out[TERMS + 1, b] = -weights[1] * min(out[LATENCY_S, b] / reference_latency_s, LATENCY_CAP)
-            out[TERMS + 2, b] = -weights[2] * out[EXCHANGES, b] / N
-            out[TERMS + 3, b] = -weights[3] * out[MEMORY_USE, b]
-            out[TERMS + 4, b] = -weights[4] * out[VIOLATIONS, b]
-            out[TERMS + 5, b] = -weights[5] * out[EXCESS_EXCHANGES, b]
-            reward = 0.0
-            for k in range(6):
-                reward += out[TERMS + k, b]
-            out[REWARD, b] = reward
-            ended[0, b] = ppl[b] <= target
-            ended[1, b] = (ppl[b] > target) & (t[b] >= horizon)
+            _price(b, actions, uplink_bps, downlink_bps, out, t, noise, held, exchanges, participation, active, allowed,
+                   share, memory_table, emulator_bytes, eps_table, adapter_bytes, exchange_budget)
+            next_ppl = _next_perplexity(ppl[b], out[COMPRESSION, b], out[SHARE, b], out[NOISE, b], levels, plateaus,
+                                        rate, exponent, noise_std)
+            _settle(b, next_ppl, out, ended, weights, reference_latency_s, t, ppl, target, initial_ppl, horizon, N)
+        else:
+            active[b] = False
         out[PERPLEXITY, b] = ppl[b]
         out[ROUND, b] = t[b]
-    _observe_all(obs, t, ppl, gain_db, headroom, held, exchanges, participation, held_eps_table, target,
-                 initial_ppl, horizon)
+    _observe_all(obs, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed, share, headroom,
+                 memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes, exchange_budget, weights,
+                 reference_latency_s, target, initial_ppl, horizon)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _observe_all(obs, t, ppl, gain_db, headroom, held, exchanges, participation, held_eps_table, target,
-                 initial_ppl, horizon) -> None:
+def _transmit(actions, uplink_bps, downlink_bps, out, t, ppl, noise, held, exchanges, participation, active, gain_db,
+              allowed, share, headroom, memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes,
+              exchange_budget) -> None:
+    """``_price`` of every episode (``Dynamics.transmit``)."""
+    for b in range(held.shape[0]):
+        _price(b, actions, uplink_bps, downlink_bps, out, t, noise, held, exchanges, participation, active, allowed,
+               share, memory_table, emulator_bytes, eps_table, adapter_bytes, exchange_budget)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _finish(next_ppl, out, ended, obs, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed, share,
+            headroom, memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes, exchange_budget, weights,
+            reference_latency_s, target, initial_ppl, horizon) -> None:
+    """``_settle`` of every episode, then every observation (``Dynamics.finish``)."""
+    N = held.shape[1]
+    for b in range(held.shape[0]):
+        _settle(b, next_ppl[b], out, ended, weights, reference_latency_s, t, ppl, target, initial_ppl, horizon, N)
+        out[PERPLEXITY, b] = ppl[b]
+        out[ROUND, b] = t[b]
+    _observe_all(obs, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed, share, headroom,
+                 memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes, exchange_budget, weights,
+                 reference_latency_s, target, initial_ppl, horizon)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _observe_all(obs, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed, share, headroom,
+                 memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes, exchange_budget, weights,
+                 reference_latency_s, target, initial_ppl, horizon) -> None:
     """Write every episode's observation into ``obs`` (B, 5N + 2) (layout: ``Dynamics.observe``; reciprocals
     instead of divisions in the per-device loop)."""
     B, N = held.shape

@@ -7,7 +7,8 @@ One round moves the full model's plug-in perplexity towards the plateau of the p
 ε̄ is the data-weighted compression of the participating devices, s_t ∈ (0, 1] their share of all device data,
 ppl_inf(ε) the plug-in perplexity reached with emulators of ratio ε (linear interpolation between calibrated
 levels). No participant: ppl stays. ``fedpeat calibrate`` fits (ppl_inf, rate, exponent, noise_std) to engine runs
-and writes a versioned JSON file; the fit error on held-out engine runs is stored in it.
+and writes a versioned JSON file; the fit error on held-out engine runs is stored in it. The formula is compiled
+with the rest of the env's round in ``fedpeat_env.dynamics`` (``surrogate_step``), which ``Calibration.step`` runs.
 """
 
 from __future__ import annotations
@@ -17,36 +18,13 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import numba
 import numpy as np
 from scipy.optimize import least_squares
 
+from fedpeat_env.dynamics import surrogate_step
+
 FORMAT_VERSION = 1
 DEFAULT_CALIBRATION = Path(__file__).parent / "calibrations" / "embedded-v1.json"
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _surrogate_step(ppl: np.ndarray, compression: np.ndarray, share: np.ndarray, z: np.ndarray, levels: np.ndarray,
-                    plateaus: np.ndarray, rate: float, exponent: float, noise_std: float, out: np.ndarray) -> None:
-    """The surrogate round (module docstring) for each of B episodes, into ``out`` (B,). ppl_inf(ε) is linear
-    between calibrated levels, constant beyond them (``np.interp``, written out: numba's is slow on scalars)."""
-    last = len(levels) - 1
-    for b in range(ppl.shape[0]):
-        if not share[b] > 0:
-            out[b] = ppl[b]
-            continue
-        eps = compression[b]
-        if eps < levels[0]:
-            inf = plateaus[0]
-        elif eps >= levels[last]:
-            inf = plateaus[last]
-        else:
-            j = 0
-            while eps >= levels[j + 1]:
-                j += 1
-            slope = (plateaus[j + 1] - plateaus[j]) / (levels[j + 1] - levels[j])
-            inf = plateaus[j] if eps == levels[j] else slope * (eps - levels[j]) + plateaus[j]
-        out[b] = (inf + (ppl[b] - inf) * np.exp(-rate * share[b] ** exponent)) * np.exp(noise_std * z[b])
 
 
 @dataclass(frozen=True)
@@ -74,22 +52,18 @@ class Calibration:
             raise ValueError(f"levels must be increasing, got {self.levels}")
 
     @cached_property
-    def _parameters(self) -> tuple:
-        """The compiled step's arguments after the batch: levels, plateaus, rate, exponent, noise_std."""
+    def step_arguments(self) -> tuple:
+        """(levels, plateaus, rate, exponent, noise_std) as the compiled round takes them."""
         return (np.array(self.levels, dtype=float), np.array(self.plateau_perplexity, dtype=float), float(self.rate),
                 float(self.exponent), float(self.noise_std))
 
     def step(self, ppl: np.ndarray, compression: np.ndarray, share: np.ndarray, z: np.ndarray) -> np.ndarray:
         """One round for a batch: ``ppl``, ``compression`` (ε̄), ``share`` (s_t) and standard normals ``z``, all (B,);
-        returns the next perplexity (B,)."""
+        returns the next perplexity (B,). The formula is ``fedpeat_env.dynamics``'s, which the env runs."""
         out = np.empty(len(ppl))
-        self.step_into(*(np.ascontiguousarray(x, dtype=float) for x in (ppl, compression, share, z)), out)
+        surrogate_step(*(np.ascontiguousarray(x, dtype=float) for x in (ppl, compression, share, z)),
+                       *self.step_arguments, out)
         return out
-
-    def step_into(self, ppl: np.ndarray, compression: np.ndarray, share: np.ndarray, z: np.ndarray,
-                  out: np.ndarray) -> None:
-        """``step`` into ``out``; every array float64, C-contiguous, (B,) (unchecked: the env's hot path)."""
-        _surrogate_step(ppl, compression, share, z, *self._parameters, out)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
