@@ -105,17 +105,26 @@ def _faded(h: float, rho: float, w: float) -> float:
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _gain(path_gain: float, h: np.ndarray, i: int) -> float:
+    """Linear gain path_gain * |h_i|^2 of device i (``h`` (2, N): real and imaginary parts)."""
+    return path_gain * (h[0, i] * h[0, i] + h[1, i] * h[1, i])
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _place_devices(idx: np.ndarray, distances_drawn: np.ndarray, bandwidths_drawn: np.ndarray, normals: np.ndarray,
                    distances: np.ndarray, bandwidths: np.ndarray, path_loss: np.ndarray, path_gain: np.ndarray,
-                   h: np.ndarray) -> None:
+                   h: np.ndarray) -> np.ndarray:
     """Devices ``idx`` (n,) get the drawn distances and bandwidths (n,), a fresh CN(0,1) fading from ``normals``
-    (2, n), and the path loss (dB) and linear path gain of their distance."""
+    (2, n), and the path loss (dB) and linear path gain of their distance; returns their gains in dB (n,)."""
+    gains_db = np.empty(len(idx))
     for j in range(len(idx)):
         i = idx[j]
         distances[i], bandwidths[i] = distances_drawn[j], bandwidths_drawn[j]
         h[0, i], h[1, i] = _faded(0.0, 0.0, normals[0, j]), _faded(0.0, 0.0, normals[1, j])
         path_loss[i] = _path_loss_compiled(distances[i])
         path_gain[i] = 10.0 ** (-path_loss[i] / 10.0)
+        gains_db[j] = 10.0 * math.log10(_gain(path_gain[i], h, i))
+    return gains_db
 
 
 @numba.njit(cache=True)
@@ -136,7 +145,7 @@ def _fade(h: np.ndarray, rho: float, w: np.ndarray) -> None:
 def _gains(h: np.ndarray, path_gain: np.ndarray, out: np.ndarray) -> None:
     """Linear gains path_gain*|h|^2 (N,) of the fading ``h`` (2, N), into ``out``."""
     for i in range(h.shape[1]):
-        out[i] = path_gain[i] * (h[0, i] * h[0, i] + h[1, i] * h[1, i])
+        out[i] = _gain(path_gain[i], h, i)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -256,17 +265,19 @@ class WirelessChannel:
                        float(config.downlink_bandwidth_hz), float(dbm_to_w(config.downlink_power_dbm)),
                        noise_psd_w_per_hz(config.noise_figure_db))
 
-    def _draw(self, idx: np.ndarray) -> None:
+    def _draw(self, idx: np.ndarray) -> np.ndarray:
         n, cfg = len(idx), self.config
         draws = (self._rng.uniform(cfg.min_distance_m, cfg.max_distance_m, n), self._rng.uniform(*cfg.uplink_bandwidth_hz, n),
                  self._rng.standard_normal((2, n)))
-        _place_devices(idx, *draws, self.distances_m, self.uplink_bandwidth_hz, self._path_loss, self._path_gain, self._h)
+        return _place_devices(idx, *draws, self.distances_m, self.uplink_bandwidth_hz, self._path_loss, self._path_gain,
+                              self._h)
 
-    def reset_devices(self, devices: np.ndarray) -> None:
+    def reset_devices(self, devices: np.ndarray) -> np.ndarray:
         """Redraw distance, uplink bandwidth and fading of the given devices (indices or boolean mask), in the
-        same order as the constructor (distances, bandwidths, fading); e.g. a new episode of a vectorised env."""
+        same order as the constructor (distances, bandwidths, fading), e.g. a new episode of a vectorised env;
+        returns their gains in dB."""
         devices = np.asarray(devices)
-        self._draw(np.flatnonzero(devices) if devices.dtype == bool else devices.astype(np.int64))
+        return self._draw(np.flatnonzero(devices) if devices.dtype == bool else devices.astype(np.int64))
 
     def _normals(self) -> np.ndarray:
         """(2, N) ``rng.standard_normal((2, N))`` (drawn in numba for large channels: the same numbers)."""
@@ -296,11 +307,10 @@ class WirelessChannel:
         """Advance the fading by one round (one CN(0,1) draw per device), then return the new state."""
         return self._round(True)
 
-    def gain_db(self, devices: np.ndarray | None = None) -> np.ndarray:
-        """Current channel power gain in dB, shape (N,), or of the given device indices."""
-        h, path_gain = (self._h, self._path_gain) if devices is None else (self._h[:, devices], self._path_gain[devices])
-        g = np.empty(len(path_gain))
-        _gains(h, path_gain, g)
+    def gain_db(self) -> np.ndarray:
+        """Current channel power gain in dB, shape (N,)."""
+        g = np.empty(self.num_devices)
+        _gains(self._h, self._path_gain, g)
         return 10.0 * np.log10(g)
 
 

@@ -117,8 +117,7 @@ class Dynamics:
         """Start new episodes for the sub-envs in the bool mask ``envs`` (B,)."""
         idx = np.flatnonzero(envs)
         devices = (idx[:, None] * self.N + np.arange(self.N)).ravel()
-        self.channel.reset_devices(devices)
-        self.gain_db.reshape(-1)[devices] = self.channel.gain_db(devices)
+        self.gain_db.reshape(-1)[devices] = self.channel.reset_devices(devices)
         self._start(idx)
 
     def _start(self, idx: np.ndarray) -> None:
