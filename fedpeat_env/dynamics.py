@@ -48,9 +48,8 @@ class Dynamics:
     Scenario, drawn at reset: ``allowed`` η·capacity (bytes), ``share`` data shares, ``headroom`` allowed / full-model
     footprint clipped to [0, 2] (B, N); ``masks`` (B, mask length); ``noise`` (B, T) the surrogate's standard normal
     of each round. Channel: ``channel``, a ``WirelessChannel`` of B·N devices (episode-major); ``gain_db`` (B, N) its
-    current gains in dB. State: ``ppl``, ``t`` (B,); ``held``
-    emulator level, ``exchanges`` and ``participation`` counts (B, N); ``active`` (B, N) the devices that trained in
-    the last round.
+    current gains in dB. State: ``ppl``, ``t`` (B,); ``held`` emulator level, ``exchanges`` and ``participation``
+    counts (B, N); ``active`` (B, N) the devices that trained in the last round.
     """
 
     def __init__(self, config: EnvConfig, batch: int, calibration: Calibration) -> None:
@@ -126,8 +125,7 @@ class Dynamics:
         draws = (self.rng.random((n, self.N)), self.rng.standard_gamma(2.0, (n, self.N)),
                  self.rng.standard_normal((n, cfg.horizon)))
         _start_episodes(idx, *draws, self._tiers, cfg.memory_fraction, self.costs.full_memory_bytes,
-                        self._smallest_rank_memory, self.initial_ppl, self.allowed, self.share, self.headroom, self.masks,
-                        self.noise, self.ppl, self.t, self.held, self.exchanges, self.participation, self.active)
+                        self._smallest_rank_memory, self.masks, *self._model, *self._rewards)
 
     # --- observation and masks -----------------------------------------------------------------------
     def observe(self) -> np.ndarray:
@@ -151,14 +149,15 @@ class Dynamics:
         """Whether int64 ``actions`` (B, N [+ N]) are all within the action space's ``nvec``."""
         return _in_range(actions, self.nvec)
 
-    def _advance_channel(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Advance every episode's channel one round; returns (uplink, downlink rates (B·N,) bit/s, empty result)."""
+    def _advance_channel(self) -> tuple[np.ndarray, np.ndarray]:
+        """Advance every episode's channel one round: uplink and downlink rates (B·N,) in bit/s; updates ``gain_db``."""
         state = self.channel.step()
         np.log10(state.gain.reshape(self.batch, self.N), out=self.gain_db)
         self.gain_db *= 10.0
-        return state.uplink_rate_bps, state.downlink_rate_bps, np.zeros((NUM_ROWS, self.batch))
+        return state.uplink_rate_bps, state.downlink_rate_bps
 
     def _outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh ([terminated, truncated] (2, B), observation (B, 5N + 2))."""
         return np.zeros((2, self.batch), dtype=bool), np.empty((self.batch, self.obs_dim), dtype=np.float32)
 
     def step(self, actions: np.ndarray, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,8 +165,8 @@ class Dynamics:
         ``live`` episodes (bool (B,), None: all), price the round, move the perplexity by the calibrated surrogate,
         reward. Returns (observation (B, 5N + 2) float32, the round's result (NUM_ROWS, B), [terminated, truncated]
         (2, B) bool); episodes not live keep their state (result rows zero, not ended)."""
-        uplink_bps, downlink_bps, result = self._advance_channel()
-        ended, obs = self._outputs()
+        uplink_bps, downlink_bps = self._advance_channel()
+        result, (ended, obs) = np.zeros((NUM_ROWS, self.batch)), self._outputs()
         _round(actions, self._all if live is None else live, uplink_bps, downlink_bps, result, ended, obs, *self._model,
                *self._surrogate, *self._rewards)
         return obs, result, ended
@@ -175,7 +174,8 @@ class Dynamics:
     def transmit(self, actions: np.ndarray) -> np.ndarray:
         """``step`` up to the perplexity, for another perplexity model (engine fidelity): returns the round's result
         with every row but REWARD, TERMS.., PERPLEXITY and ROUND; updates ``active``."""
-        uplink_bps, downlink_bps, result = self._advance_channel()
+        uplink_bps, downlink_bps = self._advance_channel()
+        result = np.zeros((NUM_ROWS, self.batch))
         _transmit(actions, uplink_bps, downlink_bps, result, *self._model)
         return result
 
@@ -198,8 +198,9 @@ def _in_range(actions, nvec) -> bool:
 
 @numba.njit(cache=True, error_model="numpy")
 def _start_episodes(idx, tier_draws, gamma_draws, noise_draws, tiers, memory_fraction, full_memory_bytes,
-                    smallest_rank_memory, initial_ppl, allowed, share, headroom, masks, noise, ppl, t, held, exchanges,
-                    participation, active) -> None:
+                    smallest_rank_memory, masks, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed,
+                    share, headroom, memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes,
+                    exchange_budget, weights, reference_latency_s, target, initial_ppl, horizon) -> None:
     """New episodes for the sub-envs ``idx`` (n,): each device the memory tier where its ``tier_draws`` (n, N) ~ U(0, 1)
     falls, data shares Dirichlet(2) from ``gamma_draws`` (n, N) ~ Gamma(2), surrogate noise ``noise_draws`` (n, T).
     Masks follow from the footprint at the smallest rank (the rank head, if any, allows every rank); the state is
