@@ -229,7 +229,7 @@ def _start_episodes(idx, tier_draws, gamma_draws, noise_draws, tiers, memory_fra
 # ``Dynamics._surrogate`` and ``Dynamics._rewards``; the per-episode parts are inlined into them.
 
 
-@numba.njit(cache=True, error_model="numpy", inline="always")
+@numba.njit(cache=True, error_model="numpy")
 def _price(b, actions, uplink_bps, downlink_bps, out, t, noise, held, exchanges, participation, active, allowed, share,
            memory_table, emulator_bytes, eps_table, adapter_bytes, exchange_budget) -> None:
     """Costs of episode b's round into ``out[:, b]`` (rates (B·N,) in bit/s, episode-major). A selected device over
@@ -276,7 +276,7 @@ def _price(b, actions, uplink_bps, downlink_bps, out, t, noise, held, exchanges,
     out[NOISE, b] = noise[b, t[b]]
 
 
-@numba.njit(cache=True, error_model="numpy", inline="always")
+@numba.njit(cache=True, error_model="numpy")
 def _settle(b, next_ppl, out, ended, weights, reference_latency_s, t, ppl, target, initial_ppl, horizon, N) -> None:
     """Episode b after its round: new perplexity, time, reward terms and reward into ``out[:, b]``, episode end."""
     ppl[b] = next_ppl
@@ -295,7 +295,7 @@ def _settle(b, next_ppl, out, ended, weights, reference_latency_s, t, ppl, targe
     ended[1, b] = (next_ppl > target) & (t[b] >= horizon)
 
 
-@numba.njit(cache=True, error_model="numpy", inline="always")
+@numba.njit(cache=True, error_model="numpy")
 def _next_perplexity(ppl, compression, share, z, levels, plateaus, rate, exponent, noise_std) -> float:
     """The surrogate round of one episode (``fedpeat_env.surrogate``). ppl_inf(ε) is linear between calibrated
     levels, constant beyond them (``np.interp``, written out: numba's is slow on scalars)."""
