@@ -226,7 +226,7 @@ def _start_episodes(idx, tier_draws, gamma_draws, noise_draws, tiers, memory_fra
 
 
 # The entry kernels take, after their per-call arrays, ``Dynamics._model`` (state, scenario, tables), then (``_round``)
-# ``Dynamics._surrogate`` and ``Dynamics._rewards``; the per-episode parts are inlined into them.
+# ``Dynamics._surrogate`` and ``Dynamics._rewards``; they loop over episodes calling the per-episode parts.
 
 
 @numba.njit(cache=True, error_model="numpy")
