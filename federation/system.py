@@ -91,9 +91,9 @@ def _shannon(b, p, g, n0):
 _shannon_compiled = numba.njit(cache=True)(_shannon)  # the same formulas on scalars, in compiled channel code
 _path_loss_compiled = numba.njit(cache=True)(_path_loss_db)
 LARGE_CHANNEL = 1024
-"""Channels of at least this many devices draw a round's normals with numba's ``Generator`` (numpy's stream, ~2.5x
-faster per draw, ~9 us per call) and compute rates with numpy's vectorised log2; smaller ones draw with numpy and
-run the round as one compiled call."""
+"""Channels of at least this many devices draw a round's normals with numba's ``Generator`` (the same numbers as
+numpy's, ~2.5x faster per draw, ~9 us per call) and compute rates with numpy's vectorised log2; smaller ones draw
+with numpy and run a round as one compiled call."""
 _NO_DRAWS = np.empty((2, 0))  # ``_compiled_round`` without advancing the fading
 
 
@@ -127,9 +127,12 @@ def _place_devices(idx: np.ndarray, distances_drawn: np.ndarray, bandwidths_draw
     return gains_db
 
 
-@numba.njit(cache=True)
-def _compiled_normals(rng: np.random.Generator, n: int) -> np.ndarray:
+def _fading_draws(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(2, n) standard normals: the real parts, then the imaginary parts, of n CN(0,1) draws (unscaled)."""
     return rng.standard_normal((2, n))
+
+
+_fading_draws_compiled = numba.njit(cache=True)(_fading_draws)  # the same draws, in numba (``LARGE_CHANNEL``)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -252,6 +255,7 @@ class WirelessChannel:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         self.num_devices = int(num_devices)
+        self.large = self.num_devices >= LARGE_CHANNEL  # draws in numba, rates with numpy (``LARGE_CHANNEL``)
         self.config = config
         self._rng = rng
         n = self.num_devices
@@ -266,9 +270,10 @@ class WirelessChannel:
                        noise_psd_w_per_hz(config.noise_figure_db))
 
     def _draw(self, idx: np.ndarray) -> np.ndarray:
-        n, cfg = len(idx), self.config
-        draws = (self._rng.uniform(cfg.min_distance_m, cfg.max_distance_m, n), self._rng.uniform(*cfg.uplink_bandwidth_hz, n),
-                 self._rng.standard_normal((2, n)))
+        """Draw the devices ``idx``: distances, then bandwidths, then fading; returns their gains in dB."""
+        n, cfg, rng = len(idx), self.config, self._rng
+        draws = (rng.uniform(cfg.min_distance_m, cfg.max_distance_m, n), rng.uniform(*cfg.uplink_bandwidth_hz, n),
+                 _fading_draws(rng, n))
         return _place_devices(idx, *draws, self.distances_m, self.uplink_bandwidth_hz, self._path_loss, self._path_gain,
                               self._h)
 
@@ -280,15 +285,14 @@ class WirelessChannel:
         return self._draw(np.flatnonzero(devices) if devices.dtype == bool else devices.astype(np.int64))
 
     def _normals(self) -> np.ndarray:
-        """(2, N) ``rng.standard_normal((2, N))`` (drawn in numba for large channels: the same numbers)."""
-        n = self.num_devices
-        return _compiled_normals(self._rng, n) if n >= LARGE_CHANNEL else self._rng.standard_normal((2, n))
+        """A round's fading draws (2, N)."""
+        return (_fading_draws_compiled if self.large else _fading_draws)(self._rng, self.num_devices)
 
     def _round(self, advance: bool) -> ChannelState:
         """The state after advancing the fading by one round if ``advance``, else the current state."""
         n, rho = self.num_devices, float(self.config.fading_correlation)
         out = np.empty((3, n))
-        if n < LARGE_CHANNEL:
+        if not self.large:
             _compiled_round(self._h, rho, self._normals() if advance else _NO_DRAWS, self._path_gain, *self._links, out)
         else:
             if advance:

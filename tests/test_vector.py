@@ -91,3 +91,25 @@ def test_large_batch_is_reproducible_and_within_bounds():
     a, b, c = run(0), run(0), run(1)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(a[-1], c[-1])
+
+
+def test_large_batch_path_gives_the_same_episodes(monkeypatch):
+    import federation.system as system
+
+    def run() -> list:
+        env = FedPEATEnv()
+        out = [env.reset(seed=4)[0]]
+        for level in (1, 2, 3, 4, 0, 4):
+            obs, reward, _, _, info = env.step(np.full(10, level))
+            out.append((obs, reward, info["perplexity"]))
+        env.reset()
+        return out + [env.step(np.full(10, 4))[0]]
+
+    small = run()
+    monkeypatch.setattr(system, "LARGE_CHANNEL", 1)  # numba draws, numpy's log2: the batches of >= 1024 devices
+    large = run()
+    np.testing.assert_array_equal(small[0], large[0])
+    for (obs_s, r_s, ppl_s), (obs_l, r_l, ppl_l) in zip(small[1:-1], large[1:-1]):
+        np.testing.assert_allclose(obs_s, obs_l, rtol=1e-6)
+        assert r_s == pytest.approx(r_l, rel=1e-12) and ppl_s == pytest.approx(ppl_l, rel=1e-12)
+    np.testing.assert_allclose(small[-1], large[-1], rtol=1e-6)
