@@ -3,8 +3,8 @@ B = num_envs: one implementation of the observation, the costs and the reward, i
 ``cache=True``: the first use on a machine compiles for a few seconds, later processes load the cache).
 
 Randomness: one PCG64 stream per seed. At reset, each episode draws its scenario (memory tiers, data shares,
-distances, bandwidths, fading) and its surrogate noise for every round; every step draws one fading vector for all
-devices, whatever the action, so every policy sees the same channel and noise on the same seed (common random
+distances, bandwidths, fading); every step draws one fading vector for all devices and one surrogate noise value per
+episode, whatever the action, so every policy sees the same channel and noise on the same seed (common random
 numbers). ``next_episodes`` starts the next episodes 2^80 draws further: they do not depend on what earlier episodes
 drew.
 """
@@ -46,8 +46,8 @@ class Dynamics:
     """State and transition of B FedPEAT episodes (N devices, horizon T).
 
     Scenario, drawn at reset: ``allowed`` η·capacity (bytes), ``share`` data shares, ``headroom`` allowed / full-model
-    footprint clipped to [0, 2] (B, N); ``masks`` (B, mask length); ``noise`` (B, T) the surrogate's standard normal
-    of each round. Channel: ``channel``, a ``WirelessChannel`` of B·N devices (episode-major); ``gain_db`` (B, N) its
+    footprint clipped to [0, 2] (B, N); ``masks`` (B, mask length). Each round: ``noise`` (B,) the surrogate's
+    standard normals. Channel: ``channel``, a ``WirelessChannel`` of B·N devices (episode-major); ``gain_db`` (B, N) its
     current gains in dB. State: ``ppl``, ``t`` (B,); ``held`` emulator level, ``exchanges`` and ``participation``
     counts (B, N); ``active`` (B, N) the devices that trained in the last round.
     """
@@ -78,7 +78,7 @@ class Dynamics:
         B, N = batch, self.N
         self.allowed, self.share, self.headroom = np.zeros((B, N)), np.zeros((B, N)), np.zeros((B, N))
         self.masks = np.ones((B, int(self.nvec.sum())), dtype=bool)
-        self.ppl, self.t, self.noise = np.zeros(B), np.zeros(B, dtype=np.int64), np.zeros((B, config.horizon))
+        self.ppl, self.t, self.noise = np.zeros(B), np.zeros(B, dtype=np.int64), np.zeros(B)
         self.held, self.exchanges, self.participation = (np.zeros((B, N), dtype=np.int64) for _ in range(3))
         self.active, self.gain_db = np.zeros((B, N), dtype=bool), np.zeros((B, N))
         # the kernels' arguments that persist (arrays updated in place): state, scenario, tables; surrogate; reward
@@ -120,10 +120,9 @@ class Dynamics:
         self._start(idx)
 
     def _start(self, idx: np.ndarray) -> None:
-        """Draw memory tiers, data shares ~ Dirichlet(2) and surrogate noise of the sub-envs ``idx``; zero their state."""
+        """Draw memory tiers and data shares ~ Dirichlet(2) of the sub-envs ``idx``; zero their state."""
         cfg, n = self.config, len(idx)
-        draws = (self.rng.random((n, self.N)), self.rng.standard_gamma(2.0, (n, self.N)),
-                 self.rng.standard_normal((n, cfg.horizon)))
+        draws = self.rng.random((n, self.N)), self.rng.standard_exponential((n, self.N, 2))
         _start_episodes(idx, *draws, self._tiers, cfg.memory_fraction, self.costs.full_memory_bytes,
                         self._smallest_rank_memory, self.masks, *self._model, *self._rewards)
 
@@ -149,11 +148,13 @@ class Dynamics:
         """Whether int64 ``actions`` (B, N [+ N]) are all within the action space's ``nvec``."""
         return _in_range(actions, self.nvec)
 
-    def _advance_channel(self) -> tuple[np.ndarray, np.ndarray]:
-        """Advance every episode's channel one round: uplink and downlink rates (B·N,) in bit/s; updates ``gain_db``."""
+    def _draw_round(self) -> tuple[np.ndarray, np.ndarray]:
+        """Advance every episode's channel one round and draw its surrogate noise (``gain_db``, ``noise``); returns the
+        uplink and downlink rates (B·N,) in bit/s."""
         state = self.channel.step()
         np.log10(state.gain.reshape(self.batch, self.N), out=self.gain_db)
         self.gain_db *= 10.0
+        self.rng.standard_normal(out=self.noise)
         return state.uplink_rate_bps, state.downlink_rate_bps
 
     def _outputs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +166,7 @@ class Dynamics:
         ``live`` episodes (bool (B,), None: all), price the round, move the perplexity by the calibrated surrogate,
         reward. Returns (observation (B, 5N + 2) float32, the round's result (NUM_ROWS, B), [terminated, truncated]
         (2, B) bool); episodes not live keep their state (result rows zero, not ended)."""
-        uplink_bps, downlink_bps = self._advance_channel()
+        uplink_bps, downlink_bps = self._draw_round()
         result, (ended, obs) = np.zeros((NUM_ROWS, self.batch)), self._outputs()
         _round(actions, self._all if live is None else live, uplink_bps, downlink_bps, result, ended, obs, *self._model,
                *self._surrogate, *self._rewards)
@@ -174,7 +175,7 @@ class Dynamics:
     def transmit(self, actions: np.ndarray) -> np.ndarray:
         """``step`` up to the perplexity, for another perplexity model (engine fidelity): returns the round's result
         with every row but REWARD, TERMS.., PERPLEXITY and ROUND; updates ``active``."""
-        uplink_bps, downlink_bps = self._advance_channel()
+        uplink_bps, downlink_bps = self._draw_round()
         result = np.zeros((NUM_ROWS, self.batch))
         _transmit(actions, uplink_bps, downlink_bps, result, *self._model)
         return result
@@ -197,30 +198,30 @@ def _in_range(actions, nvec) -> bool:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _start_episodes(idx, tier_draws, gamma_draws, noise_draws, tiers, memory_fraction, full_memory_bytes,
-                    smallest_rank_memory, masks, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed,
-                    share, headroom, memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes,
+def _start_episodes(idx, tier_draws, exponential_draws, tiers, memory_fraction, full_memory_bytes,
+                    smallest_rank_memory, masks, t, ppl, noise, held, exchanges, participation, active, gain_db,
+                    allowed, share, headroom, memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes,
                     exchange_budget, weights, reference_latency_s, target, initial_ppl, horizon) -> None:
     """New episodes for the sub-envs ``idx`` (n,): each device the memory tier where its ``tier_draws`` (n, N) ~ U(0, 1)
-    falls, data shares Dirichlet(2) from ``gamma_draws`` (n, N) ~ Gamma(2), surrogate noise ``noise_draws`` (n, T).
-    Masks follow from the footprint at the smallest rank (the rank head, if any, allows every rank); the state is
-    zeroed."""
+    falls and a data share ~ Dirichlet(2) (normalised Gamma(2) draws, each the sum of two ``exponential_draws``
+    (n, N, 2) ~ Exp(1)). Masks follow from the footprint at the smallest rank (the rank head, if any, allows every
+    rank); the state is zeroed."""
     N = allowed.shape[1]
     levels = len(smallest_rank_memory)
     for j in range(len(idx)):
         b = idx[j]
         total = 0.0
         for i in range(N):
-            total += gamma_draws[j, i]
+            share[b, i] = exponential_draws[j, i, 0] + exponential_draws[j, i, 1]
+            total += share[b, i]
         for i in range(N):
+            share[b, i] /= total
             allowed[b, i] = memory_fraction * (tiers[int(tier_draws[j, i] * len(tiers))] * full_memory_bytes)
             headroom[b, i] = min(max(allowed[b, i] / full_memory_bytes, 0.0), 2.0)
             for k in range(levels):
                 masks[b, i * levels + k] = smallest_rank_memory[k] <= allowed[b, i]
-            share[b, i] = gamma_draws[j, i] / total
             held[b, i] = exchanges[b, i] = participation[b, i] = 0
             active[b, i] = False
-        noise[b] = noise_draws[j]
         ppl[b] = initial_ppl
         t[b] = 0
 
@@ -273,7 +274,7 @@ def _price(b, actions, uplink_bps, downlink_bps, out, t, noise, held, exchanges,
     out[EXCESS_EXCHANGES, b] = n_excess
     out[COMPRESSION, b] = weighted / max(data, 1e-12)
     out[SHARE, b] = data
-    out[NOISE, b] = noise[b, t[b]]
+    out[NOISE, b] = noise[b]
 
 
 @numba.njit(cache=True, error_model="numpy")
