@@ -1,4 +1,4 @@
-"""Vectorised surrogate: ``num_envs`` FedPEAT-v0 episodes stepped at once by one compiled kernel (gymnasium ``VectorEnv``)."""
+"""Vectorised surrogate: ``num_envs`` FedPEAT-v0 episodes stepped at once in compiled code (gymnasium ``VectorEnv``)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from fedpeat_env.surrogate import Calibration
 class FedPEATVectorEnv(VectorEnv):
     """B independent FedPEAT-v0 episodes (surrogate fidelity) sharing one batched ``Dynamics``.
 
-    Same observation, action and reward as ``FedPEATEnv``; info has its keys with arrays of shape (B,), the reward
+    Same observation, action and reward as ``FedPEATEnv``; info holds its keys with arrays of shape (B,), the reward
     terms as top-level keys.
     ``autoreset_mode`` NEXT_STEP (default): the step after an episode ends resets that sub-env (its action is
     ignored) and returns reward 0. SAME_STEP: a finished sub-env is reset within the step; its last observation is
