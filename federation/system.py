@@ -92,7 +92,7 @@ _shannon_compiled = numba.njit(cache=True)(_shannon)  # the same formulas on sca
 _path_loss_compiled = numba.njit(cache=True)(_path_loss_db)
 LARGE_CHANNEL = 1024
 """Channels of at least this many devices draw a round's normals with numba's ``Generator`` (the same numbers as
-numpy's, ~2.5x faster per draw, ~9 us per call) and compute rates with numpy's vectorised log2; smaller ones draw
+numpy's, ~2x faster per draw, ~9 us per call) and compute rates with numpy's vectorised log2; smaller ones draw
 with numpy and run a round as one compiled call."""
 _NO_DRAWS = np.empty((2, 0))  # ``_compiled_round`` without advancing the fading
 
