@@ -41,6 +41,10 @@ memory over active devices (0 if none). EXCESS_EXCHANGES: exchanges beyond each 
 data-weighted ε of the active devices (0 if none); SHARE: their share of all device data; NOISE: the round's
 standard normal of the surrogate."""
 
+INFO_ROWS = (("perplexity", PERPLEXITY, float), ("round_latency_s", LATENCY_S, float), ("exchanges", EXCHANGES, int),
+             ("memory_violations", VIOLATIONS, int), ("participants", PARTICIPANTS, int), ("round", ROUND, int))
+"""(info key, result row, type) of the round numbers both envs report in ``info`` besides the reward terms."""
+
 
 class Dynamics:
     """State and transition of B FedPEAT episodes (N devices, horizon T).

@@ -9,18 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from fedpeat_env.config import EnvConfig
-from fedpeat_env.dynamics import (
-    EXCHANGES,
-    LATENCY_S,
-    PARTICIPANTS,
-    PERPLEXITY,
-    REWARD,
-    REWARD_TERMS,
-    ROUND,
-    TERMS,
-    VIOLATIONS,
-    Dynamics,
-)
+from fedpeat_env.dynamics import INFO_ROWS, REWARD, REWARD_TERMS, TERMS, Dynamics
 from fedpeat_env.surrogate import Calibration
 
 
@@ -123,15 +112,8 @@ class FedPEATEnv(gym.Env):
         terminated, truncated = bool(ended[0, 0]), bool(ended[1, 0])
         self._needs_reset = terminated or truncated
         r = result[:, 0].tolist()
-        info = {
-            "reward_terms": dict(zip(REWARD_TERMS, r[TERMS : TERMS + len(REWARD_TERMS)])),
-            "perplexity": r[PERPLEXITY],
-            "round_latency_s": r[LATENCY_S],
-            "exchanges": int(r[EXCHANGES]),
-            "memory_violations": int(r[VIOLATIONS]),
-            "participants": int(r[PARTICIPANTS]),
-            "round": int(r[ROUND]),
-        }
+        info = {"reward_terms": dict(zip(REWARD_TERMS, r[TERMS : TERMS + len(REWARD_TERMS)]))}
+        info |= {key: kind(r[row]) for key, row, kind in INFO_ROWS}
         return obs[0], r[REWARD], terminated, truncated, info
 
     def action_masks(self) -> np.ndarray:

@@ -10,18 +10,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from fedpeat_env.config import EnvConfig
-from fedpeat_env.dynamics import (
-    EXCHANGES,
-    LATENCY_S,
-    PARTICIPANTS,
-    PERPLEXITY,
-    REWARD,
-    REWARD_TERMS,
-    ROUND,
-    TERMS,
-    VIOLATIONS,
-    Dynamics,
-)
+from fedpeat_env.dynamics import INFO_ROWS, REWARD, REWARD_TERMS, TERMS, Dynamics
 from fedpeat_env.surrogate import Calibration
 
 
@@ -93,7 +82,5 @@ class FedPEATVectorEnv(VectorEnv):
             obs, result, (terminated, truncated) = d.step(actions, ~resetting)
             self._autoreset = terminated | truncated
         info = {name: result[TERMS + k] for k, name in enumerate(REWARD_TERMS)}
-        info |= {"perplexity": result[PERPLEXITY], "round_latency_s": result[LATENCY_S],
-                 "exchanges": result[EXCHANGES].astype(np.int64), "memory_violations": result[VIOLATIONS].astype(np.int64),
-                 "participants": result[PARTICIPANTS].astype(np.int64), "round": result[ROUND].astype(np.int64)}
+        info |= {key: result[row].astype(np.int64 if kind is int else np.float64) for key, row, kind in INFO_ROWS}
         return obs, result[REWARD], terminated, truncated, info | final
