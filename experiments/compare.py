@@ -35,22 +35,23 @@ def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: 
     (fedpeat, fedot) train through emulators of ratio ``compression``. Every entry is validated before any run.
     Without ``domains``, all entries tune on pydocs — or all on the three tuning domains when one entry is multi-task.
     Method-specific metrics of the last round (e.g. fltac's clustering accuracy) become extra columns."""
-    from experiments.run import MULTI_TASK_DOMAINS, build_method_config, default_domains, run_federated
+    from experiments.run import MULTI_TASK_DOMAINS, build_method_config, run_federated
 
     plans = []
-    if not domains and any(make_method(parse_method_entry(e)[0]).multi_task for e in methods):
-        domains = MULTI_TASK_DOMAINS  # every entry on the same data: the multi-task method's tasks
     for entry in methods:
         name, options = parse_method_entry(entry)
         method_config = build_method_config(name, local_steps, compression=[compression], options=options)
         eps = [compression] if name in ("fedpeat", "fedot") else [0.0]
         plans.append((entry, name, method_config, eps))
+    if not domains:  # every entry on the same data: a multi-task method's tasks if one is compared
+        multi_task = any(make_method(name).multi_task for _, name, _, _ in plans)
+        domains = MULTI_TASK_DOMAINS if multi_task else ("pydocs",)
     runs = []
     for entry, name, method_config, eps in plans:
         for seed in seeds:
             say(f"{entry} seed {seed}")
             config = EngineConfig(method=name, num_devices=devices, seed=seed, partition=partition, dirichlet_alpha=alpha,
-                                  domains=default_domains(name, domains), method_config=method_config)
+                                  domains=tuple(domains), method_config=method_config)
             runner, results = run_federated(config, rounds, eps)
             runs.append({
                 "method": entry, "seed": seed, "initial perplexity": runner.initial_perplexity,
