@@ -111,19 +111,24 @@ def _quiet_libraries() -> None:
 
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks, printed as ratios measured in one run.")
 app.add_typer(bench_app, name="bench")
+# No spinner while timing: rich redraws it from a thread, whose GIL hand-offs slowed the single env by a third.
 
 
 @bench_app.command("env")
 def bench_env_cmd(
     steps: int = typer.Option(20_000, help="Single-env steps per measurement."),
     num_envs: int = typer.Option(1024, help="Sub-envs of the vectorised surrogate."),
+    vector_steps: int = typer.Option(500, help="Batched steps of the vectorised surrogate."),
+    ppo_timesteps: int = typer.Option(8192, help="Steps of the PPO run whose time share in the env is measured."),
+    blocks: int = typer.Option(5, help="Timed blocks per measurement (best block; blocks of compared envs interleaved)."),
 ) -> None:
     """FedPEAT-v0 vs CartPole-v1 steps/s, the vectorised surrogate, and PPO's share of time in the env."""
     from experiments.bench import bench_env, env_table
 
     _quiet_libraries()
-    with console.status("measuring env speed"):
-        result = bench_env(steps, num_envs)
+    console.print("measuring env speed (≈ 1 min)")
+    with user_errors():
+        result = bench_env(steps, num_envs, vector_steps, ppo_timesteps, blocks)
     console.print(env_table(result))
 
 
@@ -136,10 +141,9 @@ def bench_engine(
     from experiments.bench import bench_emulator, bench_engine_overhead, engine_tables
 
     _quiet_libraries()
-    with console.status("measuring engine overhead"):
-        overhead = bench_engine_overhead(steps, batch_size)
-    with console.status("measuring emulators"):
-        rows = bench_emulator(steps, batch_size)
+    console.print("measuring engine overhead, then emulators")
+    overhead = bench_engine_overhead(steps, batch_size)
+    rows = bench_emulator(steps, batch_size)
     for table in engine_tables(overhead, rows):
         console.print(table)
 

@@ -288,28 +288,46 @@ class WirelessChannel:
         """A round's fading draws (2, N)."""
         return (_fading_draws_compiled if self.large else _fading_draws)(self._rng, self.num_devices)
 
-    def _round(self, advance: bool) -> ChannelState:
-        """The state after advancing the fading by one round if ``advance``, else the current state."""
-        n, rho = self.num_devices, float(self.config.fading_correlation)
-        out = np.empty((3, n))
+    def _round_into(self, advance: bool, out: np.ndarray) -> None:
+        """Advance the fading by one round if ``advance``; write [gain, uplink rate, downlink rate] (3, N) into
+        ``out``."""
+        rho = float(self.config.fading_correlation)
         if not self.large:
             _compiled_round(self._h, rho, self._normals() if advance else _NO_DRAWS, self._path_gain, *self._links, out)
-        else:
-            if advance:
-                _fade(self._h, rho, self._normals())
-            _gains(self._h, self._path_gain, out[0])
-            up_hz, up_w, down_hz, down_w, n0 = self._links
-            out[1], out[2] = _shannon(up_hz, up_w, out[0], n0), _shannon(down_hz, down_w, out[0], n0)
+            return
+        if advance:
+            _fade(self._h, rho, self._normals())
+        _gains(self._h, self._path_gain, out[0])
+        up_hz, up_w, down_hz, down_w, n0 = self._links
+        # ``_shannon`` step by step in place (the same operations in the same order: the same bits), no temporaries
+        for row, hz, w in ((1, up_hz, up_w), (2, down_hz, down_w)):
+            rate = out[row]
+            np.multiply(w, out[0], out=rate)
+            np.divide(rate, np.multiply(n0, hz), out=rate)
+            np.add(1.0, rate, out=rate)
+            np.log2(rate, out=rate)
+            np.multiply(hz, rate, out=rate)
+
+    def _state(self, advance: bool) -> ChannelState:
+        out = np.empty((3, self.num_devices))
+        self._round_into(advance, out)
         out.flags.writeable = False  # fresh, never aliased
         return ChannelState(gain=out[0], uplink_rate_bps=out[1], downlink_rate_bps=out[2])
 
     def current(self) -> ChannelState:
         """State of the current fading draw (draws no randomness)."""
-        return self._round(False)
+        return self._state(False)
 
     def step(self) -> ChannelState:
         """Advance the fading by one round (one CN(0,1) draw per device), then return the new state."""
-        return self._round(True)
+        return self._state(True)
+
+    def step_into(self, out: np.ndarray) -> None:
+        """``step`` writing [gain, uplink rate (bit/s), downlink rate (bit/s)] into the caller's float64 array
+        ``out`` (3, N) instead of a new ``ChannelState``: for loops that step millions of rounds."""
+        if out.shape != (3, self.num_devices) or out.dtype != np.float64:
+            raise ValueError(f"out must be a float64 array of shape (3, {self.num_devices}), got {out.dtype} {out.shape}")
+        self._round_into(True, out)
 
     def gain_db(self) -> np.ndarray:
         """Current channel power gain in dB, shape (N,)."""

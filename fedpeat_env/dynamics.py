@@ -93,6 +93,7 @@ class Dynamics:
         self._rewards = (self.weights, self.reference_latency_s, self.target, self.initial_ppl, config.horizon)
         self.rng = np.random.Generator(np.random.PCG64(0))  # its state is set by ``reset``
         self.channel = WirelessChannel(B * N, config.channel, self.rng)
+        self._link = np.empty((3, B * N))  # the round's [gain, uplink rate, downlink rate] (``WirelessChannel.step_into``)
 
     def _reference_latency(self) -> float:
         """Downloading the full model at the cell edge with average fading: the unit of the latency term."""
@@ -154,12 +155,13 @@ class Dynamics:
 
     def _draw_round(self) -> tuple[np.ndarray, np.ndarray]:
         """Advance every episode's channel one round and draw its surrogate noise (``gain_db``, ``noise``); returns the
-        uplink and downlink rates (B·N,) in bit/s."""
-        state = self.channel.step()
-        np.log10(state.gain.reshape(self.batch, self.N), out=self.gain_db)
+        uplink and downlink rates (B·N,) in bit/s (rows of a buffer the next round overwrites)."""
+        link = self._link
+        self.channel.step_into(link)
+        np.log10(link[0].reshape(self.batch, self.N), out=self.gain_db)
         self.gain_db *= 10.0
         self.rng.standard_normal(out=self.noise)
-        return state.uplink_rate_bps, state.downlink_rate_bps
+        return link[1], link[2]
 
     def _outputs(self) -> tuple[np.ndarray, np.ndarray]:
         """Fresh ([terminated, truncated] (2, B), observation (B, 5N + 2))."""

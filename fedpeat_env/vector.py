@@ -82,5 +82,5 @@ class FedPEATVectorEnv(VectorEnv):
             obs, result, (terminated, truncated) = d.step(actions, ~resetting)
             self._autoreset = terminated | truncated
         info = {name: result[TERMS + k] for k, name in enumerate(REWARD_TERMS)}
-        info |= {key: result[row].astype(np.int64 if kind is int else np.float64) for key, row, kind in INFO_ROWS}
+        info |= {key: result[row].astype(np.int64) if kind is int else result[row] for key, row, kind in INFO_ROWS}
         return obs, result[REWARD], terminated, truncated, info | final

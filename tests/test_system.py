@@ -195,6 +195,21 @@ def test_large_channels_take_the_vectorised_path_with_the_same_draws(monkeypatch
         np.testing.assert_allclose(small.downlink_rate_bps, large.downlink_rate_bps, rtol=1e-14)
 
 
+@pytest.mark.parametrize("devices", [5, 64])
+def test_step_into_writes_what_step_returns(monkeypatch, devices: int) -> None:
+    import federation.system as system
+
+    monkeypatch.setattr(system, "LARGE_CHANNEL", 64)  # 5 devices: compiled round; 64: vectorised path
+    stepped, filled = (WirelessChannel(devices, ChannelConfig(), np.random.default_rng(4)) for _ in range(2))
+    out = np.full((3, devices), np.nan)
+    for _ in range(3):
+        state = stepped.step()
+        filled.step_into(out)
+        np.testing.assert_array_equal(out, np.stack([state.gain, state.uplink_rate_bps, state.downlink_rate_bps]))
+    with pytest.raises(ValueError, match=rf"out must be a float64 array of shape \(3, {devices}\)"):
+        filled.step_into(np.empty((3, devices), dtype=np.float32))
+
+
 def test_path_loss_is_read_only() -> None:
     ch = WirelessChannel(3, ChannelConfig(), np.random.default_rng(0))
     with pytest.raises(ValueError, match="read-only"):

@@ -1,0 +1,63 @@
+"""``fedpeat bench env`` / ``fedpeat bench engine`` end to end at small sizes, and the interleaved best-block timer.
+Only that the benchmarks run and report consistent numbers is asserted: speeds are never asserted in tests."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from experiments import cli
+from experiments.bench import best_rates, bench_env
+from experiments.cli import app
+
+runner = CliRunner()
+cli.console.width = 200
+
+
+def _row(output: str, label: str) -> float:
+    """The number in the table row starting with ``label`` (thousands separators and a trailing × or % removed)."""
+    match = re.search(re.escape(label) + r"[^│]*│\s*([-\d.,]+)", output)
+    assert match, f"no row {label!r} in\n{output}"
+    return float(match.group(1).replace(",", ""))
+
+
+def test_best_rates_interleaves_blocks_and_keeps_the_best():
+    calls: list[tuple[str, int]] = []
+    steppers = {name: (lambda n, name=name: calls.append((name, n))) for name in ("a", "b")}
+    rates = best_rates(steppers, {"a": 30, "b": 7}, {"b": 100}, blocks=3)
+    assert calls == [("a", 10), ("b", 2)] * 3  # interleaved, steps split into blocks (at least one step)
+    assert rates["a"] > 0 and rates["b"] > 0
+
+
+def test_bench_env_reports_consistent_ratios():
+    result = runner.invoke(app, ["bench", "env", "--steps", "400", "--num-envs", "16", "--vector-steps", "20",
+                                 "--ppo-timesteps", "64", "--blocks", "2"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    fedpeat, cartpole = _row(out, "FedPEAT-v0 steps/s"), _row(out, "CartPole-v1 steps/s")
+    vector = _row(out, "vector env steps/s (16 envs)")
+    assert min(fedpeat, cartpole, vector) > 0
+    assert _row(out, "ratio FedPEAT / CartPole") == pytest.approx(fedpeat / cartpole, abs=2e-3)
+    assert _row(out, "vector / single env") == pytest.approx(vector / fedpeat, abs=0.06)
+    assert 0 < _row(out, "PPO wall time inside the env") < 100
+    assert "best of 2 interleaved blocks" in " ".join(out.split())
+
+
+def test_bench_env_rejects_bad_sizes():
+    result = runner.invoke(app, ["bench", "env", "--blocks", "0"])
+    assert result.exit_code == 2 and "blocks must be an integer >= 1, got 0" in result.output
+    with pytest.raises(ValueError, match="num_envs must be an integer >= 1"):
+        bench_env(num_envs=0)
+
+
+def test_bench_engine_reports_overhead_and_emulator_rows():
+    result = runner.invoke(app, ["bench", "engine", "--steps", "2", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Engine overhead" in out and "Emulator vs full model" in out
+    rows = re.findall(r"│\s*(0\.\d\d)\s*│\s*(\d+)\s*│\s*(\d+)\s*│\s*([\d.]+)×", out)
+    assert [r[0] for r in rows] == ["0.00", "0.50", "0.75"]
+    blocks = [int(r[1]) for r in rows]
+    assert blocks[0] > blocks[1] > blocks[2] > 0 and float(rows[0][3]) == 1.0  # full model: speed-up 1.00×
