@@ -7,7 +7,7 @@
 | ``agents.search`` | ``GreedyPolicy``, ``OraclePolicy`` (look-ahead on deep copies of the env) |
 | ``agents.train`` | ``TrainConfig``, ``train``, ``load_policy`` (SB3 PPO / A2C, sb3-contrib MaskablePPO) |
 | ``agents.evaluate`` | ``evaluate``: one row per episode, common random numbers across policies |
-| ``agents.stats`` | ``iqm``, ``bootstrap_ci``, ``normalised_score``, ``benchmark_table``, ``oracle_margin``, ``to_markdown`` |
+| ``agents.stats`` | ``iqm``, ``bootstrap_ci``, ``paired_difference``, ``normalised_score``, ``benchmark_table``, ``oracle_margin``, ``to_markdown`` |
 | ``agents.plots`` | ``learning_curve``, ``returns_bar`` |
 
 ``train`` and ``plots`` are not imported here (they load SB3 / matplotlib).
@@ -17,10 +17,11 @@ from agents.baselines import POLICY_NAMES, FixedPolicy, RandomPolicy, UCBPolicy,
 from agents.evaluate import evaluate
 from agents.policy import Policy, SB3Policy, action_choices
 from agents.search import GreedyPolicy, OraclePolicy
-from agents.stats import benchmark_table, bootstrap_ci, iqm, normalised_score, oracle_margin, to_markdown
+from agents.stats import (benchmark_table, bootstrap_ci, iqm, normalised_score, oracle_margin, paired_difference,
+                          to_markdown)
 
 __all__ = [
     "POLICY_NAMES", "FixedPolicy", "GreedyPolicy", "OraclePolicy", "Policy", "RandomPolicy", "SB3Policy",
     "UCBPolicy", "action_choices", "benchmark_table", "bootstrap_ci", "evaluate", "iqm", "make_policy",
-    "normalised_score", "oracle_margin", "to_markdown",
+    "normalised_score", "oracle_margin", "paired_difference", "to_markdown",
 ]

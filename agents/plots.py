@@ -45,7 +45,8 @@ def learning_curve(source: str | Path, out_png: str | Path, window: int = 20, ti
     ax.set_xlabel("env steps")
     ax.set_ylabel("return")
     low, high = data["return"].quantile(0.02), data["return"].max()
-    ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))  # rare outliers would flatten the curve
+    if high > low:  # one distinct return (a test run) leaves matplotlib's own limits
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))  # rare outliers would flatten the curve
     ax.set_title(title or Path(source).name)
     ax.legend(loc="lower right")
     return _save(fig, out_png)

@@ -32,6 +32,19 @@ def bootstrap_ci(x, fn: Callable = np.mean, n: int = 2000, seed: int = 0, level:
     return float(low), float(high)
 
 
+def paired_difference(a: pd.DataFrame, b: pd.DataFrame, **ci_kwargs) -> dict[str, float]:
+    """Mean and bootstrap CI of the per-episode return difference a − b, episodes matched on (seed, episode): under
+    common random numbers both policies met the same channels there, so the pairing removes the episodes' shared
+    luck (deep fades, memory tiers) that widens each policy's own CI. Keys: mean, CI low, CI high, episodes."""
+    keys = ["seed", "episode"]
+    pairs = a[keys + ["return"]].merge(b[keys + ["return"]], on=keys, suffixes=("_a", "_b"), validate="one_to_one")
+    if len(pairs) != len(a) or len(pairs) != len(b):
+        raise ValueError(f"a and b must hold the same (seed, episode) pairs, got {len(a)} and {len(b)} rows, {len(pairs)} shared")
+    diff = (pairs["return_a"] - pairs["return_b"]).to_numpy(dtype=float)
+    low, high = bootstrap_ci(diff, **ci_kwargs)
+    return {"mean": float(diff.mean()), "CI low": low, "CI high": high, "episodes": int(diff.size)}
+
+
 def normalised_score(R, R_random, R_oracle):
     """(R − R_random) / (R_oracle − R_random): 0 = random, 1 = oracle (arrays broadcast)."""
     span = np.asarray(R_oracle, dtype=float) - np.asarray(R_random, dtype=float)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from agents import benchmark_table, evaluate, make_policy, oracle_margin, to_markdown
-from agents.train import TrainConfig, load_policy, train
+from agents import benchmark_table, evaluate, make_policy, oracle_margin, paired_difference, to_markdown
+from agents.train import ALGOS, TrainConfig, load_policy, train
 
 EVAL_SEED_OFFSET = 10_000
 """Evaluation seeds start here, away from the training seeds."""
@@ -21,7 +21,9 @@ class BenchmarkConfig:
     """One benchmark: train an agent, evaluate it and the baselines on the same seeds."""
 
     seeds: int = 10
-    """Evaluation episodes (one per seed; every policy meets the same channels on a seed)."""
+    """Evaluation seeds (every policy meets the same channels on a seed)."""
+    episodes_per_seed: int = 1
+    """Episodes per seed: the first from ``reset(seed)``, the next ones continue that seed's stream (``evaluate``)."""
     timesteps: int = 200_000
     """Agent training steps."""
     algo: str = "ppo"
@@ -37,32 +39,57 @@ class BenchmarkConfig:
     """Baseline policies (``agents.make_policy`` names)."""
     out_dir: str = "runs/benchmark"
     """Where the agent, table (markdown + CSV) and plots go."""
+    agent_dir: str | None = None
+    """A trained agent's directory (``fedpeat train`` / an earlier benchmark) to evaluate instead of training one;
+    its ``config.json`` gives the algorithm, and ``timesteps``, ``algo``, ``train_seed`` and ``algo_kwargs`` are
+    not used."""
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "episodes_per_seed", "timesteps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {self.algo!r}")
+        if self.agent_dir is not None and not (Path(self.agent_dir) / "config.json").is_file():
+            raise ValueError(f"agent_dir must be a trained agent's directory (with config.json), got {self.agent_dir!r}")
 
 
 @dataclass(frozen=True)
 class BenchmarkResult:
+    agent: str
+    """The agent's row in ``table`` (its algorithm)."""
     table: pd.DataFrame
     oracle_margin_pct: float
     """Oracle over the best fixed policy, % of |best fixed| (DESIGN 10a: ≥ 10% means control matters)."""
     agent_beats_best_fixed: bool
     """Agent's 95% CI lies entirely above the best fixed policy's."""
+    agent_minus_best_fixed: dict[str, float]
+    """``paired_difference`` of the agent's and the best fixed policy's returns: mean, CI low, CI high, episodes."""
     agent_normalised_score: float
     paths: dict[str, Path]
 
 
 def run_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print, progress: bool = True) -> BenchmarkResult:
     out = Path(config.out_dir)
-    agent_dir = out / config.algo
-    say(f"training {config.algo} for {config.timesteps} steps → {agent_dir}")
-    algo_kwargs = dict(config.algo_kwargs) if config.algo != "a2c" else {}  # A2C has no batch_size
-    train(TrainConfig(algo=config.algo, env_kwargs=dict(config.env_kwargs), timesteps=config.timesteps,
-                      seed=config.train_seed, out_dir=str(agent_dir), algo_kwargs=algo_kwargs), progress=progress)
+    if config.agent_dir is None:
+        agent_dir = out / config.algo
+        say(f"training {config.algo} for {config.timesteps} steps → {agent_dir}")
+        algo_kwargs = dict(config.algo_kwargs) if config.algo != "a2c" else {}  # A2C has no batch_size
+        train(TrainConfig(algo=config.algo, env_kwargs=dict(config.env_kwargs), timesteps=config.timesteps,
+                          seed=config.train_seed, out_dir=str(agent_dir), algo_kwargs=algo_kwargs), progress=progress)
+        agent = config.algo
+    else:
+        agent_dir = Path(config.agent_dir)
+        agent = json.loads((agent_dir / "config.json").read_text())["algo"]
+        say(f"evaluating the trained {agent} agent in {agent_dir}")
     seeds = [EVAL_SEED_OFFSET + s for s in range(config.seeds)]
-    results = {config.algo: evaluate(load_policy(agent_dir), env_kwargs=config.env_kwargs, seeds=seeds)}
+    episodes = config.episodes_per_seed
+    results = {agent: evaluate(load_policy(agent_dir), env_kwargs=config.env_kwargs, seeds=seeds,
+                               episodes_per_seed=episodes)}
     for name in config.baselines:
-        say(f"evaluating {name} on {config.seeds} seeds")
-        results[name] = evaluate(make_policy(name), env_kwargs=config.env_kwargs, seeds=seeds)
-    return summarise(results, config.algo, out, agent_dir)
+        say(f"evaluating {name} on {config.seeds} seeds × {episodes} episodes")
+        results[name] = evaluate(make_policy(name), env_kwargs=config.env_kwargs, seeds=seeds, episodes_per_seed=episodes)
+    return summarise(results, agent, out, agent_dir)
 
 
 def summarise(results: dict[str, pd.DataFrame], agent: str, out: Path, agent_dir: Path | None = None) -> BenchmarkResult:
@@ -84,14 +111,17 @@ def summarise(results: dict[str, pd.DataFrame], agent: str, out: Path, agent_dir
     if agent_dir is not None and (agent_dir / "monitor").is_dir():
         paths["learning_curve_png"] = learning_curve(agent_dir, out / "learning_curve.png")
     result = BenchmarkResult(
+        agent=agent,
         table=table,
         oracle_margin_pct=margin,
         agent_beats_best_fixed=bool(rows.loc[agent, "CI low"] > best_fixed["CI high"]),
+        agent_minus_best_fixed=paired_difference(results[agent], results[best_fixed["policy"]]),
         agent_normalised_score=float(rows.loc[agent, "normalised score"]),
         paths=paths,
     )
     summary = {"oracle_margin_pct": margin, "best_fixed": best_fixed["policy"],
                "agent_beats_best_fixed": result.agent_beats_best_fixed,
+               "agent_minus_best_fixed": result.agent_minus_best_fixed,
                "agent_normalised_score": result.agent_normalised_score}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result

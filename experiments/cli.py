@@ -160,7 +160,7 @@ def demo(
     _quiet_libraries()
     config = BenchmarkConfig(seeds=seeds, timesteps=timesteps, out_dir=str(out),
                              baselines=("fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "oracle"))
-    _print_benchmark(run_benchmark(config, say=console.log), config.algo)
+    _print_benchmark(run_benchmark(config, say=console.log))
 
 
 @app.command("demo-federated")
@@ -258,7 +258,8 @@ def train_cmd(
 def evaluate_cmd(
     policy: str = typer.Option(..., help="A trained agent's directory, or a baseline: fixed-k, full-model, random, greedy, ucb, oracle."),
     env: str = typer.Option("FedPEAT-v0", help="Gymnasium id."),
-    seeds: int = typer.Option(10, help="Episodes, one per seed."),
+    seeds: int = typer.Option(10, help="Evaluation seeds."),
+    episodes: int = typer.Option(1, help="Episodes per seed (the seed's stream continues)."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
 ) -> None:
     """Evaluate a policy on common random numbers and print per-episode results and their mean."""
@@ -270,7 +271,7 @@ def evaluate_cmd(
     with user_errors():
         chosen = load_policy(policy) if Path(policy).is_dir() else make_policy(policy)
         df = evaluate(chosen, env_id=env, env_kwargs=_env_kwargs(env_option),
-                      seeds=[EVAL_SEED_OFFSET + s for s in range(seeds)])
+                      seeds=[EVAL_SEED_OFFSET + s for s in range(seeds)], episodes_per_seed=episodes)
 
     console.print(df.to_string(index=False))
     console.print(f"mean return {df['return'].mean():.3f} over {len(df)} episodes")
@@ -278,33 +279,38 @@ def evaluate_cmd(
 
 @app.command("benchmark")
 def benchmark_cmd(
-    seeds: int = typer.Option(10, help="Evaluation seeds (one episode each, same channels for every policy)."),
+    seeds: int = typer.Option(10, help="Evaluation seeds (same channels for every policy)."),
+    episodes: int = typer.Option(1, help="Episodes per seed (the seed's stream continues)."),
     timesteps: int = typer.Option(200_000, help="Agent training steps."),
     algo: str = typer.Option("ppo", help="ppo, a2c or maskable-ppo."),
+    agent: Path = typer.Option(None, help="Evaluate this trained agent's directory instead of training one."),
     out: Path = typer.Option(Path("runs/benchmark"), help="Output directory."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
     baseline: list[str] = typer.Option([], help="Baselines to compare (repeatable; default: all)."),
 ) -> None:
-    """Adaptive vs fixed: train the agent, evaluate it and every baseline, write table (md + CSV) and plots."""
+    """Adaptive vs fixed: train the agent (or take --agent), evaluate it and every baseline, write table (md + CSV)
+    and plots."""
     from agents import POLICY_NAMES
     from experiments.benchmark import BenchmarkConfig, run_benchmark
 
     _quiet_libraries()
-    config = BenchmarkConfig(seeds=seeds, timesteps=timesteps, algo=algo, env_kwargs=_env_kwargs(env_option), out_dir=str(out))
     unknown = [b for b in baseline if b not in POLICY_NAMES and not b.startswith("fixed-")]
     with user_errors():
         if unknown:
             raise ValueError(f"baseline must be one of {POLICY_NAMES}, got {unknown}")
+        config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, algo=algo,
+                                 env_kwargs=_env_kwargs(env_option), out_dir=str(out),
+                                 agent_dir=None if agent is None else str(agent))
         if baseline:
             config = replace(config, baselines=tuple(baseline))
         result = run_benchmark(config, say=console.log)
-    _print_benchmark(result, algo)
+    _print_benchmark(result)
 
 
-def _print_benchmark(result, agent: str) -> None:
+def _print_benchmark(result) -> None:
     from rich.table import Table
 
-    table = Table(title="FedPEAT-v0: adaptive vs fixed (mean return over seeds, 95% bootstrap CI; full table in the .md)")
+    table = Table(title="FedPEAT-v0: adaptive vs fixed (mean return over episodes, 95% bootstrap CI; full table in the .md)")
     for column in ("policy", "return", "95% CI", "ppl", "latency s", "exch.", "viol.", "score"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for row in result.table.to_dict("records"):
@@ -314,8 +320,12 @@ def _print_benchmark(result, agent: str) -> None:
     console.print(table)
     console.print(f"oracle margin over the best fixed policy: {result.oracle_margin_pct:.1f}% "
                   f"(≥ 10% means the scenario leaves room for control)")
+    agent = result.agent
     console.print(f"{agent}: normalised score {result.agent_normalised_score:.3f}; CI above the best fixed policy's: "
                   f"{'yes' if result.agent_beats_best_fixed else 'no'}")
+    diff = result.agent_minus_best_fixed
+    console.print(f"{agent} − best fixed, paired over {diff['episodes']} episodes on the same channels: "
+                  f"{diff['mean']:+.3f} [{diff['CI low']:+.3f}, {diff['CI high']:+.3f}]")
     for name, path in result.paths.items():
         console.print(f"{name}: {path}")
 

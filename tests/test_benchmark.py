@@ -18,6 +18,7 @@ from agents.stats import (
     iqm,
     normalised_score,
     oracle_margin,
+    paired_difference,
     to_markdown,
 )
 from agents.train import TrainConfig, load_policy, train
@@ -75,6 +76,18 @@ def _frame(returns) -> pd.DataFrame:
     n = len(returns)
     return pd.DataFrame({"seed": range(n), "return": returns, "final_perplexity": np.full(n, 200.0),
                          "total_latency_s": np.full(n, 1.5), "exchanges": np.full(n, 3), "memory_violations": 0})
+
+
+def test_paired_difference_matches_episodes_on_seed_and_episode():
+    a = pd.DataFrame({"seed": [1, 1, 2], "episode": [0, 1, 0], "return": [-1.0, -2.0, -3.0]})
+    b = pd.DataFrame({"seed": [2, 1, 1], "episode": [0, 1, 0], "return": [-3.5, -2.5, -1.0]})  # other row order
+    diff = paired_difference(a, b)
+    assert diff["mean"] == pytest.approx(1.0 / 3.0) and diff["episodes"] == 3  # differences 0, 0.5, 0.5
+    assert diff["CI low"] == pytest.approx(0.0) and diff["CI high"] == pytest.approx(0.5)
+    same = paired_difference(a, a)
+    assert same["mean"] == same["CI low"] == same["CI high"] == 0.0
+    with pytest.raises(ValueError, match="same \\(seed, episode\\) pairs"):
+        paired_difference(a, b.iloc[:2])
 
 
 def test_benchmark_table_columns_order_and_scores():
