@@ -334,7 +334,8 @@ def _round(actions, live, uplink_bps, downlink_bps, out, ended, obs, t, ppl, noi
            active, gain_db, allowed, share, headroom, memory_table, emulator_bytes, eps_table, held_eps_table,
            adapter_bytes, exchange_budget, levels, plateaus, rate, exponent, noise_std, weights, reference_latency_s,
            target, initial_ppl, horizon) -> None:
-    """A surrogate round of the live episodes (``Dynamics.step``), then every observation."""
+    """A surrogate round of the live episodes (``Dynamics.step``) and every episode's observation, episode by episode
+    (its state is still in L1 cache when it is observed)."""
     N = held.shape[1]
     for b in range(held.shape[0]):
         if live[b]:
@@ -347,9 +348,8 @@ def _round(actions, live, uplink_bps, downlink_bps, out, ended, obs, t, ppl, noi
             active[b] = False
         out[PERPLEXITY, b] = ppl[b]
         out[ROUND, b] = t[b]
-    _observe_all(obs, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed, share, headroom,
-                 memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes, exchange_budget, weights,
-                 reference_latency_s, target, initial_ppl, horizon)
+        _observe(b, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
+                 horizon)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -366,32 +366,39 @@ def _transmit(actions, uplink_bps, downlink_bps, out, t, ppl, noise, held, excha
 def _finish(next_ppl, out, ended, obs, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed, share,
             headroom, memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes, exchange_budget, weights,
             reference_latency_s, target, initial_ppl, horizon) -> None:
-    """``_settle`` of every episode, then every observation (``Dynamics.finish``)."""
+    """``_settle`` and the observation of every episode (``Dynamics.finish``)."""
     N = held.shape[1]
     for b in range(held.shape[0]):
         _settle(b, next_ppl[b], out, ended, weights, reference_latency_s, t, ppl, target, initial_ppl, horizon, N)
         out[PERPLEXITY, b] = ppl[b]
         out[ROUND, b] = t[b]
-    _observe_all(obs, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed, share, headroom,
-                 memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes, exchange_budget, weights,
-                 reference_latency_s, target, initial_ppl, horizon)
+        _observe(b, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
+                 horizon)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _observe(b, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
+             horizon) -> None:
+    """Write episode b's observation into ``obs[b]`` (layout: ``Dynamics.observe``; reciprocals instead of divisions
+    in the per-device loop)."""
+    N = held.shape[1]
+    per_db, per_round = 1.0 / GAIN_DB_SCALE, 1.0 / horizon
+    for i in range(N):
+        obs[b, 5 * i] = min(max((gain_db[b, i] - GAIN_DB_CENTRE) * per_db, -3.0), 3.0)
+        obs[b, 5 * i + 1] = headroom[b, i]
+        obs[b, 5 * i + 2] = held_eps_table[held[b, i]]
+        obs[b, 5 * i + 3] = min(exchanges[b, i] * per_round, 1.0)
+        obs[b, 5 * i + 4] = min(participation[b, i] * per_round, 1.0)
+    progress = (initial_ppl - ppl[b]) / (initial_ppl - target)
+    obs[b, 5 * N] = min(max(progress, -1.0), 2.0)
+    obs[b, 5 * N + 1] = t[b] * per_round
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _observe_all(obs, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed, share, headroom,
                  memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes, exchange_budget, weights,
                  reference_latency_s, target, initial_ppl, horizon) -> None:
-    """Write every episode's observation into ``obs`` (B, 5N + 2) (layout: ``Dynamics.observe``; reciprocals
-    instead of divisions in the per-device loop)."""
-    B, N = held.shape
-    per_db, per_round = 1.0 / GAIN_DB_SCALE, 1.0 / horizon
-    for b in range(B):
-        for i in range(N):
-            obs[b, 5 * i] = min(max((gain_db[b, i] - GAIN_DB_CENTRE) * per_db, -3.0), 3.0)
-            obs[b, 5 * i + 1] = headroom[b, i]
-            obs[b, 5 * i + 2] = held_eps_table[held[b, i]]
-            obs[b, 5 * i + 3] = min(exchanges[b, i] * per_round, 1.0)
-            obs[b, 5 * i + 4] = min(participation[b, i] * per_round, 1.0)
-        progress = (initial_ppl - ppl[b]) / (initial_ppl - target)
-        obs[b, 5 * N] = min(max(progress, -1.0), 2.0)
-        obs[b, 5 * N + 1] = t[b] * per_round
+    """Every episode's observation into ``obs`` (B, 5N + 2)."""
+    for b in range(held.shape[0]):
+        _observe(b, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
+                 horizon)
