@@ -22,8 +22,9 @@ class BenchmarkConfig:
 
     seeds: int = 10
     """Evaluation seeds (every policy meets the same channels on a seed)."""
-    episodes_per_seed: int = 1
-    """Episodes per seed: the first from ``reset(seed)``, the next ones continue that seed's stream (``evaluate``)."""
+    episodes_per_seed: int = 10
+    """Episodes per seed: the first from ``reset(seed)``, the next ones continue that seed's stream (``evaluate``).
+    The CIs are over all seeds × episodes: with one episode per seed, a few seeds with deep fades decided them."""
     timesteps: int = 200_000
     """Agent training steps."""
     algo: str = "ppo"

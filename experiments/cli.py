@@ -152,14 +152,16 @@ def bench_engine(
 def demo(
     timesteps: int = typer.Option(200_000, help="PPO training steps (a few minutes on 2 CPU cores)."),
     seeds: int = typer.Option(5, help="Evaluation seeds."),
+    episodes: int = typer.Option(4, help="Episodes per seed."),
     out: Path = typer.Option(Path("runs/demo"), help="Output directory."),
 ) -> None:
     """Train PPO on FedPEAT-v0 for a few minutes, then print adaptive vs fixed vs oracle on common random numbers."""
     from experiments.benchmark import BenchmarkConfig, run_benchmark
 
     _quiet_libraries()
-    config = BenchmarkConfig(seeds=seeds, timesteps=timesteps, out_dir=str(out),
-                             baselines=("fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "oracle"))
+    with user_errors():
+        config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, out_dir=str(out),
+                                 baselines=("fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "oracle"))
     _print_benchmark(run_benchmark(config, say=console.log))
 
 
@@ -280,7 +282,7 @@ def evaluate_cmd(
 @app.command("benchmark")
 def benchmark_cmd(
     seeds: int = typer.Option(10, help="Evaluation seeds (same channels for every policy)."),
-    episodes: int = typer.Option(1, help="Episodes per seed (the seed's stream continues)."),
+    episodes: int = typer.Option(10, help="Episodes per seed (the seed's stream continues)."),
     timesteps: int = typer.Option(200_000, help="Agent training steps."),
     algo: str = typer.Option("ppo", help="ppo, a2c or maskable-ppo."),
     agent: Path = typer.Option(None, help="Evaluate this trained agent's directory instead of training one."),

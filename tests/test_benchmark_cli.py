@@ -28,7 +28,7 @@ def test_evaluate_baseline_prints_episodes_and_mean():
 
 
 def test_benchmark_writes_table_plots_and_summary(tmp_path):
-    args = ["benchmark", "--seeds", "3", "--timesteps", "256", "--out", str(tmp_path), *SMALL,
+    args = ["benchmark", "--seeds", "3", "--episodes", "1", "--timesteps", "256", "--out", str(tmp_path), *SMALL,
             "--baseline", "fixed-1", "--baseline", "fixed-4", "--baseline", "random", "--baseline", "oracle"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -76,3 +76,5 @@ def test_benchmark_rejects_bad_options_before_training(tmp_path):
     assert bad_agent.exit_code == 2 and "agent_dir must be a trained agent's directory" in bad_agent.output
     bad_episodes = runner.invoke(app, ["benchmark", "--episodes", "0", "--out", str(tmp_path)])
     assert bad_episodes.exit_code == 2 and "episodes_per_seed must be >= 1, got 0" in bad_episodes.output
+    bad_demo = runner.invoke(app, ["demo", "--seeds", "0", "--out", str(tmp_path)])
+    assert bad_demo.exit_code == 2 and "seeds must be >= 1, got 0" in bad_demo.output
