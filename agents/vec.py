@@ -12,6 +12,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env import VecEnv
 
+from fedpeat_env.dynamics import PERPLEXITY, REWARD
 from fedpeat_env.vector import FedPEATVectorEnv
 
 
@@ -36,15 +37,15 @@ class FedPEATSB3VecEnv(VecEnv):
 
     def step_wait(self):
         started = time.perf_counter()
-        obs, reward, terminated, truncated, info = self.venv.step(self._actions)
-        done = terminated | truncated
+        obs, result, terminated, truncated, final_obs = self.venv.step_result(self._actions)
         infos = [{"perplexity": ppl, "TimeLimit.truncated": cut}
-                 for ppl, cut in zip(info["perplexity"].tolist(), truncated.tolist())]
-        for i in np.flatnonzero(done):
-            infos[i]["terminal_observation"] = info["final_obs"][i]
+                 for ppl, cut in zip(result[PERPLEXITY].tolist(), truncated.tolist())]
+        if final_obs is not None:
+            for i in np.flatnonzero(terminated | truncated):
+                infos[i]["terminal_observation"] = final_obs[i]
         self.step_time_s += time.perf_counter() - started
         self.steps += self.num_envs
-        return obs, reward.astype(np.float32), done, infos
+        return obs, result[REWARD].astype(np.float32), terminated | truncated, infos
 
     def close(self) -> None:
         self.venv.close()

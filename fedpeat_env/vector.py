@@ -65,14 +65,25 @@ class FedPEATVectorEnv(VectorEnv):
         raise ValueError(f"actions must be integers of shape {(self.num_envs, len(self._nvec))} within {self._nvec}")
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        obs, result, terminated, truncated, final_obs = self.step_result(actions)
+        info = {name: result[TERMS + k] for k, name in enumerate(REWARD_TERMS)}
+        info |= {key: result[row].astype(np.int64) if kind is int else result[row] for key, row, kind in INFO_ROWS}
+        if final_obs is not None:
+            info |= {"final_obs": final_obs, "_final_obs": terminated | truncated}
+        return obs, result[REWARD], terminated, truncated, info
+
+    def step_result(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """``step`` without building ``info``: (observation, the round's result (``dynamics.NUM_ROWS``, B) with the
+        reward in row ``REWARD``, terminated, truncated, the last observations of the sub-envs that SAME_STEP reset
+        (None if none)). For adapters that read a few rows (``agents.vec``)."""
         actions = self.validate_actions(actions)
         d = self.dynamics
-        final = {}
+        final_obs = None
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
             obs, result, (terminated, truncated) = d.step(actions)
             done = terminated | truncated
             if done.any():
-                final = {"final_obs": obs, "_final_obs": done}
+                final_obs = obs
                 d.reset_episodes(done)
                 obs = d.observe()
         else:  # NEXT_STEP: sub-envs that ended last step start anew and skip this step (reward 0)
@@ -81,6 +92,4 @@ class FedPEATVectorEnv(VectorEnv):
                 d.reset_episodes(resetting)
             obs, result, (terminated, truncated) = d.step(actions, ~resetting)
             self._autoreset = terminated | truncated
-        info = {name: result[TERMS + k] for k, name in enumerate(REWARD_TERMS)}
-        info |= {key: result[row].astype(np.int64) if kind is int else result[row] for key, row, kind in INFO_ROWS}
-        return obs, result[REWARD], terminated, truncated, info | final
+        return obs, result, terminated, truncated, final_obs

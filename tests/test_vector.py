@@ -113,3 +113,28 @@ def test_large_batch_path_gives_the_same_episodes(monkeypatch):
         np.testing.assert_allclose(obs_s, obs_l, rtol=1e-6)
         assert r_s == pytest.approx(r_l, rel=1e-12) and ppl_s == pytest.approx(ppl_l, rel=1e-12)
     np.testing.assert_allclose(small[-1], large[-1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["NEXT_STEP", "SAME_STEP"])
+def test_step_result_is_step_without_the_info_dict(mode):
+    from gymnasium.vector import AutoresetMode
+
+    from fedpeat_env.dynamics import PERPLEXITY, REWARD, TERMS
+
+    envs = [FedPEATVectorEnv(4, autoreset_mode=AutoresetMode[mode], horizon=3) for _ in range(2)]
+    for env in envs:
+        env.reset(seed=2)
+    rng = np.random.default_rng(0)
+    ended = 0
+    for _ in range(7):
+        actions = rng.integers(0, 5, size=(4, 10))
+        obs, reward, terminated, truncated, info = envs[0].step(actions)
+        obs_r, result, terminated_r, truncated_r, final_obs = envs[1].step_result(actions)
+        assert np.array_equal(obs, obs_r) and np.array_equal(reward, result[REWARD])
+        assert np.array_equal(terminated, terminated_r) and np.array_equal(truncated, truncated_r)
+        assert np.array_equal(info["perplexity"], result[PERPLEXITY]) and np.array_equal(info["latency"], result[TERMS + 1])
+        assert (final_obs is None) == ("final_obs" not in info)
+        if final_obs is not None:
+            assert np.array_equal(final_obs, info["final_obs"])
+            ended += 1
+    assert ended == (2 if mode == "SAME_STEP" else 0)  # horizon 3 in 7 steps: two same-step resets
