@@ -17,8 +17,15 @@ from agents.baselines import POLICY_NAMES, FixedPolicy, RandomPolicy, UCBPolicy,
 from agents.evaluate import evaluate
 from agents.policy import Policy, SB3Policy, action_choices
 from agents.search import GreedyPolicy, OraclePolicy
-from agents.stats import (benchmark_table, bootstrap_ci, iqm, normalised_score, oracle_margin, paired_difference,
-                          to_markdown)
+from agents.stats import (
+    benchmark_table,
+    bootstrap_ci,
+    iqm,
+    normalised_score,
+    oracle_margin,
+    paired_difference,
+    to_markdown,
+)
 
 __all__ = [
     "POLICY_NAMES", "FixedPolicy", "GreedyPolicy", "OraclePolicy", "Policy", "RandomPolicy", "SB3Policy",

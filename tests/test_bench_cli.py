@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from experiments import cli
-from experiments.bench import best_rates, bench_env
+from experiments.bench import bench_env, best_rates
 from experiments.cli import app
 
 runner = CliRunner()
