@@ -309,6 +309,7 @@ class WirelessChannel:
             np.multiply(hz, rate, out=rate)
 
     def _state(self, advance: bool) -> ChannelState:
+        """``_round_into`` a fresh array, returned read-only as a ``ChannelState``."""
         out = np.empty((3, self.num_devices))
         self._round_into(advance, out)
         out.flags.writeable = False  # fresh, never aliased
