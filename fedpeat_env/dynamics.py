@@ -346,10 +346,8 @@ def _round(actions, live, uplink_bps, downlink_bps, out, ended, obs, t, ppl, noi
             _settle(b, next_ppl, out, ended, weights, reference_latency_s, t, ppl, target, initial_ppl, horizon, N)
         else:
             active[b] = False
-        out[PERPLEXITY, b] = ppl[b]
-        out[ROUND, b] = t[b]
-        _observe(b, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
-                 horizon)
+        _report(b, out, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target,
+                initial_ppl, horizon)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -370,10 +368,18 @@ def _finish(next_ppl, out, ended, obs, t, ppl, noise, held, exchanges, participa
     N = held.shape[1]
     for b in range(held.shape[0]):
         _settle(b, next_ppl[b], out, ended, weights, reference_latency_s, t, ppl, target, initial_ppl, horizon, N)
-        out[PERPLEXITY, b] = ppl[b]
-        out[ROUND, b] = t[b]
-        _observe(b, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
-                 horizon)
+        _report(b, out, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target,
+                initial_ppl, horizon)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _report(b, out, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
+            horizon) -> None:
+    """Episode b after its round (or its idle step): perplexity and round into ``out[:, b]``, its observation."""
+    out[PERPLEXITY, b] = ppl[b]
+    out[ROUND, b] = t[b]
+    _observe(b, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
+             horizon)
 
 
 @numba.njit(cache=True, error_model="numpy")
