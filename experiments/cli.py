@@ -86,7 +86,7 @@ def run(
         method_config = build_method_config(method, local_steps, lora_aggregation, case, distill_steps, compression,
                                             parse_options(option))
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
-                              partition=partition, dirichlet_alpha=alpha, domains=default_domains(method, domain),
+                              partition=partition, dirichlet_alpha=alpha, domains=default_domains([method], domain),
                               method_config=method_config)
         runner, results = run_federated(config, rounds, compression, console, lora_rank)
     console.print(round_table(runner, results))

@@ -35,7 +35,7 @@ def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: 
     (fedpeat, fedot) train through emulators of ratio ``compression``. Every entry is validated before any run.
     Without ``domains``, all entries tune on pydocs — or all on the three tuning domains when one entry is multi-task.
     Method-specific metrics of the last round (e.g. fltac's clustering accuracy) become extra columns."""
-    from experiments.run import MULTI_TASK_DOMAINS, build_method_config, run_federated
+    from experiments.run import build_method_config, default_domains, run_federated
 
     plans = []
     for entry in methods:
@@ -43,9 +43,7 @@ def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: 
         method_config = build_method_config(name, local_steps, compression=[compression], options=options)
         eps = [compression] if name in ("fedpeat", "fedot") else [0.0]
         plans.append((entry, name, method_config, eps))
-    if not domains:  # every entry on the same data: a multi-task method's tasks if one is compared
-        multi_task = any(make_method(name).multi_task for _, name, _, _ in plans)
-        domains = MULTI_TASK_DOMAINS if multi_task else ("pydocs",)
+    domains = default_domains([name for _, name, _, _ in plans], domains)  # every entry on the same data
     runs = []
     for entry, name, method_config, eps in plans:
         for seed in seeds:

@@ -25,11 +25,12 @@ MULTI_TASK_DOMAINS = ("pydocs", "licenses", "docstrings")
 """Default tasks of multi-task methods (fltac): the three held-out tuning domains."""
 
 
-def default_domains(method: str, domains: Sequence[str] = ()) -> tuple[str, ...]:
-    """``domains`` if given; otherwise pydocs, or the three tuning domains for a multi-task method."""
+def default_domains(methods: Sequence[str], domains: Sequence[str] = ()) -> tuple[str, ...]:
+    """The tuning domains shared by ``methods``: ``domains`` if given; otherwise pydocs, or the three tuning domains
+    if one of them is multi-task."""
     if domains:
         return tuple(domains)
-    return MULTI_TASK_DOMAINS if make_method(method).multi_task else ("pydocs",)
+    return MULTI_TASK_DOMAINS if any(make_method(m).multi_task for m in methods) else ("pydocs",)
 
 
 def parse_options(items: Sequence[str]) -> dict[str, str]:
