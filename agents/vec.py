@@ -12,7 +12,6 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env import VecEnv
 
-from fedpeat_env.dynamics import PERPLEXITY, REWARD
 from fedpeat_env.vector import FedPEATVectorEnv
 
 
@@ -37,15 +36,15 @@ class FedPEATSB3VecEnv(VecEnv):
 
     def step_wait(self):
         started = time.perf_counter()
-        obs, result, terminated, truncated, final_obs = self.venv.step_result(self._actions)
+        obs, out, terminated, truncated, final_obs = self.venv.step_result(self._actions)
         infos = [{"perplexity": ppl, "TimeLimit.truncated": cut}
-                 for ppl, cut in zip(result[PERPLEXITY].tolist(), truncated.tolist())]
+                 for ppl, cut in zip(out.round_["perplexity"].tolist(), truncated.tolist())]
         if final_obs is not None:
             for i in np.flatnonzero(terminated | truncated):
                 infos[i]["terminal_observation"] = final_obs[i]
         self.step_time_s += time.perf_counter() - started
         self.steps += self.num_envs
-        return obs, result[REWARD].astype(np.float32), terminated | truncated, infos
+        return obs, out.round_["reward"].astype(np.float32), terminated | truncated, infos
 
     def close(self) -> None:
         self.venv.close()

@@ -11,6 +11,7 @@ import pandas as pd
 
 from agents import benchmark_table, evaluate, make_policy, oracle_margin, paired_difference, to_markdown
 from agents.train import ALGOS, TrainConfig, load_policy, train
+from fedpeat_env.config import EnvConfig
 
 EVAL_SEED_OFFSET = 10_000
 """Evaluation seeds start here, away from the training seeds."""
@@ -26,8 +27,7 @@ class BenchmarkConfig:
     """Episodes per seed: the first from ``reset(seed)``, the next ones continue that seed's stream (``evaluate``).
     The CIs are over all seeds × episodes: with one episode per seed, a few seeds with deep fades decided them."""
     timesteps: int = 3_000_000
-    """Agent training steps (the README's benchmark: 3M, ≈ 45 min on one core; after 1M PPO was ahead of the best
-    fixed policy in the mean only)."""
+    """Agent training steps (the README's benchmark: 3M, ≈ 14 min for PPO on one core)."""
     algo: str = "ppo"
     """ppo, a2c or maskable-ppo."""
     train_seed: int = 0
@@ -129,18 +129,53 @@ def summarise(results: dict[str, pd.DataFrame], agent: str, out: Path, agent_dir
     return result
 
 
-def sim_to_real(agent_dir: Path, policies: Sequence[str], seeds: Sequence[int], horizon: int) -> pd.DataFrame:
-    """Mean return of the trained agent and of baselines on FedPEAT-v0 vs FedPEAT-Engine-v0 (same seeds, horizon)."""
-    agent = load_policy(agent_dir)
+SIM2REAL_POLICIES = ("fixed-1", "fixed-2", "fixed-3", "fixed-4")
+"""The fixed baselines sim2real compares with the agent (FedPEAT without adaptive control, each level)."""
+
+
+def _episode_rows(policy_name: str, agent_dir: str | None, env_id: str, kwargs: dict, seeds: list[int]) -> pd.DataFrame:
+    """``evaluate`` one policy (the agent if ``agent_dir``) in a worker process (one torch thread)."""
+    import torch
+
+    from federation.foundation import quiet_libraries
+
+    torch.set_num_threads(1)
+    quiet_libraries()
+    policy = load_policy(Path(agent_dir)) if agent_dir else make_policy(policy_name)
+    return evaluate(policy, env_id=env_id, env_kwargs=kwargs, seeds=seeds).assign(policy=policy_name, fidelity=env_id)
+
+
+def sim_to_real(agent_dir: Path, policies: Sequence[str], seeds: Sequence[int], horizon: int | None = None,
+                workers: int = 2, say: Callable[[str], None] = print) -> tuple[pd.DataFrame, dict]:
+    """The trained agent and ``policies`` on FedPEAT-v0 and on FedPEAT-Engine-v0 (real rounds), same seeds, the agent's
+    env options and ``horizon`` (None: the agent's, the benchmark's horizon). Returns (one row per policy: mean return
+    and final perplexity on each fidelity, their rank on each; a summary: whether the ranking is the same, Kendall's
+    τ, the mean gap of returns). Engine episodes run on ``workers`` processes."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from scipy.stats import kendalltau
+
     config = json.loads((agent_dir / "config.json").read_text())
-    kwargs = {k: v for k, v in config["env_kwargs"].items() if k != "fidelity"} | {"horizon": horizon}
-    rows = []
-    for name in [config["algo"], *policies]:
-        policy = agent if name == config["algo"] else make_policy(name)
-        row = {"policy": name}
-        for env_id in ("FedPEAT-v0", "FedPEAT-Engine-v0"):
-            df = evaluate(policy, env_id=env_id, env_kwargs=kwargs, seeds=seeds)
-            row[f"{env_id} return"] = df["return"].mean()
-            row[f"{env_id} final ppl"] = df["final_perplexity"].mean()
-        rows.append(row)
-    return pd.DataFrame(rows)
+    kwargs = {k: v for k, v in config["env_kwargs"].items() if k != "fidelity"}
+    kwargs["horizon"] = horizon or kwargs.get("horizon", EnvConfig().horizon)  # FedPEAT-Engine-v0's own default is 5
+    names = [config["algo"], *policies]
+    jobs = [(name, str(agent_dir) if name == config["algo"] else None, env_id, kwargs, list(seeds))
+            for env_id in ("FedPEAT-Engine-v0", "FedPEAT-v0") for name in names]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_episode_rows, *job) for job in jobs]
+        frames = []
+        for job, future in zip(jobs, futures):
+            frames.append(future.result())
+            say(f"{job[2]}: {job[0]} done")
+    episodes = pd.concat(frames)
+    table = episodes.groupby(["policy", "fidelity"])[["return", "final_perplexity"]].mean().unstack("fidelity")
+    table.columns = [f"{fid} {col.replace('_', ' ')}" for col, fid in table.columns]
+    table = table.loc[names].reset_index()
+    for fid in ("FedPEAT-v0", "FedPEAT-Engine-v0"):
+        table[f"{fid} rank"] = table[f"{fid} return"].rank(ascending=False, method="min").astype(int)
+    tau = kendalltau(table["FedPEAT-v0 return"], table["FedPEAT-Engine-v0 return"]).statistic
+    summary = {"same_ranking": bool((table["FedPEAT-v0 rank"] == table["FedPEAT-Engine-v0 rank"]).all()),
+               "kendall_tau": float(tau), "horizon": int(kwargs["horizon"]), "seeds": list(seeds),
+               "return_gap": float((table["FedPEAT-v0 return"] - table["FedPEAT-Engine-v0 return"]).mean())}
+    return table, summary

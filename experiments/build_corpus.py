@@ -8,6 +8,7 @@ Domains and sources (licences in ``federation/assets/corpus/SOURCES.md``):
 | pydocs     | ``pydoc_data.topics`` of the running CPython                  | federated fine-tuning domain |
 | licenses   | ``/usr/share/common-licenses`` (Debian)                       | extra domain (multi-task)    |
 | docstrings | docstrings of a fixed list of stdlib modules                  | extra domain (multi-task)    |
+| pycode     | stdlib source code, docstrings removed (``PYCODE_EXCLUDED``)  | pretraining the tiny GPT-2   |
 
 Each domain is split into ``train`` / ``valid`` by a deterministic rule (every ``VALID_EVERY``-th unit),
 written as gzip text with one document per line group separated by a blank line. The files are
@@ -16,6 +17,7 @@ committed, so every machine trains on identical text; this script only documents
 
 from __future__ import annotations
 
+import ast
 import gzip
 import importlib
 import inspect
@@ -34,6 +36,12 @@ DOCSTRING_MODULES = (
     "subprocess", "pathlib", "datetime", "unittest", "email.message", "http.client", "asyncio",
     "threading", "socket", "csv", "sqlite3", "string", "textwrap", "random", "statistics", "heapq",
 )
+
+
+PYCODE_EXCLUDED = ("test", "tests", "idlelib", "lib2to3", "tkinter", "turtledemo", "ensurepip", "encodings",
+                   "pydoc_data", "site-packages", "__pycache__")
+"""Stdlib folders left out of ``pycode``: tests, GUI, data tables, third-party packages, and ``pydoc_data`` (the source
+of the tuning domain). The ``DOCSTRING_MODULES`` are left out too, so no docstring domain text is pretrained on."""
 
 
 def _kjv_chapters() -> list[str]:
@@ -85,6 +93,37 @@ def _docstring_units() -> list[str]:
     return units
 
 
+def _without_docstrings(source: str) -> str:
+    """``source`` with the docstrings of its module, classes and functions removed (comments and code kept)."""
+    drop: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                drop.update(range(first.lineno, first.end_lineno + 1))
+    return "\n".join(line for n, line in enumerate(source.splitlines(), 1) if n not in drop)
+
+
+def _pycode_units(stdlib: Path | None = None) -> list[str]:
+    """Top-level chunks (separated by two blank lines, PEP 8) of the stdlib's source files, docstrings removed."""
+    stdlib = stdlib or Path(sysconfig.get_paths()["stdlib"])
+    excluded_modules = {name.split(".")[0] for name in DOCSTRING_MODULES}
+    units: list[str] = []
+    for path in sorted(stdlib.rglob("*.py")):
+        parts = path.relative_to(stdlib).parts
+        if set(parts) & set(PYCODE_EXCLUDED) or parts[0].removesuffix(".py") in excluded_modules:
+            continue
+        try:
+            code = _without_docstrings(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for chunk in re.split(r"\n[ \t]*\n[ \t]*\n", code):
+            chunk = re.sub(r"\n([ \t]*\n)+", "\n\n", chunk).strip("\n")
+            if len(chunk) >= 80:
+                units.append(chunk)
+    return units
+
+
 def _write_split(domain: str, units: list[str], out_dir: Path) -> dict[str, int]:
     units = list(dict.fromkeys(units))  # exact duplicates (repeated licence clauses) would leak across splits
     train = [u for i, u in enumerate(units) if i % VALID_EVERY != VALID_EVERY - 1]
@@ -108,5 +147,6 @@ def build_corpus(out_dir: Path = CORPUS_DIR) -> dict[str, dict[str, int]]:
         "pydocs": _pydocs_units,
         "licenses": _license_units,
         "docstrings": _docstring_units,
+        "pycode": _pycode_units,
     }
     return {domain: _write_split(domain, load(), out_dir) for domain, load in sources.items()}

@@ -38,12 +38,15 @@ def pretrain(
     seed: int = typer.Option(0, help="Seed of every random draw."),
     out: Path = typer.Option(None, help="Output directory (default: the embedded checkpoint folder)."),
 ) -> None:
-    """Pretrain the embedded tiny GPT-2 (tokenizer + model) on the offline corpus."""
+    """Pretrain the embedded tiny GPT-2 (tokenizer + model) on the offline corpus (one torch thread, as the committed
+    checkpoint was: the same seed then gives the same weights)."""
+    import torch
 
     from experiments.pretrain import PretrainConfig
     from experiments.pretrain import pretrain as run_pretrain
     from federation.foundation import EMBEDDED_DIR
 
+    torch.set_num_threads(1)
     record = run_pretrain(replace(PretrainConfig(), steps=steps, seed=seed), out or EMBEDDED_DIR)
     console.print_json(json.dumps(record))
 
@@ -62,6 +65,8 @@ def run(
     local_steps: int = typer.Option(10, help="Local optimiser steps per round."),
     partition: str = typer.Option("iid", help="Data split: iid or dirichlet."),
     alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
+    latency_aggregation: str = typer.Option("sum", help="Round latency: sum (devices served in turn, FedPEAT's total) "
+                                                        "or max (served at once, the downlink split between them)."),
     distill_steps: int = typer.Option(None, help="Sub-model distillation steps (fedpeat: default 0, fedot/fedpft: 50)."),
     domain: list[str] = typer.Option([], help="Tuning domain (repeatable; tasks of fltac). Default: pydocs; fltac: "
                                               "pydocs, licenses, docstrings."),
@@ -87,7 +92,7 @@ def run(
                                             parse_options(option))
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
                               partition=partition, dirichlet_alpha=alpha, domains=default_domains([method], domain),
-                              method_config=method_config)
+                              latency_aggregation=latency_aggregation, method_config=method_config)
         runner, results = run_federated(config, rounds, compression, console, lora_rank)
     console.print(round_table(runner, results))
     if (extra := metrics_table(runner, results)) is not None:
@@ -98,15 +103,9 @@ def run(
 
 
 def _quiet_libraries() -> None:
-    """Silence library chatter that says nothing to a user of this tool."""
-    import warnings
+    from federation.foundation import quiet_libraries
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", module="peft")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    quiet_libraries()
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks, printed as ratios measured in one run.")
@@ -165,6 +164,39 @@ def demo(
     _print_benchmark(run_benchmark(config, say=console.log))
 
 
+@app.command("regime")
+def regime_cmd(
+    devices: int = typer.Option(4, help="Devices of the federated runs."),
+    rounds: int = typer.Option(8, help="Federated rounds."),
+    local_steps: int = typer.Option(10, help="Local steps per device per round."),
+    out: Path = typer.Option(Path("runs/regime"), help="Directory for regime.md and regime.csv."),
+) -> None:
+    """How far tuning gets on the held-out domain: unigram reference, zero-shot, federated plug-in per ε, emulators,
+    centralised LoRA and full fine-tuning with the same budget (Offsite-Tuning's table)."""
+    from rich.table import Table
+
+    from agents.stats import to_markdown
+    from experiments.regime import RegimeConfig, formatted, plugin_goal, regime_table
+
+    with user_errors():
+        config = RegimeConfig(devices=devices, rounds=rounds, local_steps=local_steps)
+        _check_writable(out / "regime.md")
+    _quiet_libraries()
+    table = regime_table(config, say=console.print)
+    shown = formatted(table)
+    (out / "regime.md").write_text(to_markdown(shown))
+    table.to_csv(out / "regime.csv", index=False)
+    rich_table = Table(title="perplexity on the held-out tuning domain (pydocs valid)")
+    for column in shown.columns:
+        rich_table.add_column(column, justify="left" if column == "setting" else "right")
+    for row in shown.itertuples(index=False):
+        rich_table.add_row(*row)
+    console.print(rich_table)
+    plugin, bound, met = plugin_goal(table)
+    console.print(f"plug-in perplexity at ε = 0: {plugin:.1f}; 0.5 × unigram = {bound:.1f}: {'met' if met else 'NOT met'}")
+    console.print(f"wrote {out / 'regime.md'} and {out / 'regime.csv'}")
+
+
 @app.command("demo-federated")
 def demo_federated(
     rounds: int = typer.Option(5, help="Federated rounds."),
@@ -186,34 +218,102 @@ def demo_federated(
 @app.command()
 def calibrate(
     rounds: int = typer.Option(8, help="Engine rounds per calibration run."),
-    devices: int = typer.Option(4, help="Devices in the engine runs."),
+    devices: int = typer.Option(10, help="Devices in the engine runs."),
     local_steps: int = typer.Option(10, help="Local steps per device per round."),
     levels: list[float] = typer.Option([0.0, 0.25, 0.5, 0.75], help="Compression ratios ε to calibrate."),
-    out: Path = typer.Option(None, help="Calibration file (default: the committed embedded-v1.json)."),
+    ranks: str = typer.Option("2,4,8", help="LoRA ranks of the engine runs, comma-separated; the last is the global rank."),
+    workers: int = typer.Option(2, help="Engine runs in parallel (worker processes, one torch thread each)."),
+    refit: Path = typer.Option(None, help="Refit from the engine runs stored in this calibration file (no engine runs)."),
+    out: Path = typer.Option(None, help="Calibration file (default: the committed embedded-v2.json)."),
 ) -> None:
-    """Fit the FedPEAT-v0 surrogate to real engine rounds and write the versioned calibration file."""
-    from rich.progress import Progress
+    """Fit the FedPEAT-v0 surrogate to real engine rounds and write the versioned calibration file.
 
-    from fedpeat_env.calibration import calibrate as run_calibration
-    from fedpeat_env.surrogate import DEFAULT_CALIBRATION
+    The engine runs cover every control of the env (share of devices selected, IID / Dirichlet data, mixed ε, LoRA
+    rank, a collaborating server); the report shows every fitted parameter with its bounds and the fit errors per
+    condition on held-out runs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    _quiet_libraries()
-    with Progress(console=console) as progress:
-        task = progress.add_task("engine rounds", total=None)
+    from fedpeat_env.calibration import EngineSettings, calibration_plan
+    from fedpeat_env.fit import calibrate as run_calibration
+    from fedpeat_env.fit import fit_runs, stored_runs
+    from fedpeat_env.surrogate import DEFAULT_CALIBRATION, Calibration
 
-        def tick(total: int) -> None:
-            if total:
-                progress.update(task, total=total)
-            else:
-                progress.advance(task)
+    with user_errors():
+        rank_levels = tuple(_int_list("ranks", ranks))
+        path = out or DEFAULT_CALIBRATION
+        _check_writable(path)
+        if refit is not None:
+            fit, heldout, settings = stored_runs(Calibration.load(refit))
+            calibration = fit_runs(fit, heldout, tuple(levels), settings)
+        else:
+            settings = EngineSettings(num_devices=devices, rounds=rounds, local_steps=local_steps, max_rank=rank_levels[-1])
+            fit_plan, heldout_plan = calibration_plan(levels, rank_levels)
+            _quiet_libraries()
+            columns = (TextColumn("engine runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.fields[last]}"))
+            with Progress(*columns, console=console) as progress:
+                task = progress.add_task("runs", total=len(fit_plan) + len(heldout_plan), last="")
 
-        calibration = run_calibration(tuple(levels), rounds, devices, local_steps=local_steps, progress=tick)
-    path = out or DEFAULT_CALIBRATION
+                def on_run(run) -> None:
+                    progress.update(task, advance=1, last=f"{run.spec.condition}: {run.spec.label}")
+
+                calibration = run_calibration(settings, tuple(levels), rank_levels, workers, on_run=on_run)
     calibration.save(path)
-    console.print({"plateau_perplexity": dict(zip(calibration.levels, calibration.plateau_perplexity)),
-                   "initial_perplexity": calibration.initial_perplexity, "rate": calibration.rate,
-                   "exponent": calibration.exponent, "noise_std": calibration.noise_std, **calibration.fit_error})
+    _print_calibration(calibration)
     console.print(f"wrote {path}")
+
+
+def _print_calibration(calibration) -> None:
+    """Every fitted parameter with its bounds (flagged when on one) and the errors per condition."""
+    from rich.table import Table
+
+    params = Table(title="fitted parameters")
+    for column in ("parameter", "value", "low", "high", "note"):
+        params.add_column(column, justify="left" if column in ("parameter", "note") else "right")
+    for name, p in calibration.parameters.items():
+        note = p.get("fixed") or ("[red]at a bound[/red]" if p["at_bound"] else "")
+        params.add_row(name, f"{p['value']:.4g}", f"{p['low']:.4g}", f"{p['high']:.4g}", note)
+    console.print(params)
+    errors = Table(title="mean absolute % error of perplexity (one-step / open-loop rollout)")
+    for column in ("condition", "fit runs", "one-step", "rollout", "held-out runs", "one-step ", "rollout "):
+        errors.add_column(column, justify="left" if column == "condition" else "right")
+    fit, heldout = calibration.fit_error.get("fit", {}), calibration.fit_error.get("heldout", {})
+    rows = [("all", fit, heldout)] + [(c, fit.get("by_condition", {}).get(c, {}), heldout.get("by_condition", {}).get(c, {}))
+                                      for c in sorted(set(fit.get("by_condition", {})) | set(heldout.get("by_condition", {})))]
+
+    def cells(report: dict, runs: str) -> list[str]:
+        if not report:
+            return ["0", "-", "-"]
+        return [runs, f"{100 * report['one_step']:.1f}%", f"{100 * report['rollout']:.1f}%"]
+
+    for name, f, h in rows:
+        n_fit = str(f.get("runs", len(calibration.meta.get("fit_runs", []))))
+        n_held = str(h.get("runs", len(calibration.meta.get("heldout_runs", []))))
+        errors.add_row(name, *cells(f, n_fit), *cells(h, n_held))
+    console.print(errors)
+
+
+def _int_list(name: str, raw: str) -> list[int]:
+    try:
+        values = [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated integers, got {raw!r}") from None
+    if not values or values != sorted(set(values)) or values[0] < 1:
+        raise ValueError(f"--{name} must be increasing integers >= 1, got {raw!r}")
+    return values
+
+
+def _check_writable(path: Path) -> None:
+    """ValueError naming ``path`` if its folder cannot be created or written, before any work starts."""
+    import os
+
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the folder of {path}: {err.strerror}") from None
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"cannot write {path}")
 
 
 def _env_kwargs(options: list[str]) -> dict:
@@ -283,7 +383,7 @@ def evaluate_cmd(
 def benchmark_cmd(
     seeds: int = typer.Option(10, help="Evaluation seeds (same channels for every policy)."),
     episodes: int = typer.Option(10, help="Episodes per seed (the seed's stream continues)."),
-    timesteps: int = typer.Option(3_000_000, help="Agent training steps (≈ 45 min on one core)."),
+    timesteps: int = typer.Option(3_000_000, help="Agent training steps (3M: ≈ 14 min for PPO on one core)."),
     algo: str = typer.Option("ppo", help="ppo, a2c or maskable-ppo."),
     agent: Path = typer.Option(None, help="Evaluate this trained agent's directory instead of training one."),
     out: Path = typer.Option(Path("runs/benchmark"), help="Output directory."),
@@ -335,15 +435,31 @@ def _print_benchmark(result) -> None:
 @app.command("sim2real")
 def sim2real_cmd(
     agent: Path = typer.Option(Path("runs/benchmark/ppo"), help="Trained agent directory."),
-    seeds: int = typer.Option(2, help="Episodes per fidelity."),
-    horizon: int = typer.Option(5, help="Rounds per episode (engine rounds are slow)."),
+    seeds: int = typer.Option(2, help="Episodes per policy and fidelity (evaluation seeds)."),
+    horizon: int = typer.Option(None, help="Rounds per episode (default: the agent's, i.e. the benchmark's horizon)."),
+    workers: int = typer.Option(2, help="Worker processes for the episodes."),
+    out: Path = typer.Option(Path("runs/sim2real"), help="Directory for sim2real.md, sim2real.csv and summary.json."),
 ) -> None:
-    """The same policies on the surrogate and on real engine rounds: returns side by side."""
-    from experiments.benchmark import EVAL_SEED_OFFSET, sim_to_real
+    """The trained agent and the fixed baselines on the surrogate and on real engine rounds, same seeds: returns,
+    final perplexities, and whether the policies rank the same on both fidelities."""
+    from agents.stats import to_markdown
+    from experiments.benchmark import EVAL_SEED_OFFSET, SIM2REAL_POLICIES, sim_to_real
 
+    with user_errors():
+        if not (agent / "config.json").is_file():
+            raise ValueError(f"--agent must be a trained agent's directory (with config.json), got {agent}")
+        if seeds < 1 or workers < 1 or (horizon is not None and horizon < 1):
+            raise ValueError(f"--seeds, --workers and --horizon must be >= 1, got {seeds}, {workers}, {horizon}")
+        _check_writable(out / "sim2real.md")
     _quiet_libraries()
-    df = sim_to_real(agent, ["fixed-1", "fixed-4"], [EVAL_SEED_OFFSET + s for s in range(seeds)], horizon)
-    console.print(df.to_string(index=False))
+    table, summary = sim_to_real(agent, SIM2REAL_POLICIES, [EVAL_SEED_OFFSET + s for s in range(seeds)], horizon,
+                                 workers, say=console.print)
+    (out / "sim2real.md").write_text(to_markdown(table))
+    table.to_csv(out / "sim2real.csv", index=False)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(table.to_string(index=False))
+    console.print(f"same ranking on both fidelities: {'yes' if summary['same_ranking'] else 'no'} "
+                  f"(Kendall τ = {summary['kendall_tau']:.2f}); mean return gap surrogate − engine: {summary['return_gap']:+.3f}")
 
 
 @app.command("compare")

@@ -1,7 +1,8 @@
 """Pretrain the embedded tiny GPT-2 on the offline corpus (``fedpeat pretrain``).
 
 Trains a byte-level BPE tokenizer on the train splits of every corpus domain, then a small
-``GPT2LMHeadModel`` on the pretraining domain (KJV) only, so the federated tuning domains stay held out.
+``GPT2LMHeadModel`` on the pretraining domains only (KJV prose and Python source code without docstrings), so the
+federated tuning domains stay held out.
 Writes safetensors + tokenizer + ``pretrain.json`` (this config, seed, before/after validation perplexity)
 into ``federation/assets/tiny-gpt2``.
 """
@@ -20,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from federation.data import DOMAINS, PRETRAIN_DOMAIN, read_documents, tokenize_blocks
+from federation.data import DOMAINS, pretraining_blocks, read_documents, tokenize_blocks
 from federation.foundation import EMBEDDED_DIR
 from federation.seeding import seed_everything
 from federation.training import perplexity
@@ -105,7 +106,7 @@ def pretrain(config: PretrainConfig = PretrainConfig(), out_dir: Path = EMBEDDED
     seed_everything(config.seed)
     started = time.perf_counter()
     tokenizer = train_tokenizer(config)
-    train_blocks = tokenize_blocks(read_documents(PRETRAIN_DOMAIN, "train"), tokenizer, config.block_size)
+    train_blocks = pretraining_blocks(tokenizer, config.block_size)
     valid = {d: tokenize_blocks(read_documents(d, "valid"), tokenizer, config.block_size) for d in DOMAINS}
     model = build_model(config, tokenizer)
     ppl_before = {d: perplexity(model, blocks) for d, blocks in valid.items()}

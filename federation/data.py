@@ -1,8 +1,9 @@
 """Offline corpus, tokenisation into fixed-length blocks, and seeded device partitions.
 
 The corpus is committed under ``federation/assets/corpus/<domain>/{train,valid}.txt.gz`` (rebuilt by
-``fedpeat build-corpus``; sources and licences in ``SOURCES.md`` there). ``kjv`` is the pretraining domain;
-the other domains are held out from pretraining and serve federated fine-tuning.
+``fedpeat build-corpus``; sources and licences in ``SOURCES.md`` there). ``kjv`` (English prose) and ``pycode`` (Python
+source, docstrings removed) are the pretraining domains; the others are held out from pretraining and serve federated
+fine-tuning.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ CORPUS_DIR = Path(__file__).parent / "assets" / "corpus"
 DOC_SEPARATOR = "\n\n\x1e\n\n"
 """Separator between documents inside a split file (ASCII record separator between blank lines)."""
 
-DOMAINS = ("kjv", "pydocs", "licenses", "docstrings")
-PRETRAIN_DOMAIN = "kjv"
+DOMAINS = ("kjv", "pycode", "pydocs", "licenses", "docstrings")
+PRETRAIN_DOMAINS = ("kjv", "pycode")
+"""The embedded model's pretraining mix; every other domain is held out from pretraining."""
 Split = Literal["train", "valid"]
 PartitionKind = Literal["iid", "dirichlet"]
 
@@ -61,6 +63,22 @@ def tokenize_blocks(documents: tuple[str, ...] | list[str], tokenizer, block_siz
     return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
 
 
+def pretraining_blocks(tokenizer, block_size: int) -> torch.Tensor:
+    """Train blocks of every pretraining domain (N, block_size), in one fixed shuffled order (seed 0), so that any
+    prefix mixes the domains: the pretraining data, and the server's public data for distillation."""
+    blocks = torch.cat([_cached_blocks(tokenizer, domain, "train", block_size) for domain in PRETRAIN_DOMAINS])
+    return blocks[torch.randperm(len(blocks), generator=torch.Generator().manual_seed(0))]
+
+
+def unigram_perplexity(train_blocks: torch.Tensor, eval_blocks: torch.Tensor, vocab_size: int) -> float:
+    """Perplexity of counting tokens: an add-one smoothed unigram model of ``train_blocks``' tokens, scored on the tokens
+    a language model predicts in ``eval_blocks`` (N, T) (positions 1..T−1 of every block, as ``training.perplexity``).
+    The reference a tuned model must beat to have learned more than token frequencies."""
+    counts = torch.bincount(train_blocks.flatten(), minlength=vocab_size).double() + 1.0
+    log_p = torch.log(counts / counts.sum())
+    return float(torch.exp(-log_p[eval_blocks[:, 1:].flatten()].mean()))
+
+
 def partition_iid(num_items: int, num_devices: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle item indices and deal them into ``num_devices`` near-equal shards."""
     _check_partition_args(num_items, num_devices)
@@ -70,10 +88,11 @@ def partition_iid(num_items: int, num_devices: int, rng: np.random.Generator) ->
 def partition_dirichlet(
     labels: np.ndarray, num_devices: int, alpha: float, rng: np.random.Generator, min_items: int = 1
 ) -> list[np.ndarray]:
-    """Label-skewed split: for each label, device shares ~ Dirichlet(alpha · 1_N).
+    """Label-skewed split: every device first gets ``min_items`` random items, then, for each label, the remaining
+    items are split with device shares ~ Dirichlet(alpha · 1_N).
 
-    With a single label this is a quantity skew. Redraws (up to 100 times) until every device holds at least
-    ``min_items`` items. Small ``alpha`` (0.1) gives strongly non-IID shards, large alpha approaches IID.
+    With a single label this is a quantity skew. Small ``alpha`` (0.1) gives strongly non-IID shards (most devices
+    hold little beyond their ``min_items``), large alpha approaches IID. Never redraws, so any alpha > 0 works.
     """
     labels = np.asarray(labels)
     _check_partition_args(len(labels), num_devices)
@@ -81,17 +100,31 @@ def partition_dirichlet(
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if len(labels) < num_devices * min_items:
         raise ValueError(f"{len(labels)} items cannot give {num_devices} devices {min_items} item(s) each")
-    for _ in range(100):
-        shards: list[list[int]] = [[] for _ in range(num_devices)]
-        for label in np.unique(labels):
-            idx = rng.permutation(np.flatnonzero(labels == label))
-            shares = rng.dirichlet(np.full(num_devices, alpha))
-            cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
-            for device, part in enumerate(np.split(idx, cuts)):
-                shards[device].extend(part.tolist())
-        if min(len(s) for s in shards) >= min_items:
-            return [np.sort(np.array(s, dtype=int)) for s in shards]
-    raise ValueError(f"alpha={alpha} left a device with fewer than {min_items} items after 100 draws; raise alpha")
+    order = rng.permutation(len(labels))
+    reserved, rest = order[: num_devices * min_items], order[num_devices * min_items :]
+    shards: list[list[int]] = [reserved[d::num_devices].tolist() for d in range(num_devices)]
+    for label in np.unique(labels):
+        idx = rest[labels[rest] == label]
+        shares = rng.dirichlet(np.full(num_devices, alpha))
+        cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+        for device, part in enumerate(np.split(idx, cuts)):
+            shards[device].extend(part.tolist())
+    return [np.sort(np.array(s, dtype=int)) for s in shards]
+
+
+def partition_shares(num_items: int, shares: np.ndarray, rng: np.random.Generator, min_items: int = 1) -> list[np.ndarray]:
+    """Random items split in the given proportions: every device first gets ``min_items`` items, the rest is dealt by
+    the cumulative ``shares`` (N,) (non-negative, normalised here). E.g. the env's drawn data shares."""
+    shares = np.asarray(shares, dtype=float)
+    _check_partition_args(num_items, len(shares))
+    if not (np.all(shares >= 0) and shares.sum() > 0):
+        raise ValueError(f"shares must be >= 0 with a positive sum, got {shares}")
+    if num_items < len(shares) * min_items:
+        raise ValueError(f"{num_items} items cannot give {len(shares)} devices {min_items} item(s) each")
+    order = rng.permutation(num_items)
+    reserved, rest = order[: len(shares) * min_items], order[len(shares) * min_items :]
+    cuts = np.round(np.cumsum(shares / shares.sum())[:-1] * len(rest)).astype(int)
+    return [np.sort(np.concatenate([reserved[d :: len(shares)], part])) for d, part in enumerate(np.split(rest, cuts))]
 
 
 def _check_partition_args(num_items: int, num_devices: int) -> None:
@@ -136,16 +169,18 @@ def build_federated_data(
     alpha: float = 0.5,
     server_fraction: float = 0.0,
     max_eval_blocks: int = 64,
+    device_shares: tuple[float, ...] | None = None,
 ) -> FederatedData:
     """Tokenise the tuning domains and split their train blocks across devices (and optionally the server).
 
     Labels for the Dirichlet split are the domain index of each block. ``server_fraction`` of the train blocks
-    (drawn first, at random) stay on the server for server–device collaborative tuning.
+    (drawn first, at random) stay on the server for server–device collaborative tuning. ``device_shares`` (one per
+    device) replaces ``partition``: the devices' blocks in these proportions (``partition_shares``).
     """
     for domain in domains:
         _check_domain(domain)
-        if domain == PRETRAIN_DOMAIN:
-            raise ValueError(f"domains must not include the pretraining domain {PRETRAIN_DOMAIN!r}")
+        if domain in PRETRAIN_DOMAINS:
+            raise ValueError(f"domains must not include a pretraining domain {PRETRAIN_DOMAINS}, got {domain!r}")
     if partition not in ("iid", "dirichlet"):
         raise ValueError(f"partition must be one of ('iid', 'dirichlet'), got {partition!r}")
     if not 0.0 <= server_fraction < 1.0:
@@ -162,7 +197,11 @@ def build_federated_data(
     order = rng.permutation(len(train))
     n_server = int(round(server_fraction * len(train)))
     server_idx, device_pool = order[:n_server], np.sort(order[n_server:])
-    if partition == "iid":
+    if device_shares is not None:
+        if len(device_shares) != num_devices:
+            raise ValueError(f"device_shares must have one entry per device ({num_devices}), got {len(device_shares)}")
+        shards = partition_shares(len(device_pool), np.asarray(device_shares), rng)
+    elif partition == "iid":
         shards = partition_iid(len(device_pool), num_devices, rng)
     else:
         shards = partition_dirichlet(all_labels[device_pool], num_devices, alpha, rng)

@@ -20,7 +20,15 @@ from federation.messages import MessageLog
 from federation.methods import make_method
 from federation.methods.base import DeviceDecision, Method, MethodConfig
 from federation.seeding import child_seed, seed_everything
-from federation.system import ChannelConfig, WirelessChannel, transmission_latency_s
+from federation.system import (
+    LATENCY_AGGREGATIONS,
+    ChannelConfig,
+    LatencyAggregation,
+    WirelessChannel,
+    downlink_share,
+    round_latency_s,
+    transmission_latency_s,
+)
 from federation.training import perplexity
 
 
@@ -42,6 +50,9 @@ class EngineConfig:
     """How train blocks are split across devices."""
     dirichlet_alpha: float = 0.5
     """Concentration of the Dirichlet split (partition="dirichlet")."""
+    device_shares: tuple[float, ...] | None = None
+    """The devices' shares of the training data (one per device; normalised), replacing ``partition`` (e.g. the env's
+    drawn shares, so that both fidelities see the same data split)."""
     server_fraction: float = 0.0
     """Share of the tuning data held by the server, which then trains on the full model every round and
     joins the aggregation (FedPEAT server–device collaborative tuning). 0 disables it."""
@@ -51,6 +62,10 @@ class EngineConfig:
     """Held-out blocks for perplexity."""
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     """Wireless channel of the devices."""
+    latency_aggregation: LatencyAggregation = "sum"
+    """"sum": the round's latency is Σ_i Q_i, devices download in turn at the whole downlink rate (FedPEAT's total
+    latency); "max": max_i Q_i, the downlink split equally between the devices downloading in the round
+    (``federation.system.LATENCY_AGGREGATIONS``)."""
     method_config: MethodConfig = field(default_factory=MethodConfig)
     """Settings passed to the method (adapter blocks, LoRA, local training)."""
 
@@ -59,6 +74,8 @@ class EngineConfig:
             raise ValueError(f"num_devices must be >= 1, got {self.num_devices}")
         if not 0.0 <= self.server_fraction < 1.0:
             raise ValueError(f"server_fraction must be in [0, 1), got {self.server_fraction}")
+        if self.latency_aggregation not in LATENCY_AGGREGATIONS:
+            raise ValueError(f"latency_aggregation must be one of {LATENCY_AGGREGATIONS}, got {self.latency_aggregation!r}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +106,7 @@ class RoundResult:
     emulator_perplexity: float
     """Mean over participants of the global adapter's perplexity inside their emulator (NaN without emulators)."""
     round_latency_s: float
-    """max_i Q_i over selected devices (0 when none is selected)."""
+    """Σ_i Q_i or max_i Q_i over the selected devices (``EngineConfig.latency_aggregation``; 0 when none is)."""
     bytes_down: int
     bytes_up: int
     exchanges: int
@@ -198,7 +215,7 @@ class RoundRunner:
         self.data = build_federated_data(
             self.tokenizer, config.num_devices, self.rng, domains=config.domains, block_size=config.block_size,
             partition=config.partition, alpha=config.dirichlet_alpha, server_fraction=config.server_fraction,
-            max_eval_blocks=config.max_eval_blocks,
+            max_eval_blocks=config.max_eval_blocks, device_shares=config.device_shares,
         )
         self.channel = WirelessChannel(config.num_devices, config.channel, np.random.default_rng(child_seed(self.rng)))
         self.log = MessageLog()
@@ -253,7 +270,7 @@ class RoundRunner:
             round=self.round,
             full_perplexity=full_ppl,
             emulator_perplexity=float(np.mean(list(device_ppl.values()))) if device_ppl else math.nan,
-            round_latency_s=max((r.latency_s for r in selected), default=0.0),
+            round_latency_s=round_latency_s((r.latency_s for r in selected), self.config.latency_aggregation),
             bytes_down=sum(r.bytes_down for r in records),
             bytes_up=sum(r.bytes_up for r in records),
             exchanges=sum(r.emulator_exchanged for r in records),
@@ -291,15 +308,16 @@ class RoundRunner:
         by_device: dict[int, list[ClientUpdate]] = {}
         for u in updates:  # several per device for multi-task methods (one per task, trained one after another)
             by_device.setdefault(u.device, []).append(u)
-        # this round's messages only: summing over the whole log per device grew with every round
-        sent = [(m.device, m.direction, m.num_bytes) for m in self.log.messages[first_message:]]
+        down, up = np.zeros(len(decisions), dtype=np.int64), np.zeros(len(decisions), dtype=np.int64)
+        for m in self.log.messages[first_message:]:  # this round's messages only, one pass
+            (down if m.direction == "down" else up)[m.device] += m.num_bytes
+        share = downlink_share(self.config.latency_aggregation == "max", int((down > 0).sum()))
         gain_db = 10.0 * np.log10(channel.gain)
         records = []
         for i, decision in enumerate(decisions):
             device_updates = by_device.get(i, [])
-            down = sum(b for d, direction, b in sent if d == i and direction == "down")
-            up = sum(b for d, direction, b in sent if d == i and direction == "up")
-            latency = float(transmission_latency_s(down, up, channel.downlink_rate_bps[i], channel.uplink_rate_bps[i]))
+            latency = float(transmission_latency_s(down[i], up[i], share * channel.downlink_rate_bps[i],
+                                                   channel.uplink_rate_bps[i]))
             spec = self.server.device_specs.get(i)
             records.append(DeviceRound(
                 device=i,
@@ -307,8 +325,8 @@ class RoundRunner:
                 compression=decision.compression if decision.selected else math.nan,
                 kept_blocks=len(spec.layers) if spec is not None and decision.selected else 0,
                 emulator_exchanged=exchanged.get(i, False),
-                bytes_down=down,
-                bytes_up=up,
+                bytes_down=int(down[i]),
+                bytes_up=int(up[i]),
                 latency_s=latency,
                 memory_bytes=max((u.memory.total_bytes for u in device_updates), default=0),
                 train_loss=float(np.mean([u.train_loss for u in device_updates])) if device_updates else math.nan,

@@ -47,6 +47,18 @@ def load_foundation(
     return model, tokenizer
 
 
+def quiet_libraries() -> None:
+    """Silence library chatter that says nothing to a user of this tool (also in worker processes)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module="peft")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def embedded_pretrain_record() -> dict:
     """The committed pretraining record: config, seed, and validation perplexities before/after."""
     return json.loads((EMBEDDED_DIR / "pretrain.json").read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numba
 import numpy as np
@@ -163,24 +164,59 @@ def _compiled_round(h: np.ndarray, rho: float, w: np.ndarray, path_gain: np.ndar
         out[2, i] = _shannon_compiled(downlink_hz, downlink_w, out[0, i], n0)
 
 
+LatencyAggregation = Literal["sum", "max"]
+LATENCY_AGGREGATIONS: tuple[str, ...] = ("sum", "max")
+"""How a round's device latencies Q_i combine, and how the downlink is shared:
+
+| aggregation | round latency | downlink of device i |
+|---|---|---|
+| ``"sum"`` (FedPEAT: total latency of all devices) | Σ_i Q_i | the whole band: the server serves devices in turn |
+| ``"max"`` (devices served at the same time) | max_i Q_i | band and power split equally between the n devices that download in the round: r_dl / n |
+"""
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _latency_s(downlink_bytes: float, uplink_bytes: float, downlink_rate_bps: float, uplink_rate_bps: float) -> float:
+    """Q = 8*F_dl/r_dl + 8*F_ul/r_ul (s) of one device; a zero payload costs 0 s whatever its rate (unchecked: the
+    env's compiled round and ``transmission_latency_s`` call it)."""
+    q = 0.0
+    if downlink_bytes > 0:
+        q += 8.0 * downlink_bytes / downlink_rate_bps
+    if uplink_bytes > 0:
+        q += 8.0 * uplink_bytes / uplink_rate_bps
+    return q
+
+
+@numba.njit(cache=True, error_model="numpy")
+def downlink_share(aggregation_is_max: bool, num_downloading: int) -> float:
+    """Share of the downlink rate each downloading device gets (``LatencyAggregation``): 1 in turn, 1/n at once."""
+    return 1.0 / max(num_downloading, 1) if aggregation_is_max else 1.0
+
+
 def transmission_latency_s(downlink_bytes: float | np.ndarray, uplink_bytes: float | np.ndarray,
                            downlink_rate_bps: float | np.ndarray, uplink_rate_bps: float | np.ndarray) -> float | np.ndarray:
-    """Round communication latency Q = 8*F_dl/r_dl + 8*F_ul/r_ul in seconds (bytes, bit/s).
+    """Communication latency Q = 8*F_dl/r_dl + 8*F_ul/r_ul in seconds (bytes, bit/s), broadcast over the arguments.
 
     A zero payload costs 0 s whatever its rate; a positive payload needs a positive rate.
     """
-    total = np.zeros(())
-    for name, size, rate_name, rate in (
-        ("downlink_bytes", downlink_bytes, "downlink_rate_bps", downlink_rate_bps),
-        ("uplink_bytes", uplink_bytes, "uplink_rate_bps", uplink_rate_bps),
-    ):
-        f, r = np.broadcast_arrays(_checked(name, size, strict=False), np.asarray(rate, dtype=float))
-        sending = f > 0
-        if not np.all(r[sending] > 0):
+    arrays = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in
+                                   (downlink_bytes, uplink_bytes, downlink_rate_bps, uplink_rate_bps)))
+    for name, size, rate_name, rate in (("downlink_bytes", arrays[0], "downlink_rate_bps", arrays[2]),
+                                        ("uplink_bytes", arrays[1], "uplink_rate_bps", arrays[3])):
+        _checked(name, size, strict=False)
+        if not np.all(rate[size > 0] > 0):
             raise ValueError(f"{rate_name} must be > 0 where {name} > 0, got {rate!r}")
-        safe_r = np.where(sending, r, 1.0)
-        total = total + np.where(sending, 8.0 * f / safe_r, 0.0)
-    return _out(total)
+    flat = [a.ravel() for a in arrays]
+    q = np.array([_latency_s(*values) for values in zip(*(f.tolist() for f in flat))]).reshape(arrays[0].shape)
+    return _out(q)
+
+
+def round_latency_s(device_latencies_s: Iterable[float], aggregation: LatencyAggregation) -> float:
+    """A round's latency from its participants' Q_i (s): their sum or their maximum (0 without participants)."""
+    if aggregation not in LATENCY_AGGREGATIONS:
+        raise ValueError(f"latency aggregation must be one of {LATENCY_AGGREGATIONS}, got {aggregation!r}")
+    values = list(device_latencies_s)
+    return float(sum(values) if aggregation == "sum" else max(values, default=0.0))
 
 
 def tensor_bytes(tensors: Mapping[str, torch.Tensor] | Iterable[torch.Tensor] | torch.Tensor) -> int:
@@ -243,7 +279,7 @@ class WirelessChannel:
     h_{t+1} = rho*h_t + sqrt(1-rho^2)*w_t, h, w ~ CN(0,1), so the marginal of |h|^2 stays Exp(1).
 
     Uplink and downlink see the same gain (reciprocity). Each device's uplink uses its own bandwidth; the downlink
-    rate is that of the full downlink bandwidth for each device (the server serves devices in turn / broadcasts).
+    rate given is that of the whole downlink band (``downlink_share`` splits it when devices are served at once).
     All randomness comes from ``rng``: distances, then uplink bandwidths, then the initial fading, then one CN(0,1)
     vector per ``step`` (its N real parts, then its N imaginary parts). A round costs a few compiled / vectorised
     calls for any number of devices (see ``LARGE_CHANNEL``).

@@ -1,73 +1,198 @@
-"""``fedpeat calibrate``: real engine rounds over a grid of compression ratios and selections → surrogate fit."""
+"""``fedpeat calibrate``: real engine rounds under every control the agent has, for the surrogate fit.
+
+A calibration *plan* is a list of ``RunSpec``: one engine run each, a few rounds of FedPEAT in which every round a
+random subset of the devices (``fraction`` of them) trains, each with an ε and a LoRA rank drawn from the run's
+choices. The runs cover the conditions the env's agent meets (``CONDITIONS``): the share of devices selected, the
+data partition (IID, Dirichlet), rounds of mixed ε, the LoRA rank, and a server that trains beside the devices. Fit
+and held-out runs use different seeds (data split, channel, selections). ``run_plan`` executes a plan on worker
+processes (one torch thread each); every run is deterministic given its spec, so the result does not depend on the
+number of workers.
+"""
 
 from __future__ import annotations
 
-import platform
+import math
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from typing import Literal
 
-import torch
+import numpy as np
 
-from federation.engine import EngineConfig, RoundRunner
-from federation.methods import DeviceDecision, FedPEATConfig
-from federation.training import LocalTrainConfig
-from fedpeat_env.surrogate import Calibration, Trajectory, fit_calibration
-
-
-def engine_trajectory(
-    schedule: Sequence[float], fraction: float, seed: int, num_devices: int, local_steps: int,
-    on_round: Callable[[], None] | None = None,
-) -> Trajectory:
-    """Run ``len(schedule)`` FedPEAT rounds; round t uses ε = schedule[t] on a rotating ``fraction`` of devices."""
-    train = LocalTrainConfig(steps=local_steps)
-    runner = RoundRunner(EngineConfig(method="fedpeat", num_devices=num_devices, seed=seed,
-                                      method_config=FedPEATConfig(train=train)))
-    sizes = runner.data.device_sizes.astype(float)
-    chosen = max(1, round(fraction * num_devices))
-    ppl, eps, share = [runner.initial_perplexity], [], []
-    for t, compression in enumerate(schedule):
-        selected = {(t + j) % num_devices for j in range(chosen)}
-        decisions = [DeviceDecision(i in selected, compression if i in selected else 0.0) for i in range(num_devices)]
-        ppl.append(runner.run_round(decisions).full_perplexity)
-        eps.append(float(compression))
-        share.append(float(sizes[sorted(selected)].sum() / sizes.sum()))
-        if on_round is not None:
-            on_round()
-    return Trajectory(tuple(ppl), tuple(eps), tuple(share))
+Condition = Literal["fraction", "partition", "mixed", "rank", "server"]
+CONDITIONS: tuple[str, ...] = ("fraction", "partition", "mixed", "rank", "server")
+"""What a run varies: the share of devices selected (IID, one ε per run), the data partition (Dirichlet α),
+mixed ε within rounds, the LoRA rank, and server–device collaborative tuning."""
 
 
-def calibration_plan(levels: Sequence[float], rounds: int, fractions: Sequence[float]) -> tuple[list, list]:
-    """(fit runs, held-out runs) as (schedule, fraction) pairs: every level × fraction with a fixed ε for the fit;
-    switching schedules (most → least compressed halfway, and back) for the held-out check."""
-    fit = [([e] * rounds, f) for e in levels for f in fractions]
-    half = rounds // 2
-    heldout = [([levels[-1]] * half + [levels[0]] * (rounds - half), fractions[0]),
-               ([levels[0]] * half + [levels[-1]] * (rounds - half), fractions[-1])]
+@dataclass(frozen=True)
+class RunSpec:
+    """One calibration run of the engine (FedPEAT case 1)."""
+
+    condition: Condition
+    """The condition this run tests (``CONDITIONS``)."""
+    seed: int
+    """Engine seed: data split, channel, local batches, adapter init; and the selections of this run."""
+    fraction: float
+    """Share of the devices that train each round, drawn at random every round (at least one if > 0)."""
+    compression: tuple[float, ...]
+    """ε of a selected device, drawn per device and round from these (one value: every device uses it)."""
+    ranks: tuple[int, ...] = (8,)
+    """LoRA rank of a selected device, drawn per device and round from these."""
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = 1.0
+    """Dirichlet concentration (partition "dirichlet"; one domain, so a quantity skew)."""
+    server_fraction: float = 0.0
+    """Share of the data the server holds and trains on (full model) every round."""
+
+    @property
+    def label(self) -> str:
+        parts = [f"f={self.fraction:g}", "ε=" + "/".join(f"{e:g}" for e in self.compression)]
+        if self.ranks != (8,):
+            parts.append("r=" + "/".join(str(r) for r in self.ranks))
+        if self.partition == "dirichlet":
+            parts.append(f"Dir({self.alpha:g})")
+        if self.server_fraction:
+            parts.append(f"server={self.server_fraction:g}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """An engine run: its spec, the full model's perplexity before round 1 and after each round, and who trained
+    with which ε and rank."""
+
+    spec: RunSpec
+    perplexity: tuple[float, ...]
+    """(R + 1,) plug-in perplexity of the full model on the held-out tuning blocks."""
+    device_share: tuple[float, ...]
+    """(N,) each device's share of all training data (devices and server)."""
+    server_share: float
+    """The server's share of all training data (0 without collaborative tuning)."""
+    compression: tuple[tuple[float, ...], ...]
+    """(R, N) ε of each device per round, NaN where it did not train."""
+    rank: tuple[tuple[int, ...], ...]
+    """(R, N) LoRA rank of each device per round, 0 where it did not train."""
+    wall_time_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The engine settings shared by every run of a plan."""
+
+    num_devices: int = 10
+    rounds: int = 8
+    local_steps: int = 10
+    max_rank: int = 8
+    """Global LoRA rank (the largest of the env's ``rank_levels``)."""
+    foundation: str | None = None
+
+
+def calibration_plan(levels: Sequence[float] = (0.0, 0.25, 0.5, 0.75), ranks: Sequence[int] = (2, 4, 8),
+                     fit_seed: int = 0, heldout_seed: int = 1) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(fit runs, held-out runs). The fit runs cover every level at a tenth, 40% and all of the devices (IID),
+    Dirichlet α = 0.1 and 1, mixed ε, every rank and a collaborating server; the held-out runs, with another seed,
+    test each condition at settings the fit did not use."""
+    levels, ranks = tuple(levels), tuple(ranks)
+    lo, hi = levels[0], levels[-1]
+    mid = levels[len(levels) // 2]
+    fit = [RunSpec("fraction", fit_seed, f, (e,)) for f in (0.1, 0.4, 1.0) for e in levels]
+    fit += [RunSpec("partition", fit_seed, f, (e,), partition="dirichlet", alpha=a)
+            for a in (0.1, 1.0) for f, e in ((0.3, lo), (0.7, mid))]
+    fit += [RunSpec("mixed", fit_seed, f, levels) for f in (0.3, 0.8)]
+    fit += [RunSpec("rank", fit_seed, 0.5, (e,), ranks=(r,)) for r in ranks[:-1] for e in (lo, mid)]
+    fit += [RunSpec("server", fit_seed, f, (lo,), server_fraction=0.2) for f in (0.0, 0.4)]
+    heldout = [RunSpec("fraction", heldout_seed, 0.2, (levels[1],)), RunSpec("fraction", heldout_seed, 0.7, (hi,))]
+    heldout += [RunSpec("partition", heldout_seed, 0.5, levels, partition="dirichlet", alpha=a) for a in (0.1, 1.0)]
+    heldout += [RunSpec("mixed", heldout_seed, f, levels) for f in (0.2, 0.6)]
+    heldout += [RunSpec("rank", heldout_seed, 0.6, levels[:2], ranks=ranks), RunSpec("rank", heldout_seed, 0.3, (mid,), ranks=ranks[:1])]
+    heldout += [RunSpec("server", heldout_seed, f, levels, server_fraction=s) for f, s in ((0.2, 0.1), (0.6, 0.3))]
     return fit, heldout
 
 
-def calibrate(
-    levels: Sequence[float] = (0.0, 0.25, 0.5, 0.75),
-    rounds: int = 8,
-    num_devices: int = 4,
-    fractions: Sequence[float] = (1.0, 0.5),
-    local_steps: int = 10,
-    fit_seed: int = 0,
-    heldout_seed: int = 1,
-    progress: Callable[[int], None] | None = None,
-) -> Calibration:
-    """Fit the surrogate to engine runs of the embedded model; ``progress(total_rounds)`` is called once first,
-    then ``progress(0)`` after every engine round."""
-    fit_plan, heldout_plan = calibration_plan(levels, rounds, fractions)
-    if progress is not None:
-        progress(rounds * (len(fit_plan) + len(heldout_plan)))
-    tick = (lambda: progress(0)) if progress is not None else None
-    fit_runs = [engine_trajectory(s, f, fit_seed, num_devices, local_steps, tick) for s, f in fit_plan]
-    heldout_runs = [engine_trajectory(s, f, heldout_seed, num_devices, local_steps, tick) for s, f in heldout_plan]
-    meta = {
-        "engine": asdict(EngineConfig(method="fedpeat", num_devices=num_devices)) | {"local_steps": local_steps},
-        "rounds": rounds, "fractions": list(fractions), "fit_seed": fit_seed, "heldout_seed": heldout_seed,
-        "fit_runs": [asdict(r) for r in fit_runs], "heldout_runs": [asdict(r) for r in heldout_runs],
-        "torch": torch.__version__, "python": platform.python_version(),
-    }
-    return fit_calibration(fit_runs, heldout_runs, tuple(levels), meta)
+def engine_trajectory(spec: RunSpec, settings: EngineSettings, on_round: Callable[[], None] | None = None) -> Trajectory:
+    """Run ``settings.rounds`` FedPEAT rounds of ``spec``; ``on_round()`` after each round."""
+    from federation.engine import EngineConfig, RoundRunner
+    from federation.methods import DeviceDecision, FedPEAT, FedPEATConfig
+    from federation.training import LocalTrainConfig
+
+    lora = replace(FedPEAT.default_lora, rank=settings.max_rank)
+    config = EngineConfig(method="fedpeat", num_devices=settings.num_devices, seed=spec.seed, foundation=settings.foundation,
+                          partition=spec.partition, dirichlet_alpha=spec.alpha, server_fraction=spec.server_fraction,
+                          method_config=FedPEATConfig(train=LocalTrainConfig(steps=settings.local_steps), lora=lora))
+    runner = RoundRunner(config)
+    n = settings.num_devices
+    sizes = runner.data.device_sizes.astype(float)
+    total = sizes.sum() + len(runner.data.server_blocks)
+    rng = np.random.default_rng([spec.seed, 1 + CONDITIONS.index(spec.condition)])  # this run's selections
+    chosen = 0 if spec.fraction == 0 else max(1, round(spec.fraction * n))
+    ppl, eps_rows, rank_rows = [runner.initial_perplexity], [], []
+    for _ in range(settings.rounds):
+        selected = set(rng.choice(n, size=chosen, replace=False).tolist())
+        eps = rng.choice(spec.compression, size=n)
+        ranks = rng.choice(spec.ranks, size=n)
+        decisions = [DeviceDecision(i in selected, float(eps[i]) if i in selected else 0.0,
+                                    int(ranks[i]) if i in selected else None) for i in range(n)]
+        result = runner.run_round(decisions)
+        ppl.append(result.full_perplexity)
+        eps_rows.append(tuple(float(eps[i]) if i in selected else math.nan for i in range(n)))
+        rank_rows.append(tuple(int(ranks[i]) if i in selected else 0 for i in range(n)))
+        if on_round is not None:
+            on_round()
+    runner.close()
+    return Trajectory(spec, tuple(ppl), tuple(float(x) for x in sizes / total),
+                      float(len(runner.data.server_blocks) / total), tuple(eps_rows), tuple(rank_rows))
+
+
+def _run_in_worker(spec: RunSpec, settings: EngineSettings) -> Trajectory:
+    import time
+
+    import torch
+
+    from federation.foundation import quiet_libraries
+
+    torch.set_num_threads(1)
+    quiet_libraries()
+    started = time.perf_counter()
+    trajectory = engine_trajectory(spec, settings)
+    return Trajectory(**{**trajectory.__dict__, "wall_time_s": time.perf_counter() - started})
+
+
+def run_plan(specs: Sequence[RunSpec], settings: EngineSettings, workers: int = 2,
+             on_run: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
+    """Every run of ``specs`` (in that order), on ``workers`` processes (1: in this process); ``on_run`` after each."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    results: dict[int, Trajectory] = {}
+    if workers == 1:
+        for k, spec in enumerate(specs):
+            results[k] = _run_in_worker(spec, settings)
+            if on_run is not None:
+                on_run(results[k])
+        return [results[k] for k in range(len(specs))]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_run_in_worker, spec, settings): k for k, spec in enumerate(specs)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if on_run is not None:
+                on_run(results[futures[future]])
+    return [results[k] for k in range(len(specs))]
+
+
+def trajectory_to_dict(run: Trajectory) -> dict:
+    """A JSON-ready dict of ``run`` (NaN ε of devices that did not train as null)."""
+    out = asdict(run)
+    out["compression"] = [[None if math.isnan(e) else e for e in row] for row in run.compression]
+    return out
+
+
+def trajectory_from_dict(data: dict) -> Trajectory:
+    """The inverse of ``trajectory_to_dict``."""
+    spec = data["spec"]
+    spec = RunSpec(**{**spec, "compression": tuple(spec["compression"]), "ranks": tuple(spec["ranks"])})
+    return Trajectory(spec, tuple(data["perplexity"]), tuple(data["device_share"]), float(data["server_share"]),
+                      tuple(tuple(math.nan if e is None else float(e) for e in row) for row in data["compression"]),
+                      tuple(tuple(int(r) for r in row) for row in data["rank"]), float(data.get("wall_time_s", 0.0)))

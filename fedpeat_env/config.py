@@ -6,32 +6,12 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from federation.foundation import COST_PROFILES
-from federation.system import ChannelConfig
+from federation.system import LATENCY_AGGREGATIONS, ChannelConfig, LatencyAggregation
+from fedpeat_env.reward import RewardWeights
 
 Fidelity = Literal["surrogate", "engine"]
-
-
-@dataclass(frozen=True)
-class RewardWeights:
-    """Weights of the normalised reward terms (FedPEAT: perplexity gap, latency Q, exchanges, memory)."""
-
-    perplexity: float = 1.0
-    """w_p · (ppl_t − target) / (ppl_0 − target)."""
-    latency: float = 0.5
-    """w_q · round latency / reference latency (full-model download at the median rate)."""
-    exchanges: float = 0.3
-    """w_x · emulator exchanges this round / N."""
-    memory: float = 0.2
-    """w_m · mean memory use / allowed memory over the selected devices."""
-    memory_penalty: float = 1.0
-    """Per device whose footprint exceeds η·capacity (that device is dropped from the round)."""
-    exchange_penalty: float = 0.5
-    """Per exchange beyond κ·T on a device."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if not getattr(self, f.name) >= 0:
-                raise ValueError(f"reward weight {f.name} must be >= 0, got {getattr(self, f.name)}")
+MemoryAggregation = Literal["sum", "mean"]
+Partition = Literal["iid", "dirichlet"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +52,18 @@ class EnvConfig:
     """Calibration file (None: the committed one for the embedded model)."""
     engine_local_steps: int = 10
     """Local steps per device per round in engine fidelity (10, as in the committed calibration's engine runs)."""
+    latency_aggregation: LatencyAggregation = "sum"
+    """"sum" (FedPEAT's total latency of all devices; the server serves them in turn, each at the whole downlink
+    rate) or "max" (the slowest device; devices served at once, the downlink split equally between them)."""
+    memory_aggregation: MemoryAggregation = "sum"
+    """"sum" (FedPEAT's memory of all devices) or "mean" (over the devices that trained)."""
+    partition: Partition = "dirichlet"
+    """How the tuning data is split over the devices: "iid" (equal shares) or "dirichlet" (shares ~ Dirichlet(α))."""
+    dirichlet_alpha: float = 1.0
+    """α of the Dirichlet split (small: a few devices hold most of the data)."""
+    server_fraction: float = 0.0
+    """Share of the tuning data the server holds; it trains the full model every round, at no transmission cost and
+    without a memory limit (FedPEAT server–device collaborative tuning). 0: the server only aggregates."""
 
     def __post_init__(self) -> None:
         _require(self.num_devices >= 1, "num_devices", ">= 1", self.num_devices)
@@ -91,6 +83,13 @@ class EnvConfig:
         _require(list(self.rank_levels) == sorted(set(self.rank_levels)), "rank_levels", "strictly increasing", self.rank_levels)
         _require(self.fidelity in ("surrogate", "engine"), "fidelity", "'surrogate' or 'engine'", self.fidelity)
         _require(self.engine_local_steps >= 1, "engine_local_steps", ">= 1", self.engine_local_steps)
+        _require(self.latency_aggregation in LATENCY_AGGREGATIONS, "latency_aggregation", f"one of {LATENCY_AGGREGATIONS}",
+                 self.latency_aggregation)
+        _require(self.memory_aggregation in ("sum", "mean"), "memory_aggregation", "one of ('sum', 'mean')",
+                 self.memory_aggregation)
+        _require(self.partition in ("iid", "dirichlet"), "partition", "one of ('iid', 'dirichlet')", self.partition)
+        _require(self.dirichlet_alpha > 0, "dirichlet_alpha", "> 0", self.dirichlet_alpha)
+        _require(0.0 <= self.server_fraction < 1.0, "server_fraction", "in [0, 1)", self.server_fraction)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EnvConfig:

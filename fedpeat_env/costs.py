@@ -13,9 +13,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 from transformers import GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
 
 from federation.emulator import keep_for_compression
 from federation.foundation import profile_config
+from federation.methods.fedpeat import FedPEAT
 from federation.system import training_memory
 
 BYTES_PER_VALUE = 4  # float32 weights and training state
@@ -34,6 +36,8 @@ class ArchitectureCounts:
     block_params: int
     """Parameters of one transformer block."""
     final_norm_params: int
+    block_linears: tuple[tuple[str, int, int], ...]
+    """(module name in a block, in features, out features) of every linear (``Conv1D``) layer of a block."""
 
 
 @lru_cache(maxsize=8)
@@ -44,15 +48,20 @@ def architecture_counts(profile: str) -> ArchitectureCounts:
         model = GPT2LMHeadModel(config)
     t = model.transformer
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    linears = tuple((name, *m.weight.shape) for name, m in t.h[0].named_modules() if isinstance(m, Conv1D))
     return ArchitectureCounts(
         num_layers=config.n_layer, d_model=config.n_embd, num_heads=config.n_head, vocab_size=config.vocab_size,
         embedding_params=count(t.wte) + count(t.wpe), block_params=count(t.h[0]), final_norm_params=count(t.ln_f),
+        block_linears=linears,
     )
 
 
-def lora_params(counts: ArchitectureCounts, rank: int, num_adapter_layers: int = 1) -> int:
-    """LoRA on ``c_attn`` (d → 3d) of the 2l adapter blocks: r·(d + 3d) per block."""
-    return 2 * num_adapter_layers * rank * (counts.d_model + 3 * counts.d_model)
+def lora_params(counts: ArchitectureCounts, rank: int, target_modules: tuple[str, ...], num_adapter_layers: int = 1) -> int:
+    """LoRA of rank r on the ``target_modules`` of the 2l adapter blocks: r·(in + out) per targeted linear layer (a
+    target matches a layer whose name ends with it, as in peft; GPT-2's Conv1D weight is (in, out))."""
+    per_block = sum(rank * (n_in + n_out) for name, n_in, n_out in counts.block_linears
+                    if any(name == t or name.endswith("." + t) for t in target_modules))
+    return 2 * num_adapter_layers * per_block
 
 
 @dataclass(frozen=True)
@@ -76,14 +85,17 @@ class LevelCosts:
 
 
 def level_costs(profile: str, compression_levels: tuple[float, ...], rank_levels: tuple[int, ...],
-                num_adapter_layers: int = 1) -> LevelCosts:
+                num_adapter_layers: int = 1, target_modules: tuple[str, ...] | None = None) -> LevelCosts:
+    """Costs per level and rank of the emulators and of the adapter: LoRA on ``target_modules`` (None: FedPEAT's, the
+    engine's ``FedPEAT.default_lora``) of the adapter blocks."""
     counts = architecture_counts(profile)
+    target_modules = target_modules or FedPEAT.default_lora.target_modules
     num_middle = counts.num_layers - 2 * num_adapter_layers
     keeps = np.array([keep_for_compression(num_middle, e) for e in compression_levels])
     blocks = 2 * num_adapter_layers + keeps
     emulator_params = counts.embedding_params + counts.final_norm_params + blocks * counts.block_params
     ranks = np.array(rank_levels)
-    lora = np.array([lora_params(counts, int(r), num_adapter_layers) for r in ranks])
+    lora = np.array([lora_params(counts, int(r), target_modules, num_adapter_layers) for r in ranks])
 
     def memory(frozen: int, trainable: int, num_blocks: int) -> int:
         return training_memory(frozen, trainable, batch_size=TRAIN_BATCH_SIZE, seq_len=TRAIN_SEQ_LEN,

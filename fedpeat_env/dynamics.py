@@ -2,6 +2,11 @@
 B = num_envs: one implementation of the observation, the costs and the reward, in compiled kernels (numba,
 ``cache=True``: the first use on a machine compiles for a few seconds, later processes load the cache).
 
+The kernels take named structures: ``State`` (the episodes' arrays), ``Tables`` (per action level and rank, and the
+cost model's settings), the surrogate's ``SurrogateParams``, the reward's ``RewardParams``, and write a round into
+``Output``: ``round_`` records (``ROUND_DTYPE``: the priced quantities, perplexity, reward), ``terms`` records
+(``reward.TERMS_DTYPE``), episode ends and observations.
+
 Randomness: one PCG64 stream per seed. At reset, each episode draws its scenario (memory tiers, data shares,
 distances, bandwidths, fading); every step draws one fading vector for all devices and one surrogate noise value per
 episode, whatever the action, so every policy sees the same channel and noise on the same seed (common random
@@ -11,39 +16,163 @@ drew.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.experimental import structref
 
-from federation.system import WirelessChannel, dbm_to_w, noise_psd_w_per_hz, path_loss_db, shannon_rate
+from federation.system import (
+    WirelessChannel,
+    _latency_s,
+    dbm_to_w,
+    downlink_share,
+    noise_psd_w_per_hz,
+    path_loss_db,
+    shannon_rate,
+)
 from fedpeat_env.config import EnvConfig
 from fedpeat_env.costs import LevelCosts, level_costs
+from fedpeat_env.reward import LATENCY_CAP, REWARD_TERMS, TERMS_DTYPE, RewardParams, settle_terms
+from fedpeat_env.surrogate import next_perplexity
 
 if TYPE_CHECKING:
     from fedpeat_env.surrogate import Calibration
 
 GAIN_DB_CENTRE, GAIN_DB_SCALE = -100.0, 20.0  # gain normalisation: (g_dB + 100) / 20, clipped to [-3, 3]
-REWARD_TERMS = ("perplexity", "latency", "exchanges", "memory", "memory_penalty", "exchange_penalty")
+DEVICE_FEATURES = 6
+"""Observation entries per device (``Dynamics.observe``)."""
 EPISODE_STRIDE = 2**80
 """Draws between the starts of consecutive ``next_episodes`` (PCG64's period is 2^128)."""
-LATENCY_CAP = 10.0
-"""The latency term saturates at 10 reference latencies: a round that slow has failed anyway, and without a cap a
-deep Rayleigh fade during an emulator download cost single episodes −10,000 and swamped reward normalisation."""
 
-# Rows of a round's result, an array (NUM_ROWS, B) float64. REWARD is the sum of rows TERMS .. TERMS + 5 (the
-# reward terms in REWARD_TERMS order); PERPLEXITY and ROUND are after the round.
-REWARD, TERMS, PERPLEXITY, LATENCY_S, EXCHANGES, VIOLATIONS, PARTICIPANTS, ROUND = 0, 1, 7, 8, 9, 10, 11, 12
-MEMORY_USE, EXCESS_EXCHANGES, COMPRESSION, SHARE, NOISE, NUM_ROWS = 13, 14, 15, 16, 17, 18
-"""LATENCY_S: max transmission latency over active devices (s). EXCHANGES, VIOLATIONS (selected but over η·capacity:
-dropped), PARTICIPANTS (selected and within memory: trained): device counts. MEMORY_USE: mean memory / allowed
-memory over active devices (0 if none). EXCESS_EXCHANGES: exchanges beyond each device's κ·T budget. COMPRESSION:
-data-weighted ε of the active devices (0 if none); SHARE: their share of all device data; NOISE: the round's
-standard normal of the surrogate."""
+ROUND_FIELDS: tuple[tuple[str, str], ...] = (
+    ("reward", "sum of the reward terms"),
+    ("perplexity", "full-model perplexity after the round"),
+    ("round", "rounds played in the episode"),
+    ("round_latency_s", "Σ_i Q_i (latency_aggregation 'sum') or max_i Q_i ('max') over the active devices, s"),
+    ("latency_cost", "the latency term's input: Σ_i min(Q_i/Q_ref, cap)/N or min(max_i Q_i/Q_ref, cap)"),
+    ("exchanges", "devices that downloaded a new emulator"),
+    ("memory_violations", "devices selected over η·capacity (dropped)"),
+    ("participants", "devices that trained (selected and within memory)"),
+    ("memory_use", "Σ_i m_i/(η M_i)/N over the active devices (memory_aggregation 'sum') or their mean ('mean')"),
+    ("excess_exchanges", "exchanges beyond a device's κ·T budget"),
+    ("share", "the trainers' share of all training data (devices and server)"),
+    ("compression", "data-weighted ε of the trainers (the server trains the full model: ε = 0)"),
+    ("rank", "data-weighted LoRA rank of the trainers (the server: the largest rank)"),
+    ("noise", "the round's standard normal of the surrogate"),
+)
+"""Fields of ``ROUND_DTYPE``: what one round of one episode reports."""
+ROUND_DTYPE = np.dtype([(name, np.float64) for name, _ in ROUND_FIELDS])
+INFO_KEYS: tuple[tuple[str, type], ...] = (("perplexity", float), ("round_latency_s", float), ("exchanges", int),
+                                           ("memory_violations", int), ("participants", int), ("round", int),
+                                           ("share", float), ("compression", float))
+"""(``ROUND_DTYPE`` field, type) of the round numbers both envs report in ``info`` besides the reward terms."""
 
-INFO_ROWS = (("perplexity", PERPLEXITY, float), ("round_latency_s", LATENCY_S, float), ("exchanges", EXCHANGES, int),
-             ("memory_violations", VIOLATIONS, int), ("participants", PARTICIPANTS, int), ("round", ROUND, int))
-"""(info key, result row, type) of the round numbers both envs report in ``info`` besides the reward terms."""
+
+class State(NamedTuple):
+    """The B episodes' arrays, updated in place: per episode (B,), per device (B, N)."""
+
+    t: np.ndarray
+    """(B,) int64 rounds played."""
+    ppl: np.ndarray
+    """(B,) full-model perplexity."""
+    noise: np.ndarray
+    """(B,) the round's surrogate normals."""
+    held: np.ndarray
+    """(B, N) int64 action level of the emulator each device holds (0: none)."""
+    exchanges: np.ndarray
+    """(B, N) int64 emulator downloads so far."""
+    participation: np.ndarray
+    """(B, N) int64 rounds trained so far."""
+    active: np.ndarray
+    """(B, N) bool: trained in the last round."""
+    gain_db: np.ndarray
+    """(B, N) channel gain of the current round, dB."""
+    allowed: np.ndarray
+    """(B, N) η·capacity, bytes (scenario, drawn at reset)."""
+    share: np.ndarray
+    """(B, N) share of all training data (scenario; devices sum to 1 − server share)."""
+    headroom: np.ndarray
+    """(B, N) allowed / full-model footprint, clipped to [0, 2] (scenario)."""
+
+
+class Tables(NamedTuple):
+    """Per action level k = 0..K (0: not selected) and rank level j, and the cost model's settings."""
+
+    eps: np.ndarray
+    """(K+1,) ε of a level (0 at level 0)."""
+    held_eps: np.ndarray
+    """(K+1,) what the observation shows for a held level (−1: none)."""
+    emulator_bytes: np.ndarray
+    """(K+1,) frozen weights sent on an exchange."""
+    memory_bytes: np.ndarray
+    """(K+1, R) training footprint."""
+    adapter_bytes: np.ndarray
+    """(R,) LoRA bytes, down and up every round."""
+    rank_values: np.ndarray
+    """(R,) float LoRA rank of each rank level."""
+    exchange_budget: float
+    """κ·T exchanges per device without penalty."""
+    reference_latency_s: float
+    """Q_ref: the full model's download at the cell edge."""
+    latency_max: bool
+    """latency_aggregation 'max' (else 'sum')."""
+    memory_sum: bool
+    """memory_aggregation 'sum' (else 'mean')."""
+    server_share: float
+    """Share of the training data the server holds and trains on every round (0: no server)."""
+    num_devices: int
+
+
+class Output(NamedTuple):
+    """Where a round is written, for B episodes."""
+
+    round_: np.ndarray
+    """(B,) ``ROUND_DTYPE`` records."""
+    round_values: np.ndarray
+    """(B, len(ROUND_FIELDS)) float64 view of ``round_``."""
+    terms: np.ndarray
+    """(B,) ``TERMS_DTYPE`` records."""
+    term_values: np.ndarray
+    """(B, len(REWARD_TERMS)) float64 view of ``terms`` (the reward is its row sum)."""
+    ended: np.ndarray
+    """(2, B) bool: terminated, truncated."""
+    obs: np.ndarray
+    """(B, DEVICE_FEATURES·N + 2) float32."""
+
+    @classmethod
+    def empty(cls, batch: int, obs_dim: int) -> Output:
+        rounds, terms = np.zeros(batch, dtype=ROUND_DTYPE), np.zeros(batch, dtype=TERMS_DTYPE)
+        return cls(rounds, rounds.view(np.float64).reshape(batch, -1), terms, terms.view(np.float64).reshape(batch, -1),
+                   np.zeros((2, batch), dtype=bool), np.empty((batch, obs_dim), dtype=np.float32))
+
+    def __deepcopy__(self, memo: dict) -> Output:
+        """A copy whose float views view its own records (``copy.deepcopy`` would give them separate arrays)."""
+        out = Output.empty(*self.obs.shape)
+        for mine, theirs in zip(self, out):
+            theirs[...] = mine
+        return out
+
+
+@structref.register
+class ModelType(types.StructRef):
+    """numba type of ``Model``."""
+
+    def preprocess_fields(self, fields):
+        return tuple((name, types.unliteral(kind)) for name, kind in fields)
+
+
+class Model(structref.StructRefProxy):
+    """What the compiled kernels share, passed as one reference: ``state`` (``State``), ``tables`` (``Tables``),
+    ``surrogate`` (``SurrogateParams``), ``reward`` (``RewardParams``). One reference instead of dozens of arrays:
+    numba checks and unboxes the arguments of every call, which cost more than a single episode's round."""
+
+    def __new__(cls, state: State, tables: Tables, surrogate, reward: RewardParams) -> Model:
+        return structref.StructRefProxy.__new__(cls, state, tables, surrogate, reward)
+
+
+structref.define_proxy(Model, ModelType, ["state", "tables", "surrogate", "reward"])
 
 
 class Dynamics:
@@ -53,7 +182,7 @@ class Dynamics:
     footprint clipped to [0, 2] (B, N); ``masks`` (B, mask length). Each round: ``noise`` (B,) the surrogate's
     standard normals. Channel: ``channel``, a ``WirelessChannel`` of B·N devices (episode-major); ``gain_db`` (B, N) its
     current gains in dB. State: ``ppl``, ``t`` (B,); ``held`` emulator level, ``exchanges`` and ``participation``
-    counts (B, N); ``active`` (B, N) the devices that trained in the last round.
+    counts (B, N); ``active`` (B, N) the devices that trained in the last round. ``state`` holds them all.
     """
 
     def __init__(self, config: EnvConfig, batch: int, calibration: Calibration) -> None:
@@ -61,39 +190,60 @@ class Dynamics:
         self.N, self.K = config.num_devices, len(config.compression_levels)
         self.ranks = config.rank_levels if config.control_rank else config.rank_levels[-1:]
         self.R = len(self.ranks)
+        calibration.check_controls(config)
         self.costs: LevelCosts = level_costs(config.cost_profile, config.compression_levels, self.ranks)
-        # tables indexed by action level 0..K (0 = not selected)
-        self.eps_table = np.concatenate([[0.0], self.costs.compression])
-        self.held_eps_table = np.concatenate([[-1.0], self.costs.compression])  # observation: −1 = no emulator
-        self.emulator_bytes = np.concatenate([[0.0], self.costs.emulator_bytes])
-        self.memory_table = np.vstack([np.zeros((1, self.R)), self.costs.memory_bytes])
         self.target = float(config.target_perplexity or 1.1 * min(calibration.plateau_perplexity))
         self.initial_ppl = float(calibration.initial_perplexity)
         if not self.initial_ppl > self.target:
             raise ValueError(f"target_perplexity must be below the initial perplexity {self.initial_ppl:.1f}, got {self.target}")
-        self.exchange_budget = config.exchange_fraction * config.horizon
         self.reference_latency_s = self._reference_latency()
-        self.obs_dim = 5 * self.N + 2
-        self.weights = np.array([getattr(config.reward, name) for name in REWARD_TERMS], dtype=float)
+        self.obs_dim = DEVICE_FEATURES * self.N + 2
         self.nvec = np.array([self.K + 1] * self.N + ([self.R] * self.N if config.control_rank else []))
+        self.tables = Tables(
+            eps=np.concatenate([[0.0], self.costs.compression]),
+            held_eps=np.concatenate([[-1.0], self.costs.compression]),
+            emulator_bytes=np.concatenate([[0.0], self.costs.emulator_bytes]),
+            memory_bytes=np.vstack([np.zeros((1, self.R)), self.costs.memory_bytes]),
+            adapter_bytes=self.costs.adapter_bytes,
+            rank_values=np.asarray(self.ranks, dtype=float),
+            exchange_budget=config.exchange_fraction * config.horizon,
+            reference_latency_s=self.reference_latency_s,
+            latency_max=config.latency_aggregation == "max",
+            memory_sum=config.memory_aggregation == "sum",
+            server_share=float(config.server_fraction),
+            num_devices=self.N,
+        )
+        self.eps_table = self.tables.eps
+        self.reward = RewardParams(config.reward.record(), self.target, self.initial_ppl, config.horizon)
+        self.surrogate = calibration.params()
+        B, N = batch, self.N
+        self.state = State(t=np.zeros(B, dtype=np.int64), ppl=np.zeros(B), noise=np.zeros(B),
+                           held=np.zeros((B, N), dtype=np.int64), exchanges=np.zeros((B, N), dtype=np.int64),
+                           participation=np.zeros((B, N), dtype=np.int64), active=np.zeros((B, N), dtype=bool),
+                           gain_db=np.zeros((B, N)), allowed=np.zeros((B, N)), share=np.zeros((B, N)),
+                           headroom=np.zeros((B, N)))
+        self.masks = np.ones((B, int(self.nvec.sum())), dtype=bool)
         self._all = np.ones(batch, dtype=bool)
         self._tiers = np.asarray(config.memory_tiers, dtype=float)
-        self._smallest_rank_memory = self.memory_table[:, 0].copy()
-        B, N = batch, self.N
-        self.allowed, self.share, self.headroom = np.zeros((B, N)), np.zeros((B, N)), np.zeros((B, N))
-        self.masks = np.ones((B, int(self.nvec.sum())), dtype=bool)
-        self.ppl, self.t, self.noise = np.zeros(B), np.zeros(B, dtype=np.int64), np.zeros(B)
-        self.held, self.exchanges, self.participation = (np.zeros((B, N), dtype=np.int64) for _ in range(3))
-        self.active, self.gain_db = np.zeros((B, N), dtype=bool), np.zeros((B, N))
-        # the kernels' arguments that persist (arrays updated in place): state, scenario, tables; surrogate; reward
-        self._model = (self.t, self.ppl, self.noise, self.held, self.exchanges, self.participation, self.active,
-                       self.gain_db, self.allowed, self.share, self.headroom, self.memory_table, self.emulator_bytes,
-                       self.eps_table, self.held_eps_table, self.costs.adapter_bytes, self.exchange_budget)
-        self._surrogate = calibration.step_arguments
-        self._rewards = (self.weights, self.reference_latency_s, self.target, self.initial_ppl, config.horizon)
+        self.model = Model(self.state, self.tables, self.surrogate, self.reward)
         self.rng = np.random.Generator(np.random.PCG64(0))  # its state is set by ``reset``
         self.channel = WirelessChannel(B * N, config.channel, self.rng)
         self._link = np.empty((3, B * N))  # the round's [gain, uplink rate, downlink rate] (``WirelessChannel.step_into``)
+
+    def __getstate__(self) -> dict:
+        """For ``copy.deepcopy`` (the search baselines copy envs) and pickling: everything but the ``Model`` reference,
+        which ``__setstate__`` rebuilds over the copied arrays."""
+        return {k: v for k, v in self.__dict__.items() if k != "model"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.model = Model(self.state, self.tables, self.surrogate, self.reward)
+
+    def __getattr__(self, name: str):
+        """The state's arrays by name (``ppl``, ``gain_db``, ``active``, …)."""
+        if name != "state" and name in State._fields:
+            return getattr(self.state, name)
+        raise AttributeError(name)
 
     def _reference_latency(self) -> float:
         """Downloading the full model at the cell edge with average fading: the unit of the latency term."""
@@ -121,27 +271,35 @@ class Dynamics:
         """Start new episodes for the sub-envs in the bool mask ``envs`` (B,)."""
         idx = np.flatnonzero(envs)
         devices = (idx[:, None] * self.N + np.arange(self.N)).ravel()
-        self.gain_db.reshape(-1)[devices] = self.channel.reset_devices(devices)
+        self.state.gain_db.reshape(-1)[devices] = self.channel.reset_devices(devices)
         self._start(idx)
 
     def _start(self, idx: np.ndarray) -> None:
-        """Draw memory tiers and data shares ~ Dirichlet(2) of the sub-envs ``idx``; zero their state."""
+        """Draw memory tiers and data shares of the sub-envs ``idx`` (``EnvConfig.partition``); zero their state."""
         cfg, n = self.config, len(idx)
-        draws = self.rng.random((n, self.N)), self.rng.standard_exponential((n, self.N, 2))
-        _start_episodes(idx, *draws, self._tiers, cfg.memory_fraction, self.costs.full_memory_bytes,
-                        self._smallest_rank_memory, self.masks, *self._model, *self._rewards)
+        tier_draws = self.rng.random((n, self.N))
+        if cfg.partition == "dirichlet":  # Dirichlet(α) shares: normalised Gamma(α) draws
+            share_draws = self.rng.standard_gamma(cfg.dirichlet_alpha, (n, self.N))
+        else:
+            share_draws = np.ones((n, self.N))
+        _start_episodes(idx, tier_draws, share_draws, self._tiers, cfg.memory_fraction, self.costs.full_memory_bytes,
+                        self.masks, self.model)
+
+    def set_shares(self, shares: np.ndarray) -> None:
+        """Replace the data shares (B, N) of the current episodes, e.g. by the engine's real partition."""
+        self.state.share[:] = shares
 
     # --- observation and masks -----------------------------------------------------------------------
     def observe(self) -> np.ndarray:
-        """(B, 5N + 2) float32: per device [gain, memory headroom, held ε, exchanges/T, participation/T] then
-        [perplexity progress, round/T]."""
+        """(B, 6N + 2) float32: per device [gain, memory headroom, held ε, exchanges/T, participation/T, data share·N]
+        then [perplexity progress, round/T]."""
         obs = np.empty((self.batch, self.obs_dim), dtype=np.float32)
-        _observe_all(obs, *self._model, *self._rewards)
+        _observe_all(obs, self.model)
         return obs
 
     def observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        low = np.tile([-3.0, 0.0, -1.0, 0.0, 0.0], self.N).tolist() + [-1.0, 0.0]
-        high = np.tile([3.0, 2.0, 1.0, 1.0, 1.0], self.N).tolist() + [2.0, 1.0]
+        low = np.tile([-3.0, 0.0, -1.0, 0.0, 0.0, 0.0], self.N).tolist() + [-1.0, 0.0]
+        high = np.tile([3.0, 2.0, 1.0, 1.0, 1.0, float(self.N)], self.N).tolist() + [2.0, 1.0]
         return np.array(low, dtype=np.float32), np.array(high, dtype=np.float32)
 
     def action_masks(self) -> np.ndarray:
@@ -156,41 +314,39 @@ class Dynamics:
     def _draw_round(self) -> tuple[np.ndarray, np.ndarray]:
         """Advance every episode's channel one round and draw its surrogate noise (``gain_db``, ``noise``); returns the
         uplink and downlink rates (B·N,) in bit/s (rows of a buffer the next round overwrites)."""
-        link = self._link
+        link, gain_db = self._link, self.state.gain_db
         self.channel.step_into(link)
-        np.log10(link[0].reshape(self.batch, self.N), out=self.gain_db)
-        self.gain_db *= 10.0
-        self.rng.standard_normal(out=self.noise)
+        np.log10(link[0].reshape(self.batch, self.N), out=gain_db)
+        gain_db *= 10.0
+        self.rng.standard_normal(out=self.state.noise)
         return link[1], link[2]
 
-    def _outputs(self) -> tuple[np.ndarray, np.ndarray]:
-        """Fresh ([terminated, truncated] (2, B), observation (B, 5N + 2))."""
-        return np.zeros((2, self.batch), dtype=bool), np.empty((self.batch, self.obs_dim), dtype=np.float32)
+    def new_output(self) -> Output:
+        """Fresh buffers for a round of the B episodes (``step``/``transmit`` write into them)."""
+        return Output.empty(self.batch, self.obs_dim)
 
-    def step(self, actions: np.ndarray, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def step(self, actions: np.ndarray, live: np.ndarray | None = None, out: Output | None = None) -> Output:
         """A surrogate round: advance the channel, apply valid, C-contiguous int64 decisions (B, N [+ N ranks]) of the
         ``live`` episodes (bool (B,), None: all), price the round, move the perplexity by the calibrated surrogate,
-        reward. Returns (observation (B, 5N + 2) float32, the round's result (NUM_ROWS, B), [terminated, truncated]
-        (2, B) bool); episodes not live keep their state (result rows zero, not ended)."""
+        reward, observe, into ``out`` (None: ``new_output()``; every field is written, so a reused one is overwritten).
+        Episodes not live keep their state (their records zero, not ended)."""
         uplink_bps, downlink_bps = self._draw_round()
-        result, (ended, obs) = np.zeros((NUM_ROWS, self.batch)), self._outputs()
-        _round(actions, self._all if live is None else live, uplink_bps, downlink_bps, result, ended, obs, *self._model,
-               *self._surrogate, *self._rewards)
-        return obs, result, ended
+        out = self.new_output() if out is None else out
+        _round(actions, self._all if live is None else live, uplink_bps, downlink_bps, out, self.model)
+        return out
 
-    def transmit(self, actions: np.ndarray) -> np.ndarray:
-        """``step`` up to the perplexity, for another perplexity model (engine fidelity): returns the round's result
-        with every row but REWARD, TERMS.., PERPLEXITY and ROUND; updates ``active``."""
+    def transmit(self, actions: np.ndarray, out: Output | None = None) -> Output:
+        """``step`` up to the perplexity, for another perplexity model (engine fidelity): the round's records priced
+        (not yet the perplexity, reward and terms); updates ``active``."""
         uplink_bps, downlink_bps = self._draw_round()
-        result = np.zeros((NUM_ROWS, self.batch))
-        _transmit(actions, uplink_bps, downlink_bps, result, *self._model)
-        return result
+        out = self.new_output() if out is None else out
+        _transmit(actions, uplink_bps, downlink_bps, out, self.model)
+        return out
 
-    def finish(self, result: np.ndarray, next_ppl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The rest of ``step`` after ``transmit``, given the next perplexity (B,): (observation, ended)."""
-        ended, obs = self._outputs()
-        _finish(next_ppl, result, ended, obs, *self._model, *self._rewards)
-        return obs, ended
+    def finish(self, out: Output, next_ppl: np.ndarray) -> Output:
+        """The rest of ``step`` after ``transmit``, given the next perplexity (B,)."""
+        _finish(next_ppl, out, self.model)
+        return out
 
 
 # --- compiled kernels: B episodes, N devices -------------------------------------------------------------------
@@ -204,207 +360,172 @@ def _in_range(actions, nvec) -> bool:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _start_episodes(idx, tier_draws, exponential_draws, tiers, memory_fraction, full_memory_bytes,
-                    smallest_rank_memory, masks, t, ppl, noise, held, exchanges, participation, active, gain_db,
-                    allowed, share, headroom, memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes,
-                    exchange_budget, weights, reference_latency_s, target, initial_ppl, horizon) -> None:
+def _start_episodes(idx, tier_draws, share_draws, tiers, memory_fraction, full_memory_bytes, masks, model: Model) -> None:
     """New episodes for the sub-envs ``idx`` (n,): each device the memory tier where its ``tier_draws`` (n, N) ~ U(0, 1)
-    falls and a data share ~ Dirichlet(2) (normalised Gamma(2) draws, each the sum of two ``exponential_draws``
-    (n, N, 2) ~ Exp(1)). Masks follow from the footprint at the smallest rank (the rank head, if any, allows every
-    rank); the state is zeroed."""
-    N = allowed.shape[1]
-    levels = len(smallest_rank_memory)
+    falls and a data share ∝ its ``share_draws`` (n, N) (scaled so that the devices hold 1 − server share). Masks
+    follow from the footprint at the smallest rank (the rank head, if any, allows every rank); the state is zeroed."""
+    s, tables, reward = model.state, model.tables, model.reward
+    N = s.allowed.shape[1]
+    levels = tables.memory_bytes.shape[0]
+    device_data = 1.0 - tables.server_share
     for j in range(len(idx)):
         b = idx[j]
         total = 0.0
         for i in range(N):
-            share[b, i] = exponential_draws[j, i, 0] + exponential_draws[j, i, 1]
-            total += share[b, i]
+            total += share_draws[j, i]
         for i in range(N):
-            share[b, i] /= total
-            allowed[b, i] = memory_fraction * (tiers[int(tier_draws[j, i] * len(tiers))] * full_memory_bytes)
-            headroom[b, i] = min(max(allowed[b, i] / full_memory_bytes, 0.0), 2.0)
+            s.share[b, i] = device_data * share_draws[j, i] / total
+            s.allowed[b, i] = memory_fraction * (tiers[int(tier_draws[j, i] * len(tiers))] * full_memory_bytes)
+            s.headroom[b, i] = min(max(s.allowed[b, i] / full_memory_bytes, 0.0), 2.0)
             for k in range(levels):
-                masks[b, i * levels + k] = smallest_rank_memory[k] <= allowed[b, i]
-            held[b, i] = exchanges[b, i] = participation[b, i] = 0
-            active[b, i] = False
-        ppl[b] = initial_ppl
-        t[b] = 0
-
-
-# The entry kernels take, after their per-call arrays, ``Dynamics._model`` (state, scenario, tables), then (``_round``)
-# ``Dynamics._surrogate`` and ``Dynamics._rewards``; they loop over episodes calling the per-episode parts.
+                masks[b, i * levels + k] = tables.memory_bytes[k, 0] <= s.allowed[b, i]
+            s.held[b, i] = s.exchanges[b, i] = s.participation[b, i] = 0
+            s.active[b, i] = False
+        s.ppl[b] = reward.initial_ppl
+        s.t[b] = 0
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _price(b, actions, uplink_bps, downlink_bps, out, t, noise, held, exchanges, participation, active, allowed, share,
-           memory_table, emulator_bytes, eps_table, adapter_bytes, exchange_budget) -> None:
-    """Costs of episode b's round into ``out[:, b]`` (rates (B·N,) in bit/s, episode-major). A selected device over
-    its allowed memory is dropped; an active device whose held emulator differs downloads the new one (an exchange);
-    every active device downloads and uploads its adapter."""
-    N = held.shape[1]
+def _fits(level, rank, memory_bytes, allowed) -> bool:
+    """Whether a device selected at ``level`` (0: not selected) and rank level ``rank`` fits its ``allowed`` memory.
+    (Scalars and one table: a call that passes the named structures would pay their reference counting per device.)"""
+    return level > 0 and memory_bytes[level, rank] <= allowed
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _price(b, actions, uplink_bps, downlink_bps, r, s: State, tables: Tables) -> None:
+    """Costs of episode b's round into its ``ROUND_DTYPE`` record ``r`` (rates (B·N,) in bit/s, episode-major). A
+    selected device over its allowed memory is dropped; an active device whose held emulator differs downloads the new
+    one (an exchange); every active device downloads and uploads its adapter. The trainers' data share, ε and rank
+    include the server's (full model, largest rank) when it collaborates."""
+    N = tables.num_devices
     ranked = actions.shape[1] > N
-    latency = memory = weighted = data = 0.0
-    n_active = n_exchanges = n_violations = n_excess = 0
+    memory_bytes, allowed = tables.memory_bytes, s.allowed
+    n_active = 0
     for i in range(N):
-        level = actions[b, i]
-        active[b, i] = False
-        if level == 0:
+        n_active += _fits(actions[b, i], actions[b, N + i] if ranked else 0, memory_bytes, allowed[b, i])
+    downlink = downlink_share(tables.latency_max, n_active)  # every active device downloads (at least its adapter)
+    n_exchanges = n_violations = n_excess = 0
+    memory = latency = cost = weighted_eps = 0.0
+    data = tables.server_share
+    weighted_rank = tables.server_share * tables.rank_values[len(tables.rank_values) - 1]
+    for i in range(N):
+        level, rank = actions[b, i], actions[b, N + i] if ranked else 0
+        s.active[b, i] = _fits(level, rank, memory_bytes, allowed[b, i])
+        if not s.active[b, i]:
+            n_violations += level > 0
             continue
-        rank = actions[b, N + i] if ranked else 0
-        need = memory_table[level, rank]
-        if need > allowed[b, i]:
-            n_violations += 1
-            continue
-        active[b, i] = True
-        n_active += 1
-        adapter = adapter_bytes[rank]
+        adapter = tables.adapter_bytes[rank]
         down = adapter
-        if held[b, i] != level:
-            held[b, i] = level
-            exchanges[b, i] += 1
+        if s.held[b, i] != level:
+            s.held[b, i] = level
+            s.exchanges[b, i] += 1
             n_exchanges += 1
-            down += emulator_bytes[level]
-            if exchanges[b, i] > exchange_budget:
-                n_excess += 1
-        participation[b, i] += 1
-        latency = max(latency, 8.0 * down / downlink_bps[b * N + i] + 8.0 * adapter / uplink_bps[b * N + i])
-        memory += need / allowed[b, i]
-        data += share[b, i]
-        weighted += share[b, i] * eps_table[level]
-    out[LATENCY_S, b] = latency
-    out[EXCHANGES, b] = n_exchanges
-    out[VIOLATIONS, b] = n_violations
-    out[PARTICIPANTS, b] = n_active
-    out[MEMORY_USE, b] = memory / max(n_active, 1)
-    out[EXCESS_EXCHANGES, b] = n_excess
-    out[COMPRESSION, b] = weighted / max(data, 1e-12)
-    out[SHARE, b] = data
-    out[NOISE, b] = noise[b]
+            n_excess += s.exchanges[b, i] > tables.exchange_budget
+            down += tables.emulator_bytes[level]
+        s.participation[b, i] += 1
+        q = _latency_s(down, adapter, downlink * downlink_bps[b * N + i], uplink_bps[b * N + i])
+        latency = max(latency, q) if tables.latency_max else latency + q
+        cost += min(q / tables.reference_latency_s, LATENCY_CAP)
+        memory += tables.memory_bytes[level, rank] / s.allowed[b, i]
+        data += s.share[b, i]
+        weighted_eps += s.share[b, i] * tables.eps[level]
+        weighted_rank += s.share[b, i] * tables.rank_values[rank]
+    r.round_latency_s = latency
+    r.latency_cost = min(latency / tables.reference_latency_s, LATENCY_CAP) if tables.latency_max else cost / N
+    r.exchanges = n_exchanges
+    r.memory_violations = n_violations
+    r.participants = n_active
+    r.memory_use = memory / N if tables.memory_sum else memory / max(n_active, 1)
+    r.excess_exchanges = n_excess
+    r.share = data
+    r.compression = weighted_eps / data if data > 0 else 0.0
+    r.rank = weighted_rank / data if data > 0 else 0.0
+    r.noise = s.noise[b]
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _settle(b, next_ppl, out, ended, weights, reference_latency_s, t, ppl, target, initial_ppl, horizon, N) -> None:
-    """Episode b after its round: new perplexity, time, reward terms and reward into ``out[:, b]``, episode end."""
-    ppl[b] = next_ppl
-    t[b] += 1
-    out[TERMS, b] = -weights[0] * max(next_ppl - target, 0.0) / (initial_ppl - target)
-    out[TERMS + 1, b] = -weights[1] * min(out[LATENCY_S, b] / reference_latency_s, LATENCY_CAP)
-    out[TERMS + 2, b] = -weights[2] * out[EXCHANGES, b] / N
-    out[TERMS + 3, b] = -weights[3] * out[MEMORY_USE, b]
-    out[TERMS + 4, b] = -weights[4] * out[VIOLATIONS, b]
-    out[TERMS + 5, b] = -weights[5] * out[EXCESS_EXCHANGES, b]
-    reward = 0.0
-    for k in range(6):
-        reward += out[TERMS + k, b]
-    out[REWARD, b] = reward
-    ended[0, b] = next_ppl <= target
-    ended[1, b] = (next_ppl > target) & (t[b] >= horizon)
+def _settle(b, next_ppl, out: Output, s: State, tables: Tables, reward: RewardParams) -> None:
+    """Episode b after its round: new perplexity and time, the reward terms and the reward, the episode's end."""
+    r = out.round_[b]
+    s.ppl[b] = next_ppl
+    s.t[b] += 1
+    settle_terms(next_ppl, r, out.terms[b], reward, tables.num_devices)
+    r.reward = out.term_values[b].sum()
+    out.ended[0, b] = next_ppl <= reward.target
+    out.ended[1, b] = (next_ppl > reward.target) & (s.t[b] >= reward.horizon)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _next_perplexity(ppl, compression, share, z, levels, plateaus, rate, exponent, noise_std) -> float:
-    """The surrogate round of one episode (``fedpeat_env.surrogate``). ppl_inf(ε) is linear between calibrated
-    levels, constant beyond them (``np.interp``, written out: numba's is slow on scalars)."""
-    if not share > 0:
-        return ppl
-    last = len(levels) - 1
-    if compression < levels[0]:
-        inf = plateaus[0]
-    elif compression >= levels[last]:
-        inf = plateaus[last]
-    else:
-        j = 0
-        while compression >= levels[j + 1]:
-            j += 1
-        slope = (plateaus[j + 1] - plateaus[j]) / (levels[j + 1] - levels[j])
-        inf = plateaus[j] if compression == levels[j] else slope * (compression - levels[j]) + plateaus[j]
-    return (inf + (ppl - inf) * np.exp(-rate * share**exponent)) * np.exp(noise_std * z)
-
-
-@numba.njit(cache=True, error_model="numpy")
-def surrogate_step(ppl, compression, share, z, levels, plateaus, rate, exponent, noise_std, out) -> None:
-    """``_next_perplexity`` of B episodes (``Calibration.step``): float64 (B,) arrays, the result into ``out``."""
-    for b in range(len(ppl)):
-        out[b] = _next_perplexity(ppl[b], compression[b], share[b], z[b], levels, plateaus, rate, exponent, noise_std)
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _round(actions, live, uplink_bps, downlink_bps, out, ended, obs, t, ppl, noise, held, exchanges, participation,
-           active, gain_db, allowed, share, headroom, memory_table, emulator_bytes, eps_table, held_eps_table,
-           adapter_bytes, exchange_budget, levels, plateaus, rate, exponent, noise_std, weights, reference_latency_s,
-           target, initial_ppl, horizon) -> None:
+def _round(actions, live, uplink_bps, downlink_bps, out: Output, model: Model) -> None:
     """A surrogate round of the live episodes (``Dynamics.step``) and every episode's observation, episode by episode
     (its state is still in L1 cache when it is observed)."""
-    N = held.shape[1]
-    for b in range(held.shape[0]):
+    s, tables, surrogate, reward = model.state, model.tables, model.surrogate, model.reward
+    for b in range(s.held.shape[0]):
+        r = out.round_[b]
         if live[b]:
-            _price(b, actions, uplink_bps, downlink_bps, out, t, noise, held, exchanges, participation, active, allowed,
-                   share, memory_table, emulator_bytes, eps_table, adapter_bytes, exchange_budget)
-            next_ppl = _next_perplexity(ppl[b], out[COMPRESSION, b], out[SHARE, b], out[NOISE, b], levels, plateaus,
-                                        rate, exponent, noise_std)
-            _settle(b, next_ppl, out, ended, weights, reference_latency_s, t, ppl, target, initial_ppl, horizon, N)
-        else:
-            active[b] = False
-        _report(b, out, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target,
-                initial_ppl, horizon)
+            _price(b, actions, uplink_bps, downlink_bps, r, s, tables)
+            _settle(b, next_perplexity(s.ppl[b], r, surrogate), out, s, tables, reward)
+        else:  # idle this step: nothing trains, its records say so
+            for i in range(tables.num_devices):
+                s.active[b, i] = False
+            out.round_values[b, :] = 0.0
+            out.term_values[b, :] = 0.0
+            out.ended[0, b] = out.ended[1, b] = False
+        _report(b, out, s, tables, reward)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _transmit(actions, uplink_bps, downlink_bps, out, t, ppl, noise, held, exchanges, participation, active, gain_db,
-              allowed, share, headroom, memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes,
-              exchange_budget) -> None:
+def _transmit(actions, uplink_bps, downlink_bps, out: Output, model: Model) -> None:
     """``_price`` of every episode (``Dynamics.transmit``)."""
-    for b in range(held.shape[0]):
-        _price(b, actions, uplink_bps, downlink_bps, out, t, noise, held, exchanges, participation, active, allowed,
-               share, memory_table, emulator_bytes, eps_table, adapter_bytes, exchange_budget)
+    s, tables = model.state, model.tables
+    for b in range(s.held.shape[0]):
+        _price(b, actions, uplink_bps, downlink_bps, out.round_[b], s, tables)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _finish(next_ppl, out, ended, obs, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed, share,
-            headroom, memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes, exchange_budget, weights,
-            reference_latency_s, target, initial_ppl, horizon) -> None:
+def _finish(next_ppl, out: Output, model: Model) -> None:
     """``_settle`` and the observation of every episode (``Dynamics.finish``)."""
-    N = held.shape[1]
-    for b in range(held.shape[0]):
-        _settle(b, next_ppl[b], out, ended, weights, reference_latency_s, t, ppl, target, initial_ppl, horizon, N)
-        _report(b, out, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target,
-                initial_ppl, horizon)
+    s, tables, reward = model.state, model.tables, model.reward
+    for b in range(s.held.shape[0]):
+        _settle(b, next_ppl[b], out, s, tables, reward)
+        _report(b, out, s, tables, reward)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _report(b, out, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
-            horizon) -> None:
-    """Episode b after its round (or its idle step): perplexity and round into ``out[:, b]``, its observation."""
-    out[PERPLEXITY, b] = ppl[b]
-    out[ROUND, b] = t[b]
-    _observe(b, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
-             horizon)
+def _report(b, out: Output, s: State, tables: Tables, reward: RewardParams) -> None:
+    """Episode b after its round (or its idle step): perplexity and round into its record, its observation."""
+    r = out.round_[b]
+    r.perplexity = s.ppl[b]
+    r.round = s.t[b]
+    _observe(b, out.obs, s, tables, reward)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _observe(b, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
-             horizon) -> None:
+def _observe(b, obs, s: State, tables: Tables, reward: RewardParams) -> None:
     """Write episode b's observation into ``obs[b]`` (layout: ``Dynamics.observe``; reciprocals instead of divisions
     in the per-device loop)."""
-    N = held.shape[1]
-    per_db, per_round = 1.0 / GAIN_DB_SCALE, 1.0 / horizon
+    N = s.held.shape[1]
+    per_db, per_round = 1.0 / GAIN_DB_SCALE, 1.0 / reward.horizon
     for i in range(N):
-        obs[b, 5 * i] = min(max((gain_db[b, i] - GAIN_DB_CENTRE) * per_db, -3.0), 3.0)
-        obs[b, 5 * i + 1] = headroom[b, i]
-        obs[b, 5 * i + 2] = held_eps_table[held[b, i]]
-        obs[b, 5 * i + 3] = min(exchanges[b, i] * per_round, 1.0)
-        obs[b, 5 * i + 4] = min(participation[b, i] * per_round, 1.0)
-    progress = (initial_ppl - ppl[b]) / (initial_ppl - target)
-    obs[b, 5 * N] = min(max(progress, -1.0), 2.0)
-    obs[b, 5 * N + 1] = t[b] * per_round
+        o = DEVICE_FEATURES * i
+        obs[b, o] = min(max((s.gain_db[b, i] - GAIN_DB_CENTRE) * per_db, -3.0), 3.0)
+        obs[b, o + 1] = s.headroom[b, i]
+        obs[b, o + 2] = tables.held_eps[s.held[b, i]]
+        obs[b, o + 3] = min(s.exchanges[b, i] * per_round, 1.0)
+        obs[b, o + 4] = min(s.participation[b, i] * per_round, 1.0)
+        obs[b, o + 5] = min(s.share[b, i] * N, N)
+    progress = (reward.initial_ppl - s.ppl[b]) / (reward.initial_ppl - reward.target)
+    obs[b, DEVICE_FEATURES * N] = min(max(progress, -1.0), 2.0)
+    obs[b, DEVICE_FEATURES * N + 1] = s.t[b] * per_round
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _observe_all(obs, t, ppl, noise, held, exchanges, participation, active, gain_db, allowed, share, headroom,
-                 memory_table, emulator_bytes, eps_table, held_eps_table, adapter_bytes, exchange_budget, weights,
-                 reference_latency_s, target, initial_ppl, horizon) -> None:
-    """Every episode's observation into ``obs`` (B, 5N + 2)."""
-    for b in range(held.shape[0]):
-        _observe(b, obs, t, ppl, held, exchanges, participation, gain_db, headroom, held_eps_table, target, initial_ppl,
-                 horizon)
+def _observe_all(obs, model: Model) -> None:
+    """Every episode's observation into ``obs`` (B, 6N + 2)."""
+    s, tables, reward = model.state, model.tables, model.reward
+    for b in range(s.held.shape[0]):
+        _observe(b, obs, s, tables, reward)
+
+
+__all__ = ["DEVICE_FEATURES", "INFO_KEYS", "REWARD_TERMS", "ROUND_DTYPE", "Dynamics", "Output", "State", "Tables"]

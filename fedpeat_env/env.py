@@ -9,7 +9,8 @@ import numpy as np
 from gymnasium import spaces
 
 from fedpeat_env.config import EnvConfig
-from fedpeat_env.dynamics import INFO_ROWS, REWARD, REWARD_TERMS, TERMS, Dynamics
+from fedpeat_env.dynamics import INFO_KEYS, ROUND_DTYPE, Dynamics, Output
+from fedpeat_env.reward import REWARD_TERMS
 from fedpeat_env.surrogate import Calibration
 
 
@@ -19,8 +20,9 @@ class FedPEATEnv(gym.Env):
     Adaptive control of federated emulator-assisted tuning (FedPEAT, Chua et al. 2023). Each step is one federated
     round: the orchestrator chooses, for each of N mobile devices, whether it participates and which emulator
     compression ratio ε it trains through (and, with ``control_rank``, its LoRA rank). Devices differ in memory
-    tier, distance to the base station and uplink bandwidth; channels fade (Rayleigh, Gauss–Markov correlated).
-    Sending a device a new emulator (an *exchange*) costs a large download.
+    tier, data share, distance to the base station and uplink bandwidth; channels fade (Rayleigh, Gauss–Markov
+    correlated). Sending a device a new emulator (an *exchange*) costs a large download. With ``server_fraction`` > 0
+    the server holds that share of the data and trains the full model every round beside the devices.
 
     ## Action Space
     ``MultiDiscrete([K+1] * N)`` (``+ [R] * N`` with ``control_rank``):
@@ -32,43 +34,54 @@ class FedPEATEnv(gym.Env):
     | N ≤ i < 2N | j in 0..R−1 | LoRA rank rank_levels[j] for device i − N (control_rank only) |
 
     ## Observation Space
-    ``Box`` float32 of shape (5N + 2,), finite bounds:
+    ``Box`` float32 of shape (6N + 2,), finite bounds; what the agent sees of each device and of the round:
 
     | index | observation | range |
     |-------|-------------|-------|
-    | 5i | channel gain, (g_dB + 100) / 20 | [-3, 3] |
-    | 5i+1 | memory headroom: η·capacity / full-model footprint | [0, 2] |
-    | 5i+2 | ε of the emulator the device holds (−1: none) | [-1, 1] |
-    | 5i+3 | emulator exchanges so far / T | [0, 1] |
-    | 5i+4 | participations so far / T | [0, 1] |
-    | 5N | perplexity progress (ppl_0 − ppl) / (ppl_0 − target) | [-1, 2] |
-    | 5N+1 | round / T | [0, 1] |
+    | 6i | channel gain, (g_dB + 100) / 20 | [-3, 3] |
+    | 6i+1 | memory headroom: η·capacity / full-model footprint | [0, 2] |
+    | 6i+2 | ε of the emulator the device holds (−1: none) | [-1, 1] |
+    | 6i+3 | emulator exchanges so far / T | [0, 1] |
+    | 6i+4 | participations so far / T | [0, 1] |
+    | 6i+5 | data share × N (1: an average device) | [0, N] |
+    | 6N | perplexity progress (ppl_0 − ppl) / (ppl_0 − target) | [-1, 2] |
+    | 6N+1 | round / T | [0, 1] |
 
     ## Rewards
-    A sum of named terms, all in ``info["reward_terms"]``:
+    A sum of named terms (``fedpeat_env.reward``), all in ``info["reward_terms"]``. The paper's form is the default:
+    the latency and memory of all devices summed (``latency_aggregation="sum"``, ``memory_aggregation="sum"``), sums
+    divided by N so that the weights keep their scale for any N.
 
     | term | value |
     |------|-------|
     | perplexity | −w_p · max(ppl − target, 0) / (ppl_0 − target) |
-    | latency | −w_q · min(max_i Q_i / Q_ref, 10), Q_i = 8F_dl/r_dl + 8F_ul/r_ul |
+    | latency | −w_q · Σ_i min(Q_i / Q_ref, 10) / N ("sum"), or −w_q · min(max_i Q_i / Q_ref, 10) ("max") |
     | exchanges | −w_x · exchanges / N |
-    | memory | −w_m · mean over active devices of memory / (η · capacity) |
+    | memory | −w_m · Σ_i m_i / (η M_i) / N over the active devices ("sum"), or their mean ("mean") |
     | memory_penalty | −P_m per selected device whose footprint exceeds η · capacity (it is dropped) |
     | exchange_penalty | −P_x per exchange beyond κ · T on a device |
 
+    Q_i = 8F_dl/r_dl + 8F_ul/r_ul is device i's transmission latency, Q_ref the full model's download at the cell
+    edge. The downlink: with "sum" the server serves the devices in turn, each at the whole band's rate; with "max"
+    they are served at once and the band (and power) is split equally between the n devices of the round, r_dl / n.
+    The engine (``federation.engine``) uses the same model.
+
     ## Starting State
-    Full model at its pretrained perplexity; no device holds an emulator. Memory tiers, data shares, distances,
-    bandwidths and fading are drawn from ``reset(seed=...)``.
+    Full model at its pretrained perplexity; no device holds an emulator. Memory tiers, data shares (``partition``),
+    distances, bandwidths and fading are drawn from ``reset(seed=...)``.
 
     ## Episode End
     Terminated when the perplexity reaches ``target_perplexity``; truncated after ``horizon`` rounds.
 
     ## Arguments
     Keyword arguments of ``gymnasium.make`` are the fields of ``fedpeat_env.config.EnvConfig`` (an unknown key
-    raises ``ValueError``). ``fidelity="engine"`` runs a real federated round per step on the embedded model.
+    raises ``ValueError``). ``fidelity="engine"`` runs a real federated round per step on the embedded model, with
+    the same partition, server share and latency model.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version. Revised with the calibration ``embedded-v2``: data shares in the observation (6 entries per
+      device), the paper's summed latency and memory terms by default, the downlink split under "max", the
+      collaborating server, and a surrogate that answers the LoRA rank, the data share and mixed ε.
     """
 
     metadata = {"render_modes": []}
@@ -80,6 +93,7 @@ class FedPEATEnv(gym.Env):
         self.config = EnvConfig.from_kwargs(**kwargs)
         self.calibration = Calibration.load(self.config.calibration)
         self.dynamics = Dynamics(self.config, 1, self.calibration)
+        self._out = self.dynamics.new_output()  # one round's buffers, reused (step copies what it returns)
         self.action_space = spaces.MultiDiscrete(self.dynamics.nvec)
         self._nvec = self.action_space.nvec
         low, high = self.dynamics.observation_bounds()
@@ -105,16 +119,21 @@ class FedPEATEnv(gym.Env):
             raise RuntimeError("call reset() before step() (and after an episode ends)")
         actions = self._checked(action)
         if self._runner is None:
-            obs, result, ended = self.dynamics.step(actions)
+            out = self.dynamics.step(actions, out=self._out)
         else:
-            result = self.dynamics.transmit(actions)
-            obs, ended = self.dynamics.finish(result, self._engine_perplexity(actions))
-        terminated, truncated = bool(ended[0, 0]), bool(ended[1, 0])
+            out = self.dynamics.finish(self.dynamics.transmit(actions, self._out), self._engine_perplexity(actions))
+        terminated, truncated = bool(out.ended[0, 0]), bool(out.ended[1, 0])
         self._needs_reset = terminated or truncated
-        r = result[:, 0].tolist()
-        info = {"reward_terms": dict(zip(REWARD_TERMS, r[TERMS : TERMS + len(REWARD_TERMS)]))}
-        info |= {key: kind(r[row]) for key, row, kind in INFO_ROWS}
-        return obs[0], r[REWARD], terminated, truncated, info
+        reward, info = self._reward_and_info(out)
+        return out.obs[0].copy(), reward, terminated, truncated, info
+
+    @staticmethod
+    def _reward_and_info(out: Output) -> tuple[float, dict]:
+        """Episode 0's reward (a Python float) and info dict: the reward terms and the ``INFO_KEYS`` of its round."""
+        values = dict(zip(ROUND_DTYPE.names, out.round_.item(0)))
+        info = {"reward_terms": dict(zip(REWARD_TERMS, out.terms.item(0)))}
+        info |= {key: kind(values[key]) for key, kind in INFO_KEYS}
+        return values["reward"], info
 
     def action_masks(self) -> np.ndarray:
         """Flat boolean mask for sb3-contrib's MaskablePPO: levels that do not fit a device's memory are False."""
@@ -136,17 +155,25 @@ class FedPEATEnv(gym.Env):
         raise ValueError(f"action must be an integer array in {self.action_space} (shape {self.action_space.shape}), got {action!r}")
 
     def _start_engine(self, seed: int) -> None:
-        from federation.adapters import LoraSpec
+        """A new engine run for the episode: its data split in the episode's drawn shares, the env's server share and
+        latency model; the episode's shares then become the engine's real ones (whole blocks)."""
+        from dataclasses import replace
+
         from federation.engine import EngineConfig, RoundRunner
-        from federation.methods import FedPEATConfig
+        from federation.methods import FedPEAT, FedPEATConfig
         from federation.training import LocalTrainConfig
 
         self.close()
-        train = LocalTrainConfig(steps=self.config.engine_local_steps)
-        lora = LoraSpec(rank=max(self.config.rank_levels))
-        config = EngineConfig(method="fedpeat", num_devices=self.config.num_devices, seed=seed,
-                              method_config=FedPEATConfig(train=train, lora=lora))
-        self._runner = RoundRunner(config)
+        cfg = self.config
+        method_config = FedPEATConfig(train=LocalTrainConfig(steps=cfg.engine_local_steps),
+                                      lora=replace(FedPEAT.default_lora, rank=max(cfg.rank_levels)))
+        self._runner = RoundRunner(EngineConfig(
+            method="fedpeat", num_devices=cfg.num_devices, seed=seed, device_shares=tuple(self.dynamics.share[0].tolist()),
+            server_fraction=cfg.server_fraction,
+            latency_aggregation=cfg.latency_aggregation, channel=cfg.channel, method_config=method_config))
+        data = self._runner.data
+        total = data.device_sizes.sum() + len(data.server_blocks)
+        self.dynamics.set_shares((data.device_sizes / total)[None, :])
         self.dynamics.ppl[:] = self._runner.initial_perplexity
 
     def _engine_perplexity(self, actions: np.ndarray) -> np.ndarray:

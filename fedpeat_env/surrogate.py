@@ -1,48 +1,131 @@
-"""The calibrated perplexity surrogate (the FedPEAT paper's perplexity–layer-drop retention fit, made dynamic).
+"""The calibrated perplexity surrogate: how one federated round moves the full model's plug-in perplexity.
 
-One round moves the full model's plug-in perplexity towards the plateau of the participants' emulators:
+A round's trainers (the selected devices that fit in memory, and the server when it collaborates) hold a share s of
+all training data; ε̄ is their data-weighted emulator compression and r̄ their data-weighted LoRA rank. The round
+pulls the perplexity towards the plateau P(ε̄) = ppl_inf(ε̄), linear between the calibrated levels. Above the plateau,
+progress follows a power law in *effective rounds* τ:
 
-    ppl_{t+1} = ppl_inf(ε̄) + (ppl_t − ppl_inf(ε̄)) · exp(−rate · s_t^exponent) · exp(noise_std · z),  z ~ N(0, 1)
+    gap(τ) = ppl − P = gap_0 · (1 + τ)^(−c),  gap_0 = ppl_0 − P,  one round adds  Δτ = a · s^b · (r̄ / r_max)^ρ,
 
-ε̄ is the data-weighted compression of the participating devices, s_t ∈ (0, 1] their share of all device data,
-ppl_inf(ε) the plug-in perplexity reached with emulators of ratio ε (linear interpolation between calibrated
-levels). No participant: ppl stays. ``fedpeat calibrate`` fits (ppl_inf, rate, exponent, noise_std) to engine runs
-and writes a versioned JSON file; the fit error on held-out engine runs is stored in it. The formula is compiled
-with the rest of the env's round in ``fedpeat_env.dynamics`` (``surrogate_step``), which ``Calibration.step`` runs.
+so the next perplexity is P + gap_0 · ((gap_t / gap_0)^(−1/c) + a · s^b)^(−c): fast at first, then slowly, as the
+engine's curves are (an exponential approach to a fixed plateau overshoots their tail); a smaller rank learns more
+slowly (the engine's rank-2 rounds progress less than rank-8 ones; within the calibrated rounds the rank moved the
+speed, not the plateau). Below the plateau (the trainers moved to a coarser emulator than the one that brought the
+model there) it drifts up towards it, P + gap_t · exp(−Δτ). Then a log-normal factor exp(σ · s^(−γ) · z), z ~ N(0, 1): rounds on little data are
+noisier. No trainer: the perplexity stays. ``fedpeat calibrate`` fits the parameters to engine runs
+(``fedpeat_env.fit``) and writes a versioned JSON file with the runs and the fit errors.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
+import numba
 import numpy as np
-from scipy.optimize import least_squares
 
-from fedpeat_env.dynamics import surrogate_step
+FORMAT_VERSION = 2
+DEFAULT_CALIBRATION = Path(__file__).parent / "calibrations" / "embedded-v2.json"
 
-FORMAT_VERSION = 1
-DEFAULT_CALIBRATION = Path(__file__).parent / "calibrations" / "embedded-v1.json"
+
+class SurrogateParams(NamedTuple):
+    """The surrogate's parameters as the compiled round takes them."""
+
+    levels: np.ndarray
+    """(K,) calibrated compression ratios ε, increasing."""
+    plateaus: np.ndarray
+    """(K,) ppl_inf at each level."""
+    initial_ppl: float
+    """ppl_0: the full model before tuning."""
+    rate: float
+    """a: effective rounds one round of all data adds."""
+    shape: float
+    """c: power-law exponent of the gap in effective rounds."""
+    share_exponent: float
+    """b: how the round's progress grows with the trainers' data share."""
+    rank_exponent: float
+    """ρ: a round at rank r̄ adds (r̄ / r_max)^ρ of the effective rounds of one at r_max."""
+    max_rank: float
+    """r_max: the global (largest) rank."""
+    noise_std: float
+    """σ: std of the log-perplexity noise of a round on all data."""
+    noise_exponent: float
+    """γ: the noise grows as s^(−γ) on less data."""
+
+
+@numba.njit(cache=True, error_model="numpy")
+def plateau(compression: float, p: SurrogateParams) -> float:
+    """P(ε̄): ppl_inf linear between the calibrated levels, constant beyond them."""
+    levels, plateaus = p.levels, p.plateaus
+    last = len(levels) - 1
+    if compression <= levels[0]:
+        inf = plateaus[0]
+    elif compression >= levels[last]:
+        inf = plateaus[last]
+    else:
+        j = 0
+        while compression >= levels[j + 1]:
+            j += 1
+        inf = plateaus[j] + (plateaus[j + 1] - plateaus[j]) * (compression - levels[j]) / (levels[j + 1] - levels[j])
+    return inf
+
+
+@numba.njit(cache=True, error_model="numpy")
+def mean_perplexity(ppl: float, share: float, compression: float, rank: float, p: SurrogateParams) -> float:
+    """The next perplexity without noise, after a round of trainers holding ``share`` of the data at ε̄ and r̄."""
+    if not share > 0:
+        return ppl
+    target = plateau(compression, p)
+    progress = p.rate * share**p.share_exponent * (rank / p.max_rank) ** p.rank_exponent
+    gap = ppl - target
+    if gap <= 0:
+        return target + gap * np.exp(-progress)
+    gap0 = max(p.initial_ppl - target, gap)
+    return target + gap0 * ((gap / gap0) ** (-1.0 / p.shape) + progress) ** (-p.shape)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def next_perplexity(ppl: float, round_, p: SurrogateParams) -> float:
+    """The surrogate round of one episode, from its ``ROUND_DTYPE`` record (share, compression, rank, noise)."""
+    if not round_.share > 0:
+        return ppl
+    mean = mean_perplexity(ppl, round_.share, round_.compression, round_.rank, p)
+    return mean * np.exp(p.noise_std * round_.share ** (-p.noise_exponent) * round_.noise)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def mean_step(ppl, share, compression, rank, p: SurrogateParams, out) -> None:
+    """``mean_perplexity`` of B rounds: float64 (B,) arrays, the result into ``out``."""
+    for b in range(len(ppl)):
+        out[b] = mean_perplexity(ppl[b], share[b], compression[b], rank[b], p)
 
 
 @dataclass(frozen=True)
 class Calibration:
+    """A fitted surrogate (``SurrogateParams`` without the arrays) with its fit report and provenance."""
+
     initial_perplexity: float
-    """Full-model perplexity before tuning (the engine's round-0 evaluation)."""
     levels: tuple[float, ...]
-    """Calibrated compression ratios ε (increasing)."""
     plateau_perplexity: tuple[float, ...]
-    """ppl_inf at each calibrated level."""
     rate: float
-    exponent: float
+    shape: float
+    share_exponent: float
+    rank_exponent: float
     noise_std: float
-    """Std of the log-perplexity residual of one-step predictions on the fit runs."""
+    noise_exponent: float
+    max_rank: int
+    """The global LoRA rank of the engine runs (the env's largest ``rank_levels`` entry must equal it)."""
+    ranks: tuple[int, ...] = ()
+    """LoRA ranks the engine runs trained at; ``control_rank`` needs every ``rank_levels`` entry among them."""
+    parameters: dict = field(default_factory=dict)
+    """Every fitted parameter: {name: {"value", "low", "high", "at_bound"}}."""
     fit_error: dict = field(default_factory=dict)
-    """Mean absolute percentage errors (one-step and rollout) on fit and held-out engine runs."""
+    """Mean absolute % errors of perplexity, one-step and open-loop rollout, on fit and held-out runs, overall and
+    per condition."""
     meta: dict = field(default_factory=dict)
-    """How it was made: engine settings, seeds, command, versions."""
+    """How it was made: engine settings, the runs (fit and held-out), command, versions."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -51,23 +134,35 @@ class Calibration:
         if list(self.levels) != sorted(self.levels):
             raise ValueError(f"levels must be increasing, got {self.levels}")
 
-    @cached_property
-    def step_arguments(self) -> tuple:
-        """(levels, plateaus, rate, exponent, noise_std) as the compiled round takes them."""
-        return (np.array(self.levels, dtype=float), np.array(self.plateau_perplexity, dtype=float), float(self.rate),
-                float(self.exponent), float(self.noise_std))
+    def params(self) -> SurrogateParams:
+        """The parameters as the compiled round takes them."""
+        return SurrogateParams(np.array(self.levels, dtype=float), np.array(self.plateau_perplexity, dtype=float),
+                               float(self.initial_perplexity), float(self.rate), float(self.shape),
+                               float(self.share_exponent), float(self.rank_exponent), float(self.max_rank),
+                               float(self.noise_std), float(self.noise_exponent))
 
-    def step(self, ppl: np.ndarray, compression: np.ndarray, share: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """One round for a batch: ``ppl``, ``compression`` (ε̄), ``share`` (s_t) and standard normals ``z``, all (B,);
-        returns the next perplexity (B,). The formula is ``fedpeat_env.dynamics``'s, which the env runs."""
+    def check_controls(self, config) -> None:
+        """ValueError if the env ``config`` uses a control this calibration has no engine data for."""
+        if config.control_rank:
+            missing = sorted(set(config.rank_levels) - set(self.ranks))
+            if missing:
+                raise ValueError(
+                    f"control_rank=True needs a calibration with engine runs at every rank of rank_levels "
+                    f"{tuple(config.rank_levels)}; this calibration has ranks {self.ranks} (missing {missing}): "
+                    f"run `fedpeat calibrate --ranks {','.join(str(r) for r in config.rank_levels)}`")
+        if max(config.rank_levels) != self.max_rank:
+            raise ValueError(f"rank_levels must end at the calibration's largest rank {self.max_rank}, got "
+                             f"{tuple(config.rank_levels)}")
+
+    def mean_step(self, ppl: np.ndarray, share: np.ndarray, compression: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        """The noiseless next perplexity of B rounds, all arguments (B,)."""
         out = np.empty(len(ppl))
-        surrogate_step(*(np.ascontiguousarray(x, dtype=float) for x in (ppl, compression, share, z)),
-                       *self.step_arguments, out)
+        mean_step(*(np.ascontiguousarray(x, dtype=float) for x in (ppl, share, compression, rank)), self.params(), out)
         return out
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Calibration:
@@ -76,74 +171,8 @@ class Calibration:
             raise FileNotFoundError(f"calibration file {path} not found; create one with `fedpeat calibrate`")
         data = json.loads(path.read_text())
         if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"calibration {path} has format_version {data.get('format_version')}, expected {FORMAT_VERSION}")
-        data["levels"] = tuple(data["levels"])
-        data["plateau_perplexity"] = tuple(data["plateau_perplexity"])
+            raise ValueError(f"calibration {path} has format_version {data.get('format_version')}, expected "
+                             f"{FORMAT_VERSION}; refit it with `fedpeat calibrate`")
+        for key in ("levels", "plateau_perplexity", "ranks"):
+            data[key] = tuple(data[key])
         return cls(**data)
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    """One engine run: perplexity before round 1 and after each round, with the round's ε̄ and data share."""
-
-    perplexity: tuple[float, ...]
-    """(R + 1,) values."""
-    compression: tuple[float, ...]
-    """(R,) data-weighted ε of the participants per round."""
-    share: tuple[float, ...]
-    """(R,) participants' share of device data per round."""
-
-
-def _transitions(runs: list[Trajectory]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    ppl, nxt, eps, share = [], [], [], []
-    for run in runs:
-        ppl += run.perplexity[:-1]
-        nxt += run.perplexity[1:]
-        eps += run.compression
-        share += run.share
-    return np.array(ppl), np.array(nxt), np.array(eps), np.array(share)
-
-
-def fit_calibration(fit_runs: list[Trajectory], heldout_runs: list[Trajectory], levels: tuple[float, ...],
-                    meta: dict | None = None) -> Calibration:
-    """Least-squares fit of (log ppl_inf per level, log rate, exponent) on one-step log-perplexity predictions."""
-    ppl, nxt, eps, share = _transitions(fit_runs)
-    init_ppl = float(np.mean([r.perplexity[0] for r in fit_runs]))
-    lowest = float(np.min(nxt))
-
-    def unpack(theta: np.ndarray) -> Calibration:
-        plateaus = tuple(float(x) for x in np.exp(theta[: len(levels)]))
-        return Calibration(init_ppl, tuple(levels), plateaus, float(np.exp(theta[-2])), float(theta[-1]), 0.0)
-
-    def residual(theta: np.ndarray) -> np.ndarray:
-        return np.log(unpack(theta).step(ppl, eps, share, np.zeros_like(ppl))) - np.log(nxt)
-
-    theta0 = np.concatenate([np.full(len(levels), np.log(lowest)), [np.log(0.5), 1.0]])
-    lower = np.concatenate([np.full(len(levels), 0.0), [np.log(1e-3), 0.1]])
-    upper = np.concatenate([np.full(len(levels), np.log(init_ppl) + 1.0), [np.log(50.0), 3.0]])
-    solution = least_squares(residual, theta0, bounds=(lower, upper))
-    fitted = unpack(solution.x)
-    noise = float(np.std(residual(solution.x)))
-    errors = {"fit_one_step_mape": _one_step_mape(fitted, fit_runs), "fit_rollout_mape": _rollout_mape(fitted, fit_runs)}
-    if heldout_runs:
-        errors |= {"heldout_one_step_mape": _one_step_mape(fitted, heldout_runs),
-                   "heldout_rollout_mape": _rollout_mape(fitted, heldout_runs)}
-    return Calibration(init_ppl, tuple(levels), fitted.plateau_perplexity, fitted.rate, fitted.exponent, noise,
-                       errors, meta or {})
-
-
-def _one_step_mape(cal: Calibration, runs: list[Trajectory]) -> float:
-    ppl, nxt, eps, share = _transitions(runs)
-    pred = cal.step(ppl, eps, share, np.zeros_like(ppl))
-    return float(np.mean(np.abs(pred - nxt) / nxt))
-
-
-def _rollout_mape(cal: Calibration, runs: list[Trajectory]) -> float:
-    """Mean |error| / truth of open-loop rollouts from each run's first perplexity (no noise)."""
-    errors = []
-    for run in runs:
-        ppl = np.array([run.perplexity[0]])
-        for t in range(len(run.share)):
-            ppl = cal.step(ppl, np.array([run.compression[t]]), np.array([run.share[t]]), np.zeros(1))
-            errors.append(abs(ppl[0] - run.perplexity[t + 1]) / run.perplexity[t + 1])
-    return float(np.mean(errors))

@@ -10,7 +10,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from fedpeat_env.config import EnvConfig
-from fedpeat_env.dynamics import INFO_ROWS, REWARD, REWARD_TERMS, TERMS, Dynamics
+from fedpeat_env.dynamics import INFO_KEYS, Dynamics, Output
+from fedpeat_env.reward import REWARD_TERMS
 from fedpeat_env.surrogate import Calibration
 
 
@@ -65,22 +66,23 @@ class FedPEATVectorEnv(VectorEnv):
         raise ValueError(f"actions must be integers of shape {(self.num_envs, len(self._nvec))} within {self._nvec}")
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        obs, result, terminated, truncated, final_obs = self.step_result(actions)
-        info = {name: result[TERMS + k] for k, name in enumerate(REWARD_TERMS)}
-        info |= {key: result[row].astype(np.int64) if kind is int else result[row] for key, row, kind in INFO_ROWS}
+        obs, out, terminated, truncated, final_obs = self.step_result(actions)
+        info = {name: out.terms[name] for name in REWARD_TERMS}
+        info |= {key: out.round_[key].astype(np.int64) if kind is int else out.round_[key] for key, kind in INFO_KEYS}
         if final_obs is not None:
             info |= {"final_obs": final_obs, "_final_obs": terminated | truncated}
-        return obs, result[REWARD], terminated, truncated, info
+        return obs, out.round_["reward"], terminated, truncated, info
 
-    def step_result(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """``step`` without building ``info``: (observation, the round's result (``dynamics.NUM_ROWS``, B) with the
-        reward in row ``REWARD``, terminated, truncated, the last observations of the sub-envs that SAME_STEP reset
-        (None if none)). For adapters that read a few rows (``agents.vec``)."""
+    def step_result(self, actions: np.ndarray) -> tuple[np.ndarray, Output, np.ndarray, np.ndarray, np.ndarray | None]:
+        """``step`` without building ``info``: (observation, the round's ``Output`` (its ``round_`` records hold the
+        reward and perplexity), terminated, truncated, the last observations of the sub-envs that SAME_STEP reset
+        (None if none)). For adapters that read a few fields (``agents.vec``)."""
         actions = self.validate_actions(actions)
         d = self.dynamics
         final_obs = None
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
-            obs, result, (terminated, truncated) = d.step(actions)
+            out = d.step(actions)
+            obs, (terminated, truncated) = out.obs, out.ended
             done = terminated | truncated
             if done.any():
                 final_obs = obs
@@ -90,6 +92,7 @@ class FedPEATVectorEnv(VectorEnv):
             resetting = self._autoreset
             if resetting.any():
                 d.reset_episodes(resetting)
-            obs, result, (terminated, truncated) = d.step(actions, ~resetting)
+            out = d.step(actions, ~resetting)
+            obs, (terminated, truncated) = out.obs, out.ended
             self._autoreset = terminated | truncated
-        return obs, result, terminated, truncated, final_obs
+        return obs, out, terminated, truncated, final_obs

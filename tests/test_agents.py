@@ -14,17 +14,9 @@ from agents.evaluate import evaluate
 from agents.policy import Policy, action_choices
 from agents.search import GreedyPolicy, OraclePolicy, idle_action, simulate, uniform_actions
 from fedpeat_env.env import FedPEATEnv
-from fedpeat_env.surrogate import Calibration
 
 NAMES = ["fixed-0", "fixed-1", "fixed-2", "fixed-3", "fixed-4", "full-model", "random", "greedy", "oracle", "ucb"]
 SEEDS = range(6)
-
-
-@pytest.fixture(scope="module")
-def env_kwargs(tmp_path_factory) -> dict:
-    path = tmp_path_factory.mktemp("cal") / "cal.json"
-    Calibration(4000.0, (0.0, 0.25, 0.5, 0.75), (150.0, 160.0, 175.0, 210.0), 0.8, 1.0, 0.02).save(path)
-    return {"calibration": str(path), "num_devices": 3, "horizon": 5}
 
 
 @pytest.mark.parametrize("control_rank", [False, True])

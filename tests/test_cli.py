@@ -45,6 +45,7 @@ def test_run_rejects_bad_input_with_one_clear_error(tmp_path):
         (["--lora-aggregation", "mean"], "lora_aggregation must be one of"),
         (["--lora-rank", "2", "--lora-rank", "4", "--lora-rank", "8"], "lora_rank takes 1 value or one per device"),
         (["--rounds", "0"], "rounds must be >= 1"),
+        (["--latency-aggregation", "mean"], "latency_aggregation must be one of ('sum', 'max')"),
     ]
     for extra, message in cases:
         out = tmp_path / "never"
@@ -149,3 +150,37 @@ def test_claim_verdicts():
     assert verdict(10.0, (9.0, 15.0), 12.0, (11.0, 13.0)) == "holds in the mean; CIs overlap"
     assert verdict(20.0, (19.0, 21.0), 10.0, (9.0, 11.0)) == "does not reproduce (baseline better, CIs separate)"
     assert verdict(12.0, (11.0, 13.0), 10.0, (9.0, 15.0)) == "does not reproduce in the mean; CIs overlap"
+
+
+def test_calibrate_refits_the_committed_runs_and_reports_every_parameter(tmp_path):
+    from fedpeat_env.surrogate import DEFAULT_CALIBRATION, Calibration
+
+    out = tmp_path / "cal.json"
+    result = runner.invoke(app, ["calibrate", "--refit", str(DEFAULT_CALIBRATION), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    committed, refit = Calibration.load(DEFAULT_CALIBRATION), Calibration.load(out)
+    assert refit.plateau_perplexity == committed.plateau_perplexity and refit.fit_error == committed.fit_error
+    text = " ".join(result.output.split())
+    for name in committed.parameters:
+        assert name in text
+    for condition in ("fraction", "partition", "mixed", "rank", "server"):  # held-out errors per condition
+        row = committed.fit_error["heldout"]["by_condition"][condition]
+        assert f"{100 * row['rollout']:.1f}%" in text
+    bad = runner.invoke(app, ["calibrate", "--ranks", "8,4", "--out", str(tmp_path / "never.json")])
+    assert bad.exit_code == 2 and "--ranks must be increasing integers" in " ".join(bad.output.split())
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_regime_reports_the_unigram_reference_and_the_plugin_rows(tmp_path):
+    result = runner.invoke(app, ["regime", "--devices", "2", "--rounds", "1", "--local-steps", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "regime.csv")
+    unigram = table.loc[table["setting"].str.startswith("unigram"), "full-model ppl"].iloc[0]
+    zero_shot = table.loc[table["setting"] == "zero-shot", "full-model ppl"].iloc[0]
+    plugin = table[table["setting"] == "federated FedPEAT (plug-in)"].set_index("ε")["full-model ppl"]
+    assert list(plugin.index) == [0.0, 0.25, 0.5, 0.75] and (plugin < zero_shot).all()  # one round already helps
+    assert zero_shot < unigram  # the pretrained model knows more than token counts of the domain
+    emulators = table[table["setting"] == "zero-shot emulator"].set_index("ε")["emulator ppl"]
+    assert emulators.is_monotonic_increasing and emulators.iloc[0] > zero_shot  # the emulator ladder
+    assert table.loc[table["setting"].str.startswith("centralised full"), "× unigram"].iloc[0] < 1
+    assert "0.5 × unigram" in result.output

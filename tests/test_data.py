@@ -1,7 +1,19 @@
+import math
+
 import numpy as np
 import pytest
+import torch
 
-from federation.data import DOMAINS, build_federated_data, partition_dirichlet, partition_iid, read_documents
+from federation.data import (
+    DOMAINS,
+    PRETRAIN_DOMAINS,
+    build_federated_data,
+    partition_dirichlet,
+    partition_iid,
+    partition_shares,
+    read_documents,
+    unigram_perplexity,
+)
 
 
 def test_committed_corpus_has_every_domain_and_split():
@@ -50,3 +62,30 @@ def test_federated_data_uses_held_out_domain_and_server_share(foundation):
         build_federated_data(tokenizer, 3, np.random.default_rng(0), domains=("kjv",))
     with pytest.raises(ValueError, match="partition must be one of"):
         build_federated_data(tokenizer, 3, np.random.default_rng(0), partition="shards")
+
+
+def test_dirichlet_partition_never_fails_for_tiny_alpha():
+    shards = partition_dirichlet(np.zeros(100, dtype=int), 10, 0.05, np.random.default_rng(3))
+    sizes = sorted(len(s) for s in shards)
+    assert sum(sizes) == 100 and sizes[0] >= 1 and sizes[-1] > 40  # a quantity skew; every device keeps one item
+
+
+def test_partition_shares_follows_the_given_proportions():
+    shards = partition_shares(1000, np.array([0.5, 0.3, 0.2, 0.0]), np.random.default_rng(0))
+    assert sorted(np.concatenate(shards).tolist()) == list(range(1000))
+    assert [len(s) for s in shards] == [499, 300, 200, 1]  # one each, then 996 cut at 498 and 797
+    with pytest.raises(ValueError, match="shares must be >= 0"):
+        partition_shares(10, np.array([0.5, -0.5]), np.random.default_rng(0))
+
+
+def test_unigram_perplexity_by_hand():
+    train = torch.tensor([[0, 0, 1, 2]])  # counts 2, 1, 1 of a vocabulary of 4, plus one each: 3, 2, 2, 1 of 8
+    valid = torch.tensor([[3, 0, 3]])  # predicted tokens: 0 and 3
+    assert unigram_perplexity(train, valid, 4) == pytest.approx(math.exp(-(math.log(3 / 8) + math.log(1 / 8)) / 2))
+
+
+def test_pretraining_domains_are_not_tuning_domains(foundation):
+    _, tokenizer = foundation
+    for domain in PRETRAIN_DOMAINS:
+        with pytest.raises(ValueError, match="must not include a pretraining domain"):
+            build_federated_data(tokenizer, 2, np.random.default_rng(0), domains=(domain,))

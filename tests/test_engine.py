@@ -9,7 +9,7 @@ import pytest
 
 from federation.emulator import build_emulator, layer_drop_spec
 from federation.engine import EngineConfig, RoundRunner
-from federation.methods import DeviceDecision, FedPEATConfig, MethodConfig
+from federation.methods import DeviceDecision, FedPEATConfig, MethodConfig, make_method
 from federation.training import LocalTrainConfig
 
 FAST = LocalTrainConfig(steps=2, batch_size=4, lr=3e-3)
@@ -28,7 +28,8 @@ def test_message_bytes_equal_the_tensors_sent(foundation):
     runner = RoundRunner(_config())
     runner.run_round(_decisions(0.5, 0.75, None))
     model, _ = foundation
-    lora_params = 2 * 8 * (128 + 3 * 128)  # 2 adapter blocks x rank 8 x (d_in + d_out of c_attn)
+    # 2 adapter blocks x rank 8 x (d_in + d_out) of c_attn (d → 3d), attn.c_proj (d → d), mlp.c_fc (d → 4d), mlp.c_proj
+    lora_params = 2 * 8 * ((128 + 3 * 128) + (128 + 128) + (128 + 4 * 128) + (4 * 128 + 128))
     for message in runner.log.messages:
         if message.kind == "adapter":
             assert message.num_bytes == 4 * lora_params
@@ -68,9 +69,23 @@ def test_round_reports_latency_memory_and_perplexities():
     result = runner.run_round(_decisions(0.0, 0.75, 0.75))
     full_mem, small_mem = result.devices[0].memory_bytes, result.devices[1].memory_bytes
     assert full_mem > small_mem > 0 and result.peak_memory_bytes == full_mem
-    assert result.round_latency_s == max(d.latency_s for d in result.devices) > 0
+    # "sum" (default): devices download in turn at the whole band's rate, the round's latency is the total
+    for d in result.devices:
+        assert d.latency_s == pytest.approx(8 * d.bytes_down / d.downlink_rate_bps + 8 * d.bytes_up / d.uplink_rate_bps)
+    assert result.round_latency_s > 0 and result.round_latency_s == pytest.approx(sum(d.latency_s for d in result.devices))
     assert math.isfinite(result.full_perplexity) and math.isfinite(result.emulator_perplexity)
     assert result.devices[1].emulator_perplexity > result.devices[0].emulator_perplexity  # smaller emulator
+
+
+def test_max_latency_splits_the_downlink_between_the_round_devices():
+    runner = RoundRunner(_config(latency_aggregation="max"))
+    result = runner.run_round(_decisions(0.0, 0.75, None))
+    selected = [d for d in result.devices if d.selected]
+    for d in selected:  # two devices download at once: each gets half the band
+        assert d.latency_s == pytest.approx(8 * d.bytes_down / (d.downlink_rate_bps / 2) + 8 * d.bytes_up / d.uplink_rate_bps)
+    assert result.round_latency_s == max(d.latency_s for d in selected)
+    with pytest.raises(ValueError, match="latency_aggregation must be one of"):
+        EngineConfig(latency_aggregation="mean")
 
 
 def _summaries(results):
@@ -79,7 +94,8 @@ def _summaries(results):
 
 @pytest.mark.parametrize("method, compression", [("fed-ft", 0.0), ("fedpetuning", 0.0), ("fedpeat", 0.5)])
 def test_same_seed_same_numbers(method, compression):
-    method_config = FedPEATConfig(train=FAST) if method == "fedpeat" else MethodConfig(train=FAST)
+    train = replace(FAST, lr=make_method(method).train_config.lr)  # full fine-tuning at LoRA's rate unlearns
+    method_config = FedPEATConfig(train=train) if method == "fedpeat" else MethodConfig(train=train)
     decisions = [DeviceDecision(True, compression)] * 3
     runs = [RoundRunner(_config(method, seed=s, method_config=method_config)).run(2, decisions) for s in (7, 7, 8)]
     assert _summaries(runs[0]) == _summaries(runs[1])

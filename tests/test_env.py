@@ -41,17 +41,18 @@ def test_both_checkers_pass():
 def test_spaces_match_the_docstring_tables():
     env = _make(num_devices=6, compression_levels=(0.0, 0.5, 0.75))
     assert list(env.action_space.nvec) == [4] * 6
-    assert env.observation_space.shape == (5 * 6 + 2,)
+    assert env.observation_space.shape == (6 * 6 + 2,)
     doc = FedPEATEnv.__doc__
-    obs_rows = re.findall(r"^\s*\| (5i(?:\+\d)?|5N(?:\+1)?) \|.*\| \[(-?\d), (-?\d)\] \|", doc, flags=re.M)
+    obs_rows = re.findall(r"^\s*\| (6i(?:\+\d)?|6N(?:\+1)?) \|.*\| \[(-?\d), (-?\d|N)\] \|", doc, flags=re.M)
     low, high = env.observation_space.low, env.observation_space.high
-    offsets = {"5i": 0, "5i+1": 1, "5i+2": 2, "5i+3": 3, "5i+4": 4}
     for index, lo, hi in obs_rows:
-        i = offsets[index] if index in offsets else 5 * 6 + (1 if index == "5N+1" else 0)
-        assert (low[i], high[i]) == (float(lo), float(hi)), index
-    assert len(obs_rows) == 7
-    ranked = _make(num_devices=3, control_rank=True, rank_levels=(2, 4, 8, 16))
-    assert list(ranked.action_space.nvec) == [5] * 3 + [4] * 3
+        i = 6 * 6 + (index == "6N+1") if index.startswith("6N") else int(index.partition("+")[2] or 0)
+        assert (low[i], high[i]) == (float(lo), 6.0 if hi == "N" else float(hi)), index
+    assert len(obs_rows) == 8
+    ranked = _make(num_devices=3, control_rank=True, rank_levels=(4, 8))
+    assert list(ranked.action_space.nvec) == [5] * 3 + [2] * 3
+    with pytest.raises(ValueError, match=r"control_rank=True needs a calibration with engine runs at every rank.*missing \[16\]"):
+        _make(control_rank=True, rank_levels=(2, 4, 8, 16))
 
 
 def test_same_seed_same_trajectory_and_different_seed_differs():
@@ -79,7 +80,7 @@ def test_info_reward_terms_and_python_float_reward():
     env.reset(seed=0)
     _, reward, _, _, info = env.step(np.full(10, 4))
     assert type(reward) is float and np.isfinite(reward)
-    assert set(info["reward_terms"]) == {"perplexity", "latency", "exchanges", "memory", "memory_penalty", "exchange_penalty"}
+    assert tuple(info["reward_terms"]) == ("perplexity", "latency", "exchanges", "memory", "memory_penalty", "exchange_penalty")
     assert reward == pytest.approx(sum(info["reward_terms"].values()))
     for key in ("perplexity", "round_latency_s", "exchanges", "memory_violations"):
         assert key in info
@@ -163,6 +164,9 @@ def test_engine_fidelity_passes_both_checkers_and_runs_real_rounds():
     obs, info = env.reset(seed=0)
     runner = env.unwrapped._runner
     assert info["perplexity"] == runner.initial_perplexity
+    sizes = runner.data.device_sizes  # the engine split its data in the episode's drawn shares; the env sees the real ones
+    np.testing.assert_allclose(env.unwrapped.dynamics.share[0], sizes / sizes.sum())
+    np.testing.assert_allclose(obs[5::6][:2], 2 * sizes / sizes.sum(), rtol=1e-6)
     _, reward, _, _, info = env.step(np.array([1, 4]))
     assert runner.round == 1 and info["perplexity"] < runner.initial_perplexity and np.isfinite(reward)
     emulators = [m for m in runner.log.messages if m.kind in ("emulator", "frozen")]

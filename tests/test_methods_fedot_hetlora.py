@@ -62,7 +62,7 @@ def test_exact_lora_aggregation_is_the_best_rank_r_approximation_of_the_mean_pro
     executor = RecordingExecutor()
     runner = RoundRunner(_config("fedpeat", FedPEATConfig(train=FAST, lora_aggregation="exact")), executor=executor)
     runner.run(2, [DeviceDecision(True, 0.5)] * 3)
-    updates, rank = executor.updates, runner.method.config.lora.rank
+    updates, rank = executor.updates, runner.method.lora.rank
     total = sum(u.num_samples for u in updates)
     uploads = [_products(u.state) for u in updates]
     global_products = _products(runner.server.global_state)

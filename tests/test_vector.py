@@ -65,7 +65,7 @@ def test_same_step_autoreset_and_the_sb3_adapter():
 
     sb3 = FedPEATSB3VecEnv(3, seed=5, horizon=2)
     first = sb3.reset()
-    assert first.shape == (3, 52)
+    assert first.shape == (3, 62)  # 6 per device + 2
     sb3.step(np.zeros((3, 10), dtype=np.int64))
     obs, reward, done, infos = sb3.step(np.zeros((3, 10), dtype=np.int64))
     assert done.all() and reward.dtype == np.float32
@@ -90,7 +90,7 @@ def test_large_batch_is_reproducible_and_within_bounds():
 
     a, b, c = run(0), run(0), run(1)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not np.array_equal(a[-1], c[-1])
+    assert not np.array_equal(a[-2], c[-2])  # observations (the last rewards are 0 on both: a synchronous autoreset)
 
 
 def test_large_batch_path_gives_the_same_episodes(monkeypatch):
@@ -119,8 +119,6 @@ def test_large_batch_path_gives_the_same_episodes(monkeypatch):
 def test_step_result_is_step_without_the_info_dict(mode):
     from gymnasium.vector import AutoresetMode
 
-    from fedpeat_env.dynamics import PERPLEXITY, REWARD, TERMS
-
     envs = [FedPEATVectorEnv(4, autoreset_mode=AutoresetMode[mode], horizon=3) for _ in range(2)]
     for env in envs:
         env.reset(seed=2)
@@ -129,10 +127,10 @@ def test_step_result_is_step_without_the_info_dict(mode):
     for _ in range(7):
         actions = rng.integers(0, 5, size=(4, 10))
         obs, reward, terminated, truncated, info = envs[0].step(actions)
-        obs_r, result, terminated_r, truncated_r, final_obs = envs[1].step_result(actions)
-        assert np.array_equal(obs, obs_r) and np.array_equal(reward, result[REWARD])
+        obs_r, out, terminated_r, truncated_r, final_obs = envs[1].step_result(actions)
+        assert np.array_equal(obs, obs_r) and np.array_equal(reward, out.round_["reward"])
         assert np.array_equal(terminated, terminated_r) and np.array_equal(truncated, truncated_r)
-        assert np.array_equal(info["perplexity"], result[PERPLEXITY]) and np.array_equal(info["latency"], result[TERMS + 1])
+        assert np.array_equal(info["perplexity"], out.round_["perplexity"]) and np.array_equal(info["latency"], out.terms["latency"])
         assert (final_obs is None) == ("final_obs" not in info)
         if final_obs is not None:
             assert np.array_equal(final_obs, info["final_obs"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -18,7 +18,7 @@ from transformers import GPT2LMHeadModel
 from federation.adapters import LoraSpec, adapter_state, attach_lora, load_adapter_state, pad_rank, truncate_rank
 from federation.aggregation import fedavg, lora_exact
 from federation.client import ClientUpdate
-from federation.data import PRETRAIN_DOMAIN, read_documents, tokenize_blocks
+from federation.data import pretraining_blocks
 from federation.emulator import SubModelSpec, build_emulator, full_spec, model_payload
 from federation.messages import PayloadKind
 from federation.training import LocalObjective, LocalTrainConfig, LossFn, lm_loss
@@ -42,8 +42,8 @@ class MethodConfig:
 
     num_adapter_layers: int = 1
     """l: bottom and top blocks that form the adapter (each side)."""
-    lora: LoraSpec = field(default_factory=LoraSpec)
-    """Global LoRA hyper-parameters (rank r_max for per-device truncation)."""
+    lora: LoraSpec | None = None
+    """Global LoRA hyper-parameters (rank r_max for per-device truncation); None takes the method's default."""
     train: LocalTrainConfig | None = None
     """Local training settings; None takes the method's default."""
     lora_aggregation: Literal["naive", "exact"] = "naive"
@@ -67,6 +67,8 @@ class Method:
     """True when ``DeviceDecision.compression`` selects a per-device emulator."""
     trainable_kind: PayloadKind = "adapter"
     default_train = LocalTrainConfig(steps=10, batch_size=8, lr=3e-3)
+    default_lora = LoraSpec()
+    """LoRA of the method when the config leaves it unset (rank 8 on ``c_attn``)."""
     lora_on_all_layers = False
     """LoRA on every block (FedPETuning) instead of only the adapter blocks."""
     multi_task = False
@@ -78,6 +80,8 @@ class Method:
             config = self.config_class(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
         self.config = config
         self.train_config = self.config.train or self.default_train
+        self.lora = self.config.lora or self.default_lora
+        """The global LoRA settings (rank r_max): ``config.lora`` or the method's ``default_lora``."""
 
     # --- what a device holds -------------------------------------------------------------------------
     def validate_decision(self, decision: DeviceDecision) -> None:
@@ -87,8 +91,8 @@ class Method:
             raise ValueError(f"method {self.name!r} has no emulator; compression must be 0, got {decision.compression}")
         if decision.lora_rank is not None and self.lora_spec(decision) is None:
             raise ValueError(f"method {self.name!r} trains all weights; lora_rank must be None")
-        if decision.lora_rank is not None and not 1 <= decision.lora_rank <= self.config.lora.rank:
-            raise ValueError(f"lora_rank must be in [1, {self.config.lora.rank}], got {decision.lora_rank}")
+        if decision.lora_rank is not None and not 1 <= decision.lora_rank <= self.lora.rank:
+            raise ValueError(f"lora_rank must be in [1, {self.lora.rank}], got {decision.lora_rank}")
 
     def device_spec(self, num_layers: int, decision: DeviceDecision) -> SubModelSpec:
         """Blocks the device holds. Default: the full model."""
@@ -100,8 +104,8 @@ class Method:
 
     def lora_spec(self, decision: DeviceDecision | None = None) -> LoraSpec | None:
         """LoRA of the device (None: full fine-tuning of every weight of its sub-model)."""
-        rank = decision.lora_rank if decision is not None and decision.lora_rank is not None else self.config.lora.rank
-        return LoraSpec(rank, self.config.lora.alpha_per_rank, self.config.lora.target_modules)
+        rank = decision.lora_rank if decision is not None and decision.lora_rank is not None else self.lora.rank
+        return LoraSpec(rank, self.lora.alpha_per_rank, self.lora.target_modules)
 
     def device_decisions(self, num_devices: int, compression: float = 0.0) -> list[DeviceDecision]:
         """The method's default decisions: every device selected with ``compression`` and the global rank."""
@@ -120,7 +124,7 @@ class Method:
     def state_for_device(self, global_state: dict[str, torch.Tensor], decision: DeviceDecision) -> dict[str, torch.Tensor]:
         """What the device downloads each round: the global adapter, truncated to the device's rank."""
         lora = self.lora_spec(decision)
-        if lora is not None and lora.rank < self.config.lora.rank:
+        if lora is not None and lora.rank < self.lora.rank:
             return truncate_rank(global_state, lora.rank)
         return global_state
 
@@ -151,9 +155,9 @@ class Method:
         factors come back balanced (B = U√S, A = √S·Vh); components with zero singular value stay zero in A and B.
         """
         if self.lora_spec() is not None:
-            states = [pad_rank(s, self.config.lora.rank) for s in states]
+            states = [pad_rank(s, self.lora.rank) for s in states]
             if self.config.lora_aggregation == "exact":
-                return lora_exact(states, weights, rank=self.config.lora.rank)
+                return lora_exact(states, weights, rank=self.lora.rank)
         return fedavg(states, weights)
 
     # --- server-side models ----------------------------------------------------------------------
@@ -165,10 +169,9 @@ class Method:
         self._public: torch.Tensor | None = None
 
     def public_blocks(self, count: int) -> torch.Tensor:
-        """The server's public data for distillation: the first ``count`` blocks of the pretraining domain."""
-        if self._public is None or len(self._public) < count:
-            docs = read_documents(PRETRAIN_DOMAIN, "train")
-            self._public = tokenize_blocks(docs, self.tokenizer, self.full_model.config.n_positions)
+        """The server's public data for distillation: ``count`` blocks of the pretraining domains (``pretraining_blocks``)."""
+        if self._public is None:
+            self._public = pretraining_blocks(self.tokenizer, self.full_model.config.n_positions)
         return self._public[:count]
 
     def submodel(self, spec: SubModelSpec) -> GPT2LMHeadModel:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from federation.adapters import LoraSpec
+from federation.adapters import ALL_LINEAR, LoraSpec
 from federation.emulator import SubModelSpec, build_emulator, distill_emulator, layer_drop_spec
 from federation.methods.base import DeviceDecision, Method, MethodConfig
 from federation.training import LocalTrainConfig
@@ -43,6 +43,8 @@ class FedPEATConfig(MethodConfig):
 class FedPEAT(Method):
     name = "fedpeat"
     config_class = FedPEATConfig
+    default_lora = LoraSpec(rank=8, target_modules=ALL_LINEAR)
+    """PEAT's adapter: LoRA r = 8 on every linear layer of the bottom/top adapter blocks (attention and FFN)."""
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)

@@ -1,6 +1,6 @@
 """HetLoRA (Cho et al. 2023): heterogeneous LoRA ranks per device, rank self-pruning, sparsity-weighted aggregation.
 
-- Global rank r_max = ``config.lora.rank``; LoRA on every block of the full model (FedPETuning with per-device
+- Global rank r_max = ``lora.rank``; LoRA on every block of the full model (FedPETuning with per-device
   ranks; no emulator). Device k downloads the first r_k components of the global adapter (A[:r_k], B[:, :r_k]).
 - Device ranks: r_k is ``decision.lora_rank`` (r_max when None), capped by the device's self-pruned rank.
   ``HetLoRAConfig.ranks`` is applied by ``HetLoRA.device_decisions``, which builds the per-device decisions (ranks
@@ -102,7 +102,7 @@ class HetLoRAConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        r_max = self.lora.rank
+        r_max = (self.lora or HetLoRA.default_lora).rank
         if self.ranks is not None and (not self.ranks or any(not 1 <= r <= r_max for r in self.ranks)):
             raise ValueError(f"ranks must be a non-empty tuple of ranks in [1, lora.rank={r_max}], got {self.ranks}")
         if not self.lam >= 0:
@@ -136,7 +136,7 @@ class HetLoRA(Method):
         return HetLoRALoss(self.config.lam, self.config.gamma)
 
     def _rank(self, device: int, decision: DeviceDecision) -> int:
-        r_max = self.config.lora.rank
+        r_max = self.lora.rank
         wanted = decision.lora_rank if decision.lora_rank is not None else r_max
         return min(wanted, self.device_ranks.get(device, r_max))
 
@@ -146,7 +146,7 @@ class HetLoRA(Method):
     def trainable_for(self, device: int, task: int | None, decision: DeviceDecision,
                       global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rank = self._rank(device, decision)
-        return truncate_rank(global_state, rank) if rank < self.config.lora.rank else global_state
+        return truncate_rank(global_state, rank) if rank < self.lora.rank else global_state
 
     def aggregate_updates(self, global_state: dict[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
         """Self-prune each upload (``prune_tol`` > 0; the device keeps the pruned rank), then ``aggregate``."""
@@ -165,9 +165,9 @@ class HetLoRA(Method):
     def aggregate(self, states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
         """Zero-pad to r_max, then the configured HetLoRA aggregation; ``lora_aggregation="exact"`` averages the
         products B_k·A_k with the same weights (norm-based or sample counts) and re-factorises at rank r_max."""
-        cfg = self.config
-        padded = [pad_rank(s, cfg.lora.rank) for s in states]
+        cfg, r_max = self.config, self.lora.rank
+        padded = [pad_rank(s, r_max) for s in states]
         exact = cfg.lora_aggregation == "exact"
         if cfg.aggregation == "sparsity":
-            return hetlora(padded, exact_rank=cfg.lora.rank if exact else None)
-        return lora_exact(padded, weights, rank=cfg.lora.rank) if exact else zero_pad_average(padded, weights)
+            return hetlora(padded, exact_rank=r_max if exact else None)
+        return lora_exact(padded, weights, rank=r_max) if exact else zero_pad_average(padded, weights)
