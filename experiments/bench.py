@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from rich.table import Table
 
-from federation.adapters import LoraSpec, attach_lora
+from federation.adapters import attach_lora
 from federation.emulator import build_emulator, layer_drop_spec
 from federation.engine import EngineConfig, RoundRunner
 from federation.methods import DeviceDecision, FedPEATConfig
@@ -74,7 +74,7 @@ def bench_emulator(steps: int = 20, batch_size: int = 8, ratios: tuple[float, ..
     """LoRA training tokens/s and measured memory of emulators vs the full model (ε = 0)."""
     runner = RoundRunner(EngineConfig(num_devices=1, max_eval_blocks=1))
     blocks = runner.data.device_blocks[0]
-    lora = LoraSpec()
+    lora = runner.method.lora  # FedPEAT's adapter, as devices train it
     rows = []
     for ratio in ratios:
         spec = layer_drop_spec(runner.model.config.n_layer, 1, ratio)
@@ -102,7 +102,7 @@ def bench_engine_overhead(steps: int = 20, batch_size: int = 8, repeats: int = 3
     decision = [DeviceDecision(True, 0.5)]
     runner.run_round(decision, evaluate=False)  # first round: emulator exchange + model build
     spec = runner.server.device_specs[0]
-    bare = attach_lora(build_emulator(runner.model, spec), spec, LoraSpec())
+    bare = attach_lora(build_emulator(runner.model, spec), spec, runner.method.lora)  # the same adapter as the engine's
     blocks = runner.data.device_blocks[0]
     engine_s, bare_s = [], []
     for rep in range(repeats):
