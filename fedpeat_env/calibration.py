@@ -112,17 +112,26 @@ def calibration_plan(levels: Sequence[float] = (0.0, 0.25, 0.5, 0.75), ranks: Se
     return fit, heldout
 
 
-def engine_trajectory(spec: RunSpec, settings: EngineSettings, on_round: Callable[[], None] | None = None) -> Trajectory:
-    """Run ``settings.rounds`` FedPEAT rounds of ``spec``; ``on_round()`` after each round."""
-    from federation.engine import EngineConfig, RoundRunner
-    from federation.methods import DeviceDecision, FedPEAT, FedPEATConfig
+def fedpeat_engine(num_devices: int, seed: int, local_steps: int, max_rank: int, **options):
+    """The engine behind the env: ``EngineConfig`` of FedPEAT (case 1) with its adapter at global rank ``max_rank`` and
+    ``local_steps`` local steps; ``options`` are further ``EngineConfig`` fields (partition, server share, …). Shared by
+    the calibration runs and the env's engine fidelity, so both run the same engine."""
+    from federation.engine import EngineConfig
+    from federation.methods import FedPEAT, FedPEATConfig
     from federation.training import LocalTrainConfig
 
-    lora = replace(FedPEAT.default_lora, rank=settings.max_rank)
-    config = EngineConfig(method="fedpeat", num_devices=settings.num_devices, seed=spec.seed, foundation=settings.foundation,
-                          partition=spec.partition, dirichlet_alpha=spec.alpha, server_fraction=spec.server_fraction,
-                          method_config=FedPEATConfig(train=LocalTrainConfig(steps=settings.local_steps), lora=lora))
-    runner = RoundRunner(config)
+    method_config = FedPEATConfig(train=LocalTrainConfig(steps=local_steps), lora=replace(FedPEAT.default_lora, rank=max_rank))
+    return EngineConfig(method="fedpeat", num_devices=num_devices, seed=seed, method_config=method_config, **options)
+
+
+def engine_trajectory(spec: RunSpec, settings: EngineSettings, on_round: Callable[[], None] | None = None) -> Trajectory:
+    """Run ``settings.rounds`` FedPEAT rounds of ``spec``; ``on_round()`` after each round."""
+    from federation.engine import RoundRunner
+    from federation.methods import DeviceDecision
+
+    runner = RoundRunner(fedpeat_engine(settings.num_devices, spec.seed, settings.local_steps, settings.max_rank,
+                                        foundation=settings.foundation, partition=spec.partition,
+                                        dirichlet_alpha=spec.alpha, server_fraction=spec.server_fraction))
     n = settings.num_devices
     sizes = runner.data.device_sizes.astype(float)
     total = sizes.sum() + len(runner.data.server_blocks)

@@ -157,20 +157,15 @@ class FedPEATEnv(gym.Env):
     def _start_engine(self, seed: int) -> None:
         """A new engine run for the episode: its data split in the episode's drawn shares, the env's server share and
         latency model; the episode's shares then become the engine's real ones (whole blocks)."""
-        from dataclasses import replace
-
-        from federation.engine import EngineConfig, RoundRunner
-        from federation.methods import FedPEAT, FedPEATConfig
-        from federation.training import LocalTrainConfig
+        from federation.engine import RoundRunner
+        from fedpeat_env.calibration import fedpeat_engine
 
         self.close()
         cfg = self.config
-        method_config = FedPEATConfig(train=LocalTrainConfig(steps=cfg.engine_local_steps),
-                                      lora=replace(FedPEAT.default_lora, rank=max(cfg.rank_levels)))
-        self._runner = RoundRunner(EngineConfig(
-            method="fedpeat", num_devices=cfg.num_devices, seed=seed, device_shares=tuple(self.dynamics.share[0].tolist()),
-            server_fraction=cfg.server_fraction,
-            latency_aggregation=cfg.latency_aggregation, channel=cfg.channel, method_config=method_config))
+        self._runner = RoundRunner(fedpeat_engine(
+            cfg.num_devices, seed, cfg.engine_local_steps, max(cfg.rank_levels),
+            device_shares=tuple(self.dynamics.share[0].tolist()), server_fraction=cfg.server_fraction,
+            latency_aggregation=cfg.latency_aggregation, channel=cfg.channel))
         data = self._runner.data
         total = data.device_sizes.sum() + len(data.server_blocks)
         self.dynamics.set_shares((data.device_sizes / total)[None, :])
