@@ -95,14 +95,9 @@ def partition_dirichlet(
     hold little beyond their ``min_items``), large alpha approaches IID. Never redraws, so any alpha > 0 works.
     """
     labels = np.asarray(labels)
-    _check_partition_args(len(labels), num_devices)
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    if len(labels) < num_devices * min_items:
-        raise ValueError(f"{len(labels)} items cannot give {num_devices} devices {min_items} item(s) each")
-    order = rng.permutation(len(labels))
-    reserved, rest = order[: num_devices * min_items], order[num_devices * min_items :]
-    shards: list[list[int]] = [reserved[d::num_devices].tolist() for d in range(num_devices)]
+    shards, rest = _deal_minimum(len(labels), num_devices, min_items, rng)
     for label in np.unique(labels):
         idx = rest[labels[rest] == label]
         shares = rng.dirichlet(np.full(num_devices, alpha))
@@ -116,15 +111,21 @@ def partition_shares(num_items: int, shares: np.ndarray, rng: np.random.Generato
     """Random items split in the given proportions: every device first gets ``min_items`` items, the rest is dealt by
     the cumulative ``shares`` (N,) (non-negative, normalised here). E.g. the env's drawn data shares."""
     shares = np.asarray(shares, dtype=float)
-    _check_partition_args(num_items, len(shares))
-    if not (np.all(shares >= 0) and shares.sum() > 0):
+    if not (len(shares) and np.all(shares >= 0) and shares.sum() > 0):
         raise ValueError(f"shares must be >= 0 with a positive sum, got {shares}")
-    if num_items < len(shares) * min_items:
-        raise ValueError(f"{num_items} items cannot give {len(shares)} devices {min_items} item(s) each")
-    order = rng.permutation(num_items)
-    reserved, rest = order[: len(shares) * min_items], order[len(shares) * min_items :]
+    shards, rest = _deal_minimum(num_items, len(shares), min_items, rng)
     cuts = np.round(np.cumsum(shares / shares.sum())[:-1] * len(rest)).astype(int)
-    return [np.sort(np.concatenate([reserved[d :: len(shares)], part])) for d, part in enumerate(np.split(rest, cuts))]
+    return [np.sort(np.concatenate([shard, part]).astype(int)) for shard, part in zip(shards, np.split(rest, cuts))]
+
+
+def _deal_minimum(num_items: int, num_devices: int, min_items: int, rng: np.random.Generator) -> tuple[list, np.ndarray]:
+    """Every device's first ``min_items`` random items (lists), and the remaining items in random order."""
+    _check_partition_args(num_items, num_devices)
+    if num_items < num_devices * min_items:
+        raise ValueError(f"{num_items} items cannot give {num_devices} devices {min_items} item(s) each")
+    order = rng.permutation(num_items)
+    reserved = order[: num_devices * min_items]
+    return [reserved[d::num_devices].tolist() for d in range(num_devices)], order[num_devices * min_items :]
 
 
 def _check_partition_args(num_items: int, num_devices: int) -> None:
