@@ -142,17 +142,16 @@ class Calibration:
                                float(self.noise_std), float(self.noise_exponent))
 
     def check_controls(self, config) -> None:
-        """ValueError if the env ``config`` uses a control this calibration has no engine data for."""
-        if config.control_rank:
-            missing = sorted(set(config.rank_levels) - set(self.ranks))
-            if missing:
-                raise ValueError(
-                    f"control_rank=True needs a calibration with engine runs at every rank of rank_levels "
-                    f"{tuple(config.rank_levels)}; this calibration has ranks {self.ranks} (missing {missing}): "
-                    f"run `fedpeat calibrate --ranks {','.join(str(r) for r in config.rank_levels)}`")
-        if max(config.rank_levels) != self.max_rank:
-            raise ValueError(f"rank_levels must end at the calibration's largest rank {self.max_rank}, got "
-                             f"{tuple(config.rank_levels)}")
+        """ValueError if the env ``config`` trains at a LoRA rank this calibration has no engine runs at (every rank of
+        ``rank_levels`` with ``control_rank``, else its largest, the rank every device then uses)."""
+        used = tuple(config.rank_levels) if config.control_rank else tuple(config.rank_levels[-1:])
+        missing = sorted(set(used) - set(self.ranks))
+        if missing:
+            what = (f"control_rank=True needs a calibration with engine runs at every rank of rank_levels {used}"
+                    if config.control_rank else
+                    f"rank_levels[-1] = {used[0]} (the rank every device trains at) needs a calibration with runs at it")
+            raise ValueError(f"{what}; this calibration has ranks {self.ranks} (missing {missing}): run "
+                             f"`fedpeat calibrate --ranks {','.join(str(r) for r in sorted(set(self.ranks) | set(used)))}`")
 
     def mean_step(self, ppl: np.ndarray, share: np.ndarray, compression: np.ndarray, rank: np.ndarray) -> np.ndarray:
         """The noiseless next perplexity of B rounds, all arguments (B,)."""

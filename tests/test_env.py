@@ -53,6 +53,9 @@ def test_spaces_match_the_docstring_tables():
     assert list(ranked.action_space.nvec) == [5] * 3 + [2] * 3
     with pytest.raises(ValueError, match=r"control_rank=True needs a calibration with engine runs at every rank.*missing \[16\]"):
         _make(control_rank=True, rank_levels=(2, 4, 8, 16))
+    with pytest.raises(ValueError, match=r"rank_levels\[-1\] = 16 \(the rank every device trains at\)"):
+        _make(rank_levels=(16,))
+    assert _make(rank_levels=(4,)).unwrapped.dynamics.tables.rank_values.tolist() == [4.0]  # a calibrated rank
 
 
 def test_same_seed_same_trajectory_and_different_seed_differs():
