@@ -135,12 +135,9 @@ SIM2REAL_POLICIES = ("fixed-1", "fixed-2", "fixed-3", "fixed-4")
 
 def _episode_rows(policy_name: str, agent_dir: str | None, env_id: str, kwargs: dict, seeds: list[int]) -> pd.DataFrame:
     """``evaluate`` one policy (the agent if ``agent_dir``) in a worker process (one torch thread)."""
-    import torch
+    from federation.foundation import worker_setup
 
-    from federation.foundation import quiet_libraries
-
-    torch.set_num_threads(1)
-    quiet_libraries()
+    worker_setup()
     policy = load_policy(Path(agent_dir)) if agent_dir else make_policy(policy_name)
     return evaluate(policy, env_id=env_id, env_kwargs=kwargs, seeds=seeds).assign(policy=policy_name, fidelity=env_id)
 

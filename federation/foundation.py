@@ -59,6 +59,12 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
+def worker_setup() -> None:
+    """A worker process of a parallel job (calibration runs, sim-to-real episodes): one torch thread, quiet libraries."""
+    torch.set_num_threads(1)
+    quiet_libraries()
+
+
 def embedded_pretrain_record() -> dict:
     """The committed pretraining record: config, seed, and validation perplexities before/after."""
     return json.loads((EMBEDDED_DIR / "pretrain.json").read_text())

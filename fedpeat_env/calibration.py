@@ -158,12 +158,9 @@ def engine_trajectory(spec: RunSpec, settings: EngineSettings, on_round: Callabl
 def _run_in_worker(spec: RunSpec, settings: EngineSettings) -> Trajectory:
     import time
 
-    import torch
+    from federation.foundation import worker_setup
 
-    from federation.foundation import quiet_libraries
-
-    torch.set_num_threads(1)
-    quiet_libraries()
+    worker_setup()
     started = time.perf_counter()
     trajectory = engine_trajectory(spec, settings)
     return Trajectory(**{**trajectory.__dict__, "wall_time_s": time.perf_counter() - started})
