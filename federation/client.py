@@ -100,6 +100,8 @@ class Client:
             state = {job.spec.to_full_key(k): p.detach().clone() for k, p in model.named_parameters()}
         else:
             state = adapter_state(model, job.spec)
+        if objective is not None:
+            state = objective.upload(state, self.private)
         frozen, trainable = count_parameters(model)
         cfg = self.model_config
         memory = training_memory(

@@ -45,6 +45,9 @@ class SubModelSpec:
     layers: tuple[int, ...]
     adapter_layers: tuple[int, ...]
     ffn_neurons: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    revision: int = 0
+    """Version of the server's weights for this structure (FedPFT's neuron-level distillation bumps it): a new
+    revision is a new sub-model that devices must download."""
 
     def __post_init__(self) -> None:
         for block, neurons in self.ffn_neurons:
@@ -233,6 +236,7 @@ def train_parameters(
     batch_size: int,
     lr: float,
     seed: int,
+    weight_decay: float = 0.01,
 ) -> list[float]:
     """``steps`` AdamW steps of ``loss_fn(batch)`` on ``params`` only (every other parameter of ``model`` frozen), batches
     of ``blocks`` (N, T) drawn by a generator seeded with ``seed``. The server-side distillation loop of emulators
@@ -241,7 +245,7 @@ def train_parameters(
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimiser = torch.optim.AdamW(params, lr=lr)
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     losses = []
     model.train()

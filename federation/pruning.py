@@ -133,45 +133,15 @@ def ffn_weight_product_loss(
     )
 
 
-def refresh_neurons(
-    pruned_block: nn.Module,
-    full_block: nn.Module,
-    kept_idx: torch.Tensor,
-    activation_scores: torch.Tensor,
-    fraction: float,
-) -> tuple[nn.Module, torch.Tensor]:
-    """FedPFT neuron-level distillation step: swap the round(``fraction``·k) kept neurons with the lowest
-    ``activation_scores`` (k,), aligned with ``kept_idx``, higher = more active) for the most salient neurons of
-    ``full_block`` that are not kept, copying their weights from ``full_block``.
-
-    Returns (a new pruned block, its sorted kept indices). Retained neurons keep their (possibly tuned) weights
-    from ``pruned_block``; the c_proj bias is kept. Python ``round`` (half to even) gives the swap count.
-    """
-    f_fc, f_proj = _ffn(full_block)
-    p_fc, p_proj = _ffn(pruned_block)
-    d_ff, k = f_fc.weight.shape[1], p_fc.weight.shape[1]
-    _check_index("kept_idx", kept_idx, d_ff)
-    if len(kept_idx) != k:
-        raise ValueError(f"kept_idx has {len(kept_idx)} neurons but pruned_block's FFN has {k}")
-    if activation_scores.shape != (k,):
-        raise ValueError(f"activation_scores must have shape ({k},), got {tuple(activation_scores.shape)}")
+def least_active(activation_scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Sorted positions of the round(``fraction``·k) neurons with the lowest ``activation_scores`` (k,) (ties: lower
+    position first): the neurons FedPFT's neuron-level distillation updates. Python ``round`` (half to even)."""
+    if activation_scores.dim() != 1 or len(activation_scores) == 0:
+        raise ValueError(f"activation_scores must be a non-empty 1-D tensor, got shape {tuple(activation_scores.shape)}")
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    swap = round(fraction * k)
-    if swap > d_ff - k:
-        raise ValueError(f"fraction={fraction} swaps {swap} neurons but only {d_ff - k} are not kept")
     order = torch.argsort(activation_scores.detach(), stable=True)
-    stay = order[swap:].sort().values
-    saliency = neuron_saliency(full_block).clone()
-    saliency[kept_idx] = -math.inf
-    incoming = torch.argsort(saliency, descending=True, stable=True)[:swap]
-    with torch.no_grad():
-        idx = torch.cat([kept_idx[stay], incoming])
-        fc_w = torch.cat([p_fc.weight[:, stay], f_fc.weight[:, incoming]], dim=1)
-        fc_b = torch.cat([p_fc.bias[stay], f_fc.bias[incoming]])
-        proj_w = torch.cat([p_proj.weight[stay], f_proj.weight[incoming]])
-    perm = torch.argsort(idx)
-    return _with_ffn(pruned_block, fc_w[:, perm], fc_b[perm], proj_w[perm]), idx[perm].long()
+    return order[: round(fraction * len(activation_scores))].sort().values.long()
 
 
 def pruned_spec(full_model: nn.Module, keep_ratio: float, num_adapter_layers: int) -> SubModelSpec:
@@ -219,15 +189,33 @@ def distill_pruned(
     lr: float = 1e-3,
     weight_product: float = 1.0,
     seed: int = 0,
+    neurons: dict[int, torch.Tensor] | None = None,
 ) -> list[float]:
-    """FedPFT layer-level distillation of a pruned sub-model (every block kept, ``spec.ffn_neurons`` pruned) towards
-    the full model on ``blocks`` (N, T): loss = mean over blocks of ‖h_s − h_t‖² / ‖h_t‖² (each block's output hidden
-    state) + ``weight_product``·Σ_pruned blocks ``ffn_weight_product_loss`` — with gradients, unlike the public code.
-    Trains only the pruned FFNs (c_fc, c_proj); returns the loss per step."""
+    """FedPFT's distillation of a pruned sub-model (every block kept, ``spec.ffn_neurons`` pruned) towards the full
+    model on ``blocks`` (N, T): loss = mean over blocks of ‖h_s − h_t‖² / ‖h_t‖² (each block's output hidden state)
+    + ``weight_product``·Σ_pruned blocks ``ffn_weight_product_loss`` — with gradients, unlike the public code.
+
+    ``neurons`` None: layer-level distillation, trains the pruned FFNs (c_fc, c_proj) whole. Otherwise neuron-level
+    distillation: {pruned block: positions among its kept neurons} — only those neurons' c_fc column and bias and
+    c_proj row change (masked gradients, no weight decay); every other weight stays bit-identical. Returns the loss
+    per step."""
     if len(spec.layers) != spec.num_layers:
         raise ValueError("distill_pruned needs a sub-model that keeps every block (FFN pruning only)")
     pruned_blocks = spec.pruned_neurons()
-    params = [p for b in pruned_blocks for layer in _ffn(pruned.transformer.h[b]) for p in layer.parameters()]
+    if neurons is not None and not set(neurons) <= set(pruned_blocks):
+        raise ValueError(f"neurons must name pruned blocks {sorted(pruned_blocks)}, got {sorted(neurons)}")
+    hooks = []
+    if neurons is None:
+        params = [p for b in pruned_blocks for layer in _ffn(pruned.transformer.h[b]) for p in layer.parameters()]
+    else:
+        params = []
+        for b, positions in neurons.items():
+            fc, proj = _ffn(pruned.transformer.h[b])
+            mask = torch.zeros(fc.weight.shape[1])
+            mask[positions] = 1.0
+            for param, shaped in ((fc.weight, mask[None, :]), (fc.bias, mask), (proj.weight, mask[:, None])):
+                params.append(param.requires_grad_(True))
+                hooks.append(param.register_hook(lambda grad, shaped=shaped: grad * shaped))
 
     def loss_fn(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -239,4 +227,9 @@ def distill_pruned(
         return loss
 
     full_model.eval()
-    return train_parameters(pruned, params, loss_fn, blocks, steps, batch_size, lr, seed)
+    try:
+        return train_parameters(pruned, params, loss_fn, blocks, steps, batch_size, lr, seed,
+                                weight_decay=0.01 if neurons is None else 0.0)
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -19,8 +19,9 @@ class LocalObjective:
     on the device between rounds (e.g. FedDAT's private adapter). Subclasses must be picklable (remote executors).
 
     Per batch, ``train_local`` runs ``stages`` optimiser steps; step s minimises ``loss(model, batch, s)`` and leaves
-    parameters that get no gradient in that step unchanged. The client calls ``prepare`` before local training and
-    ``finish`` after it, with ``private``: a dict the client keeps between rounds and never uploads.
+    parameters that get no gradient in that step unchanged. The client calls ``prepare`` before local training,
+    ``finish`` after it and ``upload`` on the state it is about to send, each with ``private``: a dict the client
+    keeps between rounds and never uploads.
     """
 
     stages: int = 1
@@ -33,6 +34,10 @@ class LocalObjective:
 
     def finish(self, model: nn.Module, private: dict) -> None:
         """Store what must persist on the device; leave the model ready for the upload (default: nothing)."""
+
+    def upload(self, state: dict[str, torch.Tensor], private: dict) -> dict[str, torch.Tensor]:
+        """What the device uploads of its trained ``state`` (full-model keys); default: all of it."""
+        return state
 
 
 def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:

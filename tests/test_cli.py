@@ -95,9 +95,9 @@ def test_run_takes_method_options_and_prints_method_metrics(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rounds = pd.read_csv(tmp_path / "rounds.csv")
-    # 8 pruned blocks keep 256 of 512 neurons; before round 2 half of them (128 per block) are swapped
-    assert list(rounds["refreshed_neurons"]) == [0, 8 * 128]
-    assert "fedpft metrics" in result.output and "refreshed_neurons" in result.output
+    # 8 pruned blocks keep 256 of 512 neurons; before round 2 half of them (128 per block) are distilled
+    assert list(rounds["distilled_neurons"]) == [0, 8 * 128]
+    assert "fedpft metrics" in result.output and "distilled_neurons" in result.output
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["config"]["method_config"]["keep_ratio"] == 0.5
     cases = [

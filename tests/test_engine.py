@@ -104,10 +104,22 @@ def test_same_seed_same_numbers(method, compression):
 
 
 def test_fedpeat_cases_and_decision_errors():
+    shared = RoundRunner(_config(method_config=FedPEATConfig(train=FAST, shared_emulator=True)))
+    with pytest.raises(ValueError, match="shared_emulator: selected devices need one compression"):
+        shared.run_round(_decisions(0.5, 0.75, 0.5))
+    assert shared.run_round(_decisions(0.5, 0.5, None)).exchanges == 2
+    with pytest.raises(ValueError, match="shared_emulator applies to case 1 only"):
+        FedPEATConfig(case=2, shared_emulator=True)
+
+    # case 2 (w'_s = w'_c): every device holds the server's own frozen weights, i.e. the whole full model
     case2 = RoundRunner(_config(method_config=FedPEATConfig(train=FAST, case=2)))
-    with pytest.raises(ValueError, match="case 2 shares one emulator"):
-        case2.run_round(_decisions(0.5, 0.75, 0.5))
-    assert case2.run_round(_decisions(0.5, 0.5, None)).exchanges == 2
+    result = case2.run_round(_decisions(0.0, 0.0, None))
+    full = case2.method.server_spec(case2.server.num_layers)
+    assert full.is_full and all(case2.server.device_specs[i] == full for i in (0, 1))
+    assert [d.kept_blocks for d in result.devices] == [full.num_layers, full.num_layers, 0]
+    assert {m.kind for m in case2.log.messages if m.direction == "down"} == {"frozen", "adapter"}
+    with pytest.raises(ValueError, match="has no emulator"):
+        case2.run_round(_decisions(0.5, 0.0, 0.0))
 
     case3 = RoundRunner(_config(method_config=FedPEATConfig(train=FAST, case=3)))
     result = case3.run_round(_decisions(0.0, 0.0, 0.0))

@@ -9,9 +9,8 @@ import pickle
 import pytest
 import torch
 
-from federation.adapters import LoraSpec, attach_lora, lora_rank_of
+from federation.adapters import LoraSpec, adapter_state, attach_lora, lora_rank_of
 from federation.aggregation import hetlora, lora_pairs
-from federation.client import ClientUpdate
 from federation.emulator import full_spec, model_payload, submodel_state
 from federation.engine import EngineConfig, RoundRunner
 from federation.executors import LocalExecutor
@@ -26,8 +25,6 @@ from federation.methods import (
     MethodConfig,
     make_method,
 )
-from federation.methods.hetlora import prune_rank
-from federation.system import MemoryFootprint
 from federation.training import LocalTrainConfig, lm_loss
 
 FAST = LocalTrainConfig(steps=2, batch_size=4, lr=3e-3)
@@ -124,8 +121,8 @@ def test_fedot_compression_rule_and_config_errors():
     assert runner.run_round([DeviceDecision(True, 0.0), DeviceDecision(True, 0.5), DeviceDecision(False)]).exchanges == 2
     with pytest.raises(ValueError, match="compression must be in"):
         FedOTConfig(compression=1.0)
-    with pytest.raises(ValueError, match="case must be 2"):
-        FedOTConfig(case=1)
+    with pytest.raises(ValueError, match="fedot shares one emulator: case must be 1 and shared_emulator True"):
+        FedOTConfig(shared_emulator=False)
     assert make_method("fedot").config.distill_steps == 50  # distillation on by default
 
 
@@ -219,15 +216,57 @@ def test_hetlora_aggregations_and_self_pruning():
         got = exact[key_b].double() @ exact[key_a].double()
         assert lora_rank_of(exact) == 8 and torch.allclose(got, target, atol=1e-5), aggregation
 
-    small, large = _state(8, tail_scale=1e-4), _state(8)
-    assert lora_rank_of(prune_rank(small, 0.99, tol=1e-3)) == 7
-    assert lora_rank_of(prune_rank(large, 0.99, tol=1e-3)) == 8
-    assert lora_rank_of(prune_rank(small, 0.99, tol=1e-3, min_rank=8)) == 8
-    updates = [ClientUpdate(i, 1, small, 1, 0.0, 0, 0.0, MemoryFootprint(0, 0, 0, 0, 0)) for i in range(2)]
-    pruned = HetLoRA(HetLoRAConfig(prune_tol=1e-3)).aggregate_updates({}, updates)
-    assert lora_rank_of(pruned) == 8
-    assert not pruned["transformer.h.0.attn.c_attn.lora_A.weight"][7].any()
-    assert not pruned["transformer.h.0.attn.c_attn.lora_B.weight"][:, 7].any()
+
+
+def test_hetlora_device_prunes_its_rank_when_its_tail_norm_shrank(foundation):
+    model, _ = foundation
+    lora_model, modules = _known_lora_model(model, rank=8)
+    # tail component 7 of each module: ‖B[:, 7:]‖·‖A[7:]‖ = 0.02·8·√out · 0.01·8·√in
+    a_in, b_out = modules[0].lora_A["default"].weight.shape[1], modules[0].lora_B["default"].weight.shape[0]
+    tail = len(modules) * 0.16 * math.sqrt(b_out) * 0.08 * math.sqrt(a_in)
+    objective, private = HetLoRALoss(), {}
+    objective.finish(lora_model, private)  # first round: nothing to compare with
+    assert private == {"tail_norm": pytest.approx(tail, rel=1e-5)}
+    state = adapter_state(lora_model, full_spec(model.config.n_layer))
+    assert objective.upload(state, private) is state
+
+    objective.finish(lora_model, private)  # the same norm again: not smaller, no prune
+    assert "rank" not in private
+    with torch.no_grad():
+        for m in modules:
+            m.lora_A["default"].weight[7:] *= 0.5  # the tail shrank: prune to ⌊0.99·8⌋ = 7
+    objective.finish(lora_model, private)
+    assert private["rank"] == 7 and private["tail_norm"] == pytest.approx(tail / 2, rel=1e-5)
+    uploaded = objective.upload(adapter_state(lora_model, full_spec(model.config.n_layer)), private)
+    assert lora_rank_of(uploaded) == 7
+
+    for kept in (HetLoRALoss(self_prune=False), HetLoRALoss(min_rank=8)):  # switched off / at its floor
+        private = {"tail_norm": 2 * tail}
+        kept.finish(lora_model, private)
+        assert private.get("rank", 8) == 8
+
+
+def test_hetlora_self_pruning_in_the_engine_shrinks_uploads_and_later_downloads():
+    runner = RoundRunner(EngineConfig(method="hetlora", num_devices=3, max_eval_blocks=8,
+                                      method_config=HetLoRAConfig(train=FAST)))
+    assert runner.method.config.self_prune and runner.method.config.lam == 0.01 and runner.method.config.gamma == 0.99
+    for _ in range(6):
+        runner.run_round()
+        if runner.method.device_ranks:
+            break
+    assert runner.method.device_ranks, "no device pruned its rank in 6 rounds"
+    device, rank = next(iter(runner.method.device_ranks.items()))
+    assert rank == 7 and runner.executor.clients[device].private["rank"] == 7
+
+    def adapter_bytes(direction, round_idx):
+        return next(m.num_bytes for m in runner.log.messages
+                    if (m.direction, m.kind, m.device, m.round) == (direction, "adapter", device, round_idx))
+
+    pruned_in = runner.round
+    assert adapter_bytes("up", pruned_in) * 8 == adapter_bytes("down", pruned_in) * 7  # the device uploads 7 of 8
+    result = runner.run_round()
+    assert adapter_bytes("down", pruned_in + 1) * 8 == adapter_bytes("down", pruned_in) * 7  # and is sent 7 from then on
+    assert result.metrics["pruned_devices"] >= 1
 
 
 @pytest.mark.parametrize("kwargs, field", [

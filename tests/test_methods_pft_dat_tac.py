@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 
-from federation.adapters import LoraSpec, attach_lora, load_adapter_state, lora_rank_of
+from federation.adapters import LoraSpec, attach_lora, load_adapter_state, lora_rank_of, truncate_rank
 from federation.aggregation import lora_pairs
 from federation.client import ClientUpdate
 from federation.emulator import build_submodel, full_spec, submodel_state
@@ -109,6 +109,27 @@ def test_distill_pruned_trains_only_pruned_ffns_with_a_live_weight_product_term(
     assert set(scores) == {1, 2} and scores[1].shape == (len(idx[1]),) and (scores[1] >= 0).all()
 
 
+def test_neuron_level_distillation_updates_only_the_chosen_neurons(foundation, tuning_blocks):
+    model, _ = foundation
+    spec = pruned_spec(model, 0.25, num_adapter_layers=1)
+    sub = build_submodel(model.config, spec, submodel_state(model, spec))
+    before = {k: v.clone() for k, v in sub.state_dict().items()}
+    chosen = {1: torch.tensor([0, 5, 9]), 3: torch.tensor([2])}
+    losses = distill_pruned(model, sub, spec, tuning_blocks[0], steps=10, lr=3e-3, neurons=chosen)
+    assert losses[-1] < losses[0]
+    after = sub.state_dict()
+    for key, tensor in after.items():
+        block = int(key.split(".")[2]) if key.startswith("transformer.h.") else None
+        if block not in chosen or ".mlp.c_fc." not in key and "mlp.c_proj.weight" not in key:
+            assert torch.equal(tensor, before[key]), key  # bit-identical outside the chosen neurons
+            continue
+        moved = (tensor != before[key]).any(dim=0 if "c_fc.weight" in key else 1) if tensor.dim() == 2 else tensor != before[key]
+        assert moved.nonzero().flatten().tolist() == chosen[block].tolist(), key
+    assert not any(p.requires_grad for p in sub.parameters()) and not any(p._backward_hooks for p in sub.parameters())
+    with pytest.raises(ValueError, match="neurons must name pruned blocks"):
+        distill_pruned(model, sub, spec, tuning_blocks[0], steps=1, neurons={0: torch.tensor([0])})
+
+
 def test_fedpft_devices_hold_only_their_neurons_and_get_refreshed_ones():
     runner = _runner("fedpft")
     runner.run_round()
@@ -120,11 +141,15 @@ def test_fedpft_devices_hold_only_their_neurons_and_get_refreshed_ones():
     for block, neurons in spec.ffn_neurons:
         assert payload[f"transformer.h.{block}.mlp.c_fc.weight"].shape[1] == len(neurons)
         assert payload[f"transformer.h.{block}.mlp.c_proj.weight"].shape[0] == len(neurons)
-    second = runner.run_round()  # refresh_every=1: neurons refreshed before round 2, sub-model re-sent
+    before = runner.method.submodel(spec).state_dict()
+    second = runner.run_round()  # refresh_every=1: neuron-level distillation before round 2, sub-model re-sent
     new_spec = runner.method.current_spec()
-    assert new_spec != spec and second.exchanges == 3
-    assert second.metrics["refreshed_neurons"] == sum(round(0.5 * len(n)) for _, n in spec.ffn_neurons)
-    assert all(len(n) == len(o) for (_, n), (_, o) in zip(new_spec.ffn_neurons, spec.ffn_neurons))
+    assert new_spec.revision == 1 and new_spec.ffn_neurons == spec.ffn_neurons and second.exchanges == 3
+    assert second.metrics["distilled_neurons"] == sum(round(0.5 * len(n)) for _, n in spec.ffn_neurons)
+    after = runner.method.submodel(new_spec).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"transformer.h.{b}.mlp.c_{n}" for b, _ in spec.ffn_neurons
+                       for n in ("fc.weight", "fc.bias", "proj.weight")}
     with pytest.raises(ValueError, match="compression must be 0"):
         runner.run_round([runner.default_decisions(0.5)[0]] * 3)
     for kwargs, field in [({"keep_ratio": 0.0}, "keep_ratio"), ({"refresh_fraction": 2.0}, "refresh_fraction"),
@@ -233,26 +258,21 @@ def _update(device: int, state) -> ClientUpdate:
     return ClientUpdate(device, 1, state, 10, 0.0, 0, 0.0, MemoryFootprint(0, 0, 0, 0, 0))
 
 
-def test_hetlora_pruned_rank_persists_for_the_device(foundation):
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(8, 6, generator=g), torch.randn(5, 8, generator=g)
-    small = {"transformer.h.0.attn.c_attn.lora_A.weight": a.clone(), "transformer.h.0.attn.c_attn.lora_B.weight": b.clone()}
-    small["transformer.h.0.attn.c_attn.lora_A.weight"][7] *= 1e-4
-    method = HetLoRA(HetLoRAConfig(prune_tol=1e-3))
-    large = {"transformer.h.0.attn.c_attn.lora_A.weight": a, "transformer.h.0.attn.c_attn.lora_B.weight": b}
-    merged = method.aggregate_updates({}, [_update(0, small), _update(1, large)])
-    assert lora_rank_of(merged) == 8 and method.device_ranks == {0: 7}
+def test_hetlora_server_learns_pruned_ranks_from_upload_shapes(foundation):
     from federation.methods import DeviceDecision
 
+    model, _ = foundation
+    method = HetLoRA(HetLoRAConfig())
+    spec = full_spec(model.config.n_layer)
+    torch.manual_seed(0)
+    global_state = method.init_global_state(model, seed=0)
+    sent = [method.trainable_for(0, None, DeviceDecision(), global_state),  # rank 8
+            method.trainable_for(1, None, DeviceDecision(lora_rank=4), global_state)]  # chosen rank 4, not pruned
+    uploads = [_update(0, truncate_rank(sent[0], 7)), _update(1, sent[1])]  # device 0 pruned 8 → 7 on its own
+    merged = method.aggregate_updates(global_state, uploads)
+    assert lora_rank_of(merged) == 8 and method.device_ranks == {0: 7}
     assert method.device_lora(0, DeviceDecision()).rank == 7 and method.device_lora(1, DeviceDecision()).rank == 8
     assert lora_rank_of(method.trainable_for(0, None, DeviceDecision(), merged)) == 7
     assert method.round_metrics() == {"pruned_devices": 1.0}
-    # the engine sends the pruned device fewer components from then on
-    runner = RoundRunner(EngineConfig(method="hetlora", num_devices=2, max_eval_blocks=8,
-                                      method_config=HetLoRAConfig(train=FAST, prune_tol=1e9)))
-    runner.run_round()
-    runner.run_round()
-    down = [m.num_bytes for m in runner.log.messages if m.direction == "down" and m.kind == "adapter" and m.device == 0]
-    assert down[1] * 8 == down[0] * 7
-    model = attach_lora(copy.deepcopy(foundation[0]), full_spec(10), LoraSpec(7))
-    load_adapter_state(model, method.trainable_for(0, None, DeviceDecision(), runner.server.global_state), full_spec(10))
+    lora_model = attach_lora(copy.deepcopy(model), spec, LoraSpec(7))
+    load_adapter_state(lora_model, method.trainable_for(0, None, DeviceDecision(), merged), spec)

@@ -7,10 +7,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from federation.pruning import (
     ffn_weight_product_loss,
+    least_active,
     neuron_saliency,
     prune_block_ffn,
     prune_gpt2_ffn,
-    refresh_neurons,
     top_neurons,
 )
 
@@ -179,48 +179,15 @@ def test_weight_product_loss_errors(model):
         ffn_weight_product_loss(teacher, student, torch.arange(8).flip(0))
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
-def test_refresh_neurons_swaps_round_fraction_of_k(model, fraction):
-    full = model.transformer.h[1]
-    kept = top_neurons(neuron_saliency(full), 0.25)
-    pruned = prune_block_ffn(full, kept)
-    with torch.no_grad():
-        pruned.mlp.c_fc.weight.add_(1.0)  # "tuned" weights, distinguishable from the full block's
-    before_full, before_pruned = _state(full), _state(pruned)
-    scores = torch.randn(16, generator=torch.Generator().manual_seed(2))
-    block, new = refresh_neurons(pruned, full, kept, scores, fraction)
-    assert _same(full, before_full) and _same(pruned, before_pruned)
-    swap = round(fraction * 16)
-    dropped = set(kept[torch.argsort(scores)[:swap]].tolist())
-    old, now = set(kept.tolist()), set(new.tolist())
-    assert new.tolist() == sorted(now) and len(new) == 16 and new.dtype == torch.long
-    assert old - now == dropped and len(now - old) == swap
-    saliency = neuron_saliency(full)
-    outside = sorted(set(range(D_FF)) - old, key=lambda j: -saliency[j].item())
-    assert now - old == set(outside[:swap])
-    x = torch.randn(3, D)
-    for pos, j in enumerate(new.tolist()):
-        source, src_pos = (pruned, kept.tolist().index(j)) if j in old else (full, j)
-        assert torch.equal(block.mlp.c_fc.weight[:, pos], source.mlp.c_fc.weight[:, src_pos])
-        assert torch.equal(block.mlp.c_fc.bias[pos], source.mlp.c_fc.bias[src_pos])
-        assert torch.equal(block.mlp.c_proj.weight[pos], source.mlp.c_proj.weight[src_pos])
-    assert torch.equal(block.mlp.c_proj.bias, pruned.mlp.c_proj.bias)
-    with torch.no_grad():
-        assert block.mlp(x).shape == (3, D)
+@pytest.mark.parametrize("fraction, expected", [(0.0, []), (0.25, [1, 3]), (0.5, [0, 1, 3, 5]), (1.0, list(range(8)))])
+def test_least_active_picks_the_lowest_scores(fraction, expected):
+    scores = torch.tensor([0.3, 0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.5])  # ties (0.3 at 0 and 5): lower position first
+    chosen = least_active(scores, fraction)
+    assert chosen.tolist() == expected and chosen.dtype == torch.long
 
 
-def test_refresh_neurons_errors(model):
-    full = model.transformer.h[1]
-    kept = torch.arange(40)
-    pruned = prune_block_ffn(full, kept)
-    scores = torch.zeros(40)
-    cases = [
-        ((pruned, full, kept, scores, 1.5), r"fraction must be in \[0, 1\]"),
-        ((pruned, full, kept, scores, 1.0), "fraction=1.0 swaps 40 neurons but only 24 are not kept"),
-        ((pruned, full, kept, torch.zeros(39), 0.5), r"activation_scores must have shape \(40,\)"),
-        ((pruned, full, torch.arange(30), scores, 0.5), "kept_idx has 30 neurons but pruned_block's FFN has 40"),
-        ((pruned, full, torch.arange(40).flip(0), scores, 0.5), "kept_idx must be strictly increasing"),
-    ]
-    for args, match in cases:
-        with pytest.raises(ValueError, match=match):
-            refresh_neurons(*args)
+def test_least_active_errors():
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
+        least_active(torch.zeros(4), 1.5)
+    with pytest.raises(ValueError, match="activation_scores must be a non-empty 1-D tensor"):
+        least_active(torch.zeros(2, 2), 0.5)

@@ -4,7 +4,8 @@ The server builds a single uniform layer-drop emulator of compression ``FedOTCon
 + evenly spaced middle blocks), distils its kept middle blocks towards the full model on its public data
 (Offsite-Tuning's LM + 30·MSE loss, ``distill_steps`` > 0, on by default) and sends it once to each device. Devices
 train LoRA on the bottom/top adapter blocks through it; the server averages the adapters and evaluates them
-plugged into the full model. It is FedPEAT case 2 with the emulator fixed by the method instead of the controller.
+plugged into the full model. It is FedPEAT case 1 with ``shared_emulator`` and the emulator fixed by the method
+instead of the controller.
 
 Compression rule: a device's ``DeviceDecision.compression`` must be 0 (take the method's emulator — what
 ``RoundRunner.default_decisions()`` sends) or equal ``FedOTConfig.compression``; anything else is a ``ValueError``.
@@ -24,8 +25,8 @@ from federation.methods.fedpeat import FedPEAT, FedPEATConfig
 
 @dataclass(frozen=True)
 class FedOTConfig(FedPEATConfig):
-    case: int = 2
-    """Always 2 (one emulator shared by all devices); kept for the FedPEAT machinery."""
+    shared_emulator: bool = True
+    """Always True: one emulator shared by all devices."""
     distill_steps: int = 50
     """Emulator distillation steps on the server before the emulator is first sent (0: plain layer drop)."""
     compression: float = 0.5
@@ -33,8 +34,9 @@ class FedOTConfig(FedPEATConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.case != 2:
-            raise ValueError(f"case must be 2 for fedot (one shared emulator), got {self.case}")
+        if self.case != 1 or not self.shared_emulator:
+            raise ValueError(f"fedot shares one emulator: case must be 1 and shared_emulator True, got case={self.case}, "
+                             f"shared_emulator={self.shared_emulator}")
         if not 0.0 <= self.compression < 1.0:
             raise ValueError(f"compression must be in [0, 1), got {self.compression}")
 

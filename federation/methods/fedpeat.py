@@ -2,11 +2,15 @@
 
 Frozen-weight cases (Chua et al. 2023, "FedPEAT"):
 
-| case | frozen weights w'                 | here                                                          |
-|------|-----------------------------------|---------------------------------------------------------------|
-| 1    | per-device emulators (w'_c ≠ w'_s) | each selected device gets the emulator of its own ε_i          |
-| 2    | one shared emulator               | every selected device must use the same ε in a round           |
-| 3    | none (w'_s = w'_c = ∅)            | plain FL of all weights of the full model (Fed-FT mechanics)   |
+| case | frozen weights w'                  | here                                                                  |
+|------|------------------------------------|-----------------------------------------------------------------------|
+| 1    | per-device emulators (w'_c ≠ w'_s) | each selected device gets the emulator of its own ε_i                  |
+| 2    | the server's own (w'_s = w'_c ≠ ∅) | every device holds the full model's frozen weights (PEFT in FL); ε = 0 |
+| 3    | none (w'_s = w'_c = ∅)             | plain FL of all weights of the full model (Fed-FT mechanics)           |
+
+``shared_emulator=True`` (case 1 only) asks every selected device of a round to hold the same emulator (one ε per
+round, as Offsite-Tuning's single emulator in FL, and as FedOT). It is not one of the seed's cases: case 1 with a
+constraint on the controller.
 
 Optional emulator distillation (``distill_steps`` > 0): the server distils each emulator's kept middle blocks
 towards the full model on its public data (the pretraining domain) before sending it (Offsite-Tuning).
@@ -27,6 +31,8 @@ from federation.training import LocalTrainConfig
 class FedPEATConfig(MethodConfig):
     case: int = 1
     """Frozen-weight sharing case (1, 2 or 3; table above)."""
+    shared_emulator: bool = False
+    """Case 1 only: every selected device of a round holds the same emulator (one compression per round)."""
     distill_steps: int = 0
     """Emulator distillation steps on the server before an emulator is first sent (0: none)."""
     distill_blocks: int = 512
@@ -36,6 +42,8 @@ class FedPEATConfig(MethodConfig):
         super().__post_init__()
         if self.case not in (1, 2, 3):
             raise ValueError(f"case must be one of (1, 2, 3), got {self.case}")
+        if self.shared_emulator and self.case != 1:
+            raise ValueError(f"shared_emulator applies to case 1 only (cases 2 and 3 have no emulator), got case {self.case}")
         if self.distill_steps < 0:
             raise ValueError(f"distill_steps must be >= 0, got {self.distill_steps}")
 
@@ -48,7 +56,7 @@ class FedPEAT(Method):
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        self.uses_emulator = self.config.case in (1, 2)
+        self.uses_emulator = self.config.case == 1
         if self.config.case == 3:
             self.trainable_kind = "model"
             if self.config.train is None:
@@ -63,10 +71,10 @@ class FedPEAT(Method):
         return layer_drop_spec(num_layers, self.config.num_adapter_layers, decision.compression)
 
     def validate_round(self, decisions: list[DeviceDecision]) -> None:
-        if self.config.case == 2:
+        if self.config.shared_emulator:
             ratios = {d.compression for d in decisions if d.selected}
             if len(ratios) > 1:
-                raise ValueError(f"FedPEAT case 2 shares one emulator: selected devices need one compression, got {sorted(ratios)}")
+                raise ValueError(f"shared_emulator: selected devices need one compression, got {sorted(ratios)}")
 
     def build_submodel(self, spec: SubModelSpec):
         emulator = build_emulator(self.full_model, spec)

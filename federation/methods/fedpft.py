@@ -9,9 +9,10 @@
   in the sub-model and in the full model + ``weight_product``·‖W_out W_in − W'_out W'_in‖/‖W_out W_in‖, trained
   with gradients (``federation.pruning.distill_pruned``) on the server's public data (pretraining domain).
 - Neuron-level distillation during FL: every ``refresh_every`` rounds (paper: 10) the server ranks each pruned
-  block's kept neurons by mean |activation| on public data and swaps the least active ``refresh_fraction`` (ρ,
-  paper 0.5) for the most salient neurons not kept, copied from the full FFN. The sub-model spec changes, so
-  every device downloads the refreshed sub-model in its next round (logged as an emulator exchange).
+  block's kept neurons by mean |activation| on public data and distils the least active ``refresh_fraction`` (ρ,
+  0.5) of them towards the full model (``refresh_steps`` steps of the same loss as above; only those neurons' weights
+  change, ``federation.pruning.distill_pruned(neurons=...)``). The sub-model's ``revision`` goes up, so every device
+  downloads the refreshed sub-model in its next round (logged as an emulator exchange).
 - Aggregation: FedAvg of the LoRA adapters (``--lora-aggregation exact`` also applies).
 - ``DeviceDecision.compression`` must be 0: the sub-model is set by ``keep_ratio``, not by the controller.
 """
@@ -19,14 +20,13 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import torch
 from transformers import GPT2LMHeadModel
 
 from federation.emulator import SubModelSpec, build_emulator
 from federation.methods.base import DeviceDecision, Method, MethodConfig
-from federation.pruning import distill_pruned, ffn_activation_scores, pruned_spec, refresh_neurons
+from federation.pruning import distill_pruned, ffn_activation_scores, least_active, pruned_spec
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,15 @@ class FedPFTConfig(MethodConfig):
     refresh_every: int = 10
     """R: neuron-level distillation every R rounds (0: never)."""
     refresh_fraction: float = 0.5
-    """ρ: share of each pruned block's kept neurons swapped at a refresh, in [0, 1]."""
+    """ρ: share of each pruned block's kept neurons (the least active) updated at a refresh, in [0, 1]."""
+    refresh_steps: int = 20
+    """Neuron-level distillation steps at each refresh."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        for name in ("distill_steps", "refresh_every"):
+        for name in ("distill_steps", "refresh_every", "refresh_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.distill_blocks < 1:
@@ -94,25 +96,22 @@ class FedPFT(Method):
     def begin_round(self, round_idx: int) -> None:
         """Neuron-level distillation before rounds R+1, 2R+1, … (after every R rounds of FL)."""
         self._refreshed = 0
-        every = self.config.refresh_every
-        if every and round_idx > 1 and (round_idx - 1) % every == 0 and self.config.refresh_fraction > 0:
+        cfg = self.config
+        if cfg.refresh_every and round_idx > 1 and (round_idx - 1) % cfg.refresh_every == 0 and cfg.refresh_fraction > 0:
             self._refresh()
 
     def _refresh(self) -> None:
-        spec = self.current_spec()
+        cfg, spec = self.config, self.current_spec()
         model = copy.deepcopy(self.submodel(spec))
-        kept = spec.pruned_neurons()
-        scores = ffn_activation_scores(model, self.public_blocks(self.config.distill_blocks)[:64], sorted(kept))
-        neurons = []
-        for block, idx in kept.items():
-            new_block, new_idx = refresh_neurons(model.transformer.h[block], self.full_model.transformer.h[block], idx,
-                                                 scores[block], self.config.refresh_fraction)
-            model.transformer.h[block] = new_block
-            neurons.append((block, tuple(new_idx.tolist())))
-            self._refreshed += int((~torch.isin(new_idx, idx)).sum())
-        self._spec = SubModelSpec(spec.num_layers, spec.layers, spec.adapter_layers, tuple(neurons))
+        public = self.public_blocks(cfg.distill_blocks)
+        scores = ffn_activation_scores(model, public[:64], sorted(spec.pruned_neurons()))
+        chosen = {block: least_active(score, cfg.refresh_fraction) for block, score in scores.items()}
+        distill_pruned(self.full_model, model, spec, public, steps=cfg.refresh_steps, weight_product=cfg.weight_product,
+                       seed=spec.revision + 1, neurons=chosen)
+        self._spec = replace(spec, revision=spec.revision + 1)
         self._submodels[self._spec] = model
+        self._refreshed = sum(len(idx) for idx in chosen.values())
 
     def round_metrics(self) -> dict[str, float]:
-        return {"refreshed_neurons": float(self._refreshed)}
+        return {"distilled_neurons": float(self._refreshed)}
 

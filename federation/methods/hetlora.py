@@ -7,10 +7,11 @@
   cycled over device indices) for the CLI / scripts; the env's rank head sets ``lora_rank`` itself.
 - Local objective (``HetLoRALoss``): LM loss + λ·Σ_modules ‖B[:, ⌊γr⌋:r]‖_F·‖A[⌊γr⌋:r, :]‖_F, which pushes the
   tail components of each adapter towards zero.
-- Rank self-pruning r ← max(r_min, ⌊γr⌋): an upload whose tail norm (the regulariser's sum over the components
-  kept:r) falls below ``prune_tol`` (0 disables) is truncated when it arrives, and the device's rank stays at most
-  the pruned rank from then on (``device_ranks``): later rounds send it, and it trains and uploads, fewer
-  components. (The upload that triggered the prune still carried the full rank.)
+- Rank self-pruning, the device's own step (on by default, λ = 0.01, γ = 0.99 as in the paper): after local
+  training the device compares its tail norm with the one it had after its previous round; when the tail shrank,
+  it prunes r ← max(r_min, ⌊γr⌋), uploads only the kept components and keeps that rank from then on (the norm is
+  kept on the device, never uploaded). The server learns the pruned rank from the upload's shape and sends the
+  device at most that many components afterwards (``device_ranks``).
 - Aggregation: every upload is zero-padded to r_max; ``aggregation="sparsity"`` weights device k per module by
   p_k = ‖B_k A_k‖_F / Σ_j ‖B_j A_j‖_F (``federation.aggregation.hetlora``; sample counts are not used),
   ``"zero-pad"`` is the HetLoRA paper's baseline: the sample-weighted mean of the padded factors. Either can be
@@ -28,10 +29,10 @@ import torch
 from torch import nn
 
 from federation.adapters import LoraSpec, lora_rank_of, pad_rank, truncate_rank
-from federation.aggregation import hetlora, lora_exact, lora_pairs, zero_pad_average
+from federation.aggregation import hetlora, lora_exact, zero_pad_average
 from federation.client import SERVER_DEVICE, ClientUpdate
 from federation.methods.base import DeviceDecision, Method, MethodConfig
-from federation.training import lm_loss
+from federation.training import LocalObjective, lm_loss
 
 
 def _tail_start(rank: int, gamma: float) -> int:
@@ -40,49 +41,62 @@ def _tail_start(rank: int, gamma: float) -> int:
 
 
 @dataclass(frozen=True)
-class HetLoRALoss:
-    """LM loss + ``lam``·Σ_modules ‖B[:, ⌊γr⌋:r]‖_F·‖A[⌊γr⌋:r, :]‖_F over the model's peft LoRA modules.
+class HetLoRALoss(LocalObjective):
+    """HetLoRA's local step: LM loss + ``lam``·Σ_modules ‖B[:, ⌊γr⌋:r]‖_F·‖A[⌊γr⌋:r, :]‖_F over the model's peft
+    LoRA modules, then (``self_prune``) the rank self-pruning described in the module docstring.
 
-    Picklable (module-level, plain fields), so remote executors can ship it with the job."""
+    Picklable (module-level, plain fields), so remote executors can ship it with the job. The device's previous
+    tail norm and pruned rank live in the client's ``private`` dict (keys "tail_norm", "rank")."""
 
     lam: float = 0.01
     """λ: weight of the rank self-pruning regulariser."""
     gamma: float = 0.99
     """γ: the tail starts at component ⌊γr⌋ of each rank-r adapter."""
+    self_prune: bool = True
+    """Prune the rank when the tail norm shrank since the device's previous round."""
+    min_rank: int = 1
+    """r_min: self-pruning never goes below this rank."""
 
     def tail_norm(self, model: nn.Module) -> torch.Tensor:
         """Σ over LoRA modules (adapter "default") of ‖B[:, ⌊γr⌋:r]‖_F·‖A[⌊γr⌋:r, :]‖_F (differentiable)."""
         terms = []
-        for module in model.modules():
-            a_dict, b_dict = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-            if not (isinstance(a_dict, nn.ModuleDict) and isinstance(b_dict, nn.ModuleDict) and "default" in a_dict):
-                continue
-            a, b = a_dict["default"].weight, b_dict["default"].weight  # A (r, in), B (out, r)
+        for a, b in _lora_factors(model):  # A (r, in), B (out, r)
             start = _tail_start(a.shape[0], self.gamma)
             terms.append(torch.linalg.matrix_norm(b[:, start:]) * torch.linalg.matrix_norm(a[start:]))
-        if not terms:
-            raise ValueError("HetLoRALoss needs a model with peft LoRA modules (lora_A / lora_B, adapter 'default')")
         return torch.stack(terms).sum()
 
-    def __call__(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: torch.Tensor, stage: int = 0) -> torch.Tensor:
         return lm_loss(model, batch) + self.lam * self.tail_norm(model)
 
+    def __call__(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return self.loss(model, batch)
 
-def state_tail_norm(state: dict[str, torch.Tensor], start: int) -> float:
-    """Σ over the LoRA pairs of a state dict of ‖B[:, start:]‖_F·‖A[start:, :]‖_F."""
-    return sum(
-        float(torch.linalg.matrix_norm(state[b][:, start:].double()) * torch.linalg.matrix_norm(state[a][start:].double()))
-        for a, b in lora_pairs(state).values()
-    )
+    def finish(self, model: nn.Module, private: dict) -> None:
+        """Self-prune: r ← max(r_min, ⌊γr⌋) when the tail norm is below the one after the device's previous round."""
+        with torch.no_grad():
+            norm = float(self.tail_norm(model))
+        rank = min(_lora_factors(model)[0][0].shape[0], private.get("rank", math.inf))
+        previous = private.get("tail_norm")
+        private["tail_norm"] = norm
+        if self.self_prune and previous is not None and norm < previous:
+            private["rank"] = max(self.min_rank, _tail_start(rank, self.gamma))
+
+    def upload(self, state: dict[str, torch.Tensor], private: dict) -> dict[str, torch.Tensor]:
+        """Only the components of the device's (possibly pruned) rank."""
+        rank = private.get("rank")
+        return truncate_rank(state, rank) if rank is not None and rank < lora_rank_of(state) else state
 
 
-def prune_rank(state: dict[str, torch.Tensor], gamma: float, tol: float, min_rank: int = 1) -> dict[str, torch.Tensor]:
-    """HetLoRA's self-pruning step on one upload: r ← max(min_rank, ⌊γr⌋) when the tail norm is below ``tol``."""
-    rank = lora_rank_of(state)
-    keep = max(min_rank, _tail_start(rank, gamma))
-    if keep < rank and state_tail_norm(state, keep) < tol:
-        return truncate_rank(state, keep)
-    return state
+def _lora_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(A (r, in), B (out, r)) of every peft LoRA module (adapter "default") of ``model``."""
+    factors = []
+    for module in model.modules():
+        a_dict, b_dict = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if isinstance(a_dict, nn.ModuleDict) and isinstance(b_dict, nn.ModuleDict) and "default" in a_dict:
+            factors.append((a_dict["default"].weight, b_dict["default"].weight))
+    if not factors:
+        raise ValueError("HetLoRALoss needs a model with peft LoRA modules (lora_A / lora_B, adapter 'default')")
+    return factors
 
 
 @dataclass(frozen=True)
@@ -95,8 +109,8 @@ class HetLoRAConfig(MethodConfig):
     """γ in (0, 1): the tail is components ⌊γr⌋..r−1."""
     aggregation: Literal["sparsity", "zero-pad"] = "sparsity"
     """"sparsity": HetLoRA's norm-weighted average; "zero-pad": sample-weighted average of padded factors."""
-    prune_tol: float = 0.0
-    """Truncate an upload to max(min_rank, ⌊γr⌋) when its tail norm is below this (0: never)."""
+    self_prune: bool = True
+    """Each device prunes its own rank when its tail norm shrank since its previous round (HetLoRA's default)."""
     min_rank: int = 1
     """r_min: self-pruning never goes below this rank."""
 
@@ -111,8 +125,6 @@ class HetLoRAConfig(MethodConfig):
             raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
         if self.aggregation not in ("sparsity", "zero-pad"):
             raise ValueError(f"aggregation must be one of ('sparsity', 'zero-pad'), got {self.aggregation!r}")
-        if not self.prune_tol >= 0:
-            raise ValueError(f"prune_tol must be >= 0, got {self.prune_tol}")
         if not 1 <= self.min_rank <= r_max:
             raise ValueError(f"min_rank must be in [1, lora.rank={r_max}], got {self.min_rank}")
 
@@ -125,7 +137,9 @@ class HetLoRA(Method):
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
         self.device_ranks: dict[int, int] = {}
-        """Device → its self-pruned rank (devices that never pruned are absent)."""
+        """Device → its self-pruned rank, as its uploads showed (devices that never pruned are absent)."""
+        self._sent_ranks: dict[int, int] = {}
+        """Device → the rank it was sent this round."""
 
     def device_decisions(self, num_devices: int, compression: float = 0.0) -> list[DeviceDecision]:
         """All devices selected, device i with rank ``ranks[i % len(ranks)]`` (None: the global rank)."""
@@ -133,7 +147,7 @@ class HetLoRA(Method):
         return [DeviceDecision(True, compression, None if ranks is None else ranks[i % len(ranks)]) for i in range(num_devices)]
 
     def loss_fn(self) -> HetLoRALoss:
-        return HetLoRALoss(self.config.lam, self.config.gamma)
+        return HetLoRALoss(self.config.lam, self.config.gamma, self.config.self_prune, self.config.min_rank)
 
     def _rank(self, device: int, decision: DeviceDecision) -> int:
         r_max = self.lora.rank
@@ -145,19 +159,16 @@ class HetLoRA(Method):
 
     def trainable_for(self, device: int, task: int | None, decision: DeviceDecision,
                       global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        rank = self._rank(device, decision)
+        rank = self._sent_ranks[device] = self._rank(device, decision)
         return truncate_rank(global_state, rank) if rank < self.lora.rank else global_state
 
     def aggregate_updates(self, global_state: dict[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
-        """Self-prune each upload (``prune_tol`` > 0; the device keeps the pruned rank), then ``aggregate``."""
-        cfg = self.config
-        states = []
+        """Record the ranks devices pruned to (an upload with fewer components than it was sent), then ``aggregate``."""
         for u in updates:
-            state = prune_rank(u.state, cfg.gamma, cfg.prune_tol, cfg.min_rank) if cfg.prune_tol > 0 else u.state
-            if u.device != SERVER_DEVICE and lora_rank_of(state) < lora_rank_of(u.state):
-                self.device_ranks[u.device] = lora_rank_of(state)
-            states.append(state)
-        return self.aggregate(states, [float(u.num_samples) for u in updates])
+            sent = self._sent_ranks.get(u.device, self.lora.rank)
+            if u.device != SERVER_DEVICE and lora_rank_of(u.state) < sent:
+                self.device_ranks[u.device] = lora_rank_of(u.state)
+        return self.aggregate([u.state for u in updates], [float(u.num_samples) for u in updates])
 
     def round_metrics(self) -> dict[str, float]:
         return {"pruned_devices": float(len(self.device_ranks))}
