@@ -7,6 +7,7 @@ from typing import Literal
 
 from federation.foundation import COST_PROFILES
 from federation.system import LATENCY_AGGREGATIONS, ChannelConfig, LatencyAggregation
+from fedpeat_env.costs import TRAINABLE, Trainable
 from fedpeat_env.reward import RewardWeights
 
 Fidelity = Literal["surrogate", "engine"]
@@ -61,6 +62,10 @@ class EnvConfig:
     """How the tuning data is split over the devices: "iid" (equal shares) or "dirichlet" (shares ~ Dirichlet(α))."""
     dirichlet_alpha: float = 1.0
     """α of the Dirichlet split (small: a few devices hold most of the data)."""
+    trainable: Trainable = "adapter"
+    """What a device trains, downloads and uploads each round: "adapter" (FedPEAT's LoRA adapter through an emulator)
+    or "all" (Fed-FT's cost profile: every weight of the full model; compression_levels must be (0.0,), no rank
+    head). The learning dynamics stay the calibrated adapter's at ε = 0: "all" changes the costs only."""
     server_fraction: float = 0.0
     """Share of the tuning data the server holds; it trains the full model every round, at no transmission cost and
     without a memory limit (FedPEAT server–device collaborative tuning). 0: the server only aggregates."""
@@ -90,6 +95,13 @@ class EnvConfig:
         _require(self.partition in ("iid", "dirichlet"), "partition", "one of ('iid', 'dirichlet')", self.partition)
         _require(self.dirichlet_alpha > 0, "dirichlet_alpha", "> 0", self.dirichlet_alpha)
         _require(0.0 <= self.server_fraction < 1.0, "server_fraction", "in [0, 1)", self.server_fraction)
+        _require(self.trainable in TRAINABLE, "trainable", f"one of {TRAINABLE}", self.trainable)
+        if self.trainable == "all":
+            _require(tuple(levels) == (0.0,), "compression_levels", "(0.0,) with trainable='all' (Fed-FT has no emulator)",
+                     levels)
+            _require(not self.control_rank, "control_rank", "False with trainable='all' (no LoRA)", self.control_rank)
+            _require(self.fidelity == "surrogate", "fidelity", "'surrogate' with trainable='all' (a cost profile only)",
+                     self.fidelity)
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EnvConfig:

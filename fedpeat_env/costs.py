@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,6 +24,10 @@ from federation.system import training_memory
 BYTES_PER_VALUE = 4  # float32 weights and training state
 TRAIN_BATCH_SIZE = 8  # sequences per local step (the engine's default local training)
 TRAIN_SEQ_LEN = 128  # tokens per sequence
+
+Trainable = Literal["adapter", "all"]
+TRAINABLE: tuple[str, ...] = ("adapter", "all")
+"""What devices train and send: FedPEAT's LoRA adapter, or every weight of the full model (Fed-FT's cost profile)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,19 @@ class LevelCosts:
 
 
 def level_costs(profile: str, compression_levels: tuple[float, ...], rank_levels: tuple[int, ...],
-                num_adapter_layers: int = 1, target_modules: tuple[str, ...] | None = None) -> LevelCosts:
+                num_adapter_layers: int = 1, target_modules: tuple[str, ...] | None = None,
+                trainable: Trainable = "adapter") -> LevelCosts:
     """Costs per level and rank of the emulators and of the adapter: LoRA on ``target_modules`` (None: FedPEAT's, the
-    engine's ``FedPEAT.default_lora``) of the adapter blocks."""
+    engine's ``FedPEAT.default_lora``) of the adapter blocks.
+
+    ``trainable="all"``: Fed-FT's cost profile — no frozen part (nothing to exchange), every weight of the full model
+    sent down and up every round and trained (weights, gradients and AdamW state of all of them); the only level is
+    ε = 0. ``full_memory_bytes`` stays the adapter's full-model footprint, so the memory tiers describe the same
+    devices under both profiles."""
+    if trainable not in TRAINABLE:
+        raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+    if trainable == "all" and tuple(compression_levels) != (0.0,):
+        raise ValueError(f"trainable='all' (Fed-FT) has no emulator: compression_levels must be (0.0,), got {compression_levels}")
     counts = architecture_counts(profile)
     target_modules = target_modules or FedPEAT.default_lora.target_modules
     num_middle = counts.num_layers - 2 * num_adapter_layers
@@ -102,14 +117,22 @@ def level_costs(profile: str, compression_levels: tuple[float, ...], rank_levels
                                d_model=counts.d_model, num_blocks=num_blocks, num_heads=counts.num_heads,
                                vocab_size=counts.vocab_size, bytes_per_value=BYTES_PER_VALUE).total_bytes
 
-    mem = np.array([[memory(int(p), int(q), int(b)) for q in lora] for p, b in zip(emulator_params, blocks)], dtype=float)
     full_params = counts.embedding_params + counts.final_norm_params + counts.num_layers * counts.block_params
+    full_memory = float(memory(full_params, int(lora[-1]), counts.num_layers))
+    if trainable == "all":
+        return LevelCosts(
+            compression=np.zeros(1), kept_blocks=np.array([counts.num_layers]), emulator_bytes=np.zeros(1),
+            adapter_bytes=np.full(len(ranks), float(full_params * BYTES_PER_VALUE)),
+            memory_bytes=np.full((1, len(ranks)), float(memory(0, full_params, counts.num_layers))),
+            full_memory_bytes=full_memory, full_model_bytes=float(full_params * BYTES_PER_VALUE),
+        )
+    mem = np.array([[memory(int(p), int(q), int(b)) for q in lora] for p, b in zip(emulator_params, blocks)], dtype=float)
     return LevelCosts(
         compression=np.array(compression_levels, dtype=float),
         kept_blocks=blocks,
         emulator_bytes=(emulator_params * BYTES_PER_VALUE).astype(float),
         adapter_bytes=(lora * BYTES_PER_VALUE).astype(float),
         memory_bytes=mem,
-        full_memory_bytes=float(memory(full_params, int(lora[-1]), counts.num_layers)),
+        full_memory_bytes=full_memory,
         full_model_bytes=float(full_params * BYTES_PER_VALUE),
     )

@@ -191,7 +191,8 @@ class Dynamics:
         self.ranks = config.rank_levels if config.control_rank else config.rank_levels[-1:]
         self.R = len(self.ranks)
         calibration.check_controls(config)
-        self.costs: LevelCosts = level_costs(config.cost_profile, config.compression_levels, self.ranks)
+        self.costs: LevelCosts = level_costs(config.cost_profile, config.compression_levels, self.ranks,
+                                             trainable=config.trainable)
         self.target = float(config.target_perplexity or 1.1 * min(calibration.plateau_perplexity))
         self.initial_ppl = float(calibration.initial_perplexity)
         if not self.initial_ppl > self.target:
@@ -419,10 +420,11 @@ def _price(b, actions, uplink_bps, downlink_bps, r, s: State, tables: Tables) ->
         down = adapter
         if s.held[b, i] != level:
             s.held[b, i] = level
-            s.exchanges[b, i] += 1
-            n_exchanges += 1
-            n_excess += s.exchanges[b, i] > tables.exchange_budget
-            down += tables.emulator_bytes[level]
+            if tables.emulator_bytes[level] > 0:  # trainable="all" has no frozen part to exchange
+                s.exchanges[b, i] += 1
+                n_exchanges += 1
+                n_excess += s.exchanges[b, i] > tables.exchange_budget
+                down += tables.emulator_bytes[level]
         s.participation[b, i] += 1
         q = _latency_s(down, adapter, downlink * downlink_bps[b * N + i], uplink_bps[b * N + i])
         latency = max(latency, q) if tables.latency_max else latency + q

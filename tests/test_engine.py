@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
 
 from federation.emulator import build_emulator, layer_drop_spec
 from federation.engine import EngineConfig, RoundRunner
@@ -147,14 +148,23 @@ def test_per_device_lora_rank_changes_adapter_bytes():
     assert up[0] * 2 == up[1] and up[1] * 2 == up[2]
 
 
-def test_collaborative_server_trains_without_using_the_wire():
+def test_collaborative_server_update_joins_the_aggregation_without_using_the_wire():
+    from federation.client import SERVER_DEVICE
+
     runner = RoundRunner(_config(server_fraction=0.3))
-    plain = RoundRunner(_config())
-    decisions = _decisions(0.5, 0.5, 0.5)
-    collaborative, alone = runner.run_round(decisions), plain.run_round(decisions)
-    assert all(m.device >= 0 for m in runner.log.messages)
-    assert collaborative.full_perplexity != alone.full_perplexity
-    assert len(runner.data.server_blocks) > 0
+    seen = []
+    aggregate = runner.server.aggregate
+    runner.server.aggregate = lambda updates: (seen.extend(updates), aggregate(updates))[1]
+    runner.run_round(_decisions(0.5, 0.5, 0.5))
+    assert all(m.device >= 0 for m in runner.log.messages)  # the server's update never crosses the wire
+    server = [u for u in seen if u.device == SERVER_DEVICE]
+    assert len(server) == 1 and server[0].num_samples == len(runner.data.server_blocks) > 0
+    states, weights = [u.state for u in seen], [float(u.num_samples) for u in seen]
+    with_server = runner.method.aggregate(states, weights)
+    without = runner.method.aggregate(states[:-1], weights[:-1])
+    for key, tensor in runner.server.global_state.items():
+        assert torch.equal(tensor, with_server[key]), key
+    assert any(not torch.equal(with_server[k], without[k]) for k in with_server)  # its weight moved the average
 
 
 def test_no_device_selected_keeps_the_model():

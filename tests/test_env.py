@@ -157,6 +157,36 @@ def test_embedded_costs_equal_the_engine_tensors():
     assert [d.memory_bytes for d in result.devices] == list(costs.memory_bytes[:, 0])
 
 
+def test_fed_ft_cost_profile_equals_the_engine_fed_ft_tensors():
+    from federation.engine import EngineConfig, RoundRunner
+    from federation.training import LocalTrainConfig
+
+    costs = level_costs("embedded", (0.0,), (8,), trainable="all")
+    runner = RoundRunner(EngineConfig(method="fed-ft", num_devices=2, max_eval_blocks=4))
+    runner.method.train_config = LocalTrainConfig(steps=1, batch_size=8, lr=3e-4)
+    result = runner.run_round()
+    sent = {(m.direction, m.kind, m.num_bytes) for m in runner.log.messages}
+    assert sent == {("down", "model", costs.adapter_bytes[0]), ("up", "model", costs.adapter_bytes[0])}
+    assert costs.adapter_bytes[0] == costs.full_model_bytes and list(costs.emulator_bytes) == [0.0]
+    assert [d.memory_bytes for d in result.devices] == [costs.memory_bytes[0, 0]] * 2
+    xl = level_costs("gpt2-xl", (0.0,), (8,), trainable="all")  # weights + grads + AdamW state of every weight:
+    assert xl.memory_bytes[0, 0] > 2 * xl.full_memory_bytes  # no memory tier of the default scenario holds it
+
+    fed_ft = _make(trainable="all", compression_levels=(0.0,), memory_tiers=(100.0,), partition="iid")
+    peat = _make(compression_levels=(0.0,), memory_tiers=(100.0,), partition="iid")
+    fed_ft.reset(seed=3)
+    peat.reset(seed=3)
+    info_ft, info_peat = (env.step(np.ones(10, dtype=np.int64))[4] for env in (fed_ft, peat))
+    assert info_ft["exchanges"] == 0 and info_peat["exchanges"] == 10  # Fed-FT has no frozen part to exchange
+    assert info_ft["perplexity"] == pytest.approx(info_peat["perplexity"])  # the same learning dynamics, other costs
+    assert info_ft["round_latency_s"] > 1.5 * info_peat["round_latency_s"]  # whole models up, every round
+    for kwargs, match in [({"trainable": "lora"}, "trainable must be one of"),
+                          ({"trainable": "all"}, r"compression_levels must be \(0.0,\) with trainable='all'"),
+                          ({"trainable": "all", "compression_levels": (0.0,), "control_rank": True}, "control_rank must be False")]:
+        with pytest.raises(ValueError, match=match):
+            _make(**kwargs)
+
+
 def test_engine_fidelity_passes_both_checkers_and_runs_real_rounds():
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env

@@ -5,18 +5,21 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from peft import get_peft_model_state_dict
 
 from federation.adapters import LoraSpec, attach_lora, load_adapter_state, lora_rank_of, truncate_rank
-from federation.aggregation import lora_pairs
+from federation.aggregation import clustering_accuracy, lora_pairs
 from federation.client import ClientUpdate
 from federation.emulator import build_submodel, full_spec, submodel_state
 from federation.engine import EngineConfig, RoundRunner
 from federation.executors import LocalExecutor
 from federation.methods import (
+    FLTAC,
     DualAdapterObjective,
     FedDATConfig,
     FedPFTConfig,
@@ -219,7 +222,16 @@ def test_fltac_one_adapter_per_task_clustered_with_accuracy_logged():
     tasks = [len(t) for t in runner.server.device_tasks]
     uploads = [m for m in runner.log.messages if m.direction == "up"]
     assert len(uploads) == sum(tasks) == 9  # IID over 3 domains: every device holds every task
-    assert 0.0 <= result.metrics["clustering_accuracy"] <= 1.0 and result.metrics["clusters"] == 3
+    assert result.metrics["clusters"] == 3
+    clusters = []  # the cluster each (device, task) slot got back, numbered by first appearance
+    for slot in sorted(runner.method.slot_states):
+        state = runner.method.slot_states[slot]
+        if not any(state is c for c in clusters):
+            clusters.append(state)
+    labels = [next(c for c, state in enumerate(clusters) if state is runner.method.slot_states[slot])
+              for slot in sorted(runner.method.slot_states)]
+    tasks = [task for _, task in sorted(runner.method.slot_states)]
+    assert result.metrics["clustering_accuracy"] == clustering_accuracy(np.array(labels), np.array(tasks))
     per_task = [result.metrics[f"ppl_{d}"] for d in TASKS]
     counts = [int((runner.data.eval_labels == t).sum()) for t in range(3)]
     pooled = math.exp(sum(n * math.log(p) for n, p in zip(counts, per_task)) / sum(counts))
@@ -227,6 +239,32 @@ def test_fltac_one_adapter_per_task_clustered_with_accuracy_logged():
     assert set(runner.method.slot_states) == {(i, t) for i in range(3) for t in range(3)}
     with pytest.raises(ValueError, match="domains must name >= 2 tasks"):
         _runner("fltac", domains=("pydocs",))
+
+
+def test_fltac_aggregation_uses_no_task_labels():
+    class Recording(LocalExecutor):
+        def run(self, jobs):
+            self.updates = super().run(jobs)
+            return self.updates
+
+    executor = Recording()
+    runner = RoundRunner(EngineConfig(method="fltac", num_devices=2, max_eval_blocks=6, domains=TASKS,
+                                      method_config=MethodConfig(train=FAST)), executor)
+    runner.run_round()
+    updates = executor.updates
+    # every upload claims a task of its own: grouping by label would average nothing, k-means still finds 3 clusters
+    relabelled = [replace(u, task=10 + i) for i, u in enumerate(updates)]
+    results = []
+    for batch in (updates, relabelled):
+        method = FLTAC()
+        method.bind_tasks(runner.server.device_tasks, 3)
+        method.init_global_state(runner.method.full_model, seed=runner.config.seed)
+        method.begin_round(1)
+        method.aggregate_updates({}, batch)
+        results.append([method.slot_states[(u.device, u.task)] for u in batch])
+    assert len({id(state) for state in results[0]}) == 3
+    for got, expected in zip(*results):  # each upload gets back the same cluster average, whatever its label
+        assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in got)
 
 
 def test_fltac_exact_aggregation_averages_each_clusters_products():
