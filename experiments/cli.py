@@ -492,21 +492,29 @@ def compare_cmd(
 
 @app.command("claims")
 def claims_cmd(
-    claim: list[str] = typer.Option([], help="Claim to check (repeatable): fedpft, hetlora, feddat, fltac. Default: all."),
+    claim: list[str] = typer.Option([], help="Claim to check (repeatable): emulator, plug-in, control, fedpft, hetlora, "
+                                             "feddat, fltac. Default: all."),
     rounds: int = typer.Option(6, help="Federated rounds per run."),
-    seeds: int = typer.Option(3, help="Seeds per side of each claim (>= 2)."),
+    seeds: int = typer.Option(3, help="Seeds per side of each perplexity claim (>= 2)."),
     devices: int = typer.Option(4, help="Devices N."),
     local_steps: int = typer.Option(5, help="Local steps per device per round."),
+    env_seeds: int = typer.Option(10, help="Env evaluation seeds of the control claim."),
+    env_episodes: int = typer.Option(10, help="Episodes per env seed of the control claim."),
+    agent: Path = typer.Option(None, help="A trained agent's directory, added to the control claim beside greedy."),
     out: Path = typer.Option(Path("runs/claims"), help="Output directory."),
 ) -> None:
-    """Check the papers' claims (FedPFT ≥ FedOT, HetLoRA sparsity ≥ zero-pad, FedDAT ≥ FedAvg under non-IID, FL-TAC
-    clustering) on the shared engine: perplexity with 95% CIs and a verdict per claim."""
-    from experiments.claims import run_claims, write_claims
+    """Check the papers' claims on the shared engine and the env: emulator ladder, plug-in, adaptive control,
+    FedPFT ≥ FedOT, HetLoRA sparsity ≥ zero-pad, FedDAT ≥ FedAvg under non-IID, FL-TAC clustering. A verdict per
+    claim, computed from the runs (95% CIs)."""
+    from experiments.claims import ClaimSettings, run_claims, write_claims
 
     _quiet_libraries()
     with user_errors():
-        table, runs = run_claims(rounds, seeds, devices, local_steps, claim, say=console.log)
-    console.print(table.drop(columns=["statement"]).to_string(index=False))
-    settings = f"`fedpeat claims --rounds {rounds} --seeds {seeds} --devices {devices} --local-steps {local_steps}`"
-    for path in write_claims(table, runs, out, settings):
+        settings = ClaimSettings(rounds, seeds, devices, local_steps, env_seeds, env_episodes,
+                                 None if agent is None else str(agent))
+        table, runs = run_claims(settings, claim, say=console.log)
+    console.print(table.drop(columns=["statement", "detail"]).to_string(index=False))
+    command = (f"`fedpeat claims --rounds {rounds} --seeds {seeds} --devices {devices} --local-steps {local_steps} "
+               f"--env-seeds {env_seeds} --env-episodes {env_episodes}" + (f" --agent {agent}" if agent else "") + "`")
+    for path in write_claims(table, runs, out, command):
         console.print(f"wrote {path}")

@@ -32,7 +32,7 @@ def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: 
             compression: float = 0.5, partition: str = "iid", alpha: float = 0.5, domains: Sequence[str] = (),
             say: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-run rows, per-entry summary sorted by final perplexity). Emulator methods with a controllable ratio
-    (fedpeat, fedot) train through emulators of ratio ``compression``. Every entry is validated before any run.
+    (fedpeat case 1, fedot) train through emulators of ratio ``compression``. Every entry is validated before any run.
     Without ``domains``, all entries tune on pydocs — or all on the three tuning domains when one entry is multi-task.
     Method-specific metrics of the last round (e.g. fltac's clustering accuracy) become extra columns."""
     from experiments.run import build_method_config, default_domains, run_federated
@@ -41,7 +41,8 @@ def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: 
     for entry in methods:
         name, options = parse_method_entry(entry)
         method_config = build_method_config(name, local_steps, compression=[compression], options=options)
-        eps = [compression] if name in ("fedpeat", "fedot") else [0.0]
+        controllable = name in ("fedpeat", "fedot") and make_method(name, method_config).uses_emulator  # not case 2/3
+        eps = [compression] if controllable else [0.0]
         plans.append((entry, name, method_config, eps))
     domains = default_domains([name for _, name, _, _ in plans], domains)  # every entry on the same data
     runs = []

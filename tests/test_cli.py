@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from experiments import cli
@@ -125,20 +126,52 @@ def test_compare_method_variants_and_claims(tmp_path):
     assert (runs["bytes up (MB)"] == runs["bytes up (MB)"].iloc[0]).all()  # same ranks → same bytes, other aggregation
     assert runs.groupby("seed")["final perplexity"].nunique().eq(2).all()
 
-    claims = ["claims", "--claim", "fltac", "--rounds", "1", "--seeds", "2", "--devices", "2", "--local-steps", "1",
+
+
+def test_claims_verdicts_follow_from_their_runs(tmp_path):
+    from agents.stats import bootstrap_ci, paired_difference
+    from experiments.claims import paired_verdict, verdict
+
+    claims = ["claims", "--claim", "fltac", "--claim", "emulator", "--claim", "control", "--rounds", "1", "--seeds", "2",
+              "--devices", "2", "--local-steps", "1", "--env-seeds", "2", "--env-episodes", "1",
               "--out", str(tmp_path / "claims")]
     result = runner.invoke(app, claims)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "claims" / "claims.csv")
-    assert list(table["claim"]) == ["fltac"] and table.loc[0, "baseline"] == "fedpetuning"
-    assert 0.0 <= table.loc[0, "clustering accuracy"] <= 1.0
-    assert table.loc[0, "verdict"] in {"reproduces (CIs separate)", "holds in the mean; CIs overlap",
-                                       "does not reproduce (baseline better, CIs separate)",
-                                       "does not reproduce in the mean; CIs overlap"}
     runs = pd.read_csv(tmp_path / "claims" / "claims_runs.csv")
-    assert len(runs) == 4 and (runs["final perplexity"] < runs["initial perplexity"]).all()
+    assert list(table["claim"]) == ["emulator", "control", "control", "control", "fltac"]
     assert (tmp_path / "claims" / "claims.md").read_text().startswith("# Papers' claims")
-    for extra, message in [(["--claim", "fedx"], "claim must be one of"), (["--seeds", "1"], "seeds >= 2")]:
+
+    fltac, tac_runs = table.set_index("claim").loc["fltac"], runs[runs["claim"] == "fltac"]
+    assert len(tac_runs) == 4 and (tac_runs["final perplexity"] < tac_runs["initial perplexity"]).all()
+    sides = {name: tac_runs.loc[tac_runs["method"] == name, "final perplexity"].to_numpy() for name in ("fltac", "fedpetuning")}
+    expected = verdict(sides["fltac"].mean(), bootstrap_ci(sides["fltac"]), sides["fedpetuning"].mean(),
+                       bootstrap_ci(sides["fedpetuning"]))
+    assert fltac["verdict"] == expected and fltac["method value"] == pytest.approx(sides["fltac"].mean())
+    accuracy = tac_runs.loc[tac_runs["method"] == "fltac", "clustering_accuracy"].mean()
+    assert fltac["clustering accuracy"] == pytest.approx(accuracy)
+
+    ladder = runs[runs["claim"] == "emulator"].sort_values("ε")["zero-shot perplexity"].to_numpy()
+    rises = bool((ladder[1:] > ladder[:-1]).all())
+    assert table.loc[0, "verdict"].startswith("reproduces" if rises else "does not reproduce")
+    assert table.loc[0, "baseline value"] == pytest.approx(ladder[0]) and table.loc[0, "method value"] == pytest.approx(ladder[-1])
+
+    episodes = runs[runs["claim"] == "control"]
+    for _, row in table[table["claim"] == "control"].iterrows():
+        scenario = "unlimited memory" if row["detail"].startswith("unlimited") else "benchmark scenario"
+        def side(name, scenario=scenario):
+            if name == "fed-ft":
+                wanted = "Fed-FT" + (", unlimited memory" if scenario == "unlimited memory" else "")
+                return episodes[(episodes["method"] == "full-model") & (episodes["scenario"] == wanted)]
+            return episodes[(episodes["method"] == name) & (episodes["scenario"] == scenario)]
+        m, b = side(row["method"]), side(row["baseline"])
+        assert len(m) == len(b) == 2 and row["method value"] == pytest.approx(m["return"].mean())
+        assert row["verdict"] == paired_verdict(paired_difference(m, b))
+    fixed = episodes[(episodes["scenario"] == "benchmark scenario") & episodes["method"].str.startswith("fixed-")]
+    assert table.loc[1, "baseline"] == fixed.groupby("method")["return"].mean().idxmax()  # the best fixed ε
+
+    for extra, message in [(["--claim", "fedx"], "claim must be one of"), (["--seeds", "1"], "seeds >= 2"),
+                           (["--agent", str(tmp_path)], "agent must be a trained agent's directory")]:
         bad = runner.invoke(app, ["claims", *extra])
         assert bad.exit_code == 2 and message in " ".join(bad.output.split()), bad.output
 
@@ -150,6 +183,12 @@ def test_claim_verdicts():
     assert verdict(10.0, (9.0, 15.0), 12.0, (11.0, 13.0)) == "holds in the mean; CIs overlap"
     assert verdict(20.0, (19.0, 21.0), 10.0, (9.0, 11.0)) == "does not reproduce (baseline better, CIs separate)"
     assert verdict(12.0, (11.0, 13.0), 10.0, (9.0, 15.0)) == "does not reproduce in the mean; CIs overlap"
+    from experiments.claims import paired_verdict
+
+    assert paired_verdict({"mean": 1.0, "CI low": 0.2, "CI high": 2.0}) == "reproduces (paired CI above 0)"
+    assert paired_verdict({"mean": 1.0, "CI low": -0.2, "CI high": 2.0}) == "holds in the mean; paired CI includes 0"
+    assert paired_verdict({"mean": -1.0, "CI low": -2.0, "CI high": -0.1}) == "does not reproduce (paired CI below 0)"
+    assert paired_verdict({"mean": -1.0, "CI low": -2.0, "CI high": 0.1}) == "does not reproduce in the mean; paired CI includes 0"
 
 
 def test_calibrate_refits_the_committed_runs_and_reports_every_parameter(tmp_path):
