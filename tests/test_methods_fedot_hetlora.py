@@ -16,6 +16,7 @@ from federation.engine import EngineConfig, RoundRunner
 from federation.executors import LocalExecutor
 from federation.methods import (
     DeviceDecision,
+    FedOT,
     FedOTConfig,
     FedPEAT,
     FedPEATConfig,
@@ -280,3 +281,13 @@ def test_hetlora_self_pruning_in_the_engine_shrinks_uploads_and_later_downloads(
 def test_hetlora_config_errors(kwargs, field):
     with pytest.raises(ValueError, match=field):
         HetLoRAConfig(**kwargs)
+
+
+def test_a_config_of_another_method_is_refused_not_upcast():
+    with pytest.raises(ValueError, match=r"fedot takes a FedOTConfig .* a FedPEATConfig would drop its fields \['case', "
+                                         r"'shared_emulator', 'distill_steps', 'distill_blocks'\]"):
+        FedOT(FedPEATConfig(distill_steps=7))
+    with pytest.raises(ValueError, match="hetlora takes a HetLoRAConfig, got dict"):
+        HetLoRA({"lam": 0.1})
+    method = FedOT(MethodConfig(num_adapter_layers=2))  # a plain MethodConfig carries its shared fields over
+    assert method.config.num_adapter_layers == 2 and method.config.distill_steps == 50

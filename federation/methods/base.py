@@ -62,7 +62,8 @@ class Method:
 
     name = "base"
     config_class: type[MethodConfig] = MethodConfig
-    """The method's settings; another ``MethodConfig`` given to the constructor contributes its shared fields."""
+    """The method's settings; a plain ``MethodConfig`` given to the constructor contributes its shared fields, a
+    config of another method's class is refused (its own fields would be dropped)."""
     uses_emulator = False
     """True when ``DeviceDecision.compression`` selects a per-device emulator."""
     trainable_kind: PayloadKind = "adapter"
@@ -75,9 +76,16 @@ class Method:
     """One job per (device, task it holds) each round, each with its own adapter (FL-TAC)."""
 
     def __init__(self, config: MethodConfig | None = None) -> None:
-        if not isinstance(config, self.config_class):  # only the shared MethodConfig fields carry over
+        if config is not None and not isinstance(config, (MethodConfig, self.config_class)):
+            raise ValueError(f"{self.name} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        if not isinstance(config, self.config_class):  # a plain MethodConfig: its shared fields carry over
             base = config or MethodConfig()
-            config = self.config_class(**{f.name: getattr(base, f.name) for f in fields(MethodConfig)})
+            shared = {f.name for f in fields(MethodConfig)}
+            dropped = [f.name for f in fields(base) if f.name not in shared]
+            if dropped:
+                raise ValueError(f"{self.name} takes a {self.config_class.__name__} (or a plain MethodConfig); a "
+                                 f"{type(base).__name__} would drop its fields {dropped}")
+            config = self.config_class(**{name: getattr(base, name) for name in shared})
         self.config = config
         self.train_config = self.config.train or self.default_train
         self.lora = self.config.lora or self.default_lora

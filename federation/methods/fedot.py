@@ -10,8 +10,8 @@ instead of the controller.
 Compression rule: a device's ``DeviceDecision.compression`` must be 0 (take the method's emulator — what
 ``RoundRunner.default_decisions()`` sends) or equal ``FedOTConfig.compression``; anything else is a ``ValueError``.
 Either way every device holds the same emulator (``DeviceRound.compression`` reports the decision's value, so 0
-for default decisions; ``kept_blocks`` shows the emulator actually held). A config that is not a ``FedOTConfig``
-(e.g. the CLI's ``FedPEATConfig``) contributes only its shared ``MethodConfig`` fields; the rest take FedOT defaults.
+for default decisions; ``kept_blocks`` shows the emulator actually held). A plain ``MethodConfig`` contributes its
+shared fields (the rest take FedOT defaults); a ``FedPEATConfig`` is refused, as its own fields would be dropped.
 """
 
 from __future__ import annotations
