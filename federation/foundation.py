@@ -7,7 +7,6 @@ public GPT-2 sizes back the ``cost_profile`` option: system costs of a large mod
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -63,11 +62,6 @@ def worker_setup() -> None:
     """A worker process of a parallel job (calibration runs, sim-to-real episodes): one torch thread, quiet libraries."""
     torch.set_num_threads(1)
     quiet_libraries()
-
-
-def embedded_pretrain_record() -> dict:
-    """The committed pretraining record: config, seed, and validation perplexities before/after."""
-    return json.loads((EMBEDDED_DIR / "pretrain.json").read_text())
 
 
 def profile_config(profile: str) -> GPT2Config:

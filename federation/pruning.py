@@ -9,7 +9,6 @@ Every function returns new tensors / modules and leaves its inputs untouched.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -35,30 +34,6 @@ def _check_index(name: str, idx: torch.Tensor, size: int) -> None:
         raise ValueError(f"{name} must be strictly increasing with values in [0, {size}), got {idx.tolist()[:8]}…")
 
 
-def _conv(weight: torch.Tensor, bias: torch.Tensor, requires_grad: bool) -> Conv1D:
-    """A ``Conv1D`` holding copies of ``weight`` (in, out) and ``bias`` (out,)."""
-    layer = Conv1D(weight.shape[1], weight.shape[0])
-    layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=requires_grad)
-    layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=requires_grad)
-    return layer
-
-
-def _ffn_layers(
-    block: nn.Module, fc_w: torch.Tensor, fc_b: torch.Tensor, proj_w: torch.Tensor
-) -> tuple[Conv1D, Conv1D]:
-    """New (c_fc, c_proj) = ((fc_w (d, k), fc_b (k,)), (proj_w (k, d), ``block``'s c_proj bias))."""
-    fc, proj = _ffn(block)
-    return _conv(fc_w, fc_b, fc.weight.requires_grad), _conv(proj_w, proj.bias, proj.weight.requires_grad)
-
-
-def _with_ffn(block: nn.Module, fc_w: torch.Tensor, fc_b: torch.Tensor, proj_w: torch.Tensor) -> nn.Module:
-    """Deep copy of ``block`` with the FFN layers of ``_ffn_layers``."""
-    layers = _ffn_layers(block, fc_w, fc_b, proj_w)
-    new = copy.deepcopy(block)
-    new.mlp.c_fc, new.mlp.c_proj = layers
-    return new
-
-
 def neuron_saliency(block: nn.Module) -> torch.Tensor:
     """s_j = ‖[c_fc.weight[:, j], c_proj.weight[j, :]]‖₂ for every FFN neuron, shape (d_ff,) (detached)."""
     fc, proj = _ffn(block)
@@ -75,40 +50,6 @@ def top_neurons(saliency: torch.Tensor, keep_ratio: float) -> torch.Tensor:
     keep = math.ceil(keep_ratio * len(saliency) - 1e-9)  # tolerance: 0.3·10 must keep 3, not 4
     order = torch.argsort(saliency.detach(), descending=True, stable=True)
     return order[:keep].sort().values.long()
-
-
-def prune_block_ffn(block: nn.Module, neuron_idx: torch.Tensor) -> nn.Module:
-    """Deep copy of ``block`` keeping only FFN neurons ``neuron_idx`` (sorted): c_fc (d, k) + (k,), c_proj (k, d)."""
-    fc, proj = _ffn(block)
-    _check_index("neuron_idx", neuron_idx, fc.weight.shape[1])
-    return _with_ffn(block, fc.weight[:, neuron_idx], fc.bias[neuron_idx], proj.weight[neuron_idx])
-
-
-def prune_gpt2_ffn(
-    model: nn.Module, keep_ratio: float, keep_whole: tuple[int, ...]
-) -> tuple[nn.Module, dict[int, torch.Tensor]]:
-    """FedPFT sub-model: a copy of the GPT-2 ``model`` whose blocks, except ``keep_whole``, keep the top
-    ``keep_ratio`` of their FFN neurons by saliency.
-
-    Returns (pruned copy, {block index: kept neuron indices} for the pruned blocks only). FFN widths then differ
-    per block, so ``config.n_inner`` no longer describes the pruned blocks (the copy runs but cannot be rebuilt
-    from its config).
-    """
-    blocks = getattr(model, "transformer", model).h
-    bad = [i for i in keep_whole if not 0 <= i < len(blocks)]
-    if bad:
-        raise ValueError(f"keep_whole must hold block indices in [0, {len(blocks)}), got {tuple(keep_whole)}")
-    pruned = copy.deepcopy(model)
-    pruned_blocks = getattr(pruned, "transformer", pruned).h
-    kept = {}
-    for i, block in enumerate(blocks):
-        if i in keep_whole:
-            continue
-        idx = kept[i] = top_neurons(neuron_saliency(block), keep_ratio)
-        fc, proj = _ffn(block)
-        layers = _ffn_layers(block, fc.weight[:, idx], fc.bias[idx], proj.weight[idx])
-        pruned_blocks[i].mlp.c_fc, pruned_blocks[i].mlp.c_proj = layers
-    return pruned, kept
 
 
 def ffn_weight_product_loss(
