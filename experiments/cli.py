@@ -53,7 +53,8 @@ def pretrain(
 
 @app.command()
 def run(
-    method: str = typer.Option("fedpeat", help="Method: fed-ft, fedpetuning, fedpeat, fedot, fedpft, hetlora, feddat, fltac."),
+    method: str = typer.Option("fedpeat", help="Method: a name of the registry federation.methods.METHODS (fed-ft, "
+                                               "fedpetuning, fedpeat, fedot, fedpft, hetlora, feddat, fltac, fedprox, …)."),
     devices: int = typer.Option(4, help="Number of devices N."),
     rounds: int = typer.Option(5, help="Federated rounds."),
     seed: int = typer.Option(0, help="Seed of every random draw."),
@@ -464,9 +465,9 @@ def sim2real_cmd(
 
 @app.command("compare")
 def compare_cmd(
-    methods: list[str] = typer.Option(["fed-ft", "fedpetuning", "fedpeat", "fedot", "fedpft", "hetlora", "feddat", "fltac"],
-                                      "--method", help="Method entry NAME[:key=value...] (repeatable), e.g. "
-                                                       "hetlora:ranks=2,4,8:aggregation=zero-pad."),
+    methods: list[str] = typer.Option([], "--method", help="Method entry NAME[:key=value...] (repeatable), e.g. "
+                                                           "hetlora:ranks=2,4,8:aggregation=zero-pad. Default: every "
+                                                           "method of the registry (federation.methods.METHODS)."),
     rounds: int = typer.Option(5, help="Federated rounds per run."),
     seeds: int = typer.Option(3, help="Seeds per method."),
     devices: int = typer.Option(4, help="Devices N."),
@@ -483,6 +484,10 @@ def compare_cmd(
 
     _quiet_libraries()
     with user_errors():
+        if not methods:
+            from federation.methods import METHODS
+
+            methods = list(METHODS)
         runs, summary = compare(methods, rounds, list(range(seeds)), devices, local_steps, compression, partition, alpha,
                                 domain, say=console.log)
     console.print(summary.to_string(index=False))

@@ -9,11 +9,12 @@ from federation.methods.fedot import FedOT, FedOTConfig
 from federation.methods.fedpeat import FedPEAT, FedPEATConfig
 from federation.methods.fedpetuning import FedPETuning
 from federation.methods.fedpft import FedPFT, FedPFTConfig
+from federation.methods.fedprox import FedProx, FedProxConfig, ProximalLoss
 from federation.methods.fltac import FLTAC
 from federation.methods.hetlora import HetLoRA, HetLoRAConfig, HetLoRALoss
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (FedFT, FedPETuning, FedPEAT, FedOT, FedPFT, HetLoRA, FedDAT, FLTAC)
+    cls.name: cls for cls in (FedFT, FedPETuning, FedPEAT, FedOT, FedPFT, HetLoRA, FedDAT, FLTAC, FedProx)
 }
 
 
@@ -26,6 +27,6 @@ def make_method(name: str, config: MethodConfig | None = None) -> Method:
 
 __all__ = [
     "FLTAC", "METHODS", "DeviceDecision", "DualAdapterObjective", "FedDAT", "FedDATConfig", "FedFT", "FedOT", "FedOTConfig",
-    "FedPEAT", "FedPEATConfig", "FedPETuning", "FedPFT", "FedPFTConfig", "HetLoRA", "HetLoRAConfig", "HetLoRALoss",
-    "Method", "MethodConfig", "make_method",
+    "FedPEAT", "FedPEATConfig", "FedPETuning", "FedPFT", "FedPFTConfig", "FedProx", "FedProxConfig", "HetLoRA", "HetLoRAConfig", "HetLoRALoss",
+    "Method", "MethodConfig", "ProximalLoss", "make_method",
 ]
