@@ -24,7 +24,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from federation.data import DOMAINS, pretraining_blocks, read_documents, tokenize_blocks
 from federation.foundation import EMBEDDED_DIR
 from federation.seeding import seed_everything
-from federation.training import perplexity
+from federation.training import optimise, perplexity
 
 EOS = "<|endoftext|>"
 
@@ -111,24 +111,21 @@ def pretrain(config: PretrainConfig = PretrainConfig(), out_dir: Path = EMBEDDED
     model = build_model(config, tokenizer)
     ppl_before = {d: perplexity(model, blocks) for d, blocks in valid.items()}
 
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _lr_factor(s, config))
     rng = np.random.default_rng(config.seed)
     model.train()
     with Progress(TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
                   TimeRemainingColumn()) as progress:
         task = progress.add_task("pretrain", total=config.steps, loss=float("nan"))
-        for step in range(config.steps):
-            batch = train_blocks[rng.integers(0, len(train_blocks), size=config.batch_size)]
-            loss = model(input_ids=batch, labels=batch).loss
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimiser.step()
-            scheduler.step()
-            progress.update(task, advance=1, loss=loss.item())
+
+        def report(step: int, loss: float) -> None:
+            progress.update(task, advance=1, loss=loss)
             if (step + 1) % 250 == 0:
-                progress.console.log(f"step {step + 1}/{config.steps} loss {loss.item():.3f}")
+                progress.console.log(f"step {step + 1}/{config.steps} loss {loss:.3f}")
+
+        optimise(list(model.parameters()), lambda batch, stage: model(input_ids=batch, labels=batch).loss,
+                 lambda: train_blocks[rng.integers(0, len(train_blocks), size=config.batch_size)], config.steps,
+                 config.lr, config.weight_decay, max_grad_norm=1.0, lr_factor=lambda s: _lr_factor(s, config),
+                 on_step=report)
     model.eval()
     ppl_after = {d: perplexity(model, blocks) for d, blocks in valid.items()}
 

@@ -10,12 +10,15 @@ names (``transformer.h.<full index>…``), so a device's payload shows exactly w
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
+
+from federation.training import DistillConfig, batch_sampler, optimise
 
 _BLOCK_KEY = re.compile(r"(^|\.)h\.(\d+)\.")
 
@@ -203,11 +206,8 @@ def distill_emulator(
     emulator: GPT2LMHeadModel,
     spec: SubModelSpec,
     blocks: torch.Tensor,
-    steps: int = 50,
-    batch_size: int = 8,
-    lr: float = 1e-4,
+    config: DistillConfig = DistillConfig(),
     hidden_weight: float = 30.0,
-    seed: int = 0,
 ) -> list[float]:
     """Offsite-Tuning emulator distillation: train the kept middle blocks so that the hidden state entering the
     first top adapter block matches the full model's, loss = LM loss + ``hidden_weight``·MSE (weights 1 and 30
@@ -224,38 +224,27 @@ def distill_emulator(
         return out.loss + hidden_weight * nn.functional.mse_loss(out.hidden_states[top_in_sub], target)
 
     full_model.eval()
-    return train_parameters(emulator, params, loss_fn, blocks, steps, batch_size, lr, seed)
+    return train_parameters(emulator, params, loss_fn, blocks, config)
 
 
 def train_parameters(
     model: nn.Module,
     params: list[nn.Parameter],
-    loss_fn,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
     blocks: torch.Tensor,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    weight_decay: float = 0.01,
+    config: DistillConfig,
 ) -> list[float]:
-    """``steps`` AdamW steps of ``loss_fn(batch)`` on ``params`` only (every other parameter of ``model`` frozen), batches
-    of ``blocks`` (N, T) drawn by a generator seeded with ``seed``. The server-side distillation loop of emulators
-    and pruned sub-models; afterwards the whole model is frozen and in eval mode. Returns the loss per step."""
+    """``config.steps`` AdamW steps of ``loss_fn(batch)`` on ``params`` only (every other parameter of ``model``
+    frozen), batches of ``blocks`` (N, T) from ``batch_sampler`` with ``config.seed``, no gradient clipping. The
+    server-side distillation of emulators and pruned sub-models; afterwards the whole model is frozen and in eval
+    mode. Returns the loss per step."""
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
     model.train()
-    for _ in range(steps):
-        batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
-        loss = loss_fn(batch)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = optimise(params, lambda batch, stage: loss_fn(batch), batch_sampler(blocks, config.batch_size, config.seed),
+                      config.steps, config.lr, config.weight_decay)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()

@@ -10,12 +10,14 @@ Every function returns new tensors / modules and leaves its inputs untouched.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from federation.emulator import SubModelSpec, adapter_block_indices, full_spec, train_parameters
+from federation.training import DistillConfig
 
 
 def _ffn(block: nn.Module) -> tuple[Conv1D, Conv1D]:
@@ -120,16 +122,17 @@ def ffn_activation_scores(model: nn.Module, blocks: torch.Tensor, sub_blocks: li
     return {b: s / blocks.numel() for b, s in sums.items()}
 
 
+PRUNED_DISTILL = DistillConfig(lr=1e-3)
+"""FedPFT's distillation settings (50 steps of 8 blocks at lr 1e-3); ``replace`` steps or seed per use."""
+
+
 def distill_pruned(
     full_model: nn.Module,
     pruned: nn.Module,
     spec: SubModelSpec,
     blocks: torch.Tensor,
-    steps: int = 50,
-    batch_size: int = 8,
-    lr: float = 1e-3,
+    config: DistillConfig = PRUNED_DISTILL,
     weight_product: float = 1.0,
-    seed: int = 0,
     neurons: dict[int, torch.Tensor] | None = None,
 ) -> list[float]:
     """FedPFT's distillation of a pruned sub-model (every block kept, ``spec.ffn_neurons`` pruned) towards the full
@@ -138,7 +141,7 @@ def distill_pruned(
 
     ``neurons`` None: layer-level distillation, trains the pruned FFNs (c_fc, c_proj) whole. Otherwise neuron-level
     distillation: {pruned block: positions among its kept neurons} — only those neurons' c_fc column and bias and
-    c_proj row change (masked gradients, no weight decay); every other weight stays bit-identical. Returns the loss
+    c_proj row change (masked gradients, weight decay off); every other weight stays bit-identical. Returns the loss
     per step."""
     if len(spec.layers) != spec.num_layers:
         raise ValueError("distill_pruned needs a sub-model that keeps every block (FFN pruning only)")
@@ -169,8 +172,7 @@ def distill_pruned(
 
     full_model.eval()
     try:
-        return train_parameters(pruned, params, loss_fn, blocks, steps, batch_size, lr, seed,
-                                weight_decay=0.01 if neurons is None else 0.0)
+        return train_parameters(pruned, params, loss_fn, blocks, config if neurons is None else replace(config, weight_decay=0.0))
     finally:
         for hook in hooks:
             hook.remove()

@@ -86,10 +86,84 @@ class LocalTrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Server-side distillation settings (Offsite-Tuning's emulator distillation, FedPFT's layer- and neuron-level
+    distillation) on the server's public blocks."""
+
+    steps: int = 50
+    """AdamW steps."""
+    batch_size: int = 8
+    """Blocks per step."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (torch's default)."""
+    seed: int = 0
+    """Seed of the batch draws."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 0 or (name == "batch_size" and self.batch_size < 1):
+                raise ValueError(f"{name} must be >= {int(name == 'batch_size')}, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
 class TrainStats:
     mean_loss: float
     tokens: int
     wall_time_s: float
+
+
+Batches = Callable[[], torch.Tensor]
+"""Draws the next batch of token ids (B, T)."""
+
+
+def batch_sampler(blocks: torch.Tensor, batch_size: int, seed: int) -> Batches:
+    """Batches of ``batch_size`` blocks of ``blocks`` (N, T) drawn with replacement by a torch generator seeded with
+    ``seed`` (the same draws in any process, so any executor gives identical results)."""
+    if len(blocks) == 0:
+        raise ValueError("training needs at least one block")
+    generator = torch.Generator().manual_seed(seed)
+    return lambda: blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
+
+
+def optimise(
+    params: list[nn.Parameter],
+    loss_fn: Callable[[torch.Tensor, int], torch.Tensor],
+    next_batch: Batches,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    max_grad_norm: float | None = None,
+    stages: int = 1,
+    lr_factor: Callable[[int], float] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """The project's one training loop (local training, server-side distillation, pretraining): ``steps`` batches,
+    ``stages`` AdamW steps of ``loss_fn(batch, stage)`` per batch on ``params``, gradients clipped to
+    ``max_grad_norm`` (None: no clipping), the learning rate scaled by ``lr_factor(step)`` (None: constant).
+    ``on_step(step, loss)`` is called after each batch. Returns the stage-0 loss per batch."""
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor) if lr_factor is not None else None
+    losses = []
+    for step in range(steps):
+        batch = next_batch()
+        for stage in range(stages):
+            loss = loss_fn(batch, stage)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimiser.step()
+            if stage == 0:
+                losses.append(loss.item())
+        if scheduler is not None:
+            scheduler.step()
+        if on_step is not None:
+            on_step(step, losses[-1])
+    return losses
 
 
 def train_local(
@@ -100,30 +174,26 @@ def train_local(
     loss_fn: LossFn | LocalObjective = lm_loss,
 ) -> TrainStats:
     """Run ``config.steps`` batches of AdamW steps on the trainable parameters of ``model``, batches drawn from
-    ``blocks`` (N, T) by a torch generator seeded with ``seed`` (so any executor gives identical results).
+    ``blocks`` (N, T) by ``batch_sampler(blocks, config.batch_size, seed)``.
 
     A ``LocalObjective`` takes ``stages`` optimiser steps per batch; the reported loss is that of stage 0."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
-    if len(blocks) == 0:
-        raise ValueError("train_local needs at least one block")
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    next_batch = batch_sampler(blocks, config.batch_size, seed)
     model.train()
     started = time.perf_counter()
-    staged = isinstance(loss_fn, LocalObjective)
-    losses = []
-    for _ in range(config.steps):
-        batch = blocks[torch.randint(len(blocks), (config.batch_size,), generator=generator)]
-        for stage in range(loss_fn.stages if staged else 1):
-            loss = loss_fn.loss(model, batch, stage) if staged else loss_fn(model, batch)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimiser.step()
-            if stage == 0:
-                losses.append(loss.item())
+    if isinstance(loss_fn, LocalObjective):
+        objective, stages = loss_fn, loss_fn.stages
+
+        def loss(batch: torch.Tensor, stage: int) -> torch.Tensor:
+            return objective.loss(model, batch, stage)
+    else:
+        stages = 1
+
+        def loss(batch: torch.Tensor, stage: int) -> torch.Tensor:
+            return loss_fn(model, batch)
+    losses = optimise(params, loss, next_batch, config.steps, config.lr, config.weight_decay, config.max_grad_norm, stages)
     model.eval()
     tokens = config.steps * config.batch_size * blocks.shape[1]
     return TrainStats(sum(losses) / len(losses), tokens, time.perf_counter() - started)

@@ -11,7 +11,7 @@ from federation.emulator import (
     model_payload,
     uniform_layer_choice,
 )
-from federation.training import LocalTrainConfig, perplexity, train_local
+from federation.training import DistillConfig, LocalTrainConfig, perplexity, train_local
 
 
 @pytest.mark.parametrize("num_middle, keep, expected", [
@@ -101,7 +101,7 @@ def test_distillation_moves_only_middle_blocks_and_lowers_loss(foundation, tunin
     spec = layer_drop_spec(model.config.n_layer, 1, 0.75)
     emulator = build_emulator(model, spec)
     before = {k: v.clone() for k, v in emulator.state_dict().items()}
-    losses = distill_emulator(model, emulator, spec, public, steps=30, lr=5e-4)
+    losses = distill_emulator(model, emulator, spec, public, DistillConfig(steps=30, lr=5e-4))
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     after = emulator.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

@@ -37,7 +37,7 @@ from federation.pruning import (
     top_neurons,
 )
 from federation.system import MemoryFootprint
-from federation.training import LocalTrainConfig, train_local
+from federation.training import DistillConfig, LocalTrainConfig, train_local
 
 FAST = LocalTrainConfig(steps=2, batch_size=4, lr=3e-3)
 TASKS = ("pydocs", "licenses", "docstrings")
@@ -102,7 +102,7 @@ def test_distill_pruned_trains_only_pruned_ffns_with_a_live_weight_product_term(
     before = {k: v.clone() for k, v in sub.state_dict().items()}
     idx = spec.pruned_neurons()
     product_before = ffn_weight_product_loss(model.transformer.h[1], sub.transformer.h[1], idx[1]).item()
-    losses = distill_pruned(model, sub, spec, tuning_blocks[0], steps=15, lr=3e-3, weight_product=1.0)
+    losses = distill_pruned(model, sub, spec, tuning_blocks[0], DistillConfig(steps=15, lr=3e-3), weight_product=1.0)
     assert losses[-1] < losses[0]
     changed = {k for k, v in sub.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(".mlp.c_" in k for k in changed)
@@ -118,7 +118,7 @@ def test_neuron_level_distillation_updates_only_the_chosen_neurons(foundation, t
     sub = build_submodel(model.config, spec, submodel_state(model, spec))
     before = {k: v.clone() for k, v in sub.state_dict().items()}
     chosen = {1: torch.tensor([0, 5, 9]), 3: torch.tensor([2])}
-    losses = distill_pruned(model, sub, spec, tuning_blocks[0], steps=10, lr=3e-3, neurons=chosen)
+    losses = distill_pruned(model, sub, spec, tuning_blocks[0], DistillConfig(steps=10, lr=3e-3), neurons=chosen)
     assert losses[-1] < losses[0]
     after = sub.state_dict()
     for key, tensor in after.items():
@@ -130,7 +130,7 @@ def test_neuron_level_distillation_updates_only_the_chosen_neurons(foundation, t
         assert moved.nonzero().flatten().tolist() == chosen[block].tolist(), key
     assert not any(p.requires_grad for p in sub.parameters()) and not any(p._backward_hooks for p in sub.parameters())
     with pytest.raises(ValueError, match="neurons must name pruned blocks"):
-        distill_pruned(model, sub, spec, tuning_blocks[0], steps=1, neurons={0: torch.tensor([0])})
+        distill_pruned(model, sub, spec, tuning_blocks[0], DistillConfig(steps=1), neurons={0: torch.tensor([0])})
 
 
 def test_fedpft_devices_hold_only_their_neurons_and_get_refreshed_ones():

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from federation.adapters import ALL_LINEAR, LoraSpec
 from federation.emulator import SubModelSpec, build_emulator, distill_emulator, layer_drop_spec
 from federation.methods.base import DeviceDecision, Method, MethodConfig
-from federation.training import LocalTrainConfig
+from federation.training import DistillConfig, LocalTrainConfig
 
 
 @dataclass(frozen=True)
@@ -80,5 +80,5 @@ class FedPEAT(Method):
         emulator = build_emulator(self.full_model, spec)
         if self.config.distill_steps > 0 and spec.kept_middle < spec.num_middle:
             distill_emulator(self.full_model, emulator, spec, self.public_blocks(self.config.distill_blocks),
-                             steps=self.config.distill_steps)
+                             DistillConfig(steps=self.config.distill_steps))
         return emulator

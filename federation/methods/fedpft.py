@@ -26,7 +26,7 @@ from transformers import GPT2LMHeadModel
 
 from federation.emulator import SubModelSpec, build_emulator
 from federation.methods.base import DeviceDecision, Method, MethodConfig
-from federation.pruning import distill_pruned, ffn_activation_scores, least_active, pruned_spec
+from federation.pruning import PRUNED_DISTILL, distill_pruned, ffn_activation_scores, least_active, pruned_spec
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class FedPFT(Method):
         model = build_emulator(self.full_model, spec)
         if self.config.distill_steps > 0:
             distill_pruned(self.full_model, model, spec, self.public_blocks(self.config.distill_blocks),
-                           steps=self.config.distill_steps, weight_product=self.config.weight_product)
+                           replace(PRUNED_DISTILL, steps=self.config.distill_steps), self.config.weight_product)
         return model
 
     def begin_round(self, round_idx: int) -> None:
@@ -106,8 +106,8 @@ class FedPFT(Method):
         public = self.public_blocks(cfg.distill_blocks)
         scores = ffn_activation_scores(model, public[:64], sorted(spec.pruned_neurons()))
         chosen = {block: least_active(score, cfg.refresh_fraction) for block, score in scores.items()}
-        distill_pruned(self.full_model, model, spec, public, steps=cfg.refresh_steps, weight_product=cfg.weight_product,
-                       seed=spec.revision + 1, neurons=chosen)
+        distill_pruned(self.full_model, model, spec, public, replace(PRUNED_DISTILL, steps=cfg.refresh_steps,
+                       seed=spec.revision + 1), cfg.weight_product, neurons=chosen)
         self._spec = replace(spec, revision=spec.revision + 1)
         self._submodels[self._spec] = model
         self._refreshed = sum(len(idx) for idx in chosen.values())
