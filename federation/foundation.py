@@ -8,7 +8,7 @@ public GPT-2 sizes back the ``cost_profile`` option: system costs of a large mod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedT
 EMBEDDED_DIR = Path(__file__).parent / "assets" / "tiny-gpt2"
 
 CostProfile = Literal["embedded", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
-COST_PROFILES: tuple[str, ...] = ("embedded", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+COST_PROFILES: tuple[str, ...] = get_args(CostProfile)
 
 # Public GPT-2 architectures (Radford et al. 2019; the Hugging Face model cards): blocks, width, heads.
 _PUBLIC_GPT2: dict[str, tuple[int, int, int]] = {

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
-from federation.foundation import COST_PROFILES
+import numpy as np
+
+from federation.foundation import COST_PROFILES, CostProfile
 from federation.system import LATENCY_AGGREGATIONS, ChannelConfig, LatencyAggregation
 from fedpeat_env.costs import TRAINABLE, Trainable
 from fedpeat_env.reward import RewardWeights
@@ -40,7 +43,7 @@ class EnvConfig:
     uniformly at reset (the smallest cannot hold low-compression emulators, the largest holds the full model)."""
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     """Path loss, fading, bandwidth and power of the devices."""
-    cost_profile: str = "gpt2-xl"
+    cost_profile: CostProfile = "gpt2-xl"
     """Architecture whose bytes and memory the env charges: embedded, gpt2, gpt2-medium, gpt2-large, gpt2-xl (the
     FedPEAT paper's setting, the default; the learning dynamics always come from the embedded model's calibration)."""
     control_rank: bool = False
@@ -71,6 +74,9 @@ class EnvConfig:
     without a memory limit (FedPEAT server–device collaborative tuning). 0: the server only aggregates."""
 
     def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            _check_type(f.name, hints[f.name], getattr(self, f.name))
         _require(self.num_devices >= 1, "num_devices", ">= 1", self.num_devices)
         _require(self.horizon >= 1, "horizon", ">= 1", self.horizon)
         levels = self.compression_levels
@@ -109,15 +115,56 @@ class EnvConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:
-            raise ValueError(f"unknown FedPEAT env option(s) {unknown}; valid options: {sorted(names)}")
+            raise EnvOptionError(f"unknown FedPEAT env option(s) {unknown}; valid options: {sorted(names)}")
         if isinstance(kwargs.get("reward"), dict):
             kwargs["reward"] = RewardWeights(**kwargs["reward"])
         if isinstance(kwargs.get("channel"), dict):
             kwargs["channel"] = ChannelConfig(**kwargs["channel"])
         for key in ("compression_levels", "memory_tiers", "rank_levels"):
-            if key in kwargs:
+            if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
+
+
+class EnvOptionError(TypeError, ValueError):
+    """An unexpected keyword: a ``TypeError``, as Python raises for one (clients such as SB3's ``make_vec_env`` retry
+    without ``render_mode`` on a ``TypeError``), and a ``ValueError`` like every other bad option."""
+
+
+def _check_type(name: str, hint, value) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` has the field's type (bools are not numbers; ints are floats)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        if value is None and type(None) in args:
+            return
+        return _check_type(name, next(a for a in args if a is not type(None)), value)
+    if origin is Literal:
+        ok, allowed = isinstance(value, str), f"one of {args}"
+    elif origin is tuple:
+        item = args[0]
+        ok = isinstance(value, tuple) and all(_is(item, v) for v in value)
+        allowed = f"a tuple of {_PLURAL.get(item, item.__name__)}"
+    else:
+        ok, allowed = _is(hint, value), _type_name(hint)
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+
+
+def _is(hint, value) -> bool:
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+_PLURAL = {int: "integers", float: "numbers"}
+
+
+def _type_name(hint) -> str:
+    return {int: "an integer", float: "a number", bool: "True or False", str: "a string"}.get(hint, f"a {hint.__name__}")
 
 
 def _require(ok: bool, name: str, allowed: str, value) -> None:

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from fedpeat_env.config import EnvConfig
+from fedpeat_env.config import EnvConfig, EnvOptionError
 from fedpeat_env.dynamics import INFO_KEYS, ROUND_DTYPE, Dynamics, Output
 from fedpeat_env.reward import REWARD_TERMS
 from fedpeat_env.surrogate import Calibration
@@ -87,8 +87,8 @@ class FedPEATEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode must be None (FedPEAT has no renderer), got {render_mode!r}")
+        if render_mode is not None:  # a TypeError too, so that SB3's make_vec_env retries without it
+            raise EnvOptionError(f"render_mode must be None (FedPEAT has no renderer), got {render_mode!r}")
         self.render_mode = None
         self.config = EnvConfig.from_kwargs(**kwargs)
         self.calibration = Calibration.load(self.config.calibration)

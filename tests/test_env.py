@@ -214,3 +214,29 @@ def test_latency_term_saturates_on_a_hopeless_link():
     _, reward, _, _, info = env.step(np.array([1]))
     assert info["round_latency_s"] > 100 * env.unwrapped.dynamics.reference_latency_s
     assert info["reward_terms"]["latency"] == pytest.approx(-0.5 * 10.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_devices": "ten"}, "num_devices must be an integer, got 'ten'"),
+    ({"num_devices": 2.5}, "num_devices must be an integer, got 2.5"),
+    ({"horizon": None}, "horizon must be an integer, got None"),
+    ({"compression_levels": 0.5}, "compression_levels must be a tuple of numbers, got 0.5"),
+    ({"control_rank": 1}, "control_rank must be True or False, got 1"),
+    ({"cost_profile": 3}, r"cost_profile must be one of \('embedded'"),
+])
+def test_a_value_of_the_wrong_type_names_the_option(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _make(**kwargs)
+
+
+def test_unexpected_keywords_are_type_errors_so_mainstream_clients_create_the_env_by_id():
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from fedpeat_env.config import EnvOptionError
+
+    for kwargs in ({"no_such_option": 1}, {"render_mode": "rgb_array"}):
+        with pytest.raises(TypeError, match="no_such_option|render_mode"):
+            FedPEATEnv(**kwargs)
+    assert issubclass(EnvOptionError, ValueError)
+    venv = make_vec_env("FedPEAT-v0", n_envs=2, env_kwargs={"num_devices": 3})  # SB3 passes render_mode first
+    assert venv.num_envs == 2 and venv.reset().shape == (2, 6 * 3 + 2)
