@@ -17,9 +17,6 @@ from torch import nn
 from federation.emulator import SubModelSpec
 
 _PEFT_PREFIX = "base_model.model."
-ALL_LINEAR = ("c_attn", "c_proj", "c_fc")
-"""Every linear layer of a GPT-2 block: attention ``c_attn`` and ``attn.c_proj``, FFN ``mlp.c_fc`` and ``mlp.c_proj``
-(peft matches ``c_proj`` in both)."""
 
 
 @dataclass(frozen=True)

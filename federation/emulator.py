@@ -18,6 +18,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
+from federation.architecture import keep_for_compression
 from federation.training import DistillConfig, batch_sampler, optimise
 
 _BLOCK_KEY = re.compile(r"(^|\.)h\.(\d+)\.")
@@ -117,16 +118,6 @@ def adapter_block_indices(num_layers: int, num_adapter_layers: int) -> tuple[int
             f"num_adapter_layers must be in [1, {(num_layers - 1) // 2}] for a {num_layers}-block model, got {num_adapter_layers}"
         )
     return tuple(range(num_adapter_layers)) + tuple(range(num_layers - num_adapter_layers, num_layers))
-
-
-def keep_for_compression(num_middle: int, compression: float) -> int:
-    """Middle blocks kept for a compression ratio: k = round((1 − ε)·M), which must be in [1, M]."""
-    if not 0.0 <= compression < 1.0:
-        raise ValueError(f"compression must be in [0, 1), got {compression}")
-    keep = round((1.0 - compression) * num_middle)
-    if keep < 1:
-        raise ValueError(f"compression={compression} keeps no middle block of {num_middle}; the largest allowed is {1 - 1 / num_middle:.4f}")
-    return keep
 
 
 def layer_drop_spec(num_layers: int, num_adapter_layers: int, compression: float) -> SubModelSpec:

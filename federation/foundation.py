@@ -1,30 +1,18 @@
 """The foundation model: the embedded offline tiny GPT-2 (default) or any GPT-2 through ``from_pretrained``.
 
 The embedded checkpoint lives in ``federation/assets/tiny-gpt2`` (safetensors + tokenizer + ``pretrain.json``
-with the exact config and metrics); ``fedpeat pretrain`` rebuilds it. Architecture-only configs of the
-public GPT-2 sizes back the ``cost_profile`` option: system costs of a large model without its weights.
+with the exact config and metrics); ``fedpeat pretrain`` rebuilds it. The architectures behind the env's
+``cost_profile`` option (sizes only, no torch) are in ``federation.architecture``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase
 
-EMBEDDED_DIR = Path(__file__).parent / "assets" / "tiny-gpt2"
-
-CostProfile = Literal["embedded", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
-COST_PROFILES: tuple[str, ...] = get_args(CostProfile)
-
-# Public GPT-2 architectures (Radford et al. 2019; the Hugging Face model cards): blocks, width, heads.
-_PUBLIC_GPT2: dict[str, tuple[int, int, int]] = {
-    "gpt2": (12, 768, 12),
-    "gpt2-medium": (24, 1024, 16),
-    "gpt2-large": (36, 1280, 20),
-    "gpt2-xl": (48, 1600, 25),
-}
+from federation.architecture import EMBEDDED_DIR
 
 
 def load_foundation(
@@ -62,13 +50,3 @@ def worker_setup() -> None:
     """A worker process of a parallel job (calibration runs, sim-to-real episodes): one torch thread, quiet libraries."""
     torch.set_num_threads(1)
     quiet_libraries()
-
-
-def profile_config(profile: str) -> GPT2Config:
-    """Architecture-only ``GPT2Config`` for a cost profile (no weights are loaded or downloaded)."""
-    if profile not in COST_PROFILES:
-        raise ValueError(f"cost_profile must be one of {COST_PROFILES}, got {profile!r}")
-    if profile == "embedded":
-        return GPT2Config.from_pretrained(EMBEDDED_DIR)
-    n_layer, n_embd, n_head = _PUBLIC_GPT2[profile]
-    return GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=50257, n_positions=1024)

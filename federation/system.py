@@ -1,7 +1,7 @@
 """The wireless + memory cost model: path loss, Rayleigh fading, Shannon rates, latency and training memory.
 
-NumPy, and numba for the channel's round (torch is used solely to count tensor bytes and parameters); no Gymnasium /
-SB3 dependency.
+NumPy, and numba for the channel's round; torch only inside the two functions that count tensor bytes and
+parameters (the surrogate env imports this module without torch). No Gymnasium / SB3 dependency.
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numba
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # Thermal noise PSD at 290 K, kT = -174 dBm/Hz (3GPP TR 36.814, Annex A.2.1 simulation assumptions).
 NOISE_PSD_DBM_PER_HZ: float = -174.0
@@ -221,6 +223,8 @@ def round_latency_s(device_latencies_s: Iterable[float], aggregation: LatencyAgg
 
 def tensor_bytes(tensors: Mapping[str, torch.Tensor] | Iterable[torch.Tensor] | torch.Tensor) -> int:
     """Bytes held by the given tensors: sum of numel * element_size (a state dict, an iterable, or one tensor)."""
+    import torch
+
     if isinstance(tensors, torch.Tensor):
         tensors = [tensors]
     elif isinstance(tensors, Mapping):

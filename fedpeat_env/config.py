@@ -8,7 +8,7 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
-from federation.foundation import COST_PROFILES, CostProfile
+from federation.architecture import COST_PROFILES, CostProfile
 from federation.system import LATENCY_AGGREGATIONS, ChannelConfig, LatencyAggregation
 from fedpeat_env.costs import TRAINABLE, Trainable
 from fedpeat_env.reward import RewardWeights

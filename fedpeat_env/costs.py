@@ -1,24 +1,19 @@
 """Bytes and memory per action level, from a GPT-2 architecture (no weights needed).
 
-Parameter counts come from building the profile's ``GPT2Config`` on the ``meta`` device (no memory, no
-download); bytes and memory then go through the one system model, ``federation.system``. For the embedded
+Parameter counts come from the profile's architecture (``federation.architecture``, no torch, no weights, no
+download; a test checks them against a ``GPT2LMHeadModel`` built on the meta device); bytes and memory then go
+through the one system model, ``federation.system``. For the embedded
 profile these numbers equal the engine's real tensors (checked in the tests).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
-import torch
-from transformers import GPT2LMHeadModel
-from transformers.pytorch_utils import Conv1D
 
-from federation.emulator import keep_for_compression
-from federation.foundation import profile_config
-from federation.methods.fedpeat import FedPEAT
+from federation.architecture import ALL_LINEAR, GPT2Shape, keep_for_compression, profile_shape
 from federation.system import training_memory
 
 BYTES_PER_VALUE = 4  # float32 weights and training state
@@ -30,41 +25,10 @@ TRAINABLE: tuple[str, ...] = ("adapter", "all")
 """What devices train and send: FedPEAT's LoRA adapter, or every weight of the full model (Fed-FT's cost profile)."""
 
 
-@dataclass(frozen=True)
-class ArchitectureCounts:
-    num_layers: int
-    d_model: int
-    num_heads: int
-    vocab_size: int
-    embedding_params: int
-    """Token + position embeddings (the LM head is tied to the token embedding)."""
-    block_params: int
-    """Parameters of one transformer block."""
-    final_norm_params: int
-    block_linears: tuple[tuple[str, int, int], ...]
-    """(module name in a block, in features, out features) of every linear (``Conv1D``) layer of a block."""
-
-
-@lru_cache(maxsize=8)
-def architecture_counts(profile: str) -> ArchitectureCounts:
-    """Parameter counts of a cost profile, from its ``GPT2Config`` built on the meta device."""
-    config = profile_config(profile)
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(config)
-    t = model.transformer
-    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    linears = tuple((name, *m.weight.shape) for name, m in t.h[0].named_modules() if isinstance(m, Conv1D))
-    return ArchitectureCounts(
-        num_layers=config.n_layer, d_model=config.n_embd, num_heads=config.n_head, vocab_size=config.vocab_size,
-        embedding_params=count(t.wte) + count(t.wpe), block_params=count(t.h[0]), final_norm_params=count(t.ln_f),
-        block_linears=linears,
-    )
-
-
-def lora_params(counts: ArchitectureCounts, rank: int, target_modules: tuple[str, ...], num_adapter_layers: int = 1) -> int:
+def lora_params(shape: GPT2Shape, rank: int, target_modules: tuple[str, ...], num_adapter_layers: int = 1) -> int:
     """LoRA of rank r on the ``target_modules`` of the 2l adapter blocks: r·(in + out) per targeted linear layer (a
     target matches a layer whose name ends with it, as in peft; GPT-2's Conv1D weight is (in, out))."""
-    per_block = sum(rank * (n_in + n_out) for name, n_in, n_out in counts.block_linears
+    per_block = sum(rank * (n_in + n_out) for name, n_in, n_out in shape.block_linears
                     if any(name == t or name.endswith("." + t) for t in target_modules))
     return 2 * num_adapter_layers * per_block
 
@@ -92,8 +56,8 @@ class LevelCosts:
 def level_costs(profile: str, compression_levels: tuple[float, ...], rank_levels: tuple[int, ...],
                 num_adapter_layers: int = 1, target_modules: tuple[str, ...] | None = None,
                 trainable: Trainable = "adapter") -> LevelCosts:
-    """Costs per level and rank of the emulators and of the adapter: LoRA on ``target_modules`` (None: FedPEAT's, the
-    engine's ``FedPEAT.default_lora``) of the adapter blocks.
+    """Costs per level and rank of the emulators and of the adapter: LoRA on ``target_modules`` (None: FedPEAT's,
+    every linear layer, as the engine's ``FedPEAT.default_lora``) of the adapter blocks.
 
     ``trainable="all"``: Fed-FT's cost profile — no frozen part (nothing to exchange), every weight of the full model
     sent down and up every round and trained (weights, gradients and AdamW state of all of them); the only level is
@@ -103,27 +67,27 @@ def level_costs(profile: str, compression_levels: tuple[float, ...], rank_levels
         raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
     if trainable == "all" and tuple(compression_levels) != (0.0,):
         raise ValueError(f"trainable='all' (Fed-FT) has no emulator: compression_levels must be (0.0,), got {compression_levels}")
-    counts = architecture_counts(profile)
-    target_modules = target_modules or FedPEAT.default_lora.target_modules
-    num_middle = counts.num_layers - 2 * num_adapter_layers
+    shape = profile_shape(profile)
+    target_modules = target_modules or ALL_LINEAR
+    num_middle = shape.n_layer - 2 * num_adapter_layers
     keeps = np.array([keep_for_compression(num_middle, e) for e in compression_levels])
     blocks = 2 * num_adapter_layers + keeps
-    emulator_params = counts.embedding_params + counts.final_norm_params + blocks * counts.block_params
+    emulator_params = np.array([shape.params(int(b)) for b in blocks])
     ranks = np.array(rank_levels)
-    lora = np.array([lora_params(counts, int(r), target_modules, num_adapter_layers) for r in ranks])
+    lora = np.array([lora_params(shape, int(r), target_modules, num_adapter_layers) for r in ranks])
 
     def memory(frozen: int, trainable: int, num_blocks: int) -> int:
         return training_memory(frozen, trainable, batch_size=TRAIN_BATCH_SIZE, seq_len=TRAIN_SEQ_LEN,
-                               d_model=counts.d_model, num_blocks=num_blocks, num_heads=counts.num_heads,
-                               vocab_size=counts.vocab_size, bytes_per_value=BYTES_PER_VALUE).total_bytes
+                               d_model=shape.n_embd, num_blocks=num_blocks, num_heads=shape.n_head,
+                               vocab_size=shape.vocab_size, bytes_per_value=BYTES_PER_VALUE).total_bytes
 
-    full_params = counts.embedding_params + counts.final_norm_params + counts.num_layers * counts.block_params
-    full_memory = float(memory(full_params, int(lora[-1]), counts.num_layers))
+    full_params = shape.params()
+    full_memory = float(memory(full_params, int(lora[-1]), shape.n_layer))
     if trainable == "all":
         return LevelCosts(
-            compression=np.zeros(1), kept_blocks=np.array([counts.num_layers]), emulator_bytes=np.zeros(1),
+            compression=np.zeros(1), kept_blocks=np.array([shape.n_layer]), emulator_bytes=np.zeros(1),
             adapter_bytes=np.full(len(ranks), float(full_params * BYTES_PER_VALUE)),
-            memory_bytes=np.full((1, len(ranks)), float(memory(0, full_params, counts.num_layers))),
+            memory_bytes=np.full((1, len(ranks)), float(memory(0, full_params, shape.n_layer))),
             full_memory_bytes=full_memory, full_model_bytes=float(full_params * BYTES_PER_VALUE),
         )
     mem = np.array([[memory(int(p), int(q), int(b)) for q in lora] for p, b in zip(emulator_params, blocks)], dtype=float)

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from federation.adapters import ALL_LINEAR, LoraSpec, adapter_state, attach_lora, load_adapter_state
+from federation.adapters import LoraSpec, adapter_state, attach_lora, load_adapter_state
+from federation.architecture import ALL_LINEAR, keep_for_compression
 from federation.emulator import (
     build_emulator,
     distill_emulator,
     full_spec,
-    keep_for_compression,
     layer_drop_spec,
     model_payload,
     uniform_layer_choice,

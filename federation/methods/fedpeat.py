@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from federation.adapters import ALL_LINEAR, LoraSpec
+from federation.adapters import LoraSpec
+from federation.architecture import ALL_LINEAR
 from federation.emulator import SubModelSpec, build_emulator, distill_emulator, layer_drop_spec
 from federation.methods.base import DeviceDecision, Method, MethodConfig
 from federation.training import DistillConfig, LocalTrainConfig
