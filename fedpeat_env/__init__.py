@@ -6,6 +6,9 @@
 |----|----------|----------|
 | ``FedPEAT-v0`` | calibrated surrogate (fast, default) | one modelled federated round |
 | ``FedPEAT-Engine-v0`` | the federation engine on the embedded GPT-2 | one real federated round |
+
+``gymnasium.make_vec("FedPEAT-v0", num_envs=B, vectorization_mode="vector_entry_point")`` returns the compiled
+``fedpeat_env.vector.FedPEATVectorEnv`` (B episodes in one batched step).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from gymnasium.envs.registration import register
 from fedpeat_env.config import EnvConfig, RewardWeights
 from fedpeat_env.env import FedPEATEnv
 
-register(id="FedPEAT-v0", entry_point="fedpeat_env.env:FedPEATEnv", kwargs={"fidelity": "surrogate"})
+register(id="FedPEAT-v0", entry_point="fedpeat_env.env:FedPEATEnv", kwargs={"fidelity": "surrogate"},
+         vector_entry_point="fedpeat_env.vector:FedPEATVectorEnv")
 register(id="FedPEAT-Engine-v0", entry_point="fedpeat_env.env:FedPEATEnv", kwargs={"fidelity": "engine", "horizon": 5})
 
 __all__ = ["EnvConfig", "FedPEATEnv", "RewardWeights"]

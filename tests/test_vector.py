@@ -136,3 +136,14 @@ def test_step_result_is_step_without_the_info_dict(mode):
             assert np.array_equal(final_obs, info["final_obs"])
             ended += 1
     assert ended == (2 if mode == "SAME_STEP" else 0)  # horizon 3 in 7 steps: two same-step resets
+
+
+def test_make_vec_by_id_returns_the_compiled_vector_env():
+    import gymnasium as gym
+
+    from fedpeat_env.vector import FedPEATVectorEnv
+
+    venv = gym.make_vec("FedPEAT-v0", num_envs=8, vectorization_mode="vector_entry_point", num_devices=4)
+    assert isinstance(venv, FedPEATVectorEnv) and venv.num_envs == 8
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape == (8, 6 * 4 + 2)
