@@ -65,6 +65,15 @@ class FedPEATVectorEnv(VectorEnv):
                 return actions
         raise ValueError(f"actions must be integers of shape {(self.num_envs, len(self._nvec))} within {self._nvec}")
 
+    def _restart(self, envs: np.ndarray) -> None:
+        """New episodes for the sub-envs in ``envs``. With one sub-env, jump to the next episode point of the stream as
+        ``FedPEATEnv``'s unseeded reset does, so that ``FedPEATVectorEnv(1)`` and ``FedPEAT-v0`` meet the same episodes
+        for ever; with more, continue the shared stream."""
+        if self.num_envs == 1:
+            self.dynamics.next_episodes()
+        else:
+            self.dynamics.reset_episodes(envs)
+
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         obs, out, terminated, truncated, final_obs = self.step_result(actions)
         info = {name: out.terms[name] for name in REWARD_TERMS}
@@ -86,13 +95,18 @@ class FedPEATVectorEnv(VectorEnv):
             done = terminated | truncated
             if done.any():
                 final_obs = obs
-                d.reset_episodes(done)
+                self._restart(done)
                 obs = d.observe()
         else:  # NEXT_STEP: sub-envs that ended last step start anew and skip this step (reward 0)
             resetting = self._autoreset
-            if resetting.any():
-                d.reset_episodes(resetting)
-            out = d.step(actions, ~resetting)
+            if self.num_envs == 1 and resetting[0]:  # nothing plays: no round is drawn (a single env's reset draws none)
+                self._restart(resetting)
+                out = d.new_output()
+                out.obs[:] = d.observe()
+            else:
+                if resetting.any():
+                    self._restart(resetting)
+                out = d.step(actions, ~resetting)
             obs, (terminated, truncated) = out.obs, out.ended
             self._autoreset = terminated | truncated
         return obs, out, terminated, truncated, final_obs

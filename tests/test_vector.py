@@ -10,21 +10,30 @@ from fedpeat_env.env import FedPEATEnv
 from fedpeat_env.vector import FedPEATVectorEnv
 
 
-def test_batch_of_one_reproduces_the_single_env():
-    single, vector = FedPEATEnv(), FedPEATVectorEnv(1)
+@pytest.mark.parametrize("mode", ["next_step", "same_step"])
+def test_batch_of_one_reproduces_the_single_env_over_many_episodes(mode):
+    from gymnasium.vector import AutoresetMode
+
+    autoreset = AutoresetMode.NEXT_STEP if mode == "next_step" else AutoresetMode.SAME_STEP
+    single, vector = FedPEATEnv(horizon=4), FedPEATVectorEnv(1, autoreset, horizon=4)
     obs_s, _ = single.reset(seed=11)
     obs_v, _ = vector.reset(seed=11)
     assert np.array_equal(obs_s, obs_v[0])
     rng = np.random.default_rng(1)
-    for _ in range(15):
+    episodes = 0
+    while episodes < 5:
         action = rng.integers(0, 5, size=10)
         obs_s, r_s, term_s, trunc_s, info_s = single.step(action)
         obs_v, r_v, term_v, trunc_v, info_v = vector.step(action[None])
-        assert np.array_equal(obs_s, obs_v[0]) and r_s == pytest.approx(float(r_v[0]))
-        assert info_s["perplexity"] == info_v["perplexity"][0]
+        final = info_v["final_obs"][0] if term_s or trunc_s and mode == "same_step" else obs_v[0]
+        assert np.array_equal(obs_s, final) and r_s == pytest.approx(float(r_v[0]))
+        assert info_s["perplexity"] == info_v["perplexity"][0] and (term_v[0], trunc_v[0]) == (term_s, trunc_s)
         if term_s or trunc_s:
-            assert term_v[0] == term_s and trunc_v[0] == trunc_s
-            break
+            episodes += 1
+            obs_s, _ = single.reset()  # unseeded: the next episode of the stream
+            if mode == "next_step":
+                obs_v, *_ = vector.step(action[None])  # the autoreset step
+            assert np.array_equal(obs_s, obs_v[0]), f"episode {episodes + 1} starts elsewhere"
 
 
 def test_autoreset_next_step_and_independent_sub_envs():
