@@ -24,6 +24,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
 
 import fedpeat_env  # noqa: F401  (registers the FedPEAT ids)
+from agents.hyperparams import load_hyperparams, split_hyperparams
 from agents.policy import SB3Policy
 from agents.vec import FedPEATSB3VecEnv
 
@@ -50,9 +51,13 @@ class TrainConfig:
     out_dir: str = "runs/agent"
     """Where model, statistics, config, metrics and logs go."""
     algo_kwargs: dict = field(default_factory=dict)
-    """Extra constructor arguments of the algorithm (e.g. n_steps, learning_rate)."""
+    """Extra constructor arguments of the algorithm (e.g. n_steps, learning_rate); unknown names are refused."""
     torch_threads: int = 1
-    """torch intra-op threads (1 is fastest for small MLP policies)."""
+    """torch intra-op threads (1 is fastest for small MLP policies: with 2 threads SB3 PPO ran 5× slower here)."""
+    policy: str = "MlpPolicy"
+    """SB3 policy class name."""
+    normalize: bool = True
+    """VecNormalize the observations and rewards (statistics saved as ``vecnormalize.pkl``)."""
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -60,6 +65,24 @@ class TrainConfig:
         for name in ("timesteps", "n_envs", "torch_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        trainer, _ = split_hyperparams(self.algo, ALGOS[self.algo], self.algo_kwargs)
+        if trainer:
+            raise ValueError(f"algo_kwargs must hold algorithm arguments only; {sorted(trainer)} are TrainConfig fields")
+
+    @classmethod
+    def from_hyperparams(cls, algo: str = "ppo", env_id: str = "FedPEAT-v0", overrides: dict | None = None,
+                         hyperparams_path: Path | None = None, **fields) -> TrainConfig:
+        """Settings from ``hyperparams/<algo>.yml`` (the ``env_id`` entry, RL Zoo format), then ``overrides`` (the
+        same keys, e.g. from ``--hyperparams``), then explicit ``fields`` (None values are ignored)."""
+        if algo not in ALGOS:
+            raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {algo!r}")
+        params = {**load_hyperparams(algo, env_id, hyperparams_path), **(overrides or {})}
+        trainer, algo_kwargs = split_hyperparams(algo, ALGOS[algo], params)
+        settings = {"n_envs": trainer.get("n_envs"), "timesteps": trainer.get("n_timesteps"),
+                    "policy": trainer.get("policy"), "normalize": trainer.get("normalize")}
+        settings = {k: (int(v) if k in ("n_envs", "timesteps") else v) for k, v in settings.items() if v is not None}
+        settings |= {k: v for k, v in fields.items() if v is not None}
+        return cls(algo=algo, env_id=env_id, algo_kwargs=algo_kwargs, **settings)
 
 
 class StepTimer(gym.Wrapper):
@@ -92,9 +115,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         venv = make_vec_env(partial(gym.make, config.env_id), n_envs=config.n_envs, seed=config.seed,
                             env_kwargs=config.env_kwargs, monitor_dir=str(out / "monitor"), wrapper_class=StepTimer,
                             vec_env_cls=DummyVecEnv)
-    gamma = config.algo_kwargs.get("gamma", 0.99)
-    venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=gamma)
-    model = ALGOS[config.algo]("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0, **config.algo_kwargs)
+    if config.normalize:
+        venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=config.algo_kwargs.get("gamma", 0.99))
+    model = ALGOS[config.algo](config.policy, venv, seed=config.seed, device="cpu", verbose=0, **config.algo_kwargs)
     model.set_logger(configure(str(out / "tb"), ["csv", "tensorboard"]))
     start = time.perf_counter()
     model.learn(total_timesteps=config.timesteps, progress_bar=progress)
@@ -102,7 +125,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     env_s = float(sum(venv.get_attr("step_time_s")))
     steps = int(sum(venv.get_attr("steps")))
     model.save(out / "model.zip")
-    venv.save(str(out / "vecnormalize.pkl"))
+    if config.normalize:
+        venv.save(str(out / "vecnormalize.pkl"))
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     metrics = {"wall_time_s": wall_s, "env_steps": steps, "steps_per_s": steps / wall_s, "env_time_s": env_s,
                "env_time_share": env_s / wall_s}
@@ -117,6 +141,8 @@ def load_policy(out_dir: str | Path, deterministic: bool = True) -> SB3Policy:
     out = Path(out_dir)
     config = TrainConfig(**json.loads((out / "config.json").read_text()))
     model = ALGOS[config.algo].load(out / "model.zip", device="cpu")
+    if not config.normalize:
+        return SB3Policy(model, None, deterministic=deterministic)
     dummy = DummyVecEnv([lambda: gym.make(config.env_id, **config.env_kwargs)])
     vecnormalize = VecNormalize.load(str(out / "vecnormalize.pkl"), dummy)
     vecnormalize.training, vecnormalize.norm_reward = False, False

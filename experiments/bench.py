@@ -198,7 +198,6 @@ def bench_env(steps: int = 20_000, num_envs: int = 1024, vector_steps: int = 500
 
     import fedpeat_env  # noqa: F401
     from agents.train import TrainConfig, train
-    from experiments.benchmark import BenchmarkConfig
     from fedpeat_env.vector import FedPEATVectorEnv
 
     vector = FedPEATVectorEnv(num_envs)
@@ -216,8 +215,8 @@ def bench_env(steps: int = 20_000, num_envs: int = 1024, vector_steps: int = 500
     rates = best_rates(steppers, {"cartpole": steps, "fedpeat": steps, "vector": vector_steps},
                        {"vector": num_envs}, blocks)
     with tempfile.TemporaryDirectory() as tmp:
-        algo_kwargs = BenchmarkConfig().algo_kwargs  # the benchmark's PPO: its rollouts and minibatches
-        train(TrainConfig(algo="ppo", timesteps=ppo_timesteps, out_dir=tmp, algo_kwargs=algo_kwargs), progress=False)
+        # the benchmark's PPO (hyperparams/ppo.yml): its rollouts and minibatches
+        train(TrainConfig.from_hyperparams("ppo", timesteps=ppo_timesteps, out_dir=tmp), progress=False)
         share = json.loads((Path(tmp) / "metrics.json").read_text())["env_time_share"]
     return {"cartpole_steps_per_s": rates["cartpole"], "fedpeat_steps_per_s": rates["fedpeat"],
             "ratio_to_cartpole": rates["fedpeat"] / rates["cartpole"], "vector_env_steps_per_s": rates["vector"],

@@ -26,15 +26,15 @@ class BenchmarkConfig:
     episodes_per_seed: int = 10
     """Episodes per seed: the first from ``reset(seed)``, the next ones continue that seed's stream (``evaluate``).
     The CIs are over all seeds × episodes: with one episode per seed, a few seeds with deep fades decided them."""
-    timesteps: int = 3_000_000
-    """Agent training steps (the README's benchmark: 3M, ≈ 14 min for PPO on one core)."""
+    timesteps: int | None = None
+    """Agent training steps (None: ``n_timesteps`` of ``hyperparams/<algo>.yml``, 3M for PPO, ≈ 14 min on one core)."""
     algo: str = "ppo"
     """ppo, a2c or maskable-ppo."""
     train_seed: int = 0
     """Seed of the training run."""
-    algo_kwargs: dict = field(default_factory=lambda: {"n_steps": 128, "batch_size": 256, "ent_coef": 0.01})
-    """Algorithm settings: short rollouts (128 steps × 8 envs) give many more updates than SB3's default 2048
-    on these short episodes (PPO reached −37 vs −48 mean episode return after 100k vs 147k steps)."""
+    hyperparams: dict = field(default_factory=dict)
+    """Overrides of ``hyperparams/<algo>.yml`` (RL Zoo keys: n_envs, n_timesteps, policy, normalize, or any
+    argument of the algorithm)."""
     env_kwargs: dict = field(default_factory=dict)
     """FedPEAT-v0 options (defaults: the benchmark scenario)."""
     baselines: tuple[str, ...] = ("fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "greedy", "ucb", "oracle")
@@ -43,17 +43,23 @@ class BenchmarkConfig:
     """Where the agent, table (markdown + CSV) and plots go."""
     agent_dir: str | None = None
     """A trained agent's directory (``fedpeat train`` / an earlier benchmark) to evaluate instead of training one;
-    its ``config.json`` gives the algorithm, and ``timesteps``, ``algo``, ``train_seed`` and ``algo_kwargs`` are
+    its ``config.json`` gives the algorithm, and ``timesteps``, ``algo``, ``train_seed`` and ``hyperparams`` are
     not used."""
 
     def __post_init__(self) -> None:
         for name in ("seeds", "episodes_per_seed", "timesteps"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.algo not in ALGOS:
             raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {self.algo!r}")
         if self.agent_dir is not None and not (Path(self.agent_dir) / "config.json").is_file():
             raise ValueError(f"agent_dir must be a trained agent's directory (with config.json), got {self.agent_dir!r}")
+
+    def train_config(self) -> TrainConfig:
+        """The agent's training settings: ``hyperparams/<algo>.yml``, then ``hyperparams``, then ``timesteps``."""
+        return TrainConfig.from_hyperparams(self.algo, overrides=self.hyperparams, env_kwargs=dict(self.env_kwargs),
+                                            timesteps=self.timesteps, seed=self.train_seed,
+                                            out_dir=str(Path(self.out_dir) / self.algo))
 
 
 @dataclass(frozen=True)
@@ -74,11 +80,10 @@ class BenchmarkResult:
 def run_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print, progress: bool = True) -> BenchmarkResult:
     out = Path(config.out_dir)
     if config.agent_dir is None:
-        agent_dir = out / config.algo
-        say(f"training {config.algo} for {config.timesteps} steps → {agent_dir}")
-        algo_kwargs = dict(config.algo_kwargs) if config.algo != "a2c" else {}  # A2C has no batch_size
-        train(TrainConfig(algo=config.algo, env_kwargs=dict(config.env_kwargs), timesteps=config.timesteps,
-                          seed=config.train_seed, out_dir=str(agent_dir), algo_kwargs=algo_kwargs), progress=progress)
+        train_config = config.train_config()
+        agent_dir = Path(train_config.out_dir)
+        say(f"training {config.algo} for {train_config.timesteps} steps → {agent_dir}")
+        train(train_config, progress=progress)
         agent = config.algo
     else:
         agent_dir = Path(config.agent_dir)

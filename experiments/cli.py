@@ -335,18 +335,24 @@ def _env_kwargs(options: list[str]) -> dict:
 def train_cmd(
     algo: str = typer.Option("ppo", help="ppo, a2c or maskable-ppo."),
     env: str = typer.Option("FedPEAT-v0", help="Gymnasium id."),
-    timesteps: int = typer.Option(100_000, help="Training env steps."),
+    timesteps: int = typer.Option(None, help="Training env steps (default: n_timesteps of hyperparams/ALGO.yml)."),
+    n_envs: int = typer.Option(None, "--n-envs", help="Parallel envs (default: n_envs of hyperparams/ALGO.yml, or 8)."),
+    hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
+                                          "key:value (RL Zoo spelling, repeatable), e.g. n_steps:64 ent_coef:0.0."),
     seed: int = typer.Option(0, help="Seed of the run."),
     out: Path = typer.Option(Path("runs/agent"), help="Output directory (model, VecNormalize stats, logs)."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable), e.g. num_devices=6."),
 ) -> None:
-    """Train an RL controller (SB3) on a FedPEAT env; tensorboard logs in OUT/tb."""
+    """Train an RL controller (SB3) on a FedPEAT env with the tuned settings of hyperparams/ALGO.yml (RL Baselines3
+    Zoo's format); tensorboard logs in OUT/tb."""
+    from agents.hyperparams import parse_hyperparams
     from agents.train import TrainConfig, train
 
     _quiet_libraries()
     with user_errors():
-        config = TrainConfig(algo=algo, env_id=env, env_kwargs=_env_kwargs(env_option), timesteps=timesteps, seed=seed,
-                             out_dir=str(out))
+        config = TrainConfig.from_hyperparams(algo, env, overrides=parse_hyperparams(hyperparams),
+                                              env_kwargs=_env_kwargs(env_option), timesteps=timesteps, n_envs=n_envs,
+                                              seed=seed, out_dir=str(out))
         import gymnasium as gym
 
         import fedpeat_env  # noqa: F401
@@ -384,8 +390,11 @@ def evaluate_cmd(
 def benchmark_cmd(
     seeds: int = typer.Option(10, help="Evaluation seeds (same channels for every policy)."),
     episodes: int = typer.Option(10, help="Episodes per seed (the seed's stream continues)."),
-    timesteps: int = typer.Option(3_000_000, help="Agent training steps (3M: ≈ 14 min for PPO on one core)."),
+    timesteps: int = typer.Option(None, help="Agent training steps (default: hyperparams/ALGO.yml's, 3M for PPO: "
+                                             "≈ 14 min on one core)."),
     algo: str = typer.Option("ppo", help="ppo, a2c or maskable-ppo."),
+    hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
+                                          "key:value (repeatable)."),
     agent: Path = typer.Option(None, help="Evaluate this trained agent's directory instead of training one."),
     out: Path = typer.Option(Path("runs/benchmark"), help="Output directory."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
@@ -394,6 +403,7 @@ def benchmark_cmd(
     """Adaptive vs fixed: train the agent (or take --agent), evaluate it and every baseline, write table (md + CSV)
     and plots."""
     from agents import POLICY_NAMES
+    from agents.hyperparams import parse_hyperparams
     from experiments.benchmark import BenchmarkConfig, run_benchmark
 
     _quiet_libraries()
@@ -402,8 +412,9 @@ def benchmark_cmd(
         if unknown:
             raise ValueError(f"baseline must be one of {POLICY_NAMES}, got {unknown}")
         config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, algo=algo,
-                                 env_kwargs=_env_kwargs(env_option), out_dir=str(out),
-                                 agent_dir=None if agent is None else str(agent))
+                                 hyperparams=parse_hyperparams(hyperparams), env_kwargs=_env_kwargs(env_option),
+                                 out_dir=str(out), agent_dir=None if agent is None else str(agent))
+        config.train_config()  # validate the settings before any work
         if baseline:
             config = replace(config, baselines=tuple(baseline))
         result = run_benchmark(config, say=console.log)
