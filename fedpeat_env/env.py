@@ -73,9 +73,13 @@ class FedPEATEnv(gym.Env):
     ## Episode End
     Terminated when the perplexity reaches ``target_perplexity``; truncated after ``horizon`` rounds.
 
+    ## Rendering
+    ``render_mode="ansi"``: a text table of the last round (per device: distance, channel gain, memory tier, data
+    share, the ε it holds, whether it trained); ``"rgb_array"``: the same drawn as the cell around the base station.
+
     ## Arguments
     Keyword arguments of ``gymnasium.make`` are the fields of ``fedpeat_env.config.EnvConfig`` (an unknown key
-    raises ``ValueError``). ``fidelity="engine"`` runs a real federated round per step on the embedded model, with
+    raises an error that is both a ``TypeError`` and a ``ValueError``; a wrong value or type a ``ValueError``). ``fidelity="engine"`` runs a real federated round per step on the embedded model, with
     the same partition, server share and latency model.
 
     ## Version History
@@ -84,12 +88,12 @@ class FedPEATEnv(gym.Env):
       collaborating server, and a surrogate that answers the LoRA rank, the data share and mixed ε.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 2}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
-        if render_mode is not None:  # a TypeError too, so that SB3's make_vec_env retries without it
-            raise EnvOptionError(f"render_mode must be None (FedPEAT has no renderer), got {render_mode!r}")
-        self.render_mode = None
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise EnvOptionError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.render_mode = render_mode
         self.config = EnvConfig.from_kwargs(**kwargs)
         self.calibration = Calibration.load(self.config.calibration)
         self.dynamics = Dynamics(self.config, 1, self.calibration)
@@ -134,6 +138,18 @@ class FedPEATEnv(gym.Env):
         info = {"reward_terms": dict(zip(REWARD_TERMS, out.terms.item(0)))}
         info |= {key: kind(values[key]) for key, kind in INFO_KEYS}
         return values["reward"], info
+
+    def render(self) -> str | np.ndarray | None:
+        """``render_mode="ansi"``: a text table of the round; ``"rgb_array"``: a picture of the cell (base station,
+        devices at their distances coloured by channel gain, sized by memory tier, ringed when they trained, labelled
+        with the ε they hold); None without a render mode."""
+        if self.render_mode is None:
+            return None
+        if self._needs_reset:
+            raise RuntimeError("call reset() before render()")
+        from fedpeat_env.render import round_picture, round_text
+
+        return round_text(self.dynamics) if self.render_mode == "ansi" else round_picture(self.dynamics)
 
     def action_masks(self) -> np.ndarray:
         """Flat boolean mask for sb3-contrib's MaskablePPO: levels that do not fit a device's memory are False."""

@@ -234,9 +234,31 @@ def test_unexpected_keywords_are_type_errors_so_mainstream_clients_create_the_en
 
     from fedpeat_env.config import EnvOptionError
 
-    for kwargs in ({"no_such_option": 1}, {"render_mode": "rgb_array"}):
+    for kwargs in ({"no_such_option": 1}, {"render_mode": "human"}):
         with pytest.raises(TypeError, match="no_such_option|render_mode"):
             FedPEATEnv(**kwargs)
     assert issubclass(EnvOptionError, ValueError)
     venv = make_vec_env("FedPEAT-v0", n_envs=2, env_kwargs={"num_devices": 3})  # SB3 passes render_mode first
     assert venv.num_envs == 2 and venv.reset().shape == (2, 6 * 3 + 2)
+
+
+def test_render_modes_show_the_round():
+    env = _make(render_mode="ansi", num_devices=4)
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.unwrapped.render()
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.array([1, 2, 0, 4]))
+    text = env.render()
+    lines = text.splitlines()
+    assert lines[0].startswith("round 1/20") and f"{info['perplexity']:.1f}" in lines[0] and len(lines) == 2 + 4
+    trained = [line.split()[-1] == "yes" for line in lines[2:]]
+    assert sum(trained) == info["participants"] and not trained[2]  # device 2 was not selected
+    assert [line.split()[5] for line in lines[2:]][2] == "-"  # and holds no emulator
+    picture = _make(render_mode="rgb_array")
+    picture.reset(seed=0)
+    picture.step(picture.action_space.sample())
+    frame = picture.render()
+    assert frame.shape == (480, 480, 3) and frame.dtype == np.uint8 and len(np.unique(frame.reshape(-1, 3), axis=0)) > 10
+    plain = _make()
+    plain.reset(seed=0)
+    assert plain.render() is None
