@@ -24,11 +24,14 @@ from agents.stats import (
     normalised_score,
     oracle_margin,
     paired_difference,
+    probability_of_improvement,
+    runs_summary,
     to_markdown,
 )
 
 __all__ = [
     "POLICY_NAMES", "FixedPolicy", "GreedyPolicy", "OraclePolicy", "Policy", "RandomPolicy", "SB3Policy",
     "UCBPolicy", "action_choices", "benchmark_table", "bootstrap_ci", "evaluate", "iqm", "make_policy",
-    "normalised_score", "oracle_margin", "paired_difference", "to_markdown",
+    "normalised_score", "oracle_margin", "paired_difference", "probability_of_improvement", "runs_summary",
+    "to_markdown",
 ]

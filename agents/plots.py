@@ -52,6 +52,28 @@ def learning_curve(source: str | Path, out_png: str | Path, window: int = 20, ti
     return _save(fig, out_png)
 
 
+def learning_curves(runs: dict[str, list[str | Path]], out_png: str | Path, lines: dict[str, float] | None = None,
+                    window: int = 20, points: int = 100) -> Path:
+    """Episode return against env steps over training seeds: per algorithm the median of its runs' rolling means
+    (``window`` episodes, on a common grid of ``points`` steps) and the band between their min and max, with
+    horizontal ``lines`` (e.g. the best fixed policy and the oracle)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, sources in runs.items():
+        curves = [read_episodes(src) for src in sources]
+        end = min(float(c["timesteps"].iloc[-1]) for c in curves)
+        grid = np.linspace(0.0, end, points)
+        smooth = np.vstack([np.interp(grid, c["timesteps"], c["return"].rolling(window, min_periods=1).mean())
+                            for c in curves])
+        median = ax.plot(grid, np.median(smooth, axis=0), lw=1.8, label=f"{name} (median of {len(curves)})")[0]
+        ax.fill_between(grid, smooth.min(axis=0), smooth.max(axis=0), color=median.get_color(), alpha=0.2)
+    for (label, value), style in zip((lines or {}).items(), ("--", ":", "-.")):
+        ax.axhline(value, color="black", ls=style, lw=1.0, label=label)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(f"return (mean of {window} episodes)")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, out_png)
+
+
 def returns_bar(table: pd.DataFrame, out_png: str | Path, title: str = "Mean return (95% bootstrap CI)") -> Path:
     """Horizontal bars of a ``benchmark_table``'s mean returns with their CIs, saved as a PNG."""
     order = table.sort_values("mean return")

@@ -45,6 +45,24 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, **ci_kwargs) -> dict[str
     return {"mean": float(diff.mean()), "CI low": low, "CI high": high, "episodes": int(diff.size)}
 
 
+def runs_summary(run_scores, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """rliable's aggregate over independent training runs of one task: IQM of the run scores with a bootstrap CI
+    over runs (the stratified bootstrap of rliable, with a single task), and their mean. Keys: IQM, CI low, CI high,
+    mean, runs."""
+    scores = np.asarray(run_scores, dtype=float).ravel()
+    low, high = bootstrap_ci(scores, fn=iqm, n=n, seed=seed, level=level)
+    return {"IQM": iqm(scores), "CI low": low, "CI high": high, "mean": float(scores.mean()), "runs": int(scores.size)}
+
+
+def probability_of_improvement(x_runs, y_runs) -> float:
+    """P(X > Y) as rliable defines it for one task: the share of run pairs (x_i, y_j) with x_i > y_j, ties counting
+    one half (the Mann–Whitney U statistic over m·n)."""
+    x, y = (np.asarray(v, dtype=float).ravel()[:, None] for v in (x_runs, y_runs))
+    if x.size == 0 or y.size == 0:
+        raise ValueError("x_runs and y_runs must not be empty")
+    return float(((x > y.T) + 0.5 * (x == y.T)).mean())
+
+
 def normalised_score(R, R_random, R_oracle):
     """(R − R_random) / (R_oracle − R_random): 0 = random, 1 = oracle (arrays broadcast)."""
     span = np.asarray(R_oracle, dtype=float) - np.asarray(R_random, dtype=float)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +30,10 @@ class BenchmarkConfig:
     """Agent training steps (None: ``n_timesteps`` of ``hyperparams/<algo>.yml``, 3M for PPO, ≈ 14 min on one core)."""
     algo: str = "ppo"
     """ppo, a2c or maskable-ppo."""
+    algos: tuple[str, ...] = ()
+    """Several algorithms in one benchmark (``run_seeds_benchmark``; empty: ``(algo,)``)."""
+    train_seeds: int = 1
+    """Training seeds per algorithm (> 1: ``run_seeds_benchmark``, statistics over runs as rliable computes them)."""
     train_seed: int = 0
     """Seed of the training run."""
     hyperparams: dict = field(default_factory=dict)
@@ -47,19 +51,31 @@ class BenchmarkConfig:
     not used."""
 
     def __post_init__(self) -> None:
-        for name in ("seeds", "episodes_per_seed", "timesteps"):
+        for name in ("seeds", "episodes_per_seed", "timesteps", "train_seeds"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.algo not in ALGOS:
-            raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {self.algo!r}")
+        for algo in (self.algo, *self.algos):
+            if algo not in ALGOS:
+                raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {algo!r}")
         if self.agent_dir is not None and not (Path(self.agent_dir) / "config.json").is_file():
             raise ValueError(f"agent_dir must be a trained agent's directory (with config.json), got {self.agent_dir!r}")
 
-    def train_config(self) -> TrainConfig:
-        """The agent's training settings: ``hyperparams/<algo>.yml``, then ``hyperparams``, then ``timesteps``."""
-        return TrainConfig.from_hyperparams(self.algo, overrides=self.hyperparams, env_kwargs=dict(self.env_kwargs),
-                                            timesteps=self.timesteps, seed=self.train_seed,
-                                            out_dir=str(Path(self.out_dir) / self.algo))
+    @property
+    def algo_list(self) -> tuple[str, ...]:
+        return self.algos or (self.algo,)
+
+    def train_config(self, algo: str | None = None, seed: int | None = None, out_dir: str | None = None) -> TrainConfig:
+        """An agent's training settings: ``hyperparams/<algo>.yml``, then ``hyperparams``, then ``timesteps``
+        (``algo``, ``seed``: default ``algo`` and ``train_seed``; ``out_dir``: default ``out_dir/<algo>``)."""
+        algo = algo or self.algo
+        return TrainConfig.from_hyperparams(algo, overrides=self.hyperparams, env_kwargs=dict(self.env_kwargs),
+                                            timesteps=self.timesteps, seed=self.train_seed if seed is None else seed,
+                                            out_dir=out_dir or str(Path(self.out_dir) / algo))
+
+    @property
+    def multi_run(self) -> bool:
+        """Several training runs (seeds or algorithms): ``run_seeds_benchmark``."""
+        return self.train_seeds > 1 or len(self.algo_list) > 1
 
 
 @dataclass(frozen=True)
@@ -132,6 +148,108 @@ def summarise(results: dict[str, pd.DataFrame], agent: str, out: Path, agent_dir
                "agent_normalised_score": result.agent_normalised_score}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
+
+
+@dataclass(frozen=True)
+class SeedsResult:
+    table: pd.DataFrame
+    """Per algorithm: runs, IQM of the run scores [bootstrap 95% CI over runs], their mean, the probability of
+    improvement over the best fixed policy, the seeds whose paired difference beats it."""
+    per_seed: pd.DataFrame
+    """Per (algorithm, training seed): mean return, paired difference with the best fixed policy [95% CI], training
+    wall time and env steps/s."""
+    baselines: pd.DataFrame
+    """``benchmark_table`` of the baselines."""
+    best_fixed: str
+    paths: dict[str, Path]
+
+
+def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print,
+                        progress: bool = True) -> SeedsResult:
+    """Train ``config.train_seeds`` agents of every algorithm of ``config.algo_list`` (in ``out_dir/<algo>/seed-<s>``)
+    and evaluate them and the baselines on the same episodes. A run (training or evaluation) that finished with the
+    same settings is reused, so a killed benchmark resumes where it was. The score of a run is its mean return;
+    across runs: IQM with a bootstrap CI and the probability of improvement (rliable, one task)."""
+    from agents import probability_of_improvement, runs_summary
+    from agents.plots import learning_curves
+
+    out = Path(config.out_dir)
+    seeds, episodes = [EVAL_SEED_OFFSET + s for s in range(config.seeds)], config.episodes_per_seed
+
+    def evaluated(path: Path, policy_name: str, make) -> pd.DataFrame:
+        key = {"policy": policy_name, "env_kwargs": config.env_kwargs, "seeds": seeds, "episodes_per_seed": episodes}
+        return _cached(path, key, lambda: evaluate(make(), env_kwargs=config.env_kwargs, seeds=seeds,
+                                                   episodes_per_seed=episodes), say)
+
+    baselines = {name: evaluated(out / "baselines" / f"{name}.csv", name, lambda name=name: make_policy(name))
+                 for name in config.baselines}
+    fixed = {k: v for k, v in baselines.items() if k.startswith(("fixed-", "full-model"))}
+    if not fixed:
+        raise ValueError("baselines must include a fixed policy (fixed-k or full-model) to compare the agents with")
+    best_fixed = max(fixed, key=lambda k: fixed[k]["return"].mean())
+    rows, run_dirs = [], {}
+    for algo in config.algo_list:
+        for seed in range(config.train_seeds):
+            train_config = config.train_config(algo, seed, str(out / algo / f"seed-{seed}"))
+            agent_dir = _trained(train_config, say, progress)
+            run_dirs.setdefault(algo, []).append(agent_dir)
+            episodes_df = evaluated(agent_dir / "evaluation.csv", str(agent_dir), lambda d=agent_dir: load_policy(d))
+            diff = paired_difference(episodes_df, baselines[best_fixed])
+            metrics = json.loads((agent_dir / "metrics.json").read_text())
+            rows.append({"algo": algo, "train seed": seed, "mean return": episodes_df["return"].mean(),
+                         f"− {best_fixed}": diff["mean"], "diff CI low": diff["CI low"], "diff CI high": diff["CI high"],
+                         "beats best fixed": diff["CI low"] > 0, "train time (min)": metrics["wall_time_s"] / 60,
+                         "env steps/s": metrics["steps_per_s"]})
+    per_seed = pd.DataFrame(rows)
+    best_score = float(baselines[best_fixed]["return"].mean())
+    table = []
+    for algo, group in per_seed.groupby("algo", sort=False):
+        summary = runs_summary(group["mean return"])
+        table.append({"algo": algo, "runs": summary["runs"], "IQM": summary["IQM"], "CI low": summary["CI low"],
+                      "CI high": summary["CI high"], "mean": summary["mean"], "best fixed": best_fixed,
+                      "best fixed return": best_score,
+                      "P(improvement)": probability_of_improvement(group["mean return"], [best_score]),
+                      "seeds beating it (paired CI > 0)": int(group["beats best fixed"].sum())})
+    table = pd.DataFrame(table).sort_values("IQM", ascending=False, ignore_index=True)
+    baseline_table = benchmark_table(baselines)
+    lines = {f"best fixed ({best_fixed})": best_score}
+    if "oracle" in baselines:
+        lines["oracle"] = float(baselines["oracle"]["return"].mean())
+    paths = {"markdown": out / "seeds.md", "table": out / "seeds.csv", "per_seed": out / "per_seed.csv",
+             "baselines": out / "baselines.csv", "learning_curves_png": out / "learning_curves.png"}
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(paths["table"], index=False)
+    per_seed.to_csv(paths["per_seed"], index=False)
+    baseline_table.to_csv(paths["baselines"], index=False)
+    paths["markdown"].write_text("## Over training seeds\n\n" + to_markdown(table) + "\n\n## Per seed\n\n"
+                                 + to_markdown(per_seed) + "\n\n## Baselines\n\n" + to_markdown(baseline_table) + "\n")
+    learning_curves(run_dirs, paths["learning_curves_png"], lines)
+    return SeedsResult(table, per_seed, baseline_table, best_fixed, paths)
+
+
+def _trained(train_config: TrainConfig, say: Callable[[str], None], progress: bool) -> Path:
+    """``train_config.out_dir`` after training, or as it is when a finished run with the same settings is there."""
+    out = Path(train_config.out_dir)
+    saved = out / "config.json"  # written last by ``train``: its presence means the run finished
+    if saved.is_file() and (out / "model.zip").is_file() and json.loads(saved.read_text()) == asdict(train_config):
+        say(f"reusing the finished run in {out}")
+        return out
+    say(f"training {train_config.algo} seed {train_config.seed} for {train_config.timesteps} steps → {out}")
+    return train(train_config, progress=progress)
+
+
+def _cached(path: Path, key: dict, compute: Callable[[], pd.DataFrame], say: Callable[[str], None]) -> pd.DataFrame:
+    """The frame in ``path`` if it was computed with ``key`` (stored beside it as JSON), else ``compute()`` saved there."""
+    meta = path.with_suffix(".json")
+    if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == json.loads(json.dumps(key)):
+        say(f"reusing {path}")
+        return pd.read_csv(path)
+    say(f"evaluating {key['policy']}")
+    frame = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    meta.write_text(json.dumps(key))  # after the frame: a killed evaluation leaves no key
+    return frame
 
 
 SIM2REAL_POLICIES = ("fixed-1", "fixed-2", "fixed-3", "fixed-4")

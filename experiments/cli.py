@@ -392,7 +392,9 @@ def benchmark_cmd(
     episodes: int = typer.Option(10, help="Episodes per seed (the seed's stream continues)."),
     timesteps: int = typer.Option(None, help="Agent training steps (default: hyperparams/ALGO.yml's, 3M for PPO: "
                                              "≈ 14 min on one core)."),
-    algo: str = typer.Option("ppo", help="ppo, a2c or maskable-ppo."),
+    algo: list[str] = typer.Option(["ppo"], help="ppo, a2c or maskable-ppo (repeatable: several in one benchmark)."),
+    train_seeds: int = typer.Option(1, help="Training seeds per algorithm (> 1: IQM over runs with bootstrap CIs, "
+                                            "probability of improvement; finished runs are reused)."),
     hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
                                           "key:value (repeatable)."),
     agent: Path = typer.Option(None, help="Evaluate this trained agent's directory instead of training one."),
@@ -404,21 +406,35 @@ def benchmark_cmd(
     and plots."""
     from agents import POLICY_NAMES
     from agents.hyperparams import parse_hyperparams
-    from experiments.benchmark import BenchmarkConfig, run_benchmark
+    from experiments.benchmark import BenchmarkConfig, run_benchmark, run_seeds_benchmark
 
     _quiet_libraries()
     unknown = [b for b in baseline if b not in POLICY_NAMES and not b.startswith("fixed-")]
     with user_errors():
         if unknown:
             raise ValueError(f"baseline must be one of {POLICY_NAMES}, got {unknown}")
-        config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, algo=algo,
+        config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, algo=algo[0],
+                                 algos=tuple(algo) if len(algo) > 1 else (), train_seeds=train_seeds,
                                  hyperparams=parse_hyperparams(hyperparams), env_kwargs=_env_kwargs(env_option),
                                  out_dir=str(out), agent_dir=None if agent is None else str(agent))
-        config.train_config()  # validate the settings before any work
+        for name in config.algo_list:
+            config.train_config(name)  # validate the settings before any work
+        if config.multi_run and agent is not None:
+            raise ValueError("--agent evaluates one trained agent; it cannot be combined with --train-seeds > 1 or "
+                             "several --algo")
         if baseline:
             config = replace(config, baselines=tuple(baseline))
-        result = run_benchmark(config, say=console.log)
-    _print_benchmark(result)
+        if config.multi_run:
+            seeds_result = run_seeds_benchmark(config, say=console.log)
+        else:
+            result = run_benchmark(config, say=console.log)
+    if config.multi_run:
+        console.print(seeds_result.table.to_string(index=False))
+        console.print(seeds_result.per_seed.to_string(index=False))
+        for path in seeds_result.paths.values():
+            console.print(f"wrote {path}")
+    else:
+        _print_benchmark(result)
 
 
 def _print_benchmark(result) -> None:

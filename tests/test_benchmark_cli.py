@@ -78,3 +78,43 @@ def test_benchmark_rejects_bad_options_before_training(tmp_path):
     assert bad_episodes.exit_code == 2 and "episodes_per_seed must be >= 1, got 0" in bad_episodes.output
     bad_demo = runner.invoke(app, ["demo", "--seeds", "0", "--out", str(tmp_path)])
     assert bad_demo.exit_code == 2 and "seeds must be >= 1, got 0" in bad_demo.output
+
+
+def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_path):
+    from agents.stats import iqm, probability_of_improvement
+
+    args = ["benchmark", "--train-seeds", "2", "--algo", "ppo", "--algo", "a2c", "--timesteps", "256", "--seeds", "2",
+            "--episodes", "1", "--out", str(tmp_path), *SMALL, "--baseline", "fixed-1", "--baseline", "fixed-4",
+            "--baseline", "oracle"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    table, per_seed = pd.read_csv(tmp_path / "seeds.csv"), pd.read_csv(tmp_path / "per_seed.csv")
+    baselines = pd.read_csv(tmp_path / "baselines.csv").set_index("policy")
+    best = baselines.loc[["fixed-1", "fixed-4"], "mean return"].idxmax()
+    assert len(per_seed) == 4 and set(per_seed["algo"]) == {"ppo", "a2c"}
+    for _, row in table.iterrows():
+        runs = per_seed.loc[per_seed["algo"] == row["algo"], "mean return"]
+        assert row["best fixed"] == best and row["IQM"] == pytest.approx(iqm(runs))
+        assert row["P(improvement)"] == pytest.approx(probability_of_improvement(runs, [baselines.loc[best, "mean return"]]))
+        assert row["CI low"] <= row["IQM"] <= row["CI high"]
+    for algo, seed in [("ppo", 0), ("ppo", 1), ("a2c", 0), ("a2c", 1)]:
+        episodes = pd.read_csv(tmp_path / algo / f"seed-{seed}" / "evaluation.csv")
+        assert episodes["return"].mean() == pytest.approx(
+            per_seed.loc[(per_seed["algo"] == algo) & (per_seed["train seed"] == seed), "mean return"].item())
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0 and (tmp_path / "seeds.md").is_file()
+
+    written = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/seed-*/model.zip")}
+    again = runner.invoke(app, args)  # a second run reuses every finished training and evaluation
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/seed-*/model.zip")} == written
+    assert " ".join(again.output.split()).count("reusing") == 4 + 4 + 3
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "per_seed.csv"), per_seed)
+
+
+def test_statistics_over_runs_by_hand():
+    from agents.stats import probability_of_improvement, runs_summary
+
+    summary = runs_summary([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert summary["IQM"] == pytest.approx(3.0) and summary["mean"] == pytest.approx(22.0) and summary["runs"] == 5
+    assert probability_of_improvement([1.0, 2.0, 3.0], [2.0]) == pytest.approx(0.5)  # one above, one tie, one below
+    assert probability_of_improvement([5.0, 6.0], [1.0, 7.0]) == pytest.approx(0.5)
