@@ -74,6 +74,54 @@ def learning_curves(runs: dict[str, list[str | Path]], out_png: str | Path, line
     return _save(fig, out_png)
 
 
+def episode_plot(policy, out_png: str | Path, env_kwargs: dict | None = None, seed: int = 10_000,
+                 title: str | None = None) -> Path:
+    """One episode of ``policy`` on ``FedPEAT-v0``: per device (rows) and round (columns) the ε it was given, grey
+    where it was not selected and hatched where it was selected but dropped for lack of memory; beside it each
+    device's memory tier, and below the channel gain per device and round."""
+    import gymnasium as gym
+
+    import fedpeat_env  # noqa: F401
+
+    env = gym.make("FedPEAT-v0", **(env_kwargs or {}))
+    obs, _ = env.reset(seed=seed)
+    dyn = env.unwrapped.dynamics
+    policy.reset(env.unwrapped)
+    n = dyn.N
+    tiers = dyn.state.allowed[0] / (dyn.config.memory_fraction * dyn.costs.full_memory_bytes)
+    chosen, dropped, gains, ppl = [], [], [], []
+    done = False
+    while not done:
+        action = policy.act(obs, env.unwrapped)
+        obs, _, terminated, truncated, info = env.step(action)
+        levels = np.asarray(action[:n])
+        eps = np.where(levels > 0, dyn.tables.eps[levels], np.nan)
+        chosen.append(eps)
+        dropped.append((levels > 0) & ~dyn.state.active[0])
+        gains.append(dyn.state.gain_db[0].copy())
+        ppl.append(info["perplexity"])
+        done = terminated or truncated
+    env.close()
+    chosen, dropped, gains = np.array(chosen).T, np.array(dropped).T, np.array(gains).T
+    fig, (ax_eps, ax_gain) = plt.subplots(2, 1, figsize=(7, 1.2 + 0.45 * n * 2), sharex=True)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("lightgrey")
+    image = ax_eps.imshow(np.ma.masked_invalid(chosen), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0)
+    for i, j in zip(*np.nonzero(dropped)):
+        ax_eps.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", lw=0))
+    ax_eps.set_yticks(range(n), [f"dev {i} ({t:.2f}×)" for i, t in enumerate(tiers)])
+    ax_eps.set_title(title or f"one episode (seed {seed}): ε given per device and round (grey: not selected); "
+                     f"final ppl {ppl[-1]:.0f}", fontsize=9)
+    fig.colorbar(image, ax=ax_eps, label="ε")
+    gain_image = ax_gain.imshow(gains, aspect="auto", cmap="magma")
+    ax_gain.set_yticks(range(n), [f"dev {i}" for i in range(n)])
+    ax_gain.set_xticks(range(chosen.shape[1]), range(1, chosen.shape[1] + 1))
+    ax_gain.set_xlabel("round")
+    ax_gain.set_title("channel gain (dB); memory tier beside each device above", fontsize=9)
+    fig.colorbar(gain_image, ax=ax_gain, label="dB")
+    return _save(fig, out_png)
+
+
 def returns_bar(table: pd.DataFrame, out_png: str | Path, title: str = "Mean return (95% bootstrap CI)") -> Path:
     """Horizontal bars of a ``benchmark_table``'s mean returns with their CIs, saved as a PNG."""
     order = table.sort_values("mean return")

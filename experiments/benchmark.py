@@ -112,7 +112,12 @@ def run_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print, p
     for name in config.baselines:
         say(f"evaluating {name} on {config.seeds} seeds × {episodes} episodes")
         results[name] = evaluate(make_policy(name), env_kwargs=config.env_kwargs, seeds=seeds, episodes_per_seed=episodes)
-    return summarise(results, agent, out, agent_dir)
+    from agents.plots import episode_plot
+
+    result = summarise(results, agent, out, agent_dir)
+    result.paths["episode_png"] = episode_plot(load_policy(agent_dir), out / "episode.png", config.env_kwargs, seeds[0],
+                                               title=f"{agent}: ε per device and round, seed {seeds[0]} (grey: not selected)")
+    return result
 
 
 def summarise(results: dict[str, pd.DataFrame], agent: str, out: Path, agent_dir: Path | None = None) -> BenchmarkResult:
@@ -171,7 +176,7 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     same settings is reused, so a killed benchmark resumes where it was. The score of a run is its mean return;
     across runs: IQM with a bootstrap CI and the probability of improvement (rliable, one task)."""
     from agents import probability_of_improvement, runs_summary
-    from agents.plots import learning_curves
+    from agents.plots import episode_plot, learning_curves
 
     out = Path(config.out_dir)
     seeds, episodes = [EVAL_SEED_OFFSET + s for s in range(config.seeds)], config.episodes_per_seed
@@ -224,6 +229,10 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     paths["markdown"].write_text("## Over training seeds\n\n" + to_markdown(table) + "\n\n## Per seed\n\n"
                                  + to_markdown(per_seed) + "\n\n## Baselines\n\n" + to_markdown(baseline_table) + "\n")
     learning_curves(run_dirs, paths["learning_curves_png"], lines)
+    for algo, dirs in run_dirs.items():
+        paths[f"episode_{algo}_png"] = episode_plot(load_policy(dirs[0]), out / f"episode_{algo}.png", config.env_kwargs,
+                                                    seeds[0], title=f"{algo} (training seed 0): ε per device and round, "
+                                                                    f"seed {seeds[0]} (grey: not selected)")
     return SeedsResult(table, per_seed, baseline_table, best_fixed, paths)
 
 

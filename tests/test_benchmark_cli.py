@@ -39,7 +39,7 @@ def test_benchmark_writes_table_plots_and_summary(tmp_path):
     assert (table["CI low"] <= table["mean return"]).all() and (table["mean return"] <= table["CI high"]).all()
     episodes = pd.read_csv(tmp_path / "episodes.csv")
     assert len(episodes) == 5 * 3 and set(episodes["seed"]) == {10000, 10001, 10002}
-    for name in ("benchmark.md", "returns.png", "learning_curve.png", "ppo/model.zip", "ppo/vecnormalize.pkl"):
+    for name in ("benchmark.md", "returns.png", "learning_curve.png", "episode.png", "ppo/model.zip", "ppo/vecnormalize.pkl"):
         assert (tmp_path / name).stat().st_size > 0, name
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["best_fixed"] in {"fixed-1", "fixed-4"} and "oracle_margin_pct" in summary
@@ -102,6 +102,7 @@ def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_
         assert episodes["return"].mean() == pytest.approx(
             per_seed.loc[(per_seed["algo"] == algo) & (per_seed["train seed"] == seed), "mean return"].item())
     assert (tmp_path / "learning_curves.png").stat().st_size > 0 and (tmp_path / "seeds.md").is_file()
+    assert (tmp_path / "episode_ppo.png").stat().st_size > 0 and (tmp_path / "episode_a2c.png").stat().st_size > 0
 
     written = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/seed-*/model.zip")}
     again = runner.invoke(app, args)  # a second run reuses every finished training and evaluation
