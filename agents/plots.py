@@ -104,8 +104,7 @@ def episode_plot(policy, out_png: str | Path, env_kwargs: dict | None = None, se
     env.close()
     chosen, dropped, gains = np.array(chosen).T, np.array(dropped).T, np.array(gains).T
     fig, (ax_eps, ax_gain) = plt.subplots(2, 1, figsize=(7, 1.2 + 0.45 * n * 2), sharex=True)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     image = ax_eps.imshow(np.ma.masked_invalid(chosen), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0)
     for i, j in zip(*np.nonzero(dropped)):
         ax_eps.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", lw=0))
