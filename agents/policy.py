@@ -54,8 +54,15 @@ class SB3Policy:
         pass
 
     def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
+        device_actions = getattr(self.model.policy, "device_actions", None)
+        trained = self.model.observation_space.shape
+        if np.shape(obs) != trained and device_actions is None:
+            raise ValueError(f"this policy was trained on observations of shape {trained}, the env gives {np.shape(obs)}: "
+                             "only a device-set policy (fedpeat train --policy device-set) runs at another num_devices")
         if self.vecnormalize is not None:
-            obs = self.vecnormalize.normalize_obs(obs)
+            obs = self.vecnormalize.normalize_obs(obs)  # a no-op on observations for the device-set policy
+        if device_actions is not None and self.deterministic:  # the device-set policy: any number of devices
+            return device_actions(obs, env.action_masks() if self.masked else None)[0]
         kwargs = {"action_masks": env.action_masks()} if self.masked else {}
         action, _ = self.model.predict(obs, deterministic=self.deterministic, **kwargs)
         return np.asarray(action, dtype=np.int64)

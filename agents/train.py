@@ -24,12 +24,16 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
 
 import fedpeat_env  # noqa: F401  (registers the FedPEAT ids)
+from agents.device_set import DeviceSetPolicy, MaskableDeviceSetPolicy
 from agents.hyperparams import load_hyperparams, split_hyperparams
 from agents.policy import SB3Policy
 from agents.vec import FedPEATSB3VecEnv
 
 Algo = Literal["ppo", "a2c", "maskable-ppo"]
 ALGOS = {"ppo": PPO, "a2c": A2C, "maskable-ppo": MaskablePPO}
+DEVICE_SET = "device-set"
+POLICIES = {"mlp": "MlpPolicy", DEVICE_SET: DEVICE_SET}
+"""``fedpeat train --policy`` names → ``TrainConfig.policy``."""
 
 
 @dataclass
@@ -55,7 +59,8 @@ class TrainConfig:
     torch_threads: int = 1
     """torch intra-op threads (1 is fastest for small MLP policies: with 2 threads SB3 PPO ran 5× slower here)."""
     policy: str = "MlpPolicy"
-    """SB3 policy class name."""
+    """SB3 policy: "MlpPolicy" (a flat MLP, the "mlp" of ``fedpeat train --policy``) or "device-set" (one network
+    shared by the devices, ``agents.device_set``; runs at any number of devices)."""
     normalize: bool = True
     """VecNormalize the observations and rewards (statistics saved as ``vecnormalize.pkl``)."""
 
@@ -115,9 +120,11 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         venv = make_vec_env(partial(gym.make, config.env_id), n_envs=config.n_envs, seed=config.seed,
                             env_kwargs=config.env_kwargs, monitor_dir=str(out / "monitor"), wrapper_class=StepTimer,
                             vec_env_cls=DummyVecEnv)
-    if config.normalize:
-        venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=config.algo_kwargs.get("gamma", 0.99))
-    model = ALGOS[config.algo](config.policy, venv, seed=config.seed, device="cpu", verbose=0, **config.algo_kwargs)
+    device_set = config.policy == DEVICE_SET
+    if config.normalize:  # per-dimension observation statistics would fix N: not for the device-set policy
+        venv = VecNormalize(venv, norm_obs=not device_set, norm_reward=True, gamma=config.algo_kwargs.get("gamma", 0.99))
+    policy = (MaskableDeviceSetPolicy if config.algo == "maskable-ppo" else DeviceSetPolicy) if device_set else config.policy
+    model = ALGOS[config.algo](policy, venv, seed=config.seed, device="cpu", verbose=0, **config.algo_kwargs)
     model.set_logger(configure(str(out / "tb"), ["csv", "tensorboard"]))
     start = time.perf_counter()
     model.learn(total_timesteps=config.timesteps, progress_bar=progress)

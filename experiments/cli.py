@@ -339,6 +339,8 @@ def train_cmd(
     n_envs: int = typer.Option(None, "--n-envs", help="Parallel envs (default: n_envs of hyperparams/ALGO.yml, or 8)."),
     hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
                                           "key:value (RL Zoo spelling, repeatable), e.g. n_steps:64 ent_coef:0.0."),
+    policy: str = typer.Option(None, help="mlp (a flat MLP) or device-set (one network shared by the devices; "
+                                          "evaluates at any num_devices). Default: hyperparams/ALGO.yml's, else mlp."),
     seed: int = typer.Option(0, help="Seed of the run."),
     out: Path = typer.Option(Path("runs/agent"), help="Output directory (model, VecNormalize stats, logs)."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable), e.g. num_devices=6."),
@@ -346,13 +348,15 @@ def train_cmd(
     """Train an RL controller (SB3) on a FedPEAT env with the tuned settings of hyperparams/ALGO.yml (RL Baselines3
     Zoo's format); tensorboard logs in OUT/tb."""
     from agents.hyperparams import parse_hyperparams
-    from agents.train import TrainConfig, train
+    from agents.train import POLICIES, TrainConfig, train
 
     _quiet_libraries()
     with user_errors():
+        if policy is not None and policy not in POLICIES:
+            raise ValueError(f"--policy must be one of {tuple(POLICIES)}, got {policy!r}")
         config = TrainConfig.from_hyperparams(algo, env, overrides=parse_hyperparams(hyperparams),
                                               env_kwargs=_env_kwargs(env_option), timesteps=timesteps, n_envs=n_envs,
-                                              seed=seed, out_dir=str(out))
+                                              seed=seed, out_dir=str(out), policy=POLICIES.get(policy))
         import gymnasium as gym
 
         import fedpeat_env  # noqa: F401

@@ -1,0 +1,122 @@
+"""A policy that treats the devices as a set: one network shared by every device, so it runs at any number of devices.
+
+FedPEAT-v0's observation is N blocks of ``DEVICE_FEATURES`` per-device features, then ``ROUND_FEATURES`` round
+features. For device i:
+
+    h_i = φ(x_i)                          shared per-device encoder
+    m   = mean_j h_j                      pooled summary of all devices
+    z_i = ψ([h_i, m, round])              device i in its context
+    logits_i = head(z_i)                  its level (and, with control_rank, rank) logits
+    value    = V(ρ([m, round]))           one value per state
+
+The logits come out in the env's MultiDiscrete order (every device's level entries, then every device's rank
+entries), so SB3's MultiCategorical distribution and MaskablePPO's masks apply unchanged. ``DeviceSetPolicy`` plugs
+into PPO and A2C, ``MaskableDeviceSetPolicy`` into MaskablePPO (``fedpeat train --policy device-set``). Observations
+are not normalised per dimension (their statistics would fix N); the env's features are already scaled.
+``device_actions`` evaluates the trained network at any N (``agents.policy.SB3Policy`` uses it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+
+DEVICE_FEATURES, ROUND_FEATURES = 6, 2
+
+
+def num_devices(obs_dim: int) -> int:
+    """N from the observation length 6N + 2."""
+    n, rest = divmod(obs_dim - ROUND_FEATURES, DEVICE_FEATURES)
+    if rest or n < 1:
+        raise ValueError(f"a FedPEAT observation has 6N + 2 entries, got {obs_dim}")
+    return n
+
+
+class DeviceSetExtractor(nn.Module):
+    """(B, 6N + 2) observations → latent_pi (B, N·H), one context-aware code per device, and latent_vf (B, H)."""
+
+    def __init__(self, obs_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.latent_dim_pi = num_devices(obs_dim) * hidden  # at the training N; the modules work at any N
+        self.latent_dim_vf = hidden
+        self.phi = nn.Sequential(nn.Linear(DEVICE_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.psi = nn.Sequential(nn.Linear(2 * hidden + ROUND_FEATURES, hidden), nn.Tanh())
+        self.rho = nn.Sequential(nn.Linear(hidden + ROUND_FEATURES, hidden), nn.Tanh())
+
+    def _encode(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        n = num_devices(obs.shape[-1])
+        devices = obs[:, : DEVICE_FEATURES * n].reshape(obs.shape[0], n, DEVICE_FEATURES)
+        round_features = obs[:, DEVICE_FEATURES * n:]
+        h = self.phi(devices)
+        return h, h.mean(dim=1), round_features
+
+    def forward_actor(self, obs: th.Tensor) -> th.Tensor:
+        h, pooled, round_features = self._encode(obs)
+        context = th.cat([pooled, round_features], dim=-1).unsqueeze(1).expand(-1, h.shape[1], -1)
+        return self.psi(th.cat([h, context], dim=-1)).flatten(1)
+
+    def forward_critic(self, obs: th.Tensor) -> th.Tensor:
+        _, pooled, round_features = self._encode(obs)
+        return self.rho(th.cat([pooled, round_features], dim=-1))
+
+    def forward(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        return self.forward_actor(obs), self.forward_critic(obs)
+
+
+class DeviceHead(nn.Module):
+    """Per-device logits from per-device codes (B, N·H): levels (B, N·L), then ranks (B, N·R) if ``ranks``."""
+
+    def __init__(self, hidden: int, levels: int, ranks: int = 0) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.level = nn.Linear(hidden, levels)
+        self.rank = nn.Linear(hidden, ranks) if ranks else None
+
+    def per_device(self, latent: th.Tensor) -> tuple[th.Tensor, th.Tensor | None]:
+        z = latent.reshape(latent.shape[0], -1, self.hidden)
+        return self.level(z), None if self.rank is None else self.rank(z)
+
+    def forward(self, latent: th.Tensor) -> th.Tensor:
+        levels, ranks = self.per_device(latent)
+        return levels.flatten(1) if ranks is None else th.cat([levels.flatten(1), ranks.flatten(1)], dim=1)
+
+
+class DeviceSetMixin:
+    """Replaces SB3's MLP extractor and flat action layer by the device-set networks (see the module docstring)."""
+
+    def _build_mlp_extractor(self) -> None:
+        self.mlp_extractor = DeviceSetExtractor(self.features_dim)
+
+    def _build(self, lr_schedule) -> None:
+        super()._build(lr_schedule)
+        nvec = np.asarray(self.action_space.nvec)
+        n = num_devices(self.features_dim)
+        self.action_net = DeviceHead(self.mlp_extractor.hidden, int(nvec[0]), int(nvec[n]) if len(nvec) > n else 0)
+        if self.ortho_init:
+            self.action_net.apply(lambda module: self.init_weights(module, gain=0.01))
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    @th.no_grad()
+    def device_actions(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """Greedy actions (B, len(nvec) at this N) for observations (B, 6N + 2) of any N, masked logits excluded
+        (``masks``: the env's flat ``action_masks()``, (B, mask length) or (mask length,))."""
+        obs_t = th.as_tensor(np.atleast_2d(obs), dtype=th.float32)
+        levels, ranks = self.action_net.per_device(self.mlp_extractor.forward_actor(obs_t))
+        parts = [levels] + ([] if ranks is None else [ranks])
+        if masks is not None:
+            flat = th.as_tensor(np.atleast_2d(masks), dtype=th.bool)
+            split = [levels.shape[1] * levels.shape[2]] + ([] if ranks is None else [ranks.shape[1] * ranks.shape[2]])
+            parts = [p.masked_fill(~m.reshape(p.shape), -th.inf) for p, m in zip(parts, flat.split(split, dim=1))]
+        return th.cat([p.argmax(dim=-1) for p in parts], dim=1).numpy().astype(np.int64)
+
+
+class DeviceSetPolicy(DeviceSetMixin, ActorCriticPolicy):
+    """The device-set policy for PPO and A2C."""
+
+
+class MaskableDeviceSetPolicy(DeviceSetMixin, MaskableActorCriticPolicy):
+    """The device-set policy for MaskablePPO."""
