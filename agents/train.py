@@ -16,17 +16,22 @@ from pathlib import Path
 from typing import Literal
 
 import gymnasium as gym
+import pandas as pd
 import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
 
 import fedpeat_env  # noqa: F401  (registers the FedPEAT ids)
+from agents.baselines import make_policy
 from agents.device_set import DeviceSetPolicy, MaskableDeviceSetPolicy
+from agents.evaluate import evaluate
 from agents.hyperparams import load_hyperparams, split_hyperparams
 from agents.policy import SB3Policy
+from agents.stats import paired_difference
 from agents.vec import FedPEATSB3VecEnv
 
 Algo = Literal["ppo", "a2c", "maskable-ppo"]
@@ -63,11 +68,16 @@ class TrainConfig:
     shared by the devices, ``agents.device_set``; runs at any number of devices)."""
     normalize: bool = True
     """VecNormalize the observations and rewards (statistics saved as ``vecnormalize.pkl``)."""
+    check_every: int = 0
+    """Every this many env steps, evaluate the current policy against the best fixed policy on validation episodes
+    (``BestFixedCheck``; 0: never). ``metrics.json`` then reports the training time to beat it."""
+    check_episodes: int = 30
+    """Validation episodes of each check (seeds from ``VALIDATION_SEED``, apart from the benchmark's)."""
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
             raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {self.algo!r}")
-        for name in ("timesteps", "n_envs", "torch_threads"):
+        for name in ("timesteps", "n_envs", "torch_threads", "check_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         trainer, _ = split_hyperparams(self.algo, ALGOS[self.algo], self.algo_kwargs)
@@ -88,6 +98,56 @@ class TrainConfig:
         settings = {k: (int(v) if k in ("n_envs", "timesteps") else v) for k, v in settings.items() if v is not None}
         settings |= {k: v for k, v in fields.items() if v is not None}
         return cls(algo=algo, env_id=env_id, algo_kwargs=algo_kwargs, **settings)
+
+
+VALIDATION_SEED = 20_000
+"""Seeds of the training-time checks start here (the benchmark evaluates from 10,000)."""
+
+
+class BestFixedCheck(BaseCallback):
+    """Every ``config.check_every`` env steps: the current policy and the best fixed policy (the best ``fixed-k`` on the
+    same validation episodes, found once) on ``config.check_episodes`` episodes; records the paired difference
+    (``check/paired_diff`` and its CI in the logs) and the training time and steps at which its 95% CI first lies above
+    0. Check time is not counted as training time."""
+
+    def __init__(self, config: TrainConfig, venv) -> None:
+        super().__init__()
+        self.config, self.venv = config, venv
+        self.seeds = [VALIDATION_SEED + s for s in range(config.check_episodes)]
+        self.baseline: pd.DataFrame | None = None
+        self.best_fixed, self.check_time_s, self.started = "", 0.0, 0.0
+        self.last_check, self.beaten_at = 0, None
+        self.history: list[dict] = []
+
+    def _on_training_start(self) -> None:
+        levels = len(gym.make(self.config.env_id, **self.config.env_kwargs).unwrapped.config.compression_levels)
+        fixed = {f"fixed-{k}": evaluate(make_policy(f"fixed-{k}"), self.config.env_id, self.config.env_kwargs, self.seeds)
+                 for k in range(1, levels + 1)}
+        self.best_fixed = max(fixed, key=lambda k: fixed[k]["return"].mean())
+        self.baseline = fixed[self.best_fixed]
+        self.started = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self.last_check < self.config.check_every:
+            return True
+        self.last_check = self.num_timesteps
+        began = time.perf_counter()
+        policy = SB3Policy(self.model, self.venv if self.config.normalize else None)
+        diff = paired_difference(evaluate(policy, self.config.env_id, self.config.env_kwargs, self.seeds), self.baseline)
+        self.check_time_s += time.perf_counter() - began
+        trained_s = time.perf_counter() - self.started - self.check_time_s
+        self.history.append({"steps": self.num_timesteps, "train_time_s": trained_s, **diff})
+        for key in ("mean", "CI low", "CI high"):
+            self.logger.record(f"check/paired_diff_{key.replace(' ', '_').lower()}", diff[key])
+        if self.beaten_at is None and diff["CI low"] > 0:
+            self.beaten_at = {"steps": self.num_timesteps, "train_time_s": trained_s}
+        return True
+
+    def report(self) -> dict:
+        return {"best_fixed": self.best_fixed, "check_time_s": self.check_time_s,
+                "steps_to_beat_best_fixed": None if self.beaten_at is None else self.beaten_at["steps"],
+                "time_to_beat_best_fixed_s": None if self.beaten_at is None else self.beaten_at["train_time_s"],
+                "checks": self.history}
 
 
 class StepTimer(gym.Wrapper):
@@ -126,9 +186,10 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     policy = (MaskableDeviceSetPolicy if config.algo == "maskable-ppo" else DeviceSetPolicy) if device_set else config.policy
     model = ALGOS[config.algo](policy, venv, seed=config.seed, device="cpu", verbose=0, **config.algo_kwargs)
     model.set_logger(configure(str(out / "tb"), ["csv", "tensorboard"]))
+    check = BestFixedCheck(config, venv) if config.check_every else None
     start = time.perf_counter()
-    model.learn(total_timesteps=config.timesteps, progress_bar=progress)
-    wall_s = time.perf_counter() - start
+    model.learn(total_timesteps=config.timesteps, progress_bar=progress, callback=check)
+    wall_s = time.perf_counter() - start - (check.check_time_s if check else 0.0)
     env_s = float(sum(venv.get_attr("step_time_s")))
     steps = int(sum(venv.get_attr("steps")))
     model.save(out / "model.zip")
@@ -136,7 +197,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         venv.save(str(out / "vecnormalize.pkl"))
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     metrics = {"wall_time_s": wall_s, "env_steps": steps, "steps_per_s": steps / wall_s, "env_time_s": env_s,
-               "env_time_share": env_s / wall_s}
+               "env_time_share": env_s / wall_s, **(check.report() if check else {})}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     venv.close()
     return out

@@ -204,7 +204,8 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
             rows.append({"algo": algo, "train seed": seed, "mean return": episodes_df["return"].mean(),
                          f"− {best_fixed}": diff["mean"], "diff CI low": diff["CI low"], "diff CI high": diff["CI high"],
                          "beats best fixed": diff["CI low"] > 0, "train time (min)": metrics["wall_time_s"] / 60,
-                         "env steps/s": metrics["steps_per_s"]})
+                         "env steps/s": metrics["steps_per_s"],
+                         "time to beat (min)": (metrics.get("time_to_beat_best_fixed_s") or float("nan")) / 60})
     per_seed = pd.DataFrame(rows)
     best_score = float(baselines[best_fixed]["return"].mean())
     table = []

@@ -342,6 +342,8 @@ def train_cmd(
     policy: str = typer.Option(None, help="mlp (a flat MLP) or device-set (one network shared by the devices; "
                                           "evaluates at any num_devices). Default: hyperparams/ALGO.yml's, else mlp."),
     seed: int = typer.Option(0, help="Seed of the run."),
+    check_every: int = typer.Option(0, help="Every this many env steps, the policy against the best fixed policy on "
+                                            "30 validation episodes; metrics.json reports the time to beat it (0: off)."),
     out: Path = typer.Option(Path("runs/agent"), help="Output directory (model, VecNormalize stats, logs)."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable), e.g. num_devices=6."),
 ) -> None:
@@ -356,7 +358,8 @@ def train_cmd(
             raise ValueError(f"--policy must be one of {tuple(POLICIES)}, got {policy!r}")
         config = TrainConfig.from_hyperparams(algo, env, overrides=parse_hyperparams(hyperparams),
                                               env_kwargs=_env_kwargs(env_option), timesteps=timesteps, n_envs=n_envs,
-                                              seed=seed, out_dir=str(out), policy=POLICIES.get(policy))
+                                              seed=seed, out_dir=str(out), policy=POLICIES.get(policy),
+                                              check_every=check_every)
         import gymnasium as gym
 
         import fedpeat_env  # noqa: F401

@@ -146,3 +146,18 @@ def test_oracle_margin_on_default_scenario():
     names = ["fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "oracle"]
     table = benchmark_table({name: evaluate(make_policy(name), "FedPEAT-v0", {}, range(5)) for name in names})
     assert oracle_margin(table) >= 10.0
+
+
+def test_training_checks_report_the_time_to_beat_the_best_fixed_policy(tmp_path, env_kwargs):
+    out = tmp_path / "checked"
+    train(TrainConfig(env_kwargs=env_kwargs, timesteps=256, n_envs=4, out_dir=str(out), check_every=64, check_episodes=4,
+                      algo_kwargs={"n_steps": 16, "batch_size": 32, "n_epochs": 1}), progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    checks = metrics["checks"]
+    assert metrics["best_fixed"].startswith("fixed-") and len(checks) >= 3
+    assert [c["steps"] for c in checks] == sorted(c["steps"] for c in checks)
+    first = next((c for c in checks if c["CI low"] > 0), None)  # the first check whose paired CI is above 0
+    assert metrics["steps_to_beat_best_fixed"] == (None if first is None else first["steps"])
+    assert metrics["time_to_beat_best_fixed_s"] == (None if first is None else first["train_time_s"])
+    progress = pd.read_csv(out / "tb" / "progress.csv")
+    assert "check/paired_diff_mean" in progress.columns
