@@ -246,25 +246,38 @@ class RoundRunner:
         seeds = self.rng.integers(0, 2**31 - 1, size=self.config.num_devices + 1)  # drawn every round for all
         first_message = len(self.log.messages)
         jobs, exchanged = self.server.configure(self.round, decisions, seeds, self.log)
+        updates = self._train(jobs, seeds[-1])
+        self.server.aggregate(updates)
+        full_ppl, device_ppl = self._evaluate(updates) if evaluate and updates else (
+            self.last_perplexity if evaluate else math.nan, {})
+        records = self._device_records(decisions, updates, exchanged, channel, device_ppl, first_message)
+        return self._result(records, updates, full_ppl, device_ppl, time.perf_counter() - started,
+                            evaluated=evaluate and bool(updates))
+
+    def _train(self, jobs: list[ClientJob], server_seed: int) -> list[ClientUpdate]:
+        """The devices' jobs on the executor (their uploads logged), then the collaborating server's own update."""
         updates = [u for u in self.executor.run(jobs) if u is not None]
         for update in updates:
             self.log.record(self.round, update.device, "up", self.method.trainable_kind, update.state)
         if self.server_client is not None:
-            updates.append(self.server_client.run(self._server_job(seeds[-1])))
-        self.server.aggregate(updates)
+            updates.append(self.server_client.run(self._server_job(server_seed)))
+        return updates
 
+    def _evaluate(self, updates: list[ClientUpdate]) -> tuple[float, dict[int, float]]:
+        """(plug-in perplexity of the full model, perplexity of each device's sub-model for emulator methods)."""
+        self.last_perplexity = self.server.evaluate()
         device_ppl: dict[int, float] = {}
-        full_ppl = self.last_perplexity if evaluate else math.nan
-        if updates and evaluate:
-            self.last_perplexity = full_ppl = self.server.evaluate()
-            if self.method.uses_emulator:
-                by_spec: dict[SubModelSpec, float] = {}
-                for u in updates:
-                    if u.device != SERVER_DEVICE:
-                        spec = self.server.device_specs[u.device]
-                        by_spec.setdefault(spec, self.server.evaluate(spec))
-                        device_ppl[u.device] = by_spec[spec]
-        records = self._device_records(decisions, updates, exchanged, channel, device_ppl, first_message)
+        if self.method.uses_emulator:
+            by_spec: dict[SubModelSpec, float] = {}
+            for u in updates:
+                if u.device != SERVER_DEVICE:
+                    spec = self.server.device_specs[u.device]
+                    by_spec.setdefault(spec, self.server.evaluate(spec))
+                    device_ppl[u.device] = by_spec[spec]
+        return self.last_perplexity, device_ppl
+
+    def _result(self, records: list[DeviceRound], updates: list[ClientUpdate], full_ppl: float,
+                device_ppl: dict[int, float], wall_time_s: float, evaluated: bool) -> RoundResult:
         selected = [r for r in records if r.selected]
         return RoundResult(
             round=self.round,
@@ -277,9 +290,9 @@ class RoundRunner:
             peak_memory_bytes=max((r.memory_bytes for r in selected), default=0),
             participants=len(selected),
             train_loss=float(np.mean([u.train_loss for u in updates])) if updates else math.nan,
-            wall_time_s=time.perf_counter() - started,
+            wall_time_s=wall_time_s,
             devices=tuple(records),
-            metrics=self._metrics(evaluate and bool(updates)),
+            metrics=self._metrics(evaluated),
         )
 
     def _metrics(self, evaluated: bool) -> dict[str, float]:
