@@ -56,6 +56,7 @@ def _summaries(results):
     return [{k: v for k, v in r.summary().items() if k != "wall_time_s"} for r in results]
 
 
+@pytest.mark.slow  # 45 s for the three; each method keeps a one-round test in the fast suite
 @pytest.mark.parametrize("method", sorted(CONFIGS))
 def test_two_rounds_are_seed_deterministic_and_upload_adapters_only(method):
     runs = [_runner(method, seed=s) for s in (3, 3, 4)]
