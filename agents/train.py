@@ -80,6 +80,8 @@ class TrainConfig:
         for name in ("timesteps", "n_envs", "torch_threads", "check_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.check_every < 0:
+            raise ValueError(f"check_every must be >= 0 (0: no checks), got {self.check_every}")
         trainer, _ = split_hyperparams(self.algo, ALGOS[self.algo], self.algo_kwargs)
         if trainer:
             raise ValueError(f"algo_kwargs must hold algorithm arguments only; {sorted(trainer)} are TrainConfig fields")
@@ -120,7 +122,9 @@ class BestFixedCheck(BaseCallback):
         self.history: list[dict] = []
 
     def _on_training_start(self) -> None:
-        levels = len(gym.make(self.config.env_id, **self.config.env_kwargs).unwrapped.config.compression_levels)
+        env = gym.make(self.config.env_id, **self.config.env_kwargs)
+        levels = len(env.unwrapped.config.compression_levels)
+        env.close()
         fixed = {f"fixed-{k}": evaluate(make_policy(f"fixed-{k}"), self.config.env_id, self.config.env_kwargs, self.seeds)
                  for k in range(1, levels + 1)}
         self.best_fixed = max(fixed, key=lambda k: fixed[k]["return"].mean())
@@ -176,7 +180,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     if config.env_id == "FedPEAT-v0":  # batched surrogate: one numpy step for all n_envs
         venv = VecMonitor(FedPEATSB3VecEnv(config.n_envs, seed=config.seed, **config.env_kwargs),
                           filename=str(out / "monitor" / "vec"))
-    else:  # a callable, not the id: make_vec_env would add render_mode="rgb_array", which the FedPEAT env rejects
+    else:  # other ids (FedPEAT-Engine-v0): one Python env each, timed
         venv = make_vec_env(partial(gym.make, config.env_id), n_envs=config.n_envs, seed=config.seed,
                             env_kwargs=config.env_kwargs, monitor_dir=str(out / "monitor"), wrapper_class=StepTimer,
                             vec_env_cls=DummyVecEnv)

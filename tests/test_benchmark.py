@@ -127,6 +127,8 @@ def test_train_config_validation():
         TrainConfig(algo="dqn")
     with pytest.raises(ValueError, match="n_envs"):
         TrainConfig(n_envs=0)
+    with pytest.raises(ValueError, match=r"check_every must be >= 0 \(0: no checks\), got -1"):
+        TrainConfig(check_every=-1)
 
 
 def test_plots(runs, tmp_path, env_kwargs):
