@@ -331,8 +331,18 @@ def _env_kwargs(options: list[str]) -> dict:
     return kwargs
 
 
-@app.command("train")
+def _zoo_hyperparams(hyperparams: list[str], ctx: typer.Context) -> list[str]:
+    """``--hyperparams a:1 b:2`` as the Zoo spells it: the words after the flag come to the command as extra
+    arguments; each must be key:value."""
+    stray = [word for word in ctx.args if ":" not in word or word.startswith("-")]
+    if stray:
+        raise ValueError(f"unexpected argument(s) {stray}; --hyperparams takes key:value words")
+    return [*hyperparams, *ctx.args]
+
+
+@app.command("train", context_settings={"allow_extra_args": True})
 def train_cmd(
+    ctx: typer.Context,
     algo: str = typer.Option("ppo", help="ppo, a2c or maskable-ppo."),
     env: str = typer.Option("FedPEAT-v0", help="Gymnasium id."),
     timesteps: int = typer.Option(None, help="Training env steps (default: n_timesteps of hyperparams/ALGO.yml)."),
@@ -356,7 +366,7 @@ def train_cmd(
     with user_errors():
         if policy is not None and policy not in POLICIES:
             raise ValueError(f"--policy must be one of {tuple(POLICIES)}, got {policy!r}")
-        config = TrainConfig.from_hyperparams(algo, env, overrides=parse_hyperparams(hyperparams),
+        config = TrainConfig.from_hyperparams(algo, env, overrides=parse_hyperparams(_zoo_hyperparams(hyperparams, ctx)),
                                               env_kwargs=_env_kwargs(env_option), timesteps=timesteps, n_envs=n_envs,
                                               seed=seed, out_dir=str(out), policy=POLICIES.get(policy),
                                               check_every=check_every)
@@ -393,8 +403,9 @@ def evaluate_cmd(
     console.print(f"mean return {df['return'].mean():.3f} over {len(df)} episodes")
 
 
-@app.command("benchmark")
+@app.command("benchmark", context_settings={"allow_extra_args": True})
 def benchmark_cmd(
+    ctx: typer.Context,
     seeds: int = typer.Option(10, help="Evaluation seeds (same channels for every policy)."),
     episodes: int = typer.Option(10, help="Episodes per seed (the seed's stream continues)."),
     timesteps: int = typer.Option(None, help="Agent training steps (default: hyperparams/ALGO.yml's, 3M for PPO: "
@@ -422,7 +433,8 @@ def benchmark_cmd(
             raise ValueError(f"baseline must be one of {POLICY_NAMES}, got {unknown}")
         config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, algo=algo[0],
                                  algos=tuple(algo) if len(algo) > 1 else (), train_seeds=train_seeds,
-                                 hyperparams=parse_hyperparams(hyperparams), env_kwargs=_env_kwargs(env_option),
+                                 hyperparams=parse_hyperparams(_zoo_hyperparams(hyperparams, ctx)),
+                                 env_kwargs=_env_kwargs(env_option),
                                  out_dir=str(out), agent_dir=None if agent is None else str(agent))
         for name in config.algo_list:
             config.train_config(name)  # validate the settings before any work

@@ -45,8 +45,8 @@ def test_overrides_and_explicit_fields_take_precedence_and_unknown_keys_are_refu
 
 
 def test_train_cli_takes_n_envs_and_hyperparams(tmp_path):
-    args = ["train", "--timesteps", "64", "--n-envs", "2", "--hyperparams", "n_steps:16", "--hyperparams",
-            "batch_size:16 n_epochs:1 normalize:false", "--out", str(tmp_path), "--env-option", "num_devices=3",
+    args = ["train", "--timesteps", "64", "--n-envs", "2", "--hyperparams", "n_steps:16", "batch_size:16",  # Zoo spelling
+            "--hyperparams", "n_epochs:1 normalize:false", "--out", str(tmp_path), "--env-option", "num_devices=3",
             "--env-option", "horizon=4"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -56,6 +56,8 @@ def test_train_cli_takes_n_envs_and_hyperparams(tmp_path):
     assert not (tmp_path / "vecnormalize.pkl").exists() and (tmp_path / "model.zip").is_file()
     bad = runner.invoke(app, ["train", "--hyperparams", "n_stepz:16", "--out", str(tmp_path / "never")])
     assert bad.exit_code == 2 and "unknown hyperparameter(s) ['n_stepz']" in " ".join(bad.output.split())
+    stray = runner.invoke(app, ["train", "--hyperparams", "n_steps:16", "sixteen", "--out", str(tmp_path / "never")])
+    assert stray.exit_code == 2 and "unexpected argument(s) ['sixteen']" in " ".join(stray.output.split())
     assert not (tmp_path / "never").exists()
 
 
