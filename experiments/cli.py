@@ -25,11 +25,14 @@ def user_errors():
 
 
 @app.command("build-corpus")
-def build_corpus_cmd() -> None:
-    """Rebuild the committed offline corpus splits from their sources (needs the `corpus` extra)."""
+def build_corpus_cmd(
+    out: Path = typer.Option(None, help="Directory for the splits (default: the committed federation/assets/corpus)."),
+) -> None:
+    """Rebuild the committed offline corpus splits from their sources (needs the `corpus` extra); byte-identical."""
     from experiments.build_corpus import build_corpus
+    from federation.data import CORPUS_DIR
 
-    console.print(build_corpus())
+    console.print(build_corpus(out or CORPUS_DIR))
 
 
 @app.command()

@@ -89,3 +89,17 @@ def test_pretraining_domains_are_not_tuning_domains(foundation):
     for domain in PRETRAIN_DOMAINS:
         with pytest.raises(ValueError, match="must not include a pretraining domain"):
             build_federated_data(tokenizer, 2, np.random.default_rng(0), domains=(domain,))
+
+
+def test_build_corpus_rebuilds_the_committed_splits_byte_for_byte(tmp_path):
+    from typer.testing import CliRunner
+
+    from experiments.cli import app
+    from federation.data import CORPUS_DIR
+
+    result = CliRunner().invoke(app, ["build-corpus", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.txt.gz"))
+    assert len(built) == 10  # five domains × train/valid
+    for path in built:
+        assert (tmp_path / path).read_bytes() == (CORPUS_DIR / path).read_bytes(), path
