@@ -19,6 +19,7 @@ from agents.policy import Policy, SB3Policy, action_choices
 from agents.search import GreedyPolicy, OraclePolicy
 from agents.stats import (
     benchmark_table,
+    best_fixed,
     bootstrap_ci,
     iqm,
     normalised_score,
@@ -31,7 +32,7 @@ from agents.stats import (
 
 __all__ = [
     "POLICY_NAMES", "FixedPolicy", "GreedyPolicy", "OraclePolicy", "Policy", "RandomPolicy", "SB3Policy",
-    "UCBPolicy", "action_choices", "benchmark_table", "bootstrap_ci", "evaluate", "iqm", "make_policy",
+    "UCBPolicy", "action_choices", "benchmark_table", "best_fixed", "bootstrap_ci", "evaluate", "iqm", "make_policy",
     "normalised_score", "oracle_margin", "paired_difference", "probability_of_improvement", "runs_summary",
     "to_markdown",
 ]

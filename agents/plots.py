@@ -82,13 +82,14 @@ def episode_plot(policy, out_png: str | Path, env_kwargs: dict | None = None, se
     import gymnasium as gym
 
     import fedpeat_env  # noqa: F401
+    from fedpeat_env.render import device_views
 
     env = gym.make("FedPEAT-v0", **(env_kwargs or {}))
     obs, _ = env.reset(seed=seed)
     dyn = env.unwrapped.dynamics
     policy.reset(env.unwrapped)
     n = dyn.N
-    tiers = dyn.state.allowed[0] / (dyn.config.memory_fraction * dyn.costs.full_memory_bytes)
+    tiers = [device.tier for device in device_views(dyn)]
     chosen, dropped, gains, ppl = [], [], [], []
     done = False
     while not done:

@@ -94,7 +94,19 @@ def benchmark_table(results: Mapping[str, pd.DataFrame], random: str = "random",
     return table.sort_values("mean return", ascending=False, ignore_index=True)
 
 
-def oracle_margin(table: pd.DataFrame, oracle: str = "oracle", fixed=("fixed-", "full-model")) -> float:
+FIXED_POLICIES = ("fixed-", "full-model")
+"""Name prefixes of the fixed (non-adaptive) baselines."""
+
+
+def best_fixed(results: Mapping[str, pd.DataFrame]) -> str:
+    """The fixed policy (``FIXED_POLICIES``) with the highest mean return among ``results`` (``evaluate`` frames)."""
+    fixed = [name for name in results if name.startswith(FIXED_POLICIES)]
+    if not fixed:
+        raise ValueError(f"results must include a fixed policy (fixed-k or full-model), got {sorted(results)}")
+    return max(fixed, key=lambda name: results[name]["return"].mean())
+
+
+def oracle_margin(table: pd.DataFrame, oracle: str = "oracle", fixed=FIXED_POLICIES) -> float:
     """The oracle's mean-return margin over the best fixed policy, in % of |best fixed| (DESIGN 10a: ≥ 10% means
     the scenario leaves room for adaptive control)."""
     is_fixed = table["policy"].str.startswith(tuple(fixed))

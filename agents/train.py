@@ -31,7 +31,7 @@ from agents.device_set import DeviceSetPolicy, MaskableDeviceSetPolicy
 from agents.evaluate import evaluate
 from agents.hyperparams import load_hyperparams, split_hyperparams
 from agents.policy import SB3Policy
-from agents.stats import paired_difference
+from agents.stats import best_fixed, paired_difference
 from agents.vec import FedPEATSB3VecEnv
 
 Algo = Literal["ppo", "a2c", "maskable-ppo"]
@@ -127,7 +127,7 @@ class BestFixedCheck(BaseCallback):
         env.close()
         fixed = {f"fixed-{k}": evaluate(make_policy(f"fixed-{k}"), self.config.env_id, self.config.env_kwargs, self.seeds)
                  for k in range(1, levels + 1)}
-        self.best_fixed = max(fixed, key=lambda k: fixed[k]["return"].mean())
+        self.best_fixed = best_fixed(fixed)
         self.baseline = fixed[self.best_fixed]
         self.started = time.perf_counter()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from agents import benchmark_table, evaluate, make_policy, oracle_margin, paired_difference, to_markdown
+from agents import best_fixed as best_fixed_policy
 from agents.train import ALGOS, TrainConfig, load_policy, train
 from fedpeat_env.config import EnvConfig
 
@@ -127,8 +128,7 @@ def summarise(results: dict[str, pd.DataFrame], agent: str, out: Path, agent_dir
     out.mkdir(parents=True, exist_ok=True)
     table = benchmark_table(results)
     rows = table.set_index("policy")
-    fixed = table[table["policy"].str.startswith(("fixed-", "full-model"))]
-    best_fixed = fixed.iloc[0]
+    best_name = best_fixed_policy(results)
     margin = oracle_margin(table) if "oracle" in rows.index else float("nan")
     paths = {"markdown": out / "benchmark.md", "csv": out / "benchmark.csv", "episodes": out / "episodes.csv",
              "returns_png": out / "returns.png"}
@@ -142,12 +142,12 @@ def summarise(results: dict[str, pd.DataFrame], agent: str, out: Path, agent_dir
         agent=agent,
         table=table,
         oracle_margin_pct=margin,
-        agent_beats_best_fixed=bool(rows.loc[agent, "CI low"] > best_fixed["CI high"]),
-        agent_minus_best_fixed=paired_difference(results[agent], results[best_fixed["policy"]]),
+        agent_beats_best_fixed=bool(rows.loc[agent, "CI low"] > rows.loc[best_name, "CI high"]),
+        agent_minus_best_fixed=paired_difference(results[agent], results[best_name]),
         agent_normalised_score=float(rows.loc[agent, "normalised score"]),
         paths=paths,
     )
-    summary = {"oracle_margin_pct": margin, "best_fixed": best_fixed["policy"],
+    summary = {"oracle_margin_pct": margin, "best_fixed": best_name,
                "agent_beats_best_fixed": result.agent_beats_best_fixed,
                "agent_minus_best_fixed": result.agent_minus_best_fixed,
                "agent_normalised_score": result.agent_normalised_score}
@@ -188,10 +188,7 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
 
     baselines = {name: evaluated(out / "baselines" / f"{name}.csv", name, lambda name=name: make_policy(name))
                  for name in config.baselines}
-    fixed = {k: v for k, v in baselines.items() if k.startswith(("fixed-", "full-model"))}
-    if not fixed:
-        raise ValueError("baselines must include a fixed policy (fixed-k or full-model) to compare the agents with")
-    best_fixed = max(fixed, key=lambda k: fixed[k]["return"].mean())
+    best_fixed = best_fixed_policy(baselines)
     rows, run_dirs = [], {}
     for algo in config.algo_list:
         for seed in range(config.train_seeds):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agents import best_fixed as best_fixed_policy
 from agents import evaluate, make_policy, paired_difference, to_markdown
 from experiments.compare import compare
 from experiments.run import MULTI_TASK_DOMAINS
@@ -216,7 +217,7 @@ def control_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], No
     def best_fixed(scenario: str, env_kwargs: dict) -> tuple[str, pd.DataFrame]:
         levels = len(EnvConfig.from_kwargs(**env_kwargs).compression_levels)
         fixed = {f"fixed-{k}": run(f"fixed-{k}", scenario, env_kwargs) for k in range(1, levels + 1)}
-        name = max(fixed, key=lambda k: fixed[k]["return"].mean())
+        name = best_fixed_policy(fixed)
         return name, fixed[name]
 
     def compared(method: str, m: pd.DataFrame, baseline: str, b: pd.DataFrame, scenario: str) -> dict:
