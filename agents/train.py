@@ -46,7 +46,7 @@ class TrainConfig:
     """Settings of one training run (saved as ``config.json``)."""
 
     algo: Algo = "ppo"
-    """ppo, a2c or maskable-ppo (sb3-contrib; uses the env's ``action_masks()``)."""
+    """A name of ``ALGOS`` (maskable-ppo: sb3-contrib, uses the env's ``action_masks()``)."""
     env_id: str = "FedPEAT-v0"
     """Registered Gymnasium id."""
     env_kwargs: dict = field(default_factory=dict)
@@ -109,7 +109,7 @@ VALIDATION_SEED = 20_000
 class BestFixedCheck(BaseCallback):
     """Every ``config.check_every`` env steps: the current policy and the best fixed policy (the best ``fixed-k`` on the
     same validation episodes, found once) on ``config.check_episodes`` episodes; records the paired difference
-    (``check/paired_diff`` and its CI in the logs) and the training time and steps at which its 95% CI first lies above
+    (``eval/paired_diff_mean`` and its CI in the logs, as SB3's ``EvalCallback`` logs ``eval/``) and the training time and steps at which its 95% CI first lies above
     0. Check time is not counted as training time."""
 
     def __init__(self, config: TrainConfig, venv) -> None:
@@ -142,7 +142,7 @@ class BestFixedCheck(BaseCallback):
         trained_s = time.perf_counter() - self.started - self.check_time_s
         self.history.append({"steps": self.num_timesteps, "train_time_s": trained_s, **diff})
         for key in ("mean", "CI low", "CI high"):
-            self.logger.record(f"check/paired_diff_{key.replace(' ', '_').lower()}", diff[key])
+            self.logger.record(f"eval/paired_diff_{key.replace(' ', '_').lower()}", diff[key])
         if self.beaten_at is None and diff["CI low"] > 0:
             self.beaten_at = {"steps": self.num_timesteps, "train_time_s": trained_s}
         return True
@@ -152,6 +152,19 @@ class BestFixedCheck(BaseCallback):
                 "steps_to_beat_best_fixed": None if self.beaten_at is None else self.beaten_at["steps"],
                 "time_to_beat_best_fixed_s": None if self.beaten_at is None else self.beaten_at["train_time_s"],
                 "checks": self.history}
+
+
+class EnvMetricsLogger(BaseCallback):
+    """After every rollout, the means over the episodes that ended in it (``FedPEATSB3VecEnv.episode_metrics``) under
+    ``env/`` in the logs: each reward term's episode sum, the episode's latency, exchanges, memory violations,
+    participants and final perplexity (SB3's own keys are ``rollout/``, ``train/``, ``time/``)."""
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        for key, value in self.training_env.env_method("episode_metrics", indices=[0])[0].items():
+            self.logger.record(f"env/{key}", value)
 
 
 class StepTimer(gym.Wrapper):
@@ -191,8 +204,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     model = ALGOS[config.algo](policy, venv, seed=config.seed, device="cpu", verbose=0, **config.algo_kwargs)
     model.set_logger(configure(str(out / "tb"), ["csv", "tensorboard"]))
     check = BestFixedCheck(config, venv) if config.check_every else None
+    callbacks = [c for c in (check, EnvMetricsLogger() if config.env_id == "FedPEAT-v0" else None) if c is not None]
     start = time.perf_counter()
-    model.learn(total_timesteps=config.timesteps, progress_bar=progress, callback=check)
+    model.learn(total_timesteps=config.timesteps, progress_bar=progress, callback=callbacks)
     wall_s = time.perf_counter() - start - (check.check_time_s if check else 0.0)
     env_s = float(sum(venv.get_attr("step_time_s")))
     steps = int(sum(venv.get_attr("steps")))

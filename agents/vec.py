@@ -10,9 +10,14 @@ from typing import Any
 
 import numpy as np
 from gymnasium.vector import AutoresetMode
+from numpy.lib.recfunctions import structured_to_unstructured
 from stable_baselines3.common.vec_env import VecEnv
 
+from fedpeat_env.reward import REWARD_TERMS
 from fedpeat_env.vector import FedPEATVectorEnv
+
+EPISODE_SUMS = ("round_latency_s", "exchanges", "memory_violations", "participants")
+"""Round numbers summed over an episode for ``episode_metrics`` (besides the reward terms)."""
 
 
 class FedPEATSB3VecEnv(VecEnv):
@@ -25,6 +30,8 @@ class FedPEATSB3VecEnv(VecEnv):
         self._seed = seed
         self._actions: np.ndarray | None = None
         self.step_time_s, self.steps = 0.0, 0
+        self._sums = np.zeros((num_envs, len(REWARD_TERMS) + len(EPISODE_SUMS)))
+        self._finished: list[np.ndarray] = []
 
     def reset(self) -> np.ndarray:
         obs, _ = self.venv.reset(seed=self._seed)
@@ -42,16 +49,40 @@ class FedPEATSB3VecEnv(VecEnv):
         if final_obs is not None:
             for i in np.flatnonzero(terminated | truncated):
                 infos[i]["terminal_observation"] = final_obs[i]
+        self._accumulate(out, terminated | truncated)
         self.step_time_s += time.perf_counter() - started
         self.steps += self.num_envs
         return obs, out.round_["reward"].astype(np.float32), terminated | truncated, infos
+
+    def _accumulate(self, out, done: np.ndarray) -> None:
+        """Add the round's reward terms and ``EPISODE_SUMS`` to each sub-env's episode sums; keep finished episodes'
+        sums with their final perplexity."""
+        self._sums[:, :len(REWARD_TERMS)] += structured_to_unstructured(out.terms)
+        self._sums[:, len(REWARD_TERMS):] += structured_to_unstructured(out.round_[list(EPISODE_SUMS)])
+        if done.any():
+            ended = np.flatnonzero(done)
+            self._finished.append(np.column_stack([self._sums[ended], out.round_["perplexity"][ended]]))
+            self._sums[ended] = 0.0
+
+    def episode_metrics(self) -> dict[str, float]:
+        """Means over the episodes finished since the last call (then forgotten): each reward term's episode sum
+        (``reward/<term>``), the episode totals of ``EPISODE_SUMS`` and the final perplexity; empty if none ended."""
+        if not self._finished:
+            return {}
+        means = np.concatenate(self._finished).mean(axis=0)
+        self._finished = []
+        names = [f"reward/{t}" for t in REWARD_TERMS] + list(EPISODE_SUMS) + ["final_perplexity"]
+        return dict(zip(names, means.tolist()))
 
     def close(self) -> None:
         self.venv.close()
 
     def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list:
+        if method_name == "episode_metrics":
+            return [self.episode_metrics() if i == 0 else {} for i in self._indices(indices)]
         if method_name != "action_masks":
-            raise AttributeError(f"FedPEATSB3VecEnv supports env_method('action_masks') only, got {method_name!r}")
+            raise AttributeError(f"FedPEATSB3VecEnv supports env_method('action_masks', 'episode_metrics') only, got "
+                                 f"{method_name!r}")
         masks = self.venv.action_masks()
         return [masks[i] for i in self._indices(indices)]
 

@@ -30,7 +30,7 @@ class BenchmarkConfig:
     timesteps: int | None = None
     """Agent training steps (None: ``n_timesteps`` of ``hyperparams/<algo>.yml``, 3M for PPO, ≈ 14 min on one core)."""
     algo: str = "ppo"
-    """ppo, a2c or maskable-ppo."""
+    """A name of the registry ``agents.train.ALGOS`` (ppo, a2c, maskable-ppo)."""
     algos: tuple[str, ...] = ()
     """Several algorithms in one benchmark (``run_seeds_benchmark``; empty: ``(algo,)``)."""
     train_seeds: int = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from contextlib import contextmanager
 from dataclasses import replace
@@ -12,6 +13,26 @@ from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="FedPEAT-Gym: federated emulator-assisted tuning.")
 console = Console()
+
+
+def registry_name(registry: str, option: str):
+    """A typer parser that accepts a name of ``registry`` ("module:NAME", a dict or tuple), imported on first use, so
+    validation follows a new registry entry and ``fedpeat --help`` stays fast; any other value is refused with the
+    list of names."""
+
+    def parse(value: str) -> str:
+        module, name = registry.split(":")
+        names = tuple(getattr(importlib.import_module(module), name))
+        if value not in names:
+            raise typer.BadParameter(f"{option} must be one of {names}, got {value!r}")
+        return value
+
+    return parse
+
+
+METHOD = registry_name("federation.methods:METHODS", "method")
+ALGO = registry_name("agents.train:ALGOS", "algo")
+PARTITION = registry_name("federation.data:PARTITIONS", "partition")
 
 
 @contextmanager
@@ -56,8 +77,7 @@ def pretrain(
 
 @app.command()
 def run(
-    method: str = typer.Option("fedpeat", help="Method: a name of the registry federation.methods.METHODS (fed-ft, "
-                                               "fedpetuning, fedpeat, fedot, fedpft, hetlora, feddat, fltac, fedprox, …)."),
+    method: str = typer.Option("fedpeat", parser=METHOD, metavar="NAME", help="Method (the registry federation.methods.METHODS)."),
     devices: int = typer.Option(4, help="Number of devices N."),
     rounds: int = typer.Option(5, help="Federated rounds."),
     seed: int = typer.Option(0, help="Seed of every random draw."),
@@ -67,7 +87,7 @@ def run(
     case: int = typer.Option(1, help="FedPEAT frozen-weight case (1, 2 or 3)."),
     server_fraction: float = typer.Option(0.0, help="Share of data on the server, which then also trains (collaborative)."),
     local_steps: int = typer.Option(10, help="Local optimiser steps per round."),
-    partition: str = typer.Option("iid", help="Data split: iid or dirichlet."),
+    partition: str = typer.Option("iid", parser=PARTITION, metavar="NAME", help="Data split (federation.data.PARTITIONS: iid, dirichlet)."),
     alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
     latency_aggregation: str = typer.Option("sum", help="Round latency: sum (devices served in turn, FedPEAT's total) "
                                                         "or max (served at once, the downlink split between them)."),
@@ -346,7 +366,7 @@ def _zoo_hyperparams(hyperparams: list[str], ctx: typer.Context) -> list[str]:
 @app.command("train", context_settings={"allow_extra_args": True})
 def train_cmd(
     ctx: typer.Context,
-    algo: str = typer.Option("ppo", help="ppo, a2c or maskable-ppo."),
+    algo: str = typer.Option("ppo", parser=ALGO, metavar="NAME", help="RL algorithm (the registry agents.train.ALGOS)."),
     env: str = typer.Option("FedPEAT-v0", help="Gymnasium id."),
     timesteps: int = typer.Option(None, help="Training env steps (default: n_timesteps of hyperparams/ALGO.yml)."),
     n_envs: int = typer.Option(None, "--n-envs", help="Parallel envs (default: n_envs of hyperparams/ALGO.yml, or 8)."),
@@ -413,7 +433,8 @@ def benchmark_cmd(
     episodes: int = typer.Option(10, help="Episodes per seed (the seed's stream continues)."),
     timesteps: int = typer.Option(None, help="Agent training steps (default: hyperparams/ALGO.yml's, 3M for PPO: "
                                              "≈ 14 min on one core)."),
-    algo: list[str] = typer.Option(["ppo"], help="ppo, a2c or maskable-ppo (repeatable: several in one benchmark)."),
+    algo: list[str] = typer.Option(["ppo"], parser=ALGO, metavar="NAME", help="RL algorithm (the registry agents.train.ALGOS; "
+                                                                  "repeatable: several in one benchmark)."),
     train_seeds: int = typer.Option(1, help="Training seeds per algorithm (> 1: IQM over runs with bootstrap CIs, "
                                             "probability of improvement; finished runs are reused)."),
     hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
@@ -522,7 +543,7 @@ def compare_cmd(
     devices: int = typer.Option(4, help="Devices N."),
     local_steps: int = typer.Option(10, help="Local steps per device per round."),
     compression: float = typer.Option(0.5, help="Emulator compression ε of fedpeat and fedot."),
-    partition: str = typer.Option("iid", help="Data split: iid or dirichlet."),
+    partition: str = typer.Option("iid", parser=PARTITION, metavar="NAME", help="Data split (federation.data.PARTITIONS: iid, dirichlet)."),
     alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
     domain: list[str] = typer.Option([], help="Tuning domains (repeatable). Default: pydocs, or the three tuning "
                                               "domains when a multi-task method (fltac) is compared."),

@@ -169,8 +169,22 @@ def metrics_table(runner: RoundRunner, results: Sequence[RoundResult]) -> Table 
     return table
 
 
+def write_tensorboard(results: Sequence[RoundResult], log_dir: Path) -> Path:
+    """Every round's numbers as tensorboard scalars ``fed/<name>`` at step = round (the env's are ``env/``, SB3's
+    ``train/``), so that tensorboard groups them."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as writer:
+        for r in results:
+            for key, value in r.summary().items():
+                if key != "round" and isinstance(value, (int, float)) and math.isfinite(value):
+                    writer.add_scalar(f"fed/{key}", value, r.round)
+    return log_dir
+
+
 def write_outputs(runner: RoundRunner, results: Sequence[RoundResult], out_dir: Path) -> list[Path]:
-    """Write rounds.csv, devices.csv, messages.csv and run.json (config + every round) into ``out_dir``."""
+    """Write rounds.csv, devices.csv, messages.csv, run.json (config + every round) and tb/ (``fed/`` scalars) into
+    ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "rounds.csv", out_dir / "devices.csv", out_dir / "messages.csv", out_dir / "run.json"]
     rounds_frame(results).to_csv(paths[0], index=False)
@@ -182,4 +196,4 @@ def write_outputs(runner: RoundRunner, results: Sequence[RoundResult], out_dir: 
         "rounds": [asdict(r) for r in results],
     }
     paths[3].write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return paths
+    return [*paths, write_tensorboard(results, out_dir / "tb")]

@@ -12,7 +12,7 @@ import gzip
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ PRETRAIN_DOMAINS = ("kjv", "pycode")
 """The embedded model's pretraining mix; every other domain is held out from pretraining."""
 Split = Literal["train", "valid"]
 PartitionKind = Literal["iid", "dirichlet"]
+PARTITIONS: tuple[str, ...] = get_args(PartitionKind)
 
 
 def _check_domain(domain: str) -> None:
@@ -182,8 +183,8 @@ def build_federated_data(
         _check_domain(domain)
         if domain in PRETRAIN_DOMAINS:
             raise ValueError(f"domains must not include a pretraining domain {PRETRAIN_DOMAINS}, got {domain!r}")
-    if partition not in ("iid", "dirichlet"):
-        raise ValueError(f"partition must be one of ('iid', 'dirichlet'), got {partition!r}")
+    if partition not in PARTITIONS:
+        raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
     if not 0.0 <= server_fraction < 1.0:
         raise ValueError(f"server_fraction must be in [0, 1), got {server_fraction}")
     train_parts, labels, eval_parts, eval_labels = [], [], [], []

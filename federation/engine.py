@@ -14,12 +14,14 @@ import torch
 from federation.client import SERVER_DEVICE, Client, ClientJob, ClientUpdate
 from federation.data import PartitionKind, build_federated_data
 from federation.emulator import SubModelSpec
+from federation.evaluation import PlugInEvaluator
 from federation.executors import Executor, LocalExecutor
 from federation.foundation import load_foundation
 from federation.messages import MessageLog
-from federation.methods import make_method
+from federation.methods import METHODS, make_method
 from federation.methods.base import DeviceDecision, Method, MethodConfig
 from federation.seeding import child_seed, seed_everything
+from federation.submodels import SubModels
 from federation.system import (
     LATENCY_AGGREGATIONS,
     ChannelConfig,
@@ -29,7 +31,6 @@ from federation.system import (
     round_latency_s,
     transmission_latency_s,
 )
-from federation.training import perplexity
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class EngineConfig:
     """Settings passed to the method (adapter blocks, LoRA, local training)."""
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
         if self.num_devices < 1:
             raise ValueError(f"num_devices must be >= 1, got {self.num_devices}")
         if not 0.0 <= self.server_fraction < 1.0:
@@ -128,77 +131,60 @@ class RoundResult:
 
 
 class Server:
-    """The model owner: holds the full model and the global trainable state, configures and aggregates."""
+    """The model owner: holds the full model, its sub-models and the global trainable state; configures the round's
+    jobs with the method, aggregates with it and evaluates the plugged-in state."""
 
     def __init__(self, method: Method, full_model, tokenizer, eval_blocks: torch.Tensor, seed: int,
                  eval_labels: np.ndarray | None = None, device_tasks: Sequence[tuple[int, ...]] = (), num_tasks: int = 1):
         self.method = method
-        self.full_model = full_model
-        self.num_layers = full_model.config.n_layer
-        self.eval_blocks = eval_blocks
-        self.eval_labels = eval_labels if eval_labels is not None else np.zeros(len(eval_blocks), dtype=int)
+        self.models = SubModels(full_model, tokenizer, method.build_submodel)
+        self.num_layers = self.models.num_layers
         self.device_tasks = list(device_tasks)
-        method.setup(full_model, tokenizer)
-        method.bind_tasks(self.device_tasks, num_tasks)
-        self.global_state = method.init_global_state(full_model, seed)
+        method.setup(self.models, device_tasks, num_tasks)
+        self.evaluator = PlugInEvaluator(self.models, eval_blocks, eval_labels, method.lora, method.server_spec())
+        self.global_state = method.init_global_state(seed)
         self.device_specs: dict[int, SubModelSpec] = {}
         self.task_perplexity: dict[int, float] = {}
         """Per-task perplexities of the last full-model evaluation (methods with per-task states)."""
-        self._eval_models: dict[SubModelSpec | None, object] = {}
+
+    def frozen_payload(self, spec: SubModelSpec) -> dict[str, torch.Tensor]:
+        """Frozen weights a holder of ``spec`` needs (none when the method trains every weight)."""
+        return {} if self.method.lora is None else self.models.payload(spec)
 
     def configure(
         self, round_idx: int, decisions: Sequence[DeviceDecision], seeds: np.ndarray, log: MessageLog
     ) -> tuple[list[ClientJob], dict[int, bool]]:
-        """Jobs for the selected devices (one per task a device holds for multi-task methods); logs the downlink.
-        Returns (jobs, device -> emulator exchanged)."""
-        self.method.begin_round(round_idx)
-        jobs, exchanged = [], {}
-        for device, decision in enumerate(decisions):
-            if not decision.selected:
-                continue
-            spec = self.method.device_spec(self.num_layers, decision)
+        """The method's jobs for the selected devices, with the frozen weights of a device's new sub-model on its
+        first job; logs the downlink. Returns (jobs, device -> emulator exchanged)."""
+        jobs, exchanged, per_device = [], {}, {}
+        for config in self.method.configure(round_idx, decisions, self.global_state):
+            device, spec = config.device, config.spec
             frozen = None
-            if self.device_specs.get(device) != spec:
-                frozen = self.method.frozen_payload(spec)
-                self.device_specs[device] = spec
-                if frozen:
-                    log.record(round_idx, device, "down", "frozen" if spec.is_full else "emulator", frozen)
-            exchanged[device] = bool(frozen)
-            lora = self.method.device_lora(device, decision)
-            tasks = self.device_tasks[device] if self.method.multi_task else (None,)
-            for n, task in enumerate(tasks):
-                trainable = self.method.trainable_for(device, task, decision, self.global_state)
-                log.record(round_idx, device, "down", self.method.trainable_kind, trainable)
-                jobs.append(ClientJob(device, round_idx, spec, frozen if n == 0 else None, trainable, lora,
-                                      self.method.train_config, int(seeds[device]) + n, self.method.loss_fn(), task))
+            if device not in exchanged:
+                if self.device_specs.get(device) != spec:
+                    frozen = self.frozen_payload(spec)
+                    self.device_specs[device] = spec
+                    if frozen:
+                        log.record(round_idx, device, "down", "frozen" if spec.is_full else "emulator", frozen)
+                exchanged[device] = bool(frozen)
+            log.record(round_idx, device, "down", self.method.trainable_kind, config.trainable)
+            n = per_device[device] = per_device.get(device, -1) + 1  # the device's n-th job this round
+            jobs.append(ClientJob(device, round_idx, spec, frozen, config.trainable, config.lora,
+                                  self.method.train_config, int(seeds[device]) + n, config.objective, config.task))
         return jobs, exchanged
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> None:
         if updates:
-            self.global_state = self.method.aggregate_updates(self.global_state, updates)
+            self.global_state = self.method.aggregate(self.global_state, updates)
 
     def evaluate(self, spec: SubModelSpec | None = None) -> float:
-        """Perplexity of the global state in the full model (spec None) or in the sub-model ``spec``. A method with
-        per-task states is evaluated with each task's state on that task's held-out blocks; the result pools all
-        tokens, exp(Σ_t n_t·log ppl_t / Σ_t n_t), like a single state's perplexity on the same blocks (the full
-        model's per-task values are kept in ``task_perplexity``)."""
-        if spec not in self._eval_models:
-            self._eval_models[spec] = self.method.evaluation_model(spec)
-        model = self._eval_models[spec]
-        load_spec = spec or self.method.server_spec(self.num_layers)
-        states = self.method.evaluation_states(self.global_state)
-        if set(states) == {None}:
-            self.method.load_for_evaluation(model, states[None], load_spec)
-            return perplexity(model, self.eval_blocks)
-        per_task, counts = {}, {}
-        for task, state in sorted(states.items()):
-            self.method.load_for_evaluation(model, state, load_spec)
-            mask = self.eval_labels == task
-            per_task[task], counts[task] = perplexity(model, self.eval_blocks[torch.from_numpy(mask)]), int(mask.sum())
-        if spec is None:
+        """Perplexity of the global state in the full model (spec None) or in the sub-model ``spec``; a method with
+        per-task states pools its tasks' tokens (``PlugInEvaluator.perplexity``; the full model's per-task values
+        are kept in ``task_perplexity``)."""
+        ppl, per_task = self.evaluator.perplexity(self.method.evaluation_states(self.global_state), spec)
+        if spec is None and per_task:
             self.task_perplexity = per_task
-        # pooled over all evaluation tokens (blocks are equally long), as for a single state: comparable across methods
-        return math.exp(sum(counts[t] * math.log(p) for t, p in per_task.items()) / sum(counts.values()))
+        return ppl
 
 
 class RoundRunner:
@@ -305,17 +291,13 @@ class RoundRunner:
         """Raise ``ValueError`` for decisions the method cannot run, before anything is sent or trained."""
         if len(decisions) != self.config.num_devices:
             raise ValueError(f"decisions must have one entry per device ({self.config.num_devices}), got {len(decisions)}")
-        for decision in decisions:
-            self.method.validate_decision(decision)
-            if decision.selected:
-                self.method.device_spec(self.server.num_layers, decision)
-        self.method.validate_round(list(decisions))
+        self.method.validate(decisions)
 
     def _server_job(self, seed: int) -> ClientJob:
-        spec = self.method.server_spec(self.server.num_layers)
-        frozen = self.method.frozen_payload(spec) if self.server_client.spec != spec else None
-        return ClientJob(SERVER_DEVICE, self.round, spec, frozen, self.server.global_state, self.method.lora_spec(),
-                         self.method.train_config, int(seed), self.method.loss_fn())
+        spec = self.method.server_spec()
+        frozen = self.server.frozen_payload(spec) if self.server_client.spec != spec else None
+        return ClientJob(SERVER_DEVICE, self.round, spec, frozen, self.server.global_state, self.method.lora_for(),
+                         self.method.train_config, int(seed), self.method.objective())
 
     def _device_records(self, decisions, updates, exchanged, channel, device_ppl, first_message: int) -> list[DeviceRound]:
         by_device: dict[int, list[ClientUpdate]] = {}

@@ -162,4 +162,6 @@ def test_training_checks_report_the_time_to_beat_the_best_fixed_policy(tmp_path,
     assert metrics["steps_to_beat_best_fixed"] == (None if first is None else first["steps"])
     assert metrics["time_to_beat_best_fixed_s"] == (None if first is None else first["train_time_s"])
     progress = pd.read_csv(out / "tb" / "progress.csv")
-    assert "check/paired_diff_mean" in progress.columns
+    assert "eval/paired_diff_mean" in progress.columns
+    logged = progress["env/final_perplexity"].dropna()  # the env's episode metrics, grouped under env/
+    assert len(logged) >= 2 and (logged > 0).all() and progress["env/reward/perplexity"].notna().any()

@@ -30,6 +30,14 @@ def test_run_writes_round_table_csv_and_json(tmp_path):
     assert messages["bytes"].sum() == rounds["bytes_down"].sum() + rounds["bytes_up"].sum()
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["config"]["seed"] == 3 and len(record["rounds"]) == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    logged = events.Scalars("fed/full_perplexity")  # grouped under fed/ in tensorboard
+    assert [e.step for e in logged] == list(rounds["round"])
+    assert [e.value for e in logged] == pytest.approx(list(rounds["full_perplexity"]), rel=1e-6)
+    assert "fed/bytes_up" in events.Tags()["scalars"]
     again = runner.invoke(app, args[:-1] + [str(tmp_path / "again")])
     assert again.exit_code == 0
     same = pd.read_csv(tmp_path / "again" / "rounds.csv").drop(columns="wall_time_s")

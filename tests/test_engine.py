@@ -115,7 +115,7 @@ def test_fedpeat_cases_and_decision_errors():
     # case 2 (w'_s = w'_c): every device holds the server's own frozen weights, i.e. the whole full model
     case2 = RoundRunner(_config(method_config=FedPEATConfig(train=FAST, case=2)))
     result = case2.run_round(_decisions(0.0, 0.0, None))
-    full = case2.method.server_spec(case2.server.num_layers)
+    full = case2.method.server_spec()
     assert full.is_full and all(case2.server.device_specs[i] == full for i in (0, 1))
     assert [d.kept_blocks for d in result.devices] == [full.num_layers, full.num_layers, 0]
     assert {m.kind for m in case2.log.messages if m.direction == "down"} == {"frozen", "adapter"}
@@ -160,8 +160,8 @@ def test_collaborative_server_update_joins_the_aggregation_without_using_the_wir
     server = [u for u in seen if u.device == SERVER_DEVICE]
     assert len(server) == 1 and server[0].num_samples == len(runner.data.server_blocks) > 0
     states, weights = [u.state for u in seen], [float(u.num_samples) for u in seen]
-    with_server = runner.method.aggregate(states, weights)
-    without = runner.method.aggregate(states[:-1], weights[:-1])
+    with_server = runner.method.average(states, weights)
+    without = runner.method.average(states[:-1], weights[:-1])
     for key, tensor in runner.server.global_state.items():
         assert torch.equal(tensor, with_server[key]), key
     assert any(not torch.equal(with_server[k], without[k]) for k in with_server)  # its weight moved the average

@@ -92,7 +92,7 @@ def test_fedot_sends_one_shared_distilled_emulator_and_only_adapters_afterwards(
     runner.run_round()  # default decisions: compression 0 -> the method's shared emulator
     second = runner.run_round([DeviceDecision(True, 0.5)] * 3)  # equal to the config's: same emulator
     assert second.exchanges == 0
-    spec = runner.method.shared_spec(runner.server.num_layers)
+    spec = runner.method.device_spec(DeviceDecision())
     assert spec.compression == 0.5 and all(r.kept_blocks == len(spec.layers) for r in second.devices)
     for device in range(3):
         down = [m for m in runner.log.messages if m.device == device and m.direction == "down"]
@@ -103,7 +103,7 @@ def test_fedot_sends_one_shared_distilled_emulator_and_only_adapters_afterwards(
         assert all(m.kind == "adapter" and all("lora_" in k for k in m.keys) for m in down[1:])
         assert len(up) == 2 and all(all("lora_" in k for k in m.keys) for m in up)
 
-    emulator = model_payload(runner.method.submodel(spec), spec)
+    emulator = model_payload(runner.server.models.get(spec), spec)
     original = submodel_state(runner.model, spec)
     assert emulator.keys() == original.keys()
     middle = set(spec.layers) - set(spec.adapter_layers)
@@ -199,8 +199,8 @@ def test_hetlora_aggregations_and_self_pruning():
     states, weights = [_state(2, seed=1), _state(8, seed=2)], [3.0, 1.0]
     padded = [{k: torch.nn.functional.pad(t, (0, 6) if "lora_B" in k else (0, 0, 0, 6)) for k, t in states[0].items()},
               states[1]]
-    sparsity = HetLoRA(HetLoRAConfig()).aggregate(states, weights)
-    zero_pad = HetLoRA(HetLoRAConfig(aggregation="zero-pad")).aggregate(states, weights)
+    sparsity = HetLoRA(HetLoRAConfig()).average(states, weights)
+    zero_pad = HetLoRA(HetLoRAConfig(aggregation="zero-pad")).average(states, weights)
     for key, tensor in hetlora(padded).items():
         assert torch.allclose(sparsity[key], tensor)
         assert torch.allclose(zero_pad[key], (3 * padded[0][key] + padded[1][key]) / 4)
@@ -212,7 +212,7 @@ def test_hetlora_aggregations_and_self_pruning():
     products = [w[key_b].double() @ w[key_a].double() for w in wide]
     norms = [float(torch.linalg.matrix_norm(m)) for m in products]
     for aggregation, w in (("sparsity", norms), ("zero-pad", weights)):
-        exact = HetLoRA(HetLoRAConfig(aggregation=aggregation, lora_aggregation="exact")).aggregate(wide, weights)
+        exact = HetLoRA(HetLoRAConfig(aggregation=aggregation, lora_aggregation="exact")).average(wide, weights)
         target = (w[0] * products[0] + w[1] * products[1]) / sum(w)
         got = exact[key_b].double() @ exact[key_a].double()
         assert lora_rank_of(exact) == 8 and torch.allclose(got, target, atol=1e-5), aggregation

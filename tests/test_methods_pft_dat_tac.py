@@ -36,6 +36,7 @@ from federation.pruning import (
     pruned_spec,
     top_neurons,
 )
+from federation.submodels import SubModels
 from federation.system import MemoryFootprint
 from federation.training import DistillConfig, LocalTrainConfig, train_local
 
@@ -140,17 +141,17 @@ def test_fedpft_devices_hold_only_their_neurons_and_get_refreshed_ones():
     spec = runner.method.current_spec()
     downloads = [m for m in runner.log.messages if m.direction == "down" and m.kind == "emulator"]
     assert len(downloads) == 3  # one sub-model per device
-    payload = runner.method.frozen_payload(spec)
+    payload = runner.server.frozen_payload(spec)
     assert set(downloads[0].keys) == set(payload)
     for block, neurons in spec.ffn_neurons:
         assert payload[f"transformer.h.{block}.mlp.c_fc.weight"].shape[1] == len(neurons)
         assert payload[f"transformer.h.{block}.mlp.c_proj.weight"].shape[0] == len(neurons)
-    before = runner.method.submodel(spec).state_dict()
+    before = runner.server.models.get(spec).state_dict()
     second = runner.run_round()  # refresh_every=1: neuron-level distillation before round 2, sub-model re-sent
     new_spec = runner.method.current_spec()
     assert new_spec.revision == 1 and new_spec.ffn_neurons == spec.ffn_neurons and second.exchanges == 3
     assert second.metrics["distilled_neurons"] == sum(round(0.5 * len(n)) for _, n in spec.ffn_neurons)
-    after = runner.method.submodel(new_spec).state_dict()
+    after = runner.server.models.get(new_spec).state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {f"transformer.h.{b}.mlp.c_{n}" for b, _ in spec.ffn_neurons
                        for n in ("fc.weight", "fc.bias", "proj.weight")}
@@ -258,10 +259,10 @@ def test_fltac_aggregation_uses_no_task_labels():
     results = []
     for batch in (updates, relabelled):
         method = FLTAC()
-        method.bind_tasks(runner.server.device_tasks, 3)
-        method.init_global_state(runner.method.full_model, seed=runner.config.seed)
-        method.begin_round(1)
-        method.aggregate_updates({}, batch)
+        method.setup(runner.server.models, runner.server.device_tasks, 3)
+        method.init_global_state(seed=runner.config.seed)
+        method.configure(1, [], {})
+        method.aggregate({}, batch)
         results.append([method.slot_states[(u.device, u.task)] for u in batch])
     assert len({id(state) for state in results[0]}) == 3
     for got, expected in zip(*results):  # each upload gets back the same cluster average, whatever its label
@@ -304,14 +305,16 @@ def test_hetlora_server_learns_pruned_ranks_from_upload_shapes(foundation):
     method = HetLoRA(HetLoRAConfig())
     spec = full_spec(model.config.n_layer)
     torch.manual_seed(0)
-    global_state = method.init_global_state(model, seed=0)
-    sent = [method.trainable_for(0, None, DeviceDecision(), global_state),  # rank 8
-            method.trainable_for(1, None, DeviceDecision(lora_rank=4), global_state)]  # chosen rank 4, not pruned
+    method.setup(SubModels(model, None))
+    global_state = method.init_global_state(seed=0)
+    jobs = method.configure(1, [DeviceDecision(), DeviceDecision(lora_rank=4)], global_state)  # ranks 8 and 4 (chosen)
+    sent = [job.trainable for job in jobs]
     uploads = [_update(0, truncate_rank(sent[0], 7)), _update(1, sent[1])]  # device 0 pruned 8 → 7 on its own
-    merged = method.aggregate_updates(global_state, uploads)
+    merged = method.aggregate(global_state, uploads)
     assert lora_rank_of(merged) == 8 and method.device_ranks == {0: 7}
-    assert method.device_lora(0, DeviceDecision()).rank == 7 and method.device_lora(1, DeviceDecision()).rank == 8
-    assert lora_rank_of(method.trainable_for(0, None, DeviceDecision(), merged)) == 7
+    second = method.configure(2, [DeviceDecision(), DeviceDecision()], merged)
+    assert [job.lora.rank for job in second] == [7, 8]
+    assert lora_rank_of(second[0].trainable) == 7
     assert method.round_metrics() == {"pruned_devices": 1.0}
     lora_model = attach_lora(copy.deepcopy(model), spec, LoraSpec(7))
-    load_adapter_state(lora_model, method.trainable_for(0, None, DeviceDecision(), merged), spec)
+    load_adapter_state(lora_model, second[0].trainable, spec)

@@ -85,6 +85,24 @@ def test_same_step_autoreset_and_the_sb3_adapter():
         FedPEATVectorEnv(2, autoreset_mode="sometimes")
 
 
+def test_sb3_adapter_reports_episode_metrics_that_add_up_to_the_returns():
+    from agents.vec import EPISODE_SUMS, FedPEATSB3VecEnv
+
+    sb3 = FedPEATSB3VecEnv(4, seed=3, horizon=3)
+    sb3.reset()
+    assert sb3.env_method("episode_metrics", indices=[0]) == [{}]  # nothing ended yet
+    rng = np.random.default_rng(0)
+    returns = np.zeros(4)
+    for _ in range(6):  # two episodes per sub-env
+        _, reward, _, infos = sb3.step(rng.integers(0, 5, size=(4, 10)))
+        returns += reward
+    metrics = sb3.env_method("episode_metrics", indices=[0])[0]
+    terms = [k for k in metrics if k.startswith("reward/")]
+    assert len(terms) >= 4 and set(EPISODE_SUMS) <= set(metrics) and metrics["final_perplexity"] > 0
+    assert np.isclose(sum(metrics[k] for k in terms), returns.sum() / 8, rtol=1e-5)  # mean episode return
+    assert metrics["participants"] > 0 and sb3.env_method("episode_metrics", indices=[0]) == [{}]  # drained
+
+
 def test_large_batch_is_reproducible_and_within_bounds():
     def run(seed: int) -> list[np.ndarray]:
         vector = FedPEATVectorEnv(110, horizon=5)  # 1100 devices: the channel's vectorised path

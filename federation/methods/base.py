@@ -1,8 +1,21 @@
-"""The method interface: what a federated tuning method chooses on the shared round.
+"""The strategy interface of a federated tuning method, in the spirit of Flower's ``Strategy``.
 
-A method = which sub-model a device holds (``device_spec``) + what is trainable (LoRA or all weights) + the
-local objective (``loss_fn``) + the aggregation (``aggregate``). The round loop itself lives in
-``federation.engine`` and is the same for every method.
+A method answers three questions of the shared round (``federation.engine`` runs the round; it is the same for
+every method):
+
+- **configure**: what each selected device does this round (``configure`` → one ``DeviceConfig`` per job: the
+  sub-model it holds, the trainable state it downloads, the LoRA it trains, its local objective);
+- **aggregate**: the next global state from the round's uploads (``aggregate``);
+- **evaluate**: which state to plug into the full model for each task (``evaluation_states``).
+
+Two parts it uses and does not implement: the server's sub-model store (``federation.submodels.SubModels``: built
+once per spec by the method's ``build_submodel``, with the public data distillation needs) and the plug-in
+evaluator (``federation.evaluation.PlugInEvaluator``). A method trains LoRA unless ``lora`` is None (full
+fine-tuning): that is the one signal for it.
+
+Writing a method: subclass ``Method`` (or a method close to yours) and override only what differs; give it a
+``MethodConfig`` subclass for its settings; add it to ``METHODS`` in ``federation/methods/__init__.py``
+(``fedprox.py`` is the worked example).
 """
 
 from __future__ import annotations
@@ -15,13 +28,15 @@ from typing import Literal
 import torch
 from transformers import GPT2LMHeadModel
 
-from federation.adapters import LoraSpec, adapter_state, attach_lora, load_adapter_state, pad_rank, truncate_rank
+from federation.adapters import LoraSpec, adapter_state, attach_lora, pad_rank, truncate_rank
 from federation.aggregation import fedavg, lora_exact
 from federation.client import ClientUpdate
-from federation.data import pretraining_blocks
-from federation.emulator import SubModelSpec, build_emulator, full_spec, model_payload
+from federation.emulator import SubModelSpec, full_spec
 from federation.messages import PayloadKind
+from federation.submodels import SubModels, layer_drop
 from federation.training import LocalObjective, LocalTrainConfig, LossFn, lm_loss
+
+State = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,23 @@ class DeviceDecision:
     """Emulator compression ratio ε = 1 − k/M (methods without emulators require 0)."""
     lora_rank: int | None = None
     """LoRA rank for this device (None: the method's global rank; must not exceed it)."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One job of a device in one round, as the method configures it (Flower's ``FitIns``)."""
+
+    device: int
+    spec: SubModelSpec
+    """The sub-model the device holds (a new spec means an exchange: the server sends its frozen weights)."""
+    trainable: State
+    """What the device downloads to train: the global adapter (LoRA) or, without LoRA, every weight of the model."""
+    lora: LoraSpec | None
+    """LoRA the device trains (None: every weight of its sub-model)."""
+    objective: LossFn | LocalObjective
+    """Its local objective (picklable, for remote executors)."""
+    task: int | None = None
+    """Train on the device's blocks of this task only (None: all of them)."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +87,7 @@ class MethodConfig:
 
 
 class Method:
-    """Base method: LoRA adapters on the adapter blocks of the full model, FedAvg by sample count.
-
-    Subclasses override the hooks below; every hook is called by the shared round in ``federation.engine``.
-    """
+    """Base method: LoRA adapters on the adapter blocks of the full model, FedAvg by sample count."""
 
     name = "base"
     config_class: type[MethodConfig] = MethodConfig
@@ -66,10 +95,9 @@ class Method:
     config of another method's class is refused (its own fields would be dropped)."""
     uses_emulator = False
     """True when ``DeviceDecision.compression`` selects a per-device emulator."""
-    trainable_kind: PayloadKind = "adapter"
     default_train = LocalTrainConfig(steps=10, batch_size=8, lr=3e-3)
-    default_lora = LoraSpec()
-    """LoRA of the method when the config leaves it unset (rank 8 on ``c_attn``)."""
+    default_lora: LoraSpec | None = LoraSpec()
+    """LoRA of the method when the config leaves it unset (rank 8 on ``c_attn``); None: full fine-tuning."""
     lora_on_all_layers = False
     """LoRA on every block (FedPETuning) instead of only the adapter blocks."""
     multi_task = False
@@ -88,147 +116,116 @@ class Method:
             config = self.config_class(**{name: getattr(base, name) for name in shared})
         self.config = config
         self.train_config = self.config.train or self.default_train
-        self.lora = self.config.lora or self.default_lora
-        """The global LoRA settings (rank r_max): ``config.lora`` or the method's ``default_lora``."""
+        self.lora: LoraSpec | None = (self.config.lora or self.default_lora) if self.default_lora is not None else None
+        """The global LoRA settings (rank r_max); None: the method trains every weight (full fine-tuning)."""
 
-    # --- what a device holds -------------------------------------------------------------------------
-    def validate_decision(self, decision: DeviceDecision) -> None:
-        if not 0.0 <= decision.compression < 1.0:
-            raise ValueError(f"compression must be in [0, 1), got {decision.compression}")
-        if not self.uses_emulator and decision.compression != 0.0:
-            raise ValueError(f"method {self.name!r} has no emulator; compression must be 0, got {decision.compression}")
-        if decision.lora_rank is not None and self.lora_spec(decision) is None:
-            raise ValueError(f"method {self.name!r} trains all weights; lora_rank must be None")
-        if decision.lora_rank is not None and not 1 <= decision.lora_rank <= self.lora.rank:
-            raise ValueError(f"lora_rank must be in [1, {self.lora.rank}], got {decision.lora_rank}")
+    @property
+    def trainable_kind(self) -> PayloadKind:
+        """What devices download and upload: "adapter" (LoRA) or "model" (every weight)."""
+        return "model" if self.lora is None else "adapter"
 
-    def device_spec(self, num_layers: int, decision: DeviceDecision) -> SubModelSpec:
-        """Blocks the device holds. Default: the full model."""
-        return self.server_spec(num_layers)
+    # --- set-up --------------------------------------------------------------------------------------
+    def setup(self, models: SubModels, device_tasks: Sequence[tuple[int, ...]] = (), num_tasks: int = 1) -> None:
+        """Called once by the server: its sub-model store, and the task (domain) labels each device holds."""
+        self.models, self.device_tasks, self.num_tasks = models, list(device_tasks), num_tasks
 
-    def server_spec(self, num_layers: int) -> SubModelSpec:
-        """The full model with this method's adapter blocks."""
-        return full_spec(num_layers, None if self.lora_on_all_layers else self.config.num_adapter_layers)
+    @property
+    def full_model(self) -> GPT2LMHeadModel:
+        return self.models.full_model
 
-    def lora_spec(self, decision: DeviceDecision | None = None) -> LoraSpec | None:
-        """LoRA of the device (None: full fine-tuning of every weight of its sub-model)."""
-        rank = decision.lora_rank if decision is not None and decision.lora_rank is not None else self.lora.rank
-        return LoraSpec(rank, self.lora.alpha_per_rank, self.lora.target_modules)
+    def build_submodel(self, models: SubModels, spec: SubModelSpec) -> GPT2LMHeadModel:
+        """How the store makes a sub-model (default: layer drop of the full model, no distillation)."""
+        return layer_drop(models, spec)
 
-    def device_decisions(self, num_devices: int, compression: float = 0.0) -> list[DeviceDecision]:
-        """The method's default decisions: every device selected with ``compression`` and the global rank."""
-        return [DeviceDecision(True, compression) for _ in range(num_devices)]
-
-    # --- global state --------------------------------------------------------------------------------
-    def init_global_state(self, full_model: GPT2LMHeadModel, seed: int) -> dict[str, torch.Tensor]:
+    def init_global_state(self, seed: int) -> State:
         """Initial global trainable state in full-model coordinates (LoRA: A random, B zero; without LoRA: every
         weight of the full model)."""
-        if self.lora_spec() is None:
-            return {k: p.detach().clone() for k, p in full_model.named_parameters()}
+        if self.lora is None:
+            return {k: p.detach().clone() for k, p in self.full_model.named_parameters()}
         torch.manual_seed(seed)
-        spec = self.server_spec(full_model.config.n_layer)
-        return adapter_state(attach_lora(copy.deepcopy(full_model), spec, self.lora_spec()), spec)
+        spec = self.server_spec()
+        return adapter_state(attach_lora(copy.deepcopy(self.full_model), spec, self.lora), spec)
 
-    def state_for_device(self, global_state: dict[str, torch.Tensor], decision: DeviceDecision) -> dict[str, torch.Tensor]:
-        """What the device downloads each round: the global adapter, truncated to the device's rank."""
-        lora = self.lora_spec(decision)
-        if lora is not None and lora.rank < self.lora.rank:
-            return truncate_rank(global_state, lora.rank)
-        return global_state
+    # --- configure -----------------------------------------------------------------------------------
+    def validate(self, decisions: Sequence[DeviceDecision]) -> None:
+        """``ValueError`` for a round's decisions the method cannot run (checked before anything is sent)."""
+        for decision in decisions:
+            if not 0.0 <= decision.compression < 1.0:
+                raise ValueError(f"compression must be in [0, 1), got {decision.compression}")
+            if not self.uses_emulator and decision.compression != 0.0:
+                raise ValueError(f"method {self.name!r} has no emulator; compression must be 0, got {decision.compression}")
+            if decision.lora_rank is not None and self.lora is None:
+                raise ValueError(f"method {self.name!r} trains all weights; lora_rank must be None")
+            if decision.lora_rank is not None and not 1 <= decision.lora_rank <= self.lora.rank:
+                raise ValueError(f"lora_rank must be in [1, {self.lora.rank}], got {decision.lora_rank}")
+            if decision.selected:
+                self.device_spec(decision)  # raises for a compression the model cannot realise
 
-    def device_lora(self, device: int, decision: DeviceDecision) -> LoraSpec | None:
-        """LoRA that ``device`` trains this round (default: ``lora_spec(decision)``)."""
-        return self.lora_spec(decision)
+    def configure(self, round_idx: int, decisions: Sequence[DeviceDecision], global_state: State) -> list[DeviceConfig]:
+        """The round's jobs (Flower's ``configure_fit``): ``configure_device`` of every selected device, in order."""
+        return [job for device, decision in enumerate(decisions) if decision.selected
+                for job in self.configure_device(device, decision, global_state)]
 
-    def trainable_for(self, device: int, task: int | None, decision: DeviceDecision,
-                      global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """What ``device`` downloads for ``task`` (None unless ``multi_task``); default ``state_for_device``."""
-        return self.state_for_device(global_state, decision)
+    def configure_device(self, device: int, decision: DeviceDecision, global_state: State) -> list[DeviceConfig]:
+        """A selected device's jobs: it holds ``device_spec``, downloads the global adapter at its rank."""
+        lora = self.lora_for(decision)
+        return [DeviceConfig(device, self.device_spec(decision), self.download(global_state, lora), lora, self.objective())]
 
-    def loss_fn(self) -> LossFn | LocalObjective:
-        """Local objective (picklable, for remote executors)."""
+    def device_spec(self, decision: DeviceDecision) -> SubModelSpec:
+        """Blocks a device holds for ``decision``. Default: the full model."""
+        return self.server_spec()
+
+    def objective(self) -> LossFn | LocalObjective:
+        """The devices' local objective (default: next-token cross-entropy)."""
         return lm_loss
 
-    def aggregate_updates(self, global_state: dict[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
-        """The next global state from this round's uploads (they carry device, task and sample count); default:
-        ``aggregate`` weighted by sample count."""
-        return self.aggregate([u.state for u in updates], [float(u.num_samples) for u in updates])
+    # --- aggregate -----------------------------------------------------------------------------------
+    def aggregate(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
+        """The next global state from this round's uploads (Flower's ``aggregate_fit``; they carry device, task
+        and sample count). Default: ``average`` weighted by sample count."""
+        return self.average([u.state for u in updates], [float(u.num_samples) for u in updates])
 
-    def aggregate(self, states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-        """FedAvg of the uploads; LoRA uploads are zero-padded to the global rank r first.
+    def average(self, states: list[State], weights: list[float]) -> State:
+        """FedAvg of uploads; LoRA uploads are zero-padded to the global rank r first.
 
         ``lora_aggregation="naive"``: weighted mean of A and of B separately (mean(B)·mean(A) ≠ mean(B·A)).
         ``"exact"``: ``lora_exact`` with rank r — the global B·A is the best rank-r approximation (truncated SVD) of
         the weighted mean of the devices' B_k·A_k, exact whenever that mean has rank ≤ r (e.g. Σ_k r_k ≤ r). The
         factors come back balanced (B = U√S, A = √S·Vh); components with zero singular value stay zero in A and B.
         """
-        if self.lora_spec() is not None:
+        if self.lora is not None:
             states = [pad_rank(s, self.lora.rank) for s in states]
             if self.config.lora_aggregation == "exact":
                 return lora_exact(states, weights, rank=self.lora.rank)
         return fedavg(states, weights)
 
-    # --- server-side models ----------------------------------------------------------------------
-    def setup(self, full_model: GPT2LMHeadModel, tokenizer) -> None:
-        """Called once by the server with the full model and its tokenizer."""
-        self.full_model = full_model
-        self.tokenizer = tokenizer
-        self._submodels: dict[SubModelSpec, GPT2LMHeadModel] = {}
-        self._public: torch.Tensor | None = None
-
-    def public_blocks(self, count: int) -> torch.Tensor:
-        """The server's public data for distillation: ``count`` blocks of the pretraining domains (``pretraining_blocks``)."""
-        if self._public is None:
-            self._public = pretraining_blocks(self.tokenizer, self.full_model.config.n_positions)
-        return self._public[:count]
-
-    def submodel(self, spec: SubModelSpec) -> GPT2LMHeadModel:
-        """The frozen sub-model the server sends for ``spec`` (built once per spec)."""
-        if spec not in self._submodels:
-            self._submodels[spec] = self.build_submodel(spec)
-        return self._submodels[spec]
-
-    def build_submodel(self, spec: SubModelSpec) -> GPT2LMHeadModel:
-        """Hook: how a sub-model is made (default: layer drop of the full model, no distillation)."""
-        return build_emulator(self.full_model, spec)
-
-    def frozen_payload(self, spec: SubModelSpec) -> dict[str, torch.Tensor]:
-        """Frozen weights a device needs for ``spec`` (empty when every weight is trainable)."""
-        if self.lora_spec() is None:
-            return {}
-        return model_payload(self.submodel(spec), spec)
-
-    def validate_round(self, decisions: list[DeviceDecision]) -> None:
-        """Hook: cross-device constraints on one round's decisions (default: none)."""
-
-    def bind_tasks(self, device_tasks: Sequence[tuple[int, ...]], num_tasks: int) -> None:
-        """Called once by the server: the task (domain) labels each device holds, and how many tasks there are."""
-        self.device_tasks, self.num_tasks = list(device_tasks), num_tasks
-
-    def begin_round(self, round_idx: int) -> None:
-        """Hook at the start of every round, before devices are configured (default: nothing)."""
+    # --- evaluate ------------------------------------------------------------------------------------
+    def evaluation_states(self, global_state: State) -> dict[int | None, State]:
+        """The state to plug in per task (Flower's ``evaluate``; key None: one state for all evaluation data)."""
+        return {None: global_state}
 
     def round_metrics(self) -> dict[str, float]:
         """Method-specific numbers of the last round, reported in ``RoundResult.metrics`` (default: none)."""
         return {}
 
-    # --- evaluation (plug-in) ------------------------------------------------------------------------
-    def evaluation_model(self, spec: SubModelSpec | None = None):
-        """A model to evaluate the global state with: the full model (``spec`` None) or a sub-model, with
-        LoRA attached when the method uses it. The server builds it once per spec and reloads the state."""
-        model = copy.deepcopy(self.full_model if spec is None else self.submodel(spec))
-        spec = spec or self.server_spec(self.full_model.config.n_layer)
-        lora = self.lora_spec()
-        return attach_lora(model, spec, lora) if lora is not None else model
+    # --- helpers (not hooks) -------------------------------------------------------------------------
+    def server_spec(self) -> SubModelSpec:
+        """The full model with this method's adapter blocks."""
+        return full_spec(self.models.num_layers, None if self.lora_on_all_layers else self.config.num_adapter_layers)
 
-    def evaluation_states(self, global_state: dict[str, torch.Tensor]) -> dict[int | None, dict[str, torch.Tensor]]:
-        """Trainable state to evaluate per task (key None: one state for all evaluation data)."""
-        return {None: global_state}
+    def lora_for(self, decision: DeviceDecision | None = None) -> LoraSpec | None:
+        """The LoRA a device trains: the global one at the decision's rank (None without LoRA)."""
+        if self.lora is None:
+            return None
+        rank = decision.lora_rank if decision is not None and decision.lora_rank is not None else self.lora.rank
+        return LoraSpec(rank, self.lora.alpha_per_rank, self.lora.target_modules)
 
-    def load_for_evaluation(self, model, global_state: dict[str, torch.Tensor], spec: SubModelSpec) -> None:
-        if self.lora_spec() is not None:
-            load_adapter_state(model, global_state, spec)
-        else:
-            missing, unexpected = model.load_state_dict({spec.to_sub_key(k): v for k, v in global_state.items()}, strict=False)
-            if unexpected:
-                raise ValueError(f"global state has keys the model lacks: {unexpected[:3]}")
+    def download(self, global_state: State, lora: LoraSpec | None) -> State:
+        """What a device training ``lora`` downloads: the global adapter truncated to its rank."""
+        if lora is not None and lora.rank < self.lora.rank:
+            return truncate_rank(global_state, lora.rank)
+        return global_state
+
+    def device_decisions(self, num_devices: int, compression: float = 0.0) -> list[DeviceDecision]:
+        """The method's default decisions: every device selected with ``compression`` and the global rank."""
+        return [DeviceDecision(True, compression) for _ in range(num_devices)]

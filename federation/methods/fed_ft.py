@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from federation.adapters import LoraSpec
-from federation.methods.base import DeviceDecision, Method
+from federation.methods.base import Method
 from federation.training import LocalTrainConfig
 
 
 class FedFT(Method):
     name = "fed-ft"
-    trainable_kind = "model"
+    default_lora = None  # full fine-tuning
     default_train = LocalTrainConfig(steps=10, batch_size=8, lr=3e-4)
-
-    def lora_spec(self, decision: DeviceDecision | None = None) -> LoraSpec | None:
-        return None

@@ -105,5 +105,5 @@ class FedDAT(Method):
     config_class = FedDATConfig
     lora_on_all_layers = True
 
-    def loss_fn(self) -> DualAdapterObjective:
+    def objective(self) -> DualAdapterObjective:
         return DualAdapterObjective(self.config.temperature)

@@ -16,6 +16,7 @@ shared fields (the rest take FedOT defaults); a ``FedPEATConfig`` is refused, as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from federation.emulator import SubModelSpec, layer_drop_spec
@@ -45,20 +46,13 @@ class FedOT(FedPEAT):
     name = "fedot"
     config_class = FedOTConfig
 
-    def shared_spec(self, num_layers: int) -> SubModelSpec:
-        """The one emulator every device holds."""
-        return layer_drop_spec(num_layers, self.config.num_adapter_layers, self.config.compression)
+    def validate(self, decisions: Sequence[DeviceDecision]) -> None:
+        super().validate(decisions)
+        for decision in decisions:
+            if decision.compression not in (0.0, self.config.compression):
+                raise ValueError(f"fedot shares one emulator: compression must be 0 (use the method's) or "
+                                 f"{self.config.compression}, got {decision.compression}")
 
-    def validate_decision(self, decision: DeviceDecision) -> None:
-        super().validate_decision(decision)
-        if decision.compression not in (0.0, self.config.compression):
-            raise ValueError(
-                f"fedot shares one emulator: compression must be 0 (use the method's) or {self.config.compression}, "
-                f"got {decision.compression}"
-            )
-
-    def validate_round(self, decisions: list[DeviceDecision]) -> None:
-        """Every device maps to the shared emulator (``validate_decision``), so rounds need no extra check."""
-
-    def device_spec(self, num_layers: int, decision: DeviceDecision) -> SubModelSpec:
-        return self.shared_spec(num_layers)
+    def device_spec(self, decision: DeviceDecision) -> SubModelSpec:
+        """The one emulator every device holds, whatever the decision."""
+        return layer_drop_spec(self.models.num_layers, self.config.num_adapter_layers, self.config.compression)

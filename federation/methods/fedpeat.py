@@ -19,12 +19,16 @@ Server–device collaborative tuning is the engine's ``server_fraction`` option.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from transformers import GPT2LMHeadModel
 
 from federation.adapters import LoraSpec
 from federation.architecture import ALL_LINEAR
 from federation.emulator import SubModelSpec, build_emulator, distill_emulator, layer_drop_spec
 from federation.methods.base import DeviceDecision, Method, MethodConfig
+from federation.submodels import SubModels
 from federation.training import DistillConfig, LocalTrainConfig
 
 
@@ -58,28 +62,26 @@ class FedPEAT(Method):
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
         self.uses_emulator = self.config.case == 1
-        if self.config.case == 3:
-            self.trainable_kind = "model"
+        if self.config.case == 3:  # plain FL of every weight (Fed-FT mechanics)
+            self.lora = None
             if self.config.train is None:
                 self.train_config = LocalTrainConfig(steps=10, batch_size=8, lr=3e-4)
 
-    def lora_spec(self, decision: DeviceDecision | None = None) -> LoraSpec | None:
-        return None if self.config.case == 3 else super().lora_spec(decision)
-
-    def device_spec(self, num_layers: int, decision: DeviceDecision) -> SubModelSpec:
+    def device_spec(self, decision: DeviceDecision) -> SubModelSpec:
         if not self.uses_emulator:
-            return self.server_spec(num_layers)
-        return layer_drop_spec(num_layers, self.config.num_adapter_layers, decision.compression)
+            return self.server_spec()
+        return layer_drop_spec(self.models.num_layers, self.config.num_adapter_layers, decision.compression)
 
-    def validate_round(self, decisions: list[DeviceDecision]) -> None:
-        if self.config.shared_emulator:
-            ratios = {d.compression for d in decisions if d.selected}
-            if len(ratios) > 1:
-                raise ValueError(f"shared_emulator: selected devices need one compression, got {sorted(ratios)}")
+    def validate(self, decisions: Sequence[DeviceDecision]) -> None:
+        super().validate(decisions)
+        selected = [d for d in decisions if d.selected]
+        if self.config.shared_emulator and len({self.device_spec(d) for d in selected}) > 1:
+            raise ValueError(f"shared_emulator: selected devices need one compression, got "
+                             f"{sorted({d.compression for d in selected})}")
 
-    def build_submodel(self, spec: SubModelSpec):
-        emulator = build_emulator(self.full_model, spec)
+    def build_submodel(self, models: SubModels, spec: SubModelSpec) -> GPT2LMHeadModel:
+        emulator = build_emulator(models.full_model, spec)
         if self.config.distill_steps > 0 and spec.kept_middle < spec.num_middle:
-            distill_emulator(self.full_model, emulator, spec, self.public_blocks(self.config.distill_blocks),
+            distill_emulator(models.full_model, emulator, spec, models.public_blocks(self.config.distill_blocks),
                              DistillConfig(steps=self.config.distill_steps))
         return emulator

@@ -20,13 +20,15 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from transformers import GPT2LMHeadModel
 
 from federation.emulator import SubModelSpec, build_emulator
-from federation.methods.base import DeviceDecision, Method, MethodConfig
+from federation.methods.base import DeviceConfig, DeviceDecision, Method, MethodConfig, State
 from federation.pruning import PRUNED_DISTILL, distill_pruned, ffn_activation_scores, least_active, pruned_spec
+from federation.submodels import SubModels
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,11 @@ class FedPFT(Method):
         self._spec: SubModelSpec | None = None
         self._refreshed = 0
 
-    def validate_decision(self, decision: DeviceDecision) -> None:
-        if decision.compression != 0.0:
-            raise ValueError(f"fedpft's sub-model is set by keep_ratio; compression must be 0, got {decision.compression}")
-        super().validate_decision(decision)
+    def validate(self, decisions: Sequence[DeviceDecision]) -> None:
+        for decision in decisions:
+            if decision.compression != 0.0:
+                raise ValueError(f"fedpft's sub-model is set by keep_ratio; compression must be 0, got {decision.compression}")
+        super().validate(decisions)
 
     def current_spec(self) -> SubModelSpec:
         """The sub-model every device holds now (changes at each neuron refresh)."""
@@ -83,33 +86,34 @@ class FedPFT(Method):
             self._spec = pruned_spec(self.full_model, self.config.keep_ratio, self.config.num_adapter_layers)
         return self._spec
 
-    def device_spec(self, num_layers: int, decision: DeviceDecision) -> SubModelSpec:
+    def device_spec(self, decision: DeviceDecision) -> SubModelSpec:
         return self.current_spec()
 
-    def build_submodel(self, spec: SubModelSpec) -> GPT2LMHeadModel:
-        model = build_emulator(self.full_model, spec)
+    def build_submodel(self, models: SubModels, spec: SubModelSpec) -> GPT2LMHeadModel:
+        model = build_emulator(models.full_model, spec)
         if self.config.distill_steps > 0:
-            distill_pruned(self.full_model, model, spec, self.public_blocks(self.config.distill_blocks),
+            distill_pruned(models.full_model, model, spec, models.public_blocks(self.config.distill_blocks),
                            replace(PRUNED_DISTILL, steps=self.config.distill_steps), self.config.weight_product)
         return model
 
-    def begin_round(self, round_idx: int) -> None:
-        """Neuron-level distillation before rounds R+1, 2R+1, … (after every R rounds of FL)."""
+    def configure(self, round_idx: int, decisions: Sequence[DeviceDecision], global_state: State) -> list[DeviceConfig]:
+        """Neuron-level distillation before rounds R+1, 2R+1, … (after every R rounds of FL), then the jobs."""
         self._refreshed = 0
         cfg = self.config
         if cfg.refresh_every and round_idx > 1 and (round_idx - 1) % cfg.refresh_every == 0 and cfg.refresh_fraction > 0:
             self._refresh()
+        return super().configure(round_idx, decisions, global_state)
 
     def _refresh(self) -> None:
         cfg, spec = self.config, self.current_spec()
-        model = copy.deepcopy(self.submodel(spec))
-        public = self.public_blocks(cfg.distill_blocks)
+        model = copy.deepcopy(self.models.get(spec))
+        public = self.models.public_blocks(cfg.distill_blocks)
         scores = ffn_activation_scores(model, public[:64], sorted(spec.pruned_neurons()))
         chosen = {block: least_active(score, cfg.refresh_fraction) for block, score in scores.items()}
         distill_pruned(self.full_model, model, spec, public, replace(PRUNED_DISTILL, steps=cfg.refresh_steps,
                        seed=spec.revision + 1), cfg.weight_product, neurons=chosen)
         self._spec = replace(spec, revision=spec.revision + 1)
-        self._submodels[self._spec] = model
+        self.models.put(self._spec, model)
         self._refreshed = sum(len(idx) for idx in chosen.values())
 
     def round_metrics(self) -> dict[str, float]:

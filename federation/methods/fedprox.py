@@ -52,5 +52,5 @@ class FedProx(FedPETuning):
     name = "fedprox"
     config_class = FedProxConfig
 
-    def loss_fn(self) -> ProximalLoss:
+    def objective(self) -> ProximalLoss:
         return ProximalLoss(self.config.mu)

@@ -20,12 +20,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-import torch
-from transformers import GPT2LMHeadModel
-
 from federation.aggregation import clustering_accuracy, fedavg, fltac
 from federation.client import ClientUpdate
-from federation.methods.base import DeviceDecision, Method
+from federation.methods.base import DeviceConfig, DeviceDecision, Method, State
 
 
 class FLTAC(Method):
@@ -33,30 +30,33 @@ class FLTAC(Method):
     lora_on_all_layers = True
     multi_task = True
 
-    def init_global_state(self, full_model: GPT2LMHeadModel, seed: int) -> dict[str, torch.Tensor]:
+    def init_global_state(self, seed: int) -> State:
         self._seed = seed
-        self._initial = super().init_global_state(full_model, seed)
-        self.slot_states: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self._initial = super().init_global_state(seed)
+        self.slot_states: dict[tuple[int, int], State] = {}
         """(device, task) → the cluster average that device's task adapter starts from next round."""
-        self.task_states: dict[int, dict[str, torch.Tensor]] = {t: self._initial for t in range(self.num_tasks)}
+        self.task_states: dict[int, State] = {t: self._initial for t in range(self.num_tasks)}
         """Task → the adapter evaluated for it (the cluster holding most of its uploads)."""
         self._metrics: dict[str, float] = {}
         self._round = 0
         return self._initial
 
-    def begin_round(self, round_idx: int) -> None:
+    def configure(self, round_idx: int, decisions: Sequence[DeviceDecision], global_state: State) -> list[DeviceConfig]:
         self._round, self._metrics = round_idx, {}
+        return super().configure(round_idx, decisions, global_state)
 
-    def trainable_for(self, device: int, task: int | None, decision: DeviceDecision,
-                      global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.state_for_device(self.slot_states.get((device, task), self._initial), decision)
+    def configure_device(self, device: int, decision: DeviceDecision, global_state: State) -> list[DeviceConfig]:
+        """One job per task the device holds, each starting from the cluster average its slot got last round."""
+        lora, spec = self.lora_for(decision), self.device_spec(decision)
+        return [DeviceConfig(device, spec, self.download(self.slot_states.get((device, task), self._initial), lora), lora,
+                             self.objective(), task) for task in self.device_tasks[device]]
 
-    def aggregate_updates(self, global_state: dict[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
+    def aggregate(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
         """k-means over the uploads (K = number of tasks, at most one cluster per upload), per-cluster averages."""
         k = min(self.num_tasks, len(updates))
         clusters, labels = fltac([u.state for u in updates], k, seed=self._seed + self._round)
         if self.config.lora_aggregation == "exact":  # same clusters, equal weights, products averaged
-            clusters = [self.aggregate([u.state for u, lab in zip(updates, labels) if lab == c], [1.0] * int((labels == c).sum()))
+            clusters = [self.average([u.state for u, lab in zip(updates, labels) if lab == c], [1.0] * int((labels == c).sum()))
                         for c in range(len(clusters))]
         tasks = [u.task for u in updates]
         for update, label in zip(updates, labels):
@@ -67,7 +67,7 @@ class FLTAC(Method):
         self._metrics = {"clustering_accuracy": clustering_accuracy(labels, tasks), "clusters": float(len(clusters))}
         return fedavg([u.state for u in updates], [1.0] * len(updates))
 
-    def evaluation_states(self, global_state: dict[str, torch.Tensor]) -> dict[int | None, dict[str, torch.Tensor]]:
+    def evaluation_states(self, global_state: State) -> dict[int | None, State]:
         return dict(self.task_states)
 
     def round_metrics(self) -> dict[str, float]:

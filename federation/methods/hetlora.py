@@ -28,10 +28,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from federation.adapters import LoraSpec, lora_rank_of, pad_rank, truncate_rank
+from federation.adapters import lora_rank_of, pad_rank, truncate_rank
 from federation.aggregation import hetlora, lora_exact, zero_pad_average
 from federation.client import SERVER_DEVICE, ClientUpdate
-from federation.methods.base import DeviceDecision, Method, MethodConfig
+from federation.methods.base import DeviceConfig, DeviceDecision, Method, MethodConfig, State
 from federation.training import LocalObjective, lm_loss
 
 
@@ -146,7 +146,7 @@ class HetLoRA(Method):
         ranks = self.config.ranks
         return [DeviceDecision(True, compression, None if ranks is None else ranks[i % len(ranks)]) for i in range(num_devices)]
 
-    def loss_fn(self) -> HetLoRALoss:
+    def objective(self) -> HetLoRALoss:
         return HetLoRALoss(self.config.lam, self.config.gamma, self.config.self_prune, self.config.min_rank)
 
     def _rank(self, device: int, decision: DeviceDecision) -> int:
@@ -154,26 +154,24 @@ class HetLoRA(Method):
         wanted = decision.lora_rank if decision.lora_rank is not None else r_max
         return min(wanted, self.device_ranks.get(device, r_max))
 
-    def device_lora(self, device: int, decision: DeviceDecision) -> LoraSpec:
-        return replace(self.lora_spec(decision), rank=self._rank(device, decision))
+    def configure_device(self, device: int, decision: DeviceDecision, global_state: State) -> list[DeviceConfig]:
+        """The device trains (and downloads) the first r_k components: its chosen rank, capped by its pruned one."""
+        lora = replace(self.lora_for(decision), rank=self._rank(device, decision))
+        self._sent_ranks[device] = lora.rank
+        return [DeviceConfig(device, self.device_spec(decision), self.download(global_state, lora), lora, self.objective())]
 
-    def trainable_for(self, device: int, task: int | None, decision: DeviceDecision,
-                      global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        rank = self._sent_ranks[device] = self._rank(device, decision)
-        return truncate_rank(global_state, rank) if rank < self.lora.rank else global_state
-
-    def aggregate_updates(self, global_state: dict[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
-        """Record the ranks devices pruned to (an upload with fewer components than it was sent), then ``aggregate``."""
+    def aggregate(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
+        """Record the ranks devices pruned to (an upload with fewer components than it was sent), then ``average``."""
         for u in updates:
             sent = self._sent_ranks.get(u.device, self.lora.rank)
             if u.device != SERVER_DEVICE and lora_rank_of(u.state) < sent:
                 self.device_ranks[u.device] = lora_rank_of(u.state)
-        return self.aggregate([u.state for u in updates], [float(u.num_samples) for u in updates])
+        return self.average([u.state for u in updates], [float(u.num_samples) for u in updates])
 
     def round_metrics(self) -> dict[str, float]:
         return {"pruned_devices": float(len(self.device_ranks))}
 
-    def aggregate(self, states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    def average(self, states: list[State], weights: list[float]) -> State:
         """Zero-pad to r_max, then the configured HetLoRA aggregation; ``lora_aggregation="exact"`` averages the
         products B_k·A_k with the same weights (norm-based or sample counts) and re-factorises at rank r_max."""
         cfg, r_max = self.config, self.lora.rank
