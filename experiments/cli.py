@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,26 @@ def registry_name(registry: str, option: str):
     return parse
 
 
+def writable_dir(path: Path | None) -> Path | None:
+    """Typer callback of output-directory options: at parse time, before any work, ``path`` must be a directory
+    that exists or can be created, and that this process can write to (None passes: the command's default)."""
+    if path is None:
+        return None
+    existing = next(p for p in (path, *path.parents) if p.exists())  # the directory that would hold the new ones
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise typer.BadParameter(f"must be a directory that can be created and written; {str(existing)!r} {why}")
+    return path
+
+
+def writable_file(path: Path | None) -> Path | None:
+    """Typer callback of output-file options: the file's directory must pass ``writable_dir``, the file must not be
+    a directory."""
+    if path is not None and path.is_dir():
+        raise typer.BadParameter(f"must be a file, got the directory {str(path)!r}")
+    return path if path is None else (writable_dir(path.parent) and path)
+
+
 METHOD = registry_name("federation.methods:METHODS", "method")
 ALGO = registry_name("agents.train:ALGOS", "algo")
 PARTITION = registry_name("federation.data:PARTITIONS", "partition")
@@ -47,7 +68,7 @@ def user_errors():
 
 @app.command("build-corpus")
 def build_corpus_cmd(
-    out: Path = typer.Option(None, help="Directory for the splits (default: the committed federation/assets/corpus)."),
+    out: Path = typer.Option(None, callback=writable_dir, help="Directory for the splits (default: the committed federation/assets/corpus)."),
 ) -> None:
     """Rebuild the committed offline corpus splits from their sources (needs the `corpus` extra); byte-identical."""
     from experiments.build_corpus import build_corpus
@@ -60,7 +81,7 @@ def build_corpus_cmd(
 def pretrain(
     steps: int = typer.Option(1500, help="Optimiser steps."),
     seed: int = typer.Option(0, help="Seed of every random draw."),
-    out: Path = typer.Option(None, help="Output directory (default: the embedded checkpoint folder)."),
+    out: Path = typer.Option(None, callback=writable_dir, help="Output directory (default: the embedded checkpoint folder)."),
 ) -> None:
     """Pretrain the embedded tiny GPT-2 (tokenizer + model) on the offline corpus (one torch thread, as the committed
     checkpoint was: the same seed then gives the same weights)."""
@@ -96,7 +117,7 @@ def run(
                                               "pydocs, licenses, docstrings."),
     option: list[str] = typer.Option([], "--option", "-o", help="Any other setting of the method's config as key=value "
                                      "(repeatable), e.g. -o keep_ratio=0.25 (fedpft), -o aggregation=zero-pad (hetlora)."),
-    out: Path = typer.Option(None, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
+    out: Path = typer.Option(None, callback=writable_dir, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
 ) -> None:
     """Run a federated tuning method and print its per-round table."""
     from experiments.run import (
@@ -176,7 +197,7 @@ def demo(
     timesteps: int = typer.Option(200_000, help="PPO training steps (a few minutes on 2 CPU cores)."),
     seeds: int = typer.Option(5, help="Evaluation seeds."),
     episodes: int = typer.Option(4, help="Episodes per seed."),
-    out: Path = typer.Option(Path("runs/demo"), help="Output directory."),
+    out: Path = typer.Option(Path("runs/demo"), callback=writable_dir, help="Output directory."),
 ) -> None:
     """Train PPO on FedPEAT-v0 for a few minutes, then print adaptive vs fixed vs oracle on common random numbers."""
     from experiments.benchmark import BenchmarkConfig, run_benchmark
@@ -193,7 +214,7 @@ def regime_cmd(
     devices: int = typer.Option(4, help="Devices of the federated runs."),
     rounds: int = typer.Option(8, help="Federated rounds."),
     local_steps: int = typer.Option(10, help="Local steps per device per round."),
-    out: Path = typer.Option(Path("runs/regime"), help="Directory for regime.md and regime.csv."),
+    out: Path = typer.Option(Path("runs/regime"), callback=writable_dir, help="Directory for regime.md and regime.csv."),
 ) -> None:
     """How far tuning gets on the held-out domain: unigram reference, zero-shot, federated plug-in per ε, emulators,
     centralised LoRA and full fine-tuning with the same budget (Offsite-Tuning's table)."""
@@ -204,7 +225,6 @@ def regime_cmd(
 
     with user_errors():
         config = RegimeConfig(devices=devices, rounds=rounds, local_steps=local_steps)
-        _check_writable(out / "regime.md")
     _quiet_libraries()
     table = regime_table(config, say=console.print)
     shown = formatted(table)
@@ -248,7 +268,7 @@ def calibrate(
     ranks: str = typer.Option("2,4,8", help="LoRA ranks of the engine runs, comma-separated; the last is the global rank."),
     workers: int = typer.Option(2, help="Engine runs in parallel (worker processes, one torch thread each)."),
     refit: Path = typer.Option(None, help="Refit from the engine runs stored in this calibration file (no engine runs)."),
-    out: Path = typer.Option(None, help="Calibration file (default: the committed embedded-v2.json)."),
+    out: Path = typer.Option(None, callback=writable_file, help="Calibration file (default: the committed embedded-v2.json)."),
 ) -> None:
     """Fit the FedPEAT-v0 surrogate to real engine rounds and write the versioned calibration file.
 
@@ -265,7 +285,6 @@ def calibrate(
     with user_errors():
         rank_levels = tuple(_int_list("ranks", ranks))
         path = out or DEFAULT_CALIBRATION
-        _check_writable(path)
         if refit is not None:
             fit, heldout, settings = stored_runs(Calibration.load(refit))
             calibration = fit_runs(fit, heldout, tuple(levels), settings)
@@ -327,19 +346,6 @@ def _int_list(name: str, raw: str) -> list[int]:
     return values
 
 
-def _check_writable(path: Path) -> None:
-    """ValueError naming ``path`` if its folder cannot be created or written, before any work starts."""
-    import os
-
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create the folder of {path}: {err.strerror}") from None
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"cannot write {path}")
-
-
 def _env_kwargs(options: list[str]) -> dict:
     """``--env-option key=value`` pairs (values parsed as JSON when possible) into env keyword arguments."""
     kwargs = {}
@@ -377,7 +383,7 @@ def train_cmd(
     seed: int = typer.Option(0, help="Seed of the run."),
     check_every: int = typer.Option(0, help="Every this many env steps, the policy against the best fixed policy on "
                                             "30 validation episodes; metrics.json reports the time to beat it (0: off)."),
-    out: Path = typer.Option(Path("runs/agent"), help="Output directory (model, VecNormalize stats, logs)."),
+    out: Path = typer.Option(Path("runs/agent"), callback=writable_dir, help="Output directory (model, VecNormalize stats, logs)."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable), e.g. num_devices=6."),
 ) -> None:
     """Train an RL controller (SB3) on a FedPEAT env with the tuned settings of hyperparams/ALGO.yml (RL Baselines3
@@ -440,7 +446,7 @@ def benchmark_cmd(
     hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
                                           "key:value (repeatable)."),
     agent: Path = typer.Option(None, help="Evaluate this trained agent's directory instead of training one."),
-    out: Path = typer.Option(Path("runs/benchmark"), help="Output directory."),
+    out: Path = typer.Option(Path("runs/benchmark"), callback=writable_dir, help="Output directory."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
     baseline: list[str] = typer.Option([], help="Baselines to compare (repeatable; default: all)."),
 ) -> None:
@@ -509,7 +515,7 @@ def sim2real_cmd(
     seeds: int = typer.Option(2, help="Episodes per policy and fidelity (evaluation seeds)."),
     horizon: int = typer.Option(None, help="Rounds per episode (default: the agent's, i.e. the benchmark's horizon)."),
     workers: int = typer.Option(2, help="Worker processes for the episodes."),
-    out: Path = typer.Option(Path("runs/sim2real"), help="Directory for sim2real.md, sim2real.csv and summary.json."),
+    out: Path = typer.Option(Path("runs/sim2real"), callback=writable_dir, help="Directory for sim2real.md, sim2real.csv and summary.json."),
 ) -> None:
     """The trained agent and the fixed baselines on the surrogate and on real engine rounds, same seeds: returns,
     final perplexities, and whether the policies rank the same on both fidelities."""
@@ -521,7 +527,6 @@ def sim2real_cmd(
             raise ValueError(f"--agent must be a trained agent's directory (with config.json), got {agent}")
         if seeds < 1 or workers < 1 or (horizon is not None and horizon < 1):
             raise ValueError(f"--seeds, --workers and --horizon must be >= 1, got {seeds}, {workers}, {horizon}")
-        _check_writable(out / "sim2real.md")
     _quiet_libraries()
     table, summary = sim_to_real(agent, SIM2REAL_POLICIES, [EVAL_SEED_OFFSET + s for s in range(seeds)], horizon,
                                  workers, say=console.print)
@@ -547,7 +552,7 @@ def compare_cmd(
     alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
     domain: list[str] = typer.Option([], help="Tuning domains (repeatable). Default: pydocs, or the three tuning "
                                               "domains when a multi-task method (fltac) is compared."),
-    out: Path = typer.Option(Path("runs/compare"), help="Output directory."),
+    out: Path = typer.Option(Path("runs/compare"), callback=writable_dir, help="Output directory."),
 ) -> None:
     """Federated methods on one engine: final full-model perplexity (mean, 95% CI over seeds), bytes, memory, time."""
     from experiments.compare import compare, write_comparison
@@ -576,7 +581,7 @@ def claims_cmd(
     env_seeds: int = typer.Option(10, help="Env evaluation seeds of the control claim."),
     env_episodes: int = typer.Option(10, help="Episodes per env seed of the control claim."),
     agent: Path = typer.Option(None, help="A trained agent's directory, added to the control claim beside greedy."),
-    out: Path = typer.Option(Path("runs/claims"), help="Output directory."),
+    out: Path = typer.Option(Path("runs/claims"), callback=writable_dir, help="Output directory."),
 ) -> None:
     """Check the papers' claims on the shared engine and the env: emulator ladder, plug-in, adaptive control,
     FedPFT ≥ FedOT, HetLoRA sparsity ≥ zero-pad, FedDAT ≥ FedAvg under non-IID, FL-TAC clustering. A verdict per

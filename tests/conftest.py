@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded foundation model (loaded once) and fast engine settings."""
+"""Shared fixtures: the embedded foundation model (loaded once), tuning blocks, a small env scenario, the recording
+executor. Importable helpers (``FAST_TRAIN``, ``RecordingExecutor``) are in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
@@ -47,3 +48,11 @@ def env_kwargs(tmp_path_factory) -> dict:
                 rate=5.0, shape=2.0, share_exponent=0.3, rank_exponent=0.5, noise_std=0.02, noise_exponent=0.0,
                 max_rank=8, ranks=(2, 4, 8)).save(path)
     return {"calibration": str(path), "num_devices": 3, "horizon": 5}
+
+
+@pytest.fixture
+def recording_executor():
+    """A fresh ``RecordingExecutor`` (keeps the last round's jobs and updates) per call: ``recording_executor()``."""
+    from tests.helpers import RecordingExecutor
+
+    return RecordingExecutor

@@ -10,21 +10,15 @@ import torch
 from federation.adapters import LoraSpec, attach_lora
 from federation.emulator import full_spec
 from federation.engine import EngineConfig, RoundRunner
-from federation.executors import LocalExecutor
 from federation.methods import FedProxConfig, MethodConfig, ProximalLoss, make_method
 from federation.training import LocalTrainConfig, lm_loss
+from tests.helpers import RecordingExecutor
 
 FAST = LocalTrainConfig(steps=3, batch_size=4, lr=3e-3)
 
 
-class Recording(LocalExecutor):
-    def run(self, jobs):
-        self.jobs, self.updates = list(jobs), super().run(jobs)
-        return self.updates
-
-
-def _round(method: str, config) -> tuple[RoundRunner, Recording]:
-    executor = Recording()
+def _round(method: str, config) -> tuple[RoundRunner, RecordingExecutor]:
+    executor = RecordingExecutor()
     runner = RoundRunner(EngineConfig(method=method, num_devices=2, seed=5, max_eval_blocks=8, method_config=config), executor)
     runner.run_round()
     return runner, executor

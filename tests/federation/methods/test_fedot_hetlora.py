@@ -13,7 +13,6 @@ from federation.adapters import LoraSpec, adapter_state, attach_lora, lora_rank_
 from federation.aggregation import hetlora, lora_pairs
 from federation.emulator import full_spec, model_payload, submodel_state
 from federation.engine import EngineConfig, RoundRunner
-from federation.executors import LocalExecutor
 from federation.methods import (
     DeviceDecision,
     FedOT,
@@ -26,9 +25,10 @@ from federation.methods import (
     MethodConfig,
     make_method,
 )
-from federation.training import LocalTrainConfig, lm_loss
+from federation.training import lm_loss
+from tests.helpers import FAST_TRAIN
 
-FAST = LocalTrainConfig(steps=2, batch_size=4, lr=3e-3)
+FAST = FAST_TRAIN
 FEDOT = FedOTConfig(train=FAST, distill_steps=3)
 HETLORA = HetLoRAConfig(train=FAST, ranks=(2, 4, 8))
 
@@ -41,14 +41,6 @@ def _summaries(results):
     return [{k: v for k, v in r.summary().items() if k != "wall_time_s"} for r in results]
 
 
-class RecordingExecutor(LocalExecutor):
-    """Keeps the updates of the last round."""
-
-    def run(self, jobs):
-        self.updates = super().run(jobs)
-        return self.updates
-
-
 # --- exact LoRA aggregation ------------------------------------------------------------------------------------
 
 
@@ -56,8 +48,8 @@ def _products(state):
     return {p: state[b].double() @ state[a].double() for p, (a, b) in lora_pairs(state).items()}
 
 
-def test_exact_lora_aggregation_is_the_best_rank_r_approximation_of_the_mean_product():
-    executor = RecordingExecutor()
+def test_exact_lora_aggregation_is_the_best_rank_r_approximation_of_the_mean_product(recording_executor):
+    executor = recording_executor()
     runner = RoundRunner(_config("fedpeat", FedPEATConfig(train=FAST, lora_aggregation="exact")), executor=executor)
     runner.run(2, [DeviceDecision(True, 0.5)] * 3)
     updates, rank = executor.updates, runner.method.lora.rank

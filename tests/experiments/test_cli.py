@@ -231,3 +231,14 @@ def test_regime_reports_the_unigram_reference_and_the_plugin_rows(tmp_path):
     assert emulators.is_monotonic_increasing and emulators.iloc[0] > zero_shot  # the emulator ladder
     assert table.loc[table["setting"].str.startswith("centralised full"), "× unigram"].iloc[0] < 1
     assert "0.5 × unigram" in result.output
+
+
+@pytest.mark.parametrize("command", [["run"], ["compare"], ["train"], ["benchmark"], ["claims"], ["regime"], ["sim2real"],
+                                     ["demo"], ["pretrain"], ["calibrate"]])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = runner.invoke(app, [*command, "--out", str(blocker / "sub")])
+    assert result.exit_code == 2, result.output
+    assert "--out" in result.output and "not a directory" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written

@@ -11,9 +11,9 @@ import torch
 from federation.emulator import build_emulator, layer_drop_spec
 from federation.engine import EngineConfig, RoundRunner
 from federation.methods import DeviceDecision, FedPEATConfig, MethodConfig, make_method
-from federation.training import LocalTrainConfig
+from tests.helpers import FAST_TRAIN
 
-FAST = LocalTrainConfig(steps=2, batch_size=4, lr=3e-3)
+FAST = FAST_TRAIN
 
 
 def _config(method: str = "fedpeat", **kwargs) -> EngineConfig:

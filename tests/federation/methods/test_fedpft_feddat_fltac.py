@@ -17,7 +17,6 @@ from federation.aggregation import clustering_accuracy, lora_pairs
 from federation.client import ClientUpdate
 from federation.emulator import build_submodel, full_spec, submodel_state
 from federation.engine import EngineConfig, RoundRunner
-from federation.executors import LocalExecutor
 from federation.methods import (
     FLTAC,
     DualAdapterObjective,
@@ -39,8 +38,9 @@ from federation.pruning import (
 from federation.submodels import SubModels
 from federation.system import MemoryFootprint
 from federation.training import DistillConfig, LocalTrainConfig, train_local
+from tests.helpers import FAST_TRAIN
 
-FAST = LocalTrainConfig(steps=2, batch_size=4, lr=3e-3)
+FAST = FAST_TRAIN
 TASKS = ("pydocs", "licenses", "docstrings")
 CONFIGS = {
     "fedpft": dict(method_config=FedPFTConfig(train=FAST, distill_steps=3, refresh_every=1)),
@@ -243,13 +243,8 @@ def test_fltac_one_adapter_per_task_clustered_with_accuracy_logged():
         _runner("fltac", domains=("pydocs",))
 
 
-def test_fltac_aggregation_uses_no_task_labels():
-    class Recording(LocalExecutor):
-        def run(self, jobs):
-            self.updates = super().run(jobs)
-            return self.updates
-
-    executor = Recording()
+def test_fltac_aggregation_uses_no_task_labels(recording_executor):
+    executor = recording_executor()
     runner = RoundRunner(EngineConfig(method="fltac", num_devices=2, max_eval_blocks=6, domains=TASKS,
                                       method_config=MethodConfig(train=FAST)), executor)
     runner.run_round()
@@ -269,13 +264,8 @@ def test_fltac_aggregation_uses_no_task_labels():
         assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in got)
 
 
-def test_fltac_exact_aggregation_averages_each_clusters_products():
-    class Recording(LocalExecutor):
-        def run(self, jobs):
-            self.updates = super().run(jobs)
-            return self.updates
-
-    executor = Recording()
+def test_fltac_exact_aggregation_averages_each_clusters_products(recording_executor):
+    executor = recording_executor()
     config = EngineConfig(method="fltac", num_devices=2, max_eval_blocks=6, domains=TASKS,
                           method_config=MethodConfig(train=FAST, lora_aggregation="exact"))
     runner = RoundRunner(config, executor)
