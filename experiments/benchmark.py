@@ -46,18 +46,26 @@ class BenchmarkConfig:
     """Baseline policies (``agents.make_policy`` names)."""
     out_dir: str = "runs/benchmark"
     """Where the agent, table (markdown + CSV) and plots go."""
+    check_every: int = 0
+    """Every this many env steps of training, the policy against the best fixed policy on validation episodes
+    (``TrainConfig.check_every``; 0: off): the per-seed table then reports the training time to beat it."""
+    workers: int = 1
+    """Training runs at once (``run_seeds_benchmark``; worker processes, one torch thread each). Each run is seeded
+    on its own, so the results do not depend on it."""
     agent_dir: str | None = None
     """A trained agent's directory (``fedpeat train`` / an earlier benchmark) to evaluate instead of training one;
     its ``config.json`` gives the algorithm, and ``timesteps``, ``algo``, ``train_seed`` and ``hyperparams`` are
     not used."""
 
     def __post_init__(self) -> None:
-        for name in ("seeds", "episodes_per_seed", "timesteps", "train_seeds"):
+        for name in ("seeds", "episodes_per_seed", "timesteps", "train_seeds", "workers"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for algo in (self.algo, *self.algos):
             if algo not in ALGOS:
                 raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {algo!r}")
+        if self.check_every < 0:
+            raise ValueError(f"check_every must be >= 0 (0: no checks), got {self.check_every}")
         if self.agent_dir is not None and not (Path(self.agent_dir) / "config.json").is_file():
             raise ValueError(f"agent_dir must be a trained agent's directory (with config.json), got {self.agent_dir!r}")
 
@@ -71,7 +79,7 @@ class BenchmarkConfig:
         algo = algo or self.algo
         return TrainConfig.from_hyperparams(algo, overrides=self.hyperparams, env_kwargs=dict(self.env_kwargs),
                                             timesteps=self.timesteps, seed=self.train_seed if seed is None else seed,
-                                            out_dir=out_dir or str(Path(self.out_dir) / algo))
+                                            out_dir=out_dir or str(Path(self.out_dir) / algo), check_every=self.check_every)
 
     @property
     def multi_run(self) -> bool:
@@ -189,20 +197,21 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     baselines = {name: evaluated(out / "baselines" / f"{name}.csv", name, lambda name=name: make_policy(name))
                  for name in config.baselines}
     best_fixed = best_fixed_policy(baselines)
+    runs = [(algo, seed, config.train_config(algo, seed, str(out / algo / f"seed-{seed}")))
+            for algo in config.algo_list for seed in range(config.train_seeds)]
+    agent_dirs = _trained_all([train_config for _, _, train_config in runs], config.workers, say, progress)
     rows, run_dirs = [], {}
-    for algo in config.algo_list:
-        for seed in range(config.train_seeds):
-            train_config = config.train_config(algo, seed, str(out / algo / f"seed-{seed}"))
-            agent_dir = _trained(train_config, say, progress)
-            run_dirs.setdefault(algo, []).append(agent_dir)
-            episodes_df = evaluated(agent_dir / "evaluation.csv", str(agent_dir), lambda d=agent_dir: load_policy(d))
-            diff = paired_difference(episodes_df, baselines[best_fixed])
-            metrics = json.loads((agent_dir / "metrics.json").read_text())
-            rows.append({"algo": algo, "train seed": seed, "mean return": episodes_df["return"].mean(),
-                         f"− {best_fixed}": diff["mean"], "diff CI low": diff["CI low"], "diff CI high": diff["CI high"],
-                         "beats best fixed": diff["CI low"] > 0, "train time (min)": metrics["wall_time_s"] / 60,
-                         "env steps/s": metrics["steps_per_s"],
-                         "time to beat (min)": (metrics.get("time_to_beat_best_fixed_s") or float("nan")) / 60})
+    for (algo, seed, _), agent_dir in zip(runs, agent_dirs):
+        run_dirs.setdefault(algo, []).append(agent_dir)
+        episodes_df = evaluated(agent_dir / "evaluation.csv", str(agent_dir), lambda d=agent_dir: load_policy(d))
+        diff = paired_difference(episodes_df, baselines[best_fixed])
+        metrics = json.loads((agent_dir / "metrics.json").read_text())
+        rows.append({"algo": algo, "train seed": seed, "mean return": episodes_df["return"].mean(),
+                     f"− {best_fixed}": diff["mean"], "diff CI low": diff["CI low"], "diff CI high": diff["CI high"],
+                     "beats best fixed": diff["CI low"] > 0, "train time (min)": metrics["wall_time_s"] / 60,
+                     "env steps/s": metrics["steps_per_s"],
+                     "time to beat (min)": (metrics.get("time_to_beat_best_fixed_s") or float("nan")) / 60,
+                     "steps to beat": metrics.get("steps_to_beat_best_fixed") or float("nan")})
     per_seed = pd.DataFrame(rows)
     best_score = float(baselines[best_fixed]["return"].mean())
     table = []
@@ -234,15 +243,40 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     return SeedsResult(table, per_seed, baseline_table, best_fixed, paths)
 
 
-def _trained(train_config: TrainConfig, say: Callable[[str], None], progress: bool) -> Path:
-    """``train_config.out_dir`` after training, or as it is when a finished run with the same settings is there."""
+def _finished(train_config: TrainConfig) -> bool:
+    """Whether ``train_config.out_dir`` holds a finished run with the same settings."""
     out = Path(train_config.out_dir)
     saved = out / "config.json"  # written last by ``train``: its presence means the run finished
-    if saved.is_file() and (out / "model.zip").is_file() and json.loads(saved.read_text()) == asdict(train_config):
-        say(f"reusing the finished run in {out}")
-        return out
-    say(f"training {train_config.algo} seed {train_config.seed} for {train_config.timesteps} steps → {out}")
-    return train(train_config, progress=progress)
+    return saved.is_file() and (out / "model.zip").is_file() and json.loads(saved.read_text()) == asdict(train_config)
+
+
+def _train_in_worker(train_config: TrainConfig) -> Path:
+    from federation.foundation import worker_setup
+
+    worker_setup()
+    return train(train_config, progress=False)
+
+
+def _trained_all(configs: Sequence[TrainConfig], workers: int, say: Callable[[str], None], progress: bool) -> list[Path]:
+    """Every run's directory after training, reusing finished runs with the same settings; with ``workers`` > 1 the
+    others train in that many worker processes at once."""
+    todo = [c for c in configs if not _finished(c)]
+    for c in configs:
+        if c not in todo:
+            say(f"reusing the finished run in {c.out_dir}")
+    for c in todo:
+        say(f"training {c.algo} seed {c.seed} for {c.timesteps} steps → {c.out_dir}")
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            for done in pool.map(_train_in_worker, todo):
+                say(f"finished {done}")
+    else:
+        for c in todo:
+            train(c, progress=progress)
+    return [Path(c.out_dir) for c in configs]
 
 
 def _cached(path: Path, key: dict, compute: Callable[[], pd.DataFrame], say: Callable[[str], None]) -> pd.DataFrame:

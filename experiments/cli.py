@@ -228,6 +228,7 @@ def regime_cmd(
     _quiet_libraries()
     table = regime_table(config, say=console.print)
     shown = formatted(table)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "regime.md").write_text(to_markdown(shown))
     table.to_csv(out / "regime.csv", index=False)
     rich_table = Table(title="perplexity on the held-out tuning domain (pydocs valid)")
@@ -445,6 +446,9 @@ def benchmark_cmd(
                                             "probability of improvement; finished runs are reused)."),
     hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
                                           "key:value (repeatable)."),
+    check_every: int = typer.Option(0, help="Every this many training steps, each agent against the best fixed policy "
+                                            "on 30 validation episodes; the per-seed table reports the time to beat it."),
+    workers: int = typer.Option(1, help="Training runs at once (worker processes, one core each; --train-seeds > 1)."),
     agent: Path = typer.Option(None, help="Evaluate this trained agent's directory instead of training one."),
     out: Path = typer.Option(Path("runs/benchmark"), callback=writable_dir, help="Output directory."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
@@ -464,7 +468,7 @@ def benchmark_cmd(
         config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, algo=algo[0],
                                  algos=tuple(algo) if len(algo) > 1 else (), train_seeds=train_seeds,
                                  hyperparams=parse_hyperparams(_zoo_hyperparams(hyperparams, ctx)),
-                                 env_kwargs=_env_kwargs(env_option),
+                                 env_kwargs=_env_kwargs(env_option), check_every=check_every, workers=workers,
                                  out_dir=str(out), agent_dir=None if agent is None else str(agent))
         for name in config.algo_list:
             config.train_config(name)  # validate the settings before any work
@@ -530,6 +534,7 @@ def sim2real_cmd(
     _quiet_libraries()
     table, summary = sim_to_real(agent, SIM2REAL_POLICIES, [EVAL_SEED_OFFSET + s for s in range(seeds)], horizon,
                                  workers, say=console.print)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "sim2real.md").write_text(to_markdown(table))
     table.to_csv(out / "sim2real.csv", index=False)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

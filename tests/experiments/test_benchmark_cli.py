@@ -111,6 +111,12 @@ def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_
     assert " ".join(again.output.split()).count("reusing") == 4 + 4 + 3
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "per_seed.csv"), per_seed)
 
+    parallel = tmp_path / "parallel"  # the same runs trained two at a time in worker processes: the same agents
+    moved = [str(parallel) if arg == str(tmp_path) else arg for arg in args]
+    assert runner.invoke(app, [*moved, "--workers", "2"]).exit_code == 0
+    timing = ["train time (min)", "env steps/s"]
+    pd.testing.assert_frame_equal(pd.read_csv(parallel / "per_seed.csv").drop(columns=timing), per_seed.drop(columns=timing))
+
 
 def test_statistics_over_runs_by_hand():
     from agents.stats import probability_of_improvement, runs_summary
