@@ -2,7 +2,8 @@
 
 Keys the trainer handles (as the Zoo does): ``n_envs``, ``n_timesteps``, ``policy``, ``normalize``; every other key is
 a constructor argument of the algorithm (``n_steps``, ``batch_size``, ``ent_coef``, ``policy_kwargs``, …). A key that
-is neither is refused with one error naming it. Command-line overrides use the Zoo's spelling, ``key:value``, values
+is neither is refused with one error naming it. ``learning_rate`` and ``clip_range`` may be ``lin_<initial>`` (the
+Zoo's linear schedule from the initial value at the start to 0 at the end; ``algo_constructor_kwargs``). Command-line overrides use the Zoo's spelling, ``key:value``, values
 read as YAML (``learning_rate:3e-4``, ``normalize:false``).
 """
 
@@ -74,3 +75,34 @@ def split_hyperparams(algo: str, algo_cls: type, params: Mapping[str, Any]) -> t
     if "normalize" in trainer and not isinstance(trainer["normalize"], bool):
         raise ValueError(f"normalize must be true or false, got {trainer['normalize']!r}")
     return trainer, {k: v for k, v in params.items() if k not in TRAINER_KEYS}
+
+
+SCHEDULED = ("learning_rate", "clip_range")
+"""Arguments that may be a Zoo schedule string ``lin_<initial>``."""
+
+
+def linear_schedule(initial: float):
+    """SB3 schedule: ``initial`` × the remaining progress (1 at the start of training, 0 at the end)."""
+
+    def schedule(progress_remaining: float) -> float:
+        return progress_remaining * initial
+
+    return schedule
+
+
+def algo_constructor_kwargs(algo_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``algo_kwargs`` as the algorithm's constructor takes them: ``lin_<x>`` strings of ``SCHEDULED`` arguments become
+    linear schedules (stored as strings in ``config.json``; RL Zoo reads the same spelling)."""
+    out = dict(algo_kwargs)
+    for key in SCHEDULED:
+        value = out.get(key)
+        if isinstance(value, str):
+            prefix, _, initial = value.partition("_")
+            try:
+                start = float(initial)
+            except ValueError:
+                start = None
+            if prefix != "lin" or start is None or not start > 0:
+                raise ValueError(f"{key} must be a number or lin_<initial> with initial > 0, got {value!r}")
+            out[key] = linear_schedule(start)
+    return out

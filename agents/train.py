@@ -29,7 +29,7 @@ import fedpeat_env  # noqa: F401  (registers the FedPEAT ids)
 from agents.baselines import make_policy
 from agents.device_set import DeviceSetPolicy, MaskableDeviceSetPolicy
 from agents.evaluate import evaluate
-from agents.hyperparams import load_hyperparams, split_hyperparams
+from agents.hyperparams import algo_constructor_kwargs, load_hyperparams, split_hyperparams
 from agents.policy import SB3Policy
 from agents.stats import best_fixed, paired_difference
 from agents.vec import FedPEATSB3VecEnv
@@ -83,6 +83,7 @@ class TrainConfig:
         if self.check_every < 0:
             raise ValueError(f"check_every must be >= 0 (0: no checks), got {self.check_every}")
         trainer, _ = split_hyperparams(self.algo, ALGOS[self.algo], self.algo_kwargs)
+        algo_constructor_kwargs(self.algo_kwargs)  # a bad schedule string fails here, before training
         if trainer:
             raise ValueError(f"algo_kwargs must hold algorithm arguments only; {sorted(trainer)} are TrainConfig fields")
 
@@ -201,7 +202,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     if config.normalize:  # per-dimension observation statistics would fix N: not for the device-set policy
         venv = VecNormalize(venv, norm_obs=not device_set, norm_reward=True, gamma=config.algo_kwargs.get("gamma", 0.99))
     policy = (MaskableDeviceSetPolicy if config.algo == "maskable-ppo" else DeviceSetPolicy) if device_set else config.policy
-    model = ALGOS[config.algo](policy, venv, seed=config.seed, device="cpu", verbose=0, **config.algo_kwargs)
+    model = ALGOS[config.algo](policy, venv, seed=config.seed, device="cpu", verbose=0,
+                               **algo_constructor_kwargs(config.algo_kwargs))
     model.set_logger(configure(str(out / "tb"), ["csv", "tensorboard"]))
     check = BestFixedCheck(config, venv) if config.check_every else None
     callbacks = [c for c in (check, EnvMetricsLogger() if config.env_id == "FedPEAT-v0" else None) if c is not None]

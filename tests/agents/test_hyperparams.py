@@ -76,3 +76,21 @@ def test_rl_zoo_trains_and_replays_from_the_committed_file(tmp_path):
                             "--env-kwargs", "num_devices:3", "horizon:4"], capture_output=True, text=True, timeout=600)
     assert enjoy.returncode == 0, enjoy.stderr[-2000:]
     assert "Mean reward" in enjoy.stdout and "Episode Length 4" in enjoy.stdout
+
+
+def test_zoo_linear_schedules_reach_the_algorithm_and_bad_ones_are_refused(tmp_path, env_kwargs):
+    from stable_baselines3 import PPO
+
+    from agents.train import train
+
+    overrides = parse_hyperparams(["learning_rate:lin_0.002", "clip_range:lin_0.3", "n_steps:16", "batch_size:32",
+                                   "n_epochs:1"])
+    config = TrainConfig.from_hyperparams("ppo", overrides=overrides, timesteps=64, n_envs=4, env_kwargs=env_kwargs,
+                                          out_dir=str(tmp_path))
+    assert config.algo_kwargs["learning_rate"] == "lin_0.002"  # stored as the Zoo spells it (config.json)
+    model = PPO.load(train(config, progress=False) / "model.zip", device="cpu")
+    assert model.lr_schedule(1.0) == pytest.approx(0.002) and model.lr_schedule(0.25) == pytest.approx(0.0005)
+    assert model.clip_range(0.5) == pytest.approx(0.15)
+    for bad in ("lin_", "exp_0.1", "lin_-1"):
+        with pytest.raises(ValueError, match=rf"learning_rate must be a number or lin_<initial> with initial > 0, got '{bad}'"):
+            TrainConfig.from_hyperparams("ppo", overrides={"learning_rate": bad})

@@ -125,3 +125,14 @@ def test_statistics_over_runs_by_hand():
     assert summary["IQM"] == pytest.approx(3.0) and summary["mean"] == pytest.approx(22.0) and summary["runs"] == 5
     assert probability_of_improvement([1.0, 2.0, 3.0], [2.0]) == pytest.approx(0.5)  # one above, one tie, one below
     assert probability_of_improvement([5.0, 6.0], [1.0, 7.0]) == pytest.approx(0.5)
+
+
+def test_demo_trains_evaluates_and_gives_the_paired_verdict(tmp_path):
+    result = runner.invoke(app, ["demo", "--timesteps", "512", "--seeds", "1", "--episodes", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    diff = summary["agent_minus_best_fixed"]
+    text = " ".join(result.output.split())
+    assert f"maskable-ppo − best fixed, paired over {diff['episodes']} episodes" in text
+    assert f"beats the best fixed policy on the paired test: {'yes' if diff['CI low'] > 0 else 'no'}" in text
+    assert (tmp_path / "maskable-ppo" / "model.zip").is_file()
