@@ -120,3 +120,17 @@ class DeviceSetPolicy(DeviceSetMixin, ActorCriticPolicy):
 
 class MaskableDeviceSetPolicy(DeviceSetMixin, MaskableActorCriticPolicy):
     """The device-set policy for MaskablePPO."""
+
+
+def register_policy_alias(name: str = "device-set") -> None:
+    """Make ``name`` a policy alias of PPO, A2C (``DeviceSetPolicy``) and MaskablePPO (``MaskableDeviceSetPolicy``),
+    so that an RL Baselines3 Zoo file can say ``policy: 'device-set'`` (run the Zoo with
+    ``--gym-packages fedpeat_env agents.device_set``). Done on import of this module."""
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import A2C, PPO
+
+    for algo, policy in ((PPO, DeviceSetPolicy), (A2C, DeviceSetPolicy), (MaskablePPO, MaskableDeviceSetPolicy)):
+        algo.policy_aliases = {**algo.policy_aliases, name: policy}  # the class's own copy, not the base's
+
+
+register_policy_alias()

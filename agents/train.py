@@ -111,7 +111,9 @@ class BestFixedCheck(BaseCallback):
     """Every ``config.check_every`` env steps: the current policy and the best fixed policy (the best ``fixed-k`` on the
     same validation episodes, found once) on ``config.check_episodes`` episodes; records the paired difference
     (``eval/paired_diff_mean`` and its CI in the logs, as SB3's ``EvalCallback`` logs ``eval/``) and the training time and steps at which its 95% CI first lies above
-    0. Check time is not counted as training time."""
+    0. The policy of the check with the best mean difference is kept in ``out_dir/best/`` (model and VecNormalize
+    statistics, as SB3's ``EvalCallback`` keeps ``best_model``; ``load_policy(..., checkpoint="best")``). Check time is
+    not counted as training time."""
 
     def __init__(self, config: TrainConfig, venv) -> None:
         super().__init__()
@@ -121,6 +123,7 @@ class BestFixedCheck(BaseCallback):
         self.best_fixed, self.check_time_s, self.started = "", 0.0, 0.0
         self.last_check, self.beaten_at = 0, None
         self.history: list[dict] = []
+        self.best: dict | None = None
 
     def _on_training_start(self) -> None:
         env = gym.make(self.config.env_id, **self.config.env_kwargs)
@@ -146,13 +149,20 @@ class BestFixedCheck(BaseCallback):
             self.logger.record(f"eval/paired_diff_{key.replace(' ', '_').lower()}", diff[key])
         if self.beaten_at is None and diff["CI low"] > 0:
             self.beaten_at = {"steps": self.num_timesteps, "train_time_s": trained_s}
+        if self.best is None or diff["mean"] > self.best["mean"]:  # the best checkpoint on the validation episodes
+            self.best = {"steps": self.num_timesteps, "train_time_s": trained_s, **diff}
+            best_dir = Path(self.config.out_dir) / BEST_DIR
+            best_dir.mkdir(parents=True, exist_ok=True)
+            self.model.save(best_dir / "model.zip")
+            if self.config.normalize:
+                self.venv.save(str(best_dir / "vecnormalize.pkl"))
         return True
 
     def report(self) -> dict:
         return {"best_fixed": self.best_fixed, "check_time_s": self.check_time_s,
                 "steps_to_beat_best_fixed": None if self.beaten_at is None else self.beaten_at["steps"],
                 "time_to_beat_best_fixed_s": None if self.beaten_at is None else self.beaten_at["train_time_s"],
-                "checks": self.history}
+                "best_check": self.best, "checks": self.history}
 
 
 class EnvMetricsLogger(BaseCallback):
@@ -223,11 +233,23 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     return out
 
 
-def load_policy(out_dir: str | Path, deterministic: bool = True) -> SB3Policy:
-    """The policy saved by ``train``, with its VecNormalize observation statistics frozen (training=False,
+BEST_DIR = "best"
+"""Sub-directory of a run with the checkpoint that did best on the validation checks."""
+CHECKPOINTS = ("final", "best")
+
+
+def load_policy(out_dir: str | Path, deterministic: bool = True, checkpoint: str = "final") -> SB3Policy:
+    """The policy saved by ``train`` (``checkpoint`` "final": at the end of training; "best": the best on the
+    validation checks, ``--check-every``), with its VecNormalize observation statistics frozen (training=False,
     norm_reward=False)."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
     out = Path(out_dir)
     config = TrainConfig(**json.loads((out / "config.json").read_text()))
+    if checkpoint == "best":
+        if not (out / BEST_DIR / "model.zip").is_file():
+            raise ValueError(f"checkpoint 'best' needs a run trained with check_every > 0; {out} has no {BEST_DIR}/")
+        out = out / BEST_DIR
     model = ALGOS[config.algo].load(out / "model.zip", device="cpu")
     if not config.normalize:
         return SB3Policy(model, None, deterministic=deterministic)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from agents import benchmark_table, evaluate, make_policy, oracle_margin, paired_difference, to_markdown
 from agents import best_fixed as best_fixed_policy
-from agents.train import ALGOS, TrainConfig, load_policy, train
+from agents.train import ALGOS, CHECKPOINTS, TrainConfig, load_policy, train
 from fedpeat_env.config import EnvConfig
 
 EVAL_SEED_OFFSET = 10_000
@@ -49,6 +49,9 @@ class BenchmarkConfig:
     check_every: int = 0
     """Every this many env steps of training, the policy against the best fixed policy on validation episodes
     (``TrainConfig.check_every``; 0: off): the per-seed table then reports the training time to beat it."""
+    checkpoint: str = "final"
+    """Which policy of each trained run the benchmark evaluates: "final" (end of training) or "best" (the best on the
+    validation checks, seeds apart from the benchmark's; needs ``check_every``)."""
     workers: int = 1
     """Training runs at once (``run_seeds_benchmark``; worker processes, one torch thread each). Each run is seeded
     on its own, so the results do not depend on it."""
@@ -66,6 +69,10 @@ class BenchmarkConfig:
                 raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {algo!r}")
         if self.check_every < 0:
             raise ValueError(f"check_every must be >= 0 (0: no checks), got {self.check_every}")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {self.checkpoint!r}")
+        if self.checkpoint == "best" and not self.check_every and self.agent_dir is None:
+            raise ValueError("checkpoint 'best' needs check_every > 0 (the validation checks pick it)")
         if self.agent_dir is not None and not (Path(self.agent_dir) / "config.json").is_file():
             raise ValueError(f"agent_dir must be a trained agent's directory (with config.json), got {self.agent_dir!r}")
 
@@ -116,7 +123,7 @@ def run_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print, p
         say(f"evaluating the trained {agent} agent in {agent_dir}")
     seeds = [EVAL_SEED_OFFSET + s for s in range(config.seeds)]
     episodes = config.episodes_per_seed
-    results = {agent: evaluate(load_policy(agent_dir), env_kwargs=config.env_kwargs, seeds=seeds,
+    results = {agent: evaluate(load_policy(agent_dir, checkpoint=config.checkpoint), env_kwargs=config.env_kwargs, seeds=seeds,
                                episodes_per_seed=episodes)}
     for name in config.baselines:
         say(f"evaluating {name} on {config.seeds} seeds × {episodes} episodes")
@@ -124,7 +131,7 @@ def run_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print, p
     from agents.plots import episode_plot
 
     result = summarise(results, agent, out, agent_dir)
-    result.paths["episode_png"] = episode_plot(load_policy(agent_dir), out / "episode.png", config.env_kwargs, seeds[0],
+    result.paths["episode_png"] = episode_plot(load_policy(agent_dir, checkpoint=config.checkpoint), out / "episode.png", config.env_kwargs, seeds[0],
                                                title=f"{agent}: ε per device and round, seed {seeds[0]} (grey: not selected)")
     return result
 
@@ -189,8 +196,9 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     out = Path(config.out_dir)
     seeds, episodes = [EVAL_SEED_OFFSET + s for s in range(config.seeds)], config.episodes_per_seed
 
-    def evaluated(path: Path, policy_name: str, make) -> pd.DataFrame:
+    def evaluated(path: Path, policy_name: str, make, checkpoint: str | None = None) -> pd.DataFrame:
         key = {"policy": policy_name, "env_kwargs": config.env_kwargs, "seeds": seeds, "episodes_per_seed": episodes}
+        key |= {} if checkpoint is None else {"checkpoint": checkpoint}
         return _cached(path, key, lambda: evaluate(make(), env_kwargs=config.env_kwargs, seeds=seeds,
                                                    episodes_per_seed=episodes), say)
 
@@ -203,7 +211,8 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     rows, run_dirs = [], {}
     for (algo, seed, _), agent_dir in zip(runs, agent_dirs):
         run_dirs.setdefault(algo, []).append(agent_dir)
-        episodes_df = evaluated(agent_dir / "evaluation.csv", str(agent_dir), lambda d=agent_dir: load_policy(d))
+        episodes_df = evaluated(agent_dir / f"evaluation-{config.checkpoint}.csv", str(agent_dir),
+                                lambda d=agent_dir: load_policy(d, checkpoint=config.checkpoint), config.checkpoint)
         diff = paired_difference(episodes_df, baselines[best_fixed])
         metrics = json.loads((agent_dir / "metrics.json").read_text())
         rows.append({"algo": algo, "train seed": seed, "mean return": episodes_df["return"].mean(),
@@ -237,7 +246,7 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
                                  + to_markdown(per_seed) + "\n\n## Baselines\n\n" + to_markdown(baseline_table) + "\n")
     learning_curves(run_dirs, paths["learning_curves_png"], lines)
     for algo, dirs in run_dirs.items():
-        paths[f"episode_{algo}_png"] = episode_plot(load_policy(dirs[0]), out / f"episode_{algo}.png", config.env_kwargs,
+        paths[f"episode_{algo}_png"] = episode_plot(load_policy(dirs[0], checkpoint=config.checkpoint), out / f"episode_{algo}.png", config.env_kwargs,
                                                     seeds[0], title=f"{algo} (training seed 0): ε per device and round, "
                                                                     f"seed {seeds[0]} (grey: not selected)")
     return SeedsResult(table, per_seed, baseline_table, best_fixed, paths)

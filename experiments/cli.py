@@ -196,7 +196,9 @@ def bench_engine(
 def demo(
     algo: str = typer.Option("maskable-ppo", parser=ALGO, metavar="NAME",
                              help="RL algorithm (agents.train.ALGOS): maskable-ppo is PPO with the env's memory masks."),
-    timesteps: int = typer.Option(500_000, help="Training steps (≈ 3 minutes on one core)."),
+    timesteps: int = typer.Option(1_000_000, help="Training steps (≈ 3 minutes on one core)."),
+    check_every: int = typer.Option(100_000, help="Validation checks every this many steps; the best checkpoint is "
+                                                  "evaluated (0: no checks, the final policy)."),
     seeds: int = typer.Option(10, help="Evaluation seeds."),
     episodes: int = typer.Option(10, help="Episodes per seed."),
     out: Path = typer.Option(Path("runs/demo"), callback=writable_dir, help="Output directory."),
@@ -208,6 +210,7 @@ def demo(
     _quiet_libraries()
     with user_errors():
         config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, algo=algo, out_dir=str(out),
+                                 check_every=check_every, checkpoint="best" if check_every else "final",
                                  baselines=("fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "oracle"))
     _print_benchmark(run_benchmark(config, say=console.log))
 
@@ -420,6 +423,8 @@ def evaluate_cmd(
     seeds: int = typer.Option(10, help="Evaluation seeds."),
     episodes: int = typer.Option(1, help="Episodes per seed (the seed's stream continues)."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
+    checkpoint: str = typer.Option("final", help="Of a trained agent: final (end of training) or best (the best on "
+                                                 "its validation checks, --check-every)."),
 ) -> None:
     """Evaluate a policy on common random numbers and print per-episode results and their mean."""
     from agents import evaluate, make_policy
@@ -428,7 +433,7 @@ def evaluate_cmd(
 
     _quiet_libraries()
     with user_errors():
-        chosen = load_policy(policy) if Path(policy).is_dir() else make_policy(policy)
+        chosen = load_policy(policy, checkpoint=checkpoint) if Path(policy).is_dir() else make_policy(policy)
         df = evaluate(chosen, env_id=env, env_kwargs=_env_kwargs(env_option),
                       seeds=[EVAL_SEED_OFFSET + s for s in range(seeds)], episodes_per_seed=episodes)
 
@@ -452,6 +457,8 @@ def benchmark_cmd(
     check_every: int = typer.Option(0, help="Every this many training steps, each agent against the best fixed policy "
                                             "on 30 validation episodes; the per-seed table reports the time to beat it."),
     workers: int = typer.Option(1, help="Training runs at once (worker processes, one core each; --train-seeds > 1)."),
+    checkpoint: str = typer.Option("final", help="Policy of each run to evaluate: final (end of training) or best (the "
+                                                 "best on the validation checks; needs --check-every)."),
     agent: Path = typer.Option(None, help="Evaluate this trained agent's directory instead of training one."),
     out: Path = typer.Option(Path("runs/benchmark"), callback=writable_dir, help="Output directory."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
@@ -472,6 +479,7 @@ def benchmark_cmd(
                                  algos=tuple(algo) if len(algo) > 1 else (), train_seeds=train_seeds,
                                  hyperparams=parse_hyperparams(_zoo_hyperparams(hyperparams, ctx)),
                                  env_kwargs=_env_kwargs(env_option), check_every=check_every, workers=workers,
+                                 checkpoint=checkpoint,
                                  out_dir=str(out), agent_dir=None if agent is None else str(agent))
         for name in config.algo_list:
             config.train_config(name)  # validate the settings before any work
@@ -507,7 +515,9 @@ def _print_benchmark(result) -> None:
     console.print(f"oracle margin over the best fixed policy: {result.oracle_margin_pct:.1f}% "
                   f"(≥ 10% means the scenario leaves room for control)")
     agent = result.agent
-    console.print(f"{agent}: normalised score {result.agent_normalised_score:.3f}; CI above the best fixed policy's: "
+    score = result.agent_normalised_score
+    score_text = "n/a (needs the random and oracle baselines)" if score != score else f"{score:.3f}"  # NaN: not both
+    console.print(f"{agent}: normalised score {score_text}; CI above the best fixed policy's: "
                   f"{'yes' if result.agent_beats_best_fixed else 'no'}")
     diff = result.agent_minus_best_fixed
     console.print(f"{agent} − best fixed, paired over {diff['episodes']} episodes on the same channels: "

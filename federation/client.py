@@ -54,6 +54,17 @@ class ClientUpdate:
     """The job's task (None: all the device's data)."""
 
 
+@dataclass(frozen=True)
+class ClientFailure:
+    """A job that returned no update (the device raised, or its worker died): the device is dropped from the round."""
+
+    device: int
+    round: int
+    reason: str
+    """The error, as ``"<type>: <message>"``."""
+    task: int | None = None
+
+
 class Client:
     """One device. Long-lived: its frozen sub-model stays in memory until the server sends a new one."""
 
@@ -110,6 +121,15 @@ class Client:
         )
         return ClientUpdate(self.device, job.round, state, len(blocks), stats.mean_loss, stats.tokens, stats.wall_time_s, memory,
                             job.task)
+
+    def run_safely(self, job: ClientJob) -> ClientUpdate | ClientFailure:
+        """``run``, or a ``ClientFailure`` when it raises. The device then holds nothing, as a restarted one would: the
+        server re-sends its sub-model with its next job (a half-trained model is never reused)."""
+        try:
+            return self.run(job)
+        except Exception as err:  # any error of a device drops it from this round; the round goes on
+            self.spec, self.frozen, self._model = None, {}, None
+            return ClientFailure(self.device, job.round, f"{type(err).__name__}: {err}", job.task)
 
     def _prepare_model(self, job: ClientJob):
         if job.lora is None:  # full fine-tuning: the trainable payload is the whole sub-model

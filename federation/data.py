@@ -199,6 +199,10 @@ def build_federated_data(
     order = rng.permutation(len(train))
     n_server = int(round(server_fraction * len(train)))
     server_idx, device_pool = order[:n_server], np.sort(order[n_server:])
+    if len(device_pool) < num_devices:
+        raise ValueError(f"num_devices must be at most the {len(device_pool)} training blocks of domains {tuple(domains)} "
+                         f"at block_size {block_size} (after the server's share), got {num_devices}: use fewer devices, "
+                         f"a smaller block_size or more domains")
     if device_shares is not None:
         if len(device_shares) != num_devices:
             raise ValueError(f"device_shares must have one entry per device ({num_devices}), got {len(device_shares)}")

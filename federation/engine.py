@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from federation.client import SERVER_DEVICE, Client, ClientJob, ClientUpdate
+from federation.client import SERVER_DEVICE, Client, ClientFailure, ClientJob, ClientUpdate
 from federation.data import PartitionKind, build_federated_data
 from federation.emulator import SubModelSpec
 from federation.evaluation import PlugInEvaluator
@@ -99,6 +99,8 @@ class DeviceRound:
     channel_gain_db: float
     uplink_rate_bps: float
     downlink_rate_bps: float
+    failure: str = ""
+    """Why the device sent no update this round (its jobs' errors, "; "-joined); empty when it did not fail."""
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,15 @@ class RoundResult:
     peak_memory_bytes: int
     """Largest training footprint among the selected devices."""
     participants: int
+    """Devices whose update was aggregated (selected and not failed)."""
     train_loss: float
     wall_time_s: float
     devices: tuple[DeviceRound, ...]
     metrics: dict[str, float] = field(default_factory=dict)
     """Method-specific numbers (e.g. FL-TAC clustering accuracy, per-task perplexity ``ppl_<domain>``)."""
+    failures: int = 0
+    """Devices dropped from the round because they failed (``DeviceRound.failure``). When every selected device
+    fails, nothing is aggregated: the global state and the perplexity stay as they were."""
 
     def summary(self) -> dict:
         """Flat dict of the round-level fields and the metrics (no per-device records)."""
@@ -214,6 +220,8 @@ class RoundRunner:
         self.executor = executor or LocalExecutor()
         self.executor.start(self.data.device_blocks, self.model.config, self.data.device_labels)
         self.round = 0
+        self.failures: dict[int, list[str]] = {}
+        """Device → the errors of its failed jobs in the last round."""
         self.initial_perplexity = self.server.evaluate()
         self.last_perplexity = self.initial_perplexity
 
@@ -242,7 +250,13 @@ class RoundRunner:
 
     def _train(self, jobs: list[ClientJob], server_seed: int) -> list[ClientUpdate]:
         """The devices' jobs on the executor (their uploads logged), then the collaborating server's own update."""
-        updates = [u for u in self.executor.run(jobs) if u is not None]
+        results = self.executor.run(jobs)
+        updates = [r for r in results if isinstance(r, ClientUpdate)]
+        self.failures = {}
+        for failure in (r for r in results if isinstance(r, ClientFailure)):
+            self.failures.setdefault(failure.device, []).append(failure.reason)
+            self.server.device_specs.pop(failure.device, None)  # it holds nothing now: re-send its sub-model next time
+            self.log.record_failure(self.round, failure.device, failure.reason)
         for update in updates:
             self.log.record(self.round, update.device, "up", self.method.trainable_kind, update.state)
         if self.server_client is not None:
@@ -279,6 +293,7 @@ class RoundRunner:
             wall_time_s=wall_time_s,
             devices=tuple(records),
             metrics=self._metrics(evaluated),
+            failures=sum(bool(r.failure) for r in records),
         )
 
     def _metrics(self, evaluated: bool) -> dict[str, float]:
@@ -329,6 +344,7 @@ class RoundRunner:
                 channel_gain_db=float(gain_db[i]),
                 uplink_rate_bps=float(channel.uplink_rate_bps[i]),
                 downlink_rate_bps=float(channel.downlink_rate_bps[i]),
+                failure="; ".join(self.failures.get(i, [])),
             ))
         return records
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import GPT2Config
 
-from federation.client import Client, ClientJob, ClientUpdate
+from federation.client import Client, ClientFailure, ClientJob, ClientUpdate
 
 
 class Executor(ABC):
@@ -22,8 +22,9 @@ class Executor(ABC):
         """Create one long-lived client per device with its local blocks (and their task labels)."""
 
     @abstractmethod
-    def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | None]:
-        """Run the jobs; one result per job, in order (None where a device failed and is dropped)."""
+    def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | ClientFailure]:
+        """Run the jobs; one result per job, in order (a ``ClientFailure`` where a device failed: it is dropped from
+        the round, the others go on)."""
 
     def shutdown(self) -> None:
         """Release resources (no-op in-process)."""
@@ -40,7 +41,7 @@ class LocalExecutor(Executor):
         labels = device_labels or [None] * len(device_blocks)
         self.clients = [Client(i, blocks, model_config, lab) for i, (blocks, lab) in enumerate(zip(device_blocks, labels))]
 
-    def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | None]:
+    def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | ClientFailure]:
         if not self.clients:
             raise RuntimeError("LocalExecutor.run called before start")
-        return [self.clients[job.device].run(job) for job in jobs]
+        return [self.clients[job.device].run_safely(job) for job in jobs]

@@ -15,6 +15,8 @@ Direction = Literal["down", "up"]
 PayloadKind = Literal["emulator", "frozen", "adapter", "model"]
 """emulator: frozen weights of a compressed sub-model; frozen: frozen weights of the full model (FedPETuning);
 adapter: LoRA tensors; model: trainable weights of the whole model (Fed-FT, FedPEAT case 3)."""
+MessageKind = Literal["emulator", "frozen", "adapter", "model", "failure"]
+"""A payload kind, or "failure": a device that sent no update (no bytes; ``note`` gives the reason)."""
 
 
 @dataclass(frozen=True)
@@ -22,11 +24,13 @@ class Message:
     round: int
     device: int
     direction: Direction
-    kind: PayloadKind
+    kind: MessageKind
     num_bytes: int
     """Bytes of the tensors actually sent (Σ numel · element size)."""
     keys: tuple[str, ...]
     """Full-model names of the tensors sent."""
+    note: str = ""
+    """Why a device failed (kind "failure")."""
 
 
 class MessageLog:
@@ -42,6 +46,12 @@ class MessageLog:
         self.messages.append(message)
         return message
 
+    def record_failure(self, round_idx: int, device: int, reason: str) -> Message:
+        """A device's failed upload: no bytes, the reason in ``note``."""
+        message = Message(round_idx, device, "up", "failure", 0, (), reason)
+        self.messages.append(message)
+        return message
+
     def total_bytes(self, *, round_idx: int | None = None, device: int | None = None, direction: Direction | None = None) -> int:
         return sum(
             m.num_bytes
@@ -52,9 +62,10 @@ class MessageLog:
         )
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per message (tensor names reduced to their count)."""
+        """One row per message (tensor names reduced to their count; ``note``: a failure's reason)."""
         rows = [
-            {"round": m.round, "device": m.device, "direction": m.direction, "kind": m.kind, "bytes": m.num_bytes, "tensors": len(m.keys)}
+            {"round": m.round, "device": m.device, "direction": m.direction, "kind": m.kind, "bytes": m.num_bytes,
+             "tensors": len(m.keys), "note": m.note}
             for m in self.messages
         ]
-        return pd.DataFrame(rows, columns=["round", "device", "direction", "kind", "bytes", "tensors"])
+        return pd.DataFrame(rows, columns=["round", "device", "direction", "kind", "bytes", "tensors", "note"])

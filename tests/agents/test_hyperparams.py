@@ -31,7 +31,7 @@ def test_overrides_and_explicit_fields_take_precedence_and_unknown_keys_are_refu
     overrides = parse_hyperparams(["n_steps:64 ent_coef:0.0", "normalize:false", "n_timesteps:1e4"])
     assert overrides == {"n_steps": 64, "ent_coef": 0.0, "normalize": False, "n_timesteps": 1e4}
     config = TrainConfig.from_hyperparams("ppo", overrides=overrides, n_envs=4)
-    assert config.algo_kwargs == {"n_steps": 64, "batch_size": 256, "ent_coef": 0.0}
+    assert config.algo_kwargs == {"n_steps": 64, "batch_size": 512, "learning_rate": "lin_0.001", "ent_coef": 0.0}
     assert (config.normalize, config.timesteps, config.n_envs) == (False, 10_000, 4)
     assert BenchmarkConfig(hyperparams={"ent_coef": 0.0}, timesteps=500).train_config().algo_kwargs["ent_coef"] == 0.0
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['frame_stack', 'n_stepz'\] for ppo; allowed: "):
@@ -52,7 +52,8 @@ def test_train_cli_takes_n_envs_and_hyperparams(tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["n_envs"] == 2 and saved["normalize"] is False
-    assert saved["algo_kwargs"] == {"n_steps": 16, "batch_size": 16, "ent_coef": 0.01, "n_epochs": 1}
+    assert saved["algo_kwargs"] == {"n_steps": 16, "batch_size": 16, "learning_rate": "lin_0.001", "ent_coef": 0.01,
+                                    "n_epochs": 1}
     assert not (tmp_path / "vecnormalize.pkl").exists() and (tmp_path / "model.zip").is_file()
     bad = runner.invoke(app, ["train", "--hyperparams", "n_stepz:16", "--out", str(tmp_path / "never")])
     assert bad.exit_code == 2 and "unknown hyperparameter(s) ['n_stepz']" in " ".join(bad.output.split())
@@ -65,13 +66,18 @@ def test_rl_zoo_trains_and_replays_from_the_committed_file(tmp_path):
     import subprocess
     import sys
 
-    common = ["--algo", "ppo", "--env", "FedPEAT-v0", "--gym-packages", "fedpeat_env", "-f", str(tmp_path),
+    common = ["--algo", "ppo", "--env", "FedPEAT-v0", "--gym-packages", "fedpeat_env", "agents.device_set", "-f", str(tmp_path),
               "--num-threads", "1"]
     train = subprocess.run([sys.executable, "-m", "rl_zoo3.train", *common, "--conf-file", str(HYPERPARAMS_DIR / "ppo.yml"),
                             "-n", "2048", "--eval-freq", "-1", "--env-kwargs", "num_devices:3", "horizon:4"],
                            capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-2000:]
-    assert (tmp_path / "ppo" / "FedPEAT-v0_1" / "FedPEAT-v0.zip").is_file()
+    saved = tmp_path / "ppo" / "FedPEAT-v0_1" / "FedPEAT-v0.zip"
+    from stable_baselines3 import PPO
+
+    from agents.device_set import DeviceSetPolicy
+
+    assert isinstance(PPO.load(saved, device="cpu").policy, DeviceSetPolicy)  # the file's policy: 'device-set'
     enjoy = subprocess.run([sys.executable, "-m", "rl_zoo3.enjoy", *common, "-n", "40", "--no-render",
                             "--env-kwargs", "num_devices:3", "horizon:4"], capture_output=True, text=True, timeout=600)
     assert enjoy.returncode == 0, enjoy.stderr[-2000:]

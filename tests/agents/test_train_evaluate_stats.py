@@ -161,6 +161,16 @@ def test_training_checks_report_the_time_to_beat_the_best_fixed_policy(tmp_path,
     first = next((c for c in checks if c["CI low"] > 0), None)  # the first check whose paired CI is above 0
     assert metrics["steps_to_beat_best_fixed"] == (None if first is None else first["steps"])
     assert metrics["time_to_beat_best_fixed_s"] == (None if first is None else first["train_time_s"])
+    best = metrics["best_check"]  # the best check's policy is kept: evaluated again it gives the same difference
+    assert best["mean"] == max(c["mean"] for c in checks) and (out / "best" / "model.zip").is_file()
+    from agents.train import VALIDATION_SEED
+
+    seeds = [VALIDATION_SEED + s for s in range(4)]
+    again = paired_difference(evaluate(load_policy(out, checkpoint="best"), "FedPEAT-v0", env_kwargs, seeds),
+                              evaluate(make_policy(metrics["best_fixed"]), "FedPEAT-v0", env_kwargs, seeds))
+    assert again["mean"] == pytest.approx(best["mean"], rel=1e-9)
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        load_policy(out, checkpoint="last")
     progress = pd.read_csv(out / "tb" / "progress.csv")
     assert "eval/paired_diff_mean" in progress.columns
     logged = progress["env/final_perplexity"].dropna()  # the env's episode metrics, grouped under env/

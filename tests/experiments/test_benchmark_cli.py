@@ -98,7 +98,7 @@ def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_
         assert row["P(improvement)"] == pytest.approx(probability_of_improvement(runs, [baselines.loc[best, "mean return"]]))
         assert row["CI low"] <= row["IQM"] <= row["CI high"]
     for algo, seed in [("ppo", 0), ("ppo", 1), ("a2c", 0), ("a2c", 1)]:
-        episodes = pd.read_csv(tmp_path / algo / f"seed-{seed}" / "evaluation.csv")
+        episodes = pd.read_csv(tmp_path / algo / f"seed-{seed}" / "evaluation-final.csv")
         assert episodes["return"].mean() == pytest.approx(
             per_seed.loc[(per_seed["algo"] == algo) & (per_seed["train seed"] == seed), "mean return"].item())
     assert (tmp_path / "learning_curves.png").stat().st_size > 0 and (tmp_path / "seeds.md").is_file()
@@ -128,11 +128,12 @@ def test_statistics_over_runs_by_hand():
 
 
 def test_demo_trains_evaluates_and_gives_the_paired_verdict(tmp_path):
-    result = runner.invoke(app, ["demo", "--timesteps", "512", "--seeds", "1", "--episodes", "2", "--out", str(tmp_path)])
+    result = runner.invoke(app, ["demo", "--timesteps", "4096", "--check-every", "2048", "--seeds", "1", "--episodes", "2",
+                                 "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     diff = summary["agent_minus_best_fixed"]
     text = " ".join(result.output.split())
     assert f"maskable-ppo − best fixed, paired over {diff['episodes']} episodes" in text
     assert f"beats the best fixed policy on the paired test: {'yes' if diff['CI low'] > 0 else 'no'}" in text
-    assert (tmp_path / "maskable-ppo" / "model.zip").is_file()
+    assert (tmp_path / "maskable-ppo" / "best" / "model.zip").is_file()  # the best validation checkpoint is evaluated

@@ -103,3 +103,11 @@ def test_build_corpus_rebuilds_the_committed_splits_byte_for_byte(tmp_path):
     assert len(built) == 10  # five domains × train/valid
     for path in built:
         assert (tmp_path / path).read_bytes() == (CORPUS_DIR / path).read_bytes(), path
+
+
+def test_more_devices_than_training_blocks_is_one_clear_error():
+    from federation.engine import EngineConfig, RoundRunner
+
+    with pytest.raises(ValueError, match=r"num_devices must be at most the \d+ training blocks of domains \('pydocs',\) "
+                                         r"at block_size 128 \(after the server's share\), got 5000"):
+        RoundRunner(EngineConfig(num_devices=5000))

@@ -179,3 +179,35 @@ def test_engine_config_errors():
         EngineConfig(num_devices=0)
     with pytest.raises(ValueError, match="server_fraction"):
         replace(EngineConfig(), server_fraction=1.0)
+
+
+def test_a_failing_client_is_dropped_from_its_round_and_serves_again_next_round():
+    runner = RoundRunner(EngineConfig(num_devices=3, max_eval_blocks=8, method_config=MethodConfig(train=FAST)))
+    clients = runner.executor.clients
+    working = {c.device: c.run for c in clients}
+
+    def broken_in_round_1(job):
+        if job.round == 1:
+            raise RuntimeError("battery died")
+        return working[1](job)
+
+    clients[1].run = broken_in_round_1  # fault injection: device 1 raises in round 1 only
+    first = runner.run_round()
+    assert (first.participants, first.failures) == (2, 1) and not math.isnan(first.full_perplexity)
+    assert first.devices[1].failure == "RuntimeError: battery died" and not first.devices[1].selected
+    assert first.devices[1].bytes_down > 0 and first.devices[1].bytes_up == 0  # it downloaded, sent nothing
+    log = runner.log.to_frame()
+    failed = log[log["kind"] == "failure"]
+    assert failed[["round", "device", "bytes", "note"]].values.tolist() == [[1, 1, 0, "RuntimeError: battery died"]]
+    second = runner.run_round()  # the device serves again from the next round, its sub-model sent again
+    assert (second.participants, second.failures) == (3, 0) and second.devices[1].failure == ""
+    assert [d.device for d in second.devices if d.emulator_exchanged] == [1]
+
+    for client in clients:  # every device fails: the round is reported, the global state stays as it was
+        client.run = lambda job: 1 / 0
+    before = {k: v.clone() for k, v in runner.server.global_state.items()}
+    third = runner.run_round()
+    assert (third.participants, third.failures) == (0, 3) and math.isnan(third.train_loss)
+    assert third.full_perplexity == second.full_perplexity
+    assert all(d.failure == "ZeroDivisionError: division by zero" for d in third.devices)
+    assert all(torch.equal(before[k], v) for k, v in runner.server.global_state.items())
