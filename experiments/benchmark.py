@@ -28,7 +28,8 @@ class BenchmarkConfig:
     """Episodes per seed: the first from ``reset(seed)``, the next ones continue that seed's stream (``evaluate``).
     The CIs are over all seeds × episodes: with one episode per seed, a few seeds with deep fades decided them."""
     timesteps: int | None = None
-    """Agent training steps (None: ``n_timesteps`` of ``hyperparams/<algo>.yml``, 3M for PPO, ≈ 14 min on one core)."""
+    """Agent training steps (None: ``n_timesteps`` of ``hyperparams/<algo>.yml``: 700k for PPO, ≈ 4.5 min on one
+    core)."""
     algo: str = "ppo"
     """A name of the registry ``agents.train.ALGOS`` (ppo, a2c, maskable-ppo)."""
     algos: tuple[str, ...] = ()
@@ -86,7 +87,8 @@ class BenchmarkConfig:
         algo = algo or self.algo
         return TrainConfig.from_hyperparams(algo, overrides=self.hyperparams, env_kwargs=dict(self.env_kwargs),
                                             timesteps=self.timesteps, seed=self.train_seed if seed is None else seed,
-                                            out_dir=out_dir or str(Path(self.out_dir) / algo), check_every=self.check_every)
+                                            out_dir=out_dir or str(Path(self.out_dir) / algo),
+                                            check_every=self.check_every)
 
     @property
     def multi_run(self) -> bool:
@@ -123,16 +125,16 @@ def run_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print, p
         say(f"evaluating the trained {agent} agent in {agent_dir}")
     seeds = [EVAL_SEED_OFFSET + s for s in range(config.seeds)]
     episodes = config.episodes_per_seed
-    results = {agent: evaluate(load_policy(agent_dir, checkpoint=config.checkpoint), env_kwargs=config.env_kwargs, seeds=seeds,
-                               episodes_per_seed=episodes)}
+    policy = load_policy(agent_dir, checkpoint=config.checkpoint)
+    results = {agent: evaluate(policy, env_kwargs=config.env_kwargs, seeds=seeds, episodes_per_seed=episodes)}
     for name in config.baselines:
         say(f"evaluating {name} on {config.seeds} seeds × {episodes} episodes")
         results[name] = evaluate(make_policy(name), env_kwargs=config.env_kwargs, seeds=seeds, episodes_per_seed=episodes)
     from agents.plots import episode_plot
 
     result = summarise(results, agent, out, agent_dir)
-    result.paths["episode_png"] = episode_plot(load_policy(agent_dir, checkpoint=config.checkpoint), out / "episode.png", config.env_kwargs, seeds[0],
-                                               title=f"{agent}: ε per device and round, seed {seeds[0]} (grey: not selected)")
+    result.paths["episode_png"] = episode_plot(load_policy(agent_dir, checkpoint=config.checkpoint), out / "episode.png",
+                                               config.env_kwargs, seeds[0], title=f"{agent}: ε per device and round, seed {seeds[0]} (grey: not selected)")
     return result
 
 
@@ -246,8 +248,8 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
                                  + to_markdown(per_seed) + "\n\n## Baselines\n\n" + to_markdown(baseline_table) + "\n")
     learning_curves(run_dirs, paths["learning_curves_png"], lines)
     for algo, dirs in run_dirs.items():
-        paths[f"episode_{algo}_png"] = episode_plot(load_policy(dirs[0], checkpoint=config.checkpoint), out / f"episode_{algo}.png", config.env_kwargs,
-                                                    seeds[0], title=f"{algo} (training seed 0): ε per device and round, "
+        paths[f"episode_{algo}_png"] = episode_plot(load_policy(dirs[0], checkpoint=config.checkpoint),
+                                                    out / f"episode_{algo}.png", config.env_kwargs, seeds[0], title=f"{algo} (training seed 0): ε per device and round, "
                                                                     f"seed {seeds[0]} (grey: not selected)")
     return SeedsResult(table, per_seed, baseline_table, best_fixed, paths)
 

@@ -446,8 +446,8 @@ def benchmark_cmd(
     ctx: typer.Context,
     seeds: int = typer.Option(10, help="Evaluation seeds (same channels for every policy)."),
     episodes: int = typer.Option(10, help="Episodes per seed (the seed's stream continues)."),
-    timesteps: int = typer.Option(None, help="Agent training steps (default: hyperparams/ALGO.yml's, 3M for PPO: "
-                                             "≈ 14 min on one core)."),
+    timesteps: int = typer.Option(None, help="Agent training steps (default: hyperparams/ALGO.yml's: 700k for PPO, "
+                                             "≈ 4.5 min on one core)."),
     algo: list[str] = typer.Option(["ppo"], parser=ALGO, metavar="NAME", help="RL algorithm (the registry agents.train.ALGOS; "
                                                                   "repeatable: several in one benchmark)."),
     train_seeds: int = typer.Option(1, help="Training seeds per algorithm (> 1: IQM over runs with bootstrap CIs, "
