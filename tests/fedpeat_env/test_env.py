@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fedpeat_env  # noqa: F401  (registers the ids)
+from federation.system import ChannelConfig
 from fedpeat_env.costs import level_costs
 from fedpeat_env.env import FedPEATEnv
 
@@ -262,3 +263,30 @@ def test_render_modes_show_the_round():
     plain = _make()
     plain.reset(seed=0)
     assert plain.render() is None
+
+
+@pytest.mark.parametrize("options", [
+    {"num_devices": 1},
+    {"num_devices": 1000, "horizon": 3},
+    {"horizon": 1},
+    {"channel": ChannelConfig(min_distance_m=1.0, max_distance_m=2.0, fading_correlation=0.0)},  # very strong links
+    {"channel": ChannelConfig(min_distance_m=5e4, max_distance_m=1e5, uplink_power_dbm=-30.0,  # links near zero
+                              downlink_power_dbm=-30.0, fading_correlation=0.0)},
+    {"control_rank": True, "num_devices": 3, "horizon": 2},
+])
+def test_observations_and_rewards_stay_finite_under_extreme_settings(options):
+    """A seeded sweep: random actions never give NaN or inf in observations, rewards or the reward terms, at 1 or 1000
+    devices, horizon 1, and channels from near-perfect to near-zero rate. (``info["round_latency_s"]`` may be inf on
+    a link whose rate underflows to 0: B·log2(1 + SNR) with SNR below float64's epsilon.)"""
+    env = gym.make("FedPEAT-v0", **options)
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        env.action_space.seed(seed)
+        assert np.isfinite(obs).all()
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            assert np.isfinite(obs).all() and np.isfinite(reward), (options, seed)
+            assert all(np.isfinite(v) for v in info["reward_terms"].values())
+            done = terminated or truncated
+    env.close()
