@@ -111,11 +111,6 @@ def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_
     assert " ".join(again.output.split()).count("reusing") == 4 + 4 + 3
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "per_seed.csv"), per_seed)
 
-    parallel = tmp_path / "parallel"  # the same runs trained two at a time in worker processes: the same agents
-    moved = [str(parallel) if arg == str(tmp_path) else arg for arg in args]
-    assert runner.invoke(app, [*moved, "--workers", "2"]).exit_code == 0
-    timing = ["train time (min)", "env steps/s"]
-    pd.testing.assert_frame_equal(pd.read_csv(parallel / "per_seed.csv").drop(columns=timing), per_seed.drop(columns=timing))
 
 
 def test_statistics_over_runs_by_hand():
@@ -137,3 +132,15 @@ def test_demo_trains_evaluates_and_gives_the_paired_verdict(tmp_path):
     assert f"maskable-ppo − best fixed, paired over {diff['episodes']} episodes" in text
     assert f"beats the best fixed policy on the paired test: {'yes' if diff['CI low'] > 0 else 'no'}" in text
     assert (tmp_path / "maskable-ppo" / "best" / "model.zip").is_file()  # the best validation checkpoint is evaluated
+
+
+@pytest.mark.slow
+def test_training_runs_in_worker_processes_give_the_same_agents(tmp_path):
+    args = ["benchmark", "--train-seeds", "2", "--algo", "ppo", "--algo", "a2c", "--timesteps", "256", "--seeds", "2",
+            "--episodes", "1", *SMALL, "--baseline", "fixed-1", "--baseline", "fixed-4"]
+    one_by_one, parallel = tmp_path / "one-by-one", tmp_path / "parallel"
+    assert runner.invoke(app, [*args, "--out", str(one_by_one)]).exit_code == 0
+    assert runner.invoke(app, [*args, "--out", str(parallel), "--workers", "2"]).exit_code == 0  # two at a time
+    timing = ["train time (min)", "env steps/s"]
+    pd.testing.assert_frame_equal(pd.read_csv(parallel / "per_seed.csv").drop(columns=timing),
+                                  pd.read_csv(one_by_one / "per_seed.csv").drop(columns=timing))
