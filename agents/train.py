@@ -9,6 +9,7 @@ wall time spent inside ``env.step``), ``monitor/*.monitor.csv`` (episodes) and `
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -201,6 +202,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     (out / "monitor").mkdir(exist_ok=True)
     for stale in (out / "monitor").glob("*.monitor.csv"):  # a previous run's episodes would join the curve
         stale.unlink()
+    shutil.rmtree(out / BEST_DIR, ignore_errors=True)  # a previous run's best checkpoint is not this run's
     if config.env_id == "FedPEAT-v0":  # batched surrogate: one numpy step for all n_envs
         venv = VecMonitor(FedPEATSB3VecEnv(config.n_envs, seed=config.seed, **config.env_kwargs),
                           filename=str(out / "monitor" / "vec"))

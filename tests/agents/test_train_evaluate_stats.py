@@ -175,3 +175,7 @@ def test_training_checks_report_the_time_to_beat_the_best_fixed_policy(tmp_path,
     assert "eval/paired_diff_mean" in progress.columns
     logged = progress["env/final_perplexity"].dropna()  # the env's episode metrics, grouped under env/
     assert len(logged) >= 2 and (logged > 0).all() and progress["env/reward/perplexity"].notna().any()
+    train(TrainConfig(env_kwargs=env_kwargs, timesteps=64, n_envs=4, out_dir=str(out),  # again, without checks
+                      algo_kwargs={"n_steps": 16, "batch_size": 32, "n_epochs": 1}), progress=False)
+    with pytest.raises(ValueError, match="checkpoint 'best' needs a run trained with check_every > 0"):
+        load_policy(out, checkpoint="best")  # the earlier run's best checkpoint is gone with it
