@@ -3,8 +3,9 @@
 Keys the trainer handles (as the Zoo does): ``n_envs``, ``n_timesteps``, ``policy``, ``normalize``; every other key is
 a constructor argument of the algorithm (``n_steps``, ``batch_size``, ``ent_coef``, ``policy_kwargs``, …). A key that
 is neither is refused with one error naming it. ``learning_rate`` and ``clip_range`` may be ``lin_<initial>`` (the
-Zoo's linear schedule from the initial value at the start to 0 at the end; ``algo_constructor_kwargs``). Command-line overrides use the Zoo's spelling, ``key:value``, values
-read as YAML (``learning_rate:3e-4``, ``normalize:false``).
+Zoo's linear schedule from the initial value at the start to 0 at the end; ``algo_constructor_kwargs``).
+Command-line overrides use the Zoo's spelling, ``key:value``, values read as YAML (``learning_rate:3e-4``,
+``normalize:false``).
 """
 
 from __future__ import annotations

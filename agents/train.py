@@ -111,8 +111,8 @@ VALIDATION_SEED = 20_000
 class BestFixedCheck(BaseCallback):
     """Every ``config.check_every`` env steps: the current policy and the best fixed policy (the best ``fixed-k`` on the
     same validation episodes, found once) on ``config.check_episodes`` episodes; records the paired difference
-    (``eval/paired_diff_mean`` and its CI in the logs, as SB3's ``EvalCallback`` logs ``eval/``) and the training time and steps at which its 95% CI first lies above
-    0. The policy of the check with the best mean difference is kept in ``out_dir/best/`` (model and VecNormalize
+    (``eval/paired_diff_mean`` and its CI in the logs, as SB3's ``EvalCallback`` logs ``eval/``) and the training
+    time and steps at which its 95% CI first lies above 0. The policy of the check with the best mean difference is kept in ``out_dir/best/`` (model and VecNormalize
     statistics, as SB3's ``EvalCallback`` keeps ``best_model``; ``load_policy(..., checkpoint="best")``). Check time is
     not counted as training time."""
 

@@ -133,8 +133,8 @@ def run_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print, p
     from agents.plots import episode_plot
 
     result = summarise(results, agent, out, agent_dir)
-    result.paths["episode_png"] = episode_plot(load_policy(agent_dir, checkpoint=config.checkpoint), out / "episode.png",
-                                               config.env_kwargs, seeds[0], title=f"{agent}: ε per device and round, seed {seeds[0]} (grey: not selected)")
+    result.paths["episode_png"] = episode_plot(policy, out / "episode.png", config.env_kwargs, seeds[0],
+                                               title=f"{agent}: ε per device and round, seed {seeds[0]} (grey: not selected)")
     return result
 
 
@@ -271,12 +271,13 @@ def _train_in_worker(train_config: TrainConfig) -> Path:
 def _trained_all(configs: Sequence[TrainConfig], workers: int, say: Callable[[str], None], progress: bool) -> list[Path]:
     """Every run's directory after training, reusing finished runs with the same settings; with ``workers`` > 1 the
     others train in that many worker processes at once."""
-    todo = [c for c in configs if not _finished(c)]
+    todo = []
     for c in configs:
-        if c not in todo:
+        if _finished(c):
             say(f"reusing the finished run in {c.out_dir}")
-    for c in todo:
-        say(f"training {c.algo} seed {c.seed} for {c.timesteps} steps → {c.out_dir}")
+        else:
+            say(f"training {c.algo} seed {c.seed} for {c.timesteps} steps → {c.out_dir}")
+            todo.append(c)
     if workers > 1 and len(todo) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

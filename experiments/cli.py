@@ -46,9 +46,12 @@ def writable_dir(path: Path | None) -> Path | None:
 def writable_file(path: Path | None) -> Path | None:
     """Typer callback of output-file options: the file's directory must pass ``writable_dir``, the file must not be
     a directory."""
-    if path is not None and path.is_dir():
+    if path is None:
+        return None
+    if path.is_dir():
         raise typer.BadParameter(f"must be a file, got the directory {str(path)!r}")
-    return path if path is None else (writable_dir(path.parent) and path)
+    writable_dir(path.parent)
+    return path
 
 
 METHOD = registry_name("federation.methods:METHODS", "method")

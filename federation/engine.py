@@ -220,8 +220,6 @@ class RoundRunner:
         self.executor = executor or LocalExecutor()
         self.executor.start(self.data.device_blocks, self.model.config, self.data.device_labels)
         self.round = 0
-        self.failures: dict[int, list[str]] = {}
-        """Device → the errors of its failed jobs in the last round."""
         self.initial_perplexity = self.server.evaluate()
         self.last_perplexity = self.initial_perplexity
 
@@ -252,9 +250,7 @@ class RoundRunner:
         """The devices' jobs on the executor (their uploads logged), then the collaborating server's own update."""
         results = self.executor.run(jobs)
         updates = [r for r in results if isinstance(r, ClientUpdate)]
-        self.failures = {}
         for failure in (r for r in results if isinstance(r, ClientFailure)):
-            self.failures.setdefault(failure.device, []).append(failure.reason)
             self.server.device_specs.pop(failure.device, None)  # it holds nothing now: re-send its sub-model next time
             self.log.record_failure(self.round, failure.device, failure.reason)
         for update in updates:
@@ -319,8 +315,11 @@ class RoundRunner:
         for u in updates:  # several per device for multi-task methods (one per task, trained one after another)
             by_device.setdefault(u.device, []).append(u)
         down, up = np.zeros(len(decisions), dtype=np.int64), np.zeros(len(decisions), dtype=np.int64)
+        failures: dict[int, list[str]] = {}
         for m in self.log.messages[first_message:]:  # this round's messages only, one pass
             (down if m.direction == "down" else up)[m.device] += m.num_bytes
+            if m.kind == "failure":
+                failures.setdefault(m.device, []).append(m.note)
         share = downlink_share(self.config.latency_aggregation == "max", int((down > 0).sum()))
         gain_db = 10.0 * np.log10(channel.gain)
         records = []
@@ -344,7 +343,7 @@ class RoundRunner:
                 channel_gain_db=float(gain_db[i]),
                 uplink_rate_bps=float(channel.uplink_rate_bps[i]),
                 downlink_rate_bps=float(channel.downlink_rate_bps[i]),
-                failure="; ".join(self.failures.get(i, [])),
+                failure="; ".join(failures.get(i, [])),
             ))
         return records
 

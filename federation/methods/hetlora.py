@@ -156,9 +156,8 @@ class HetLoRA(Method):
 
     def configure_device(self, device: int, decision: DeviceDecision, global_state: State) -> list[DeviceConfig]:
         """The device trains (and downloads) the first r_k components: its chosen rank, capped by its pruned one."""
-        lora = replace(self.lora_for(decision), rank=self._rank(device, decision))
-        self._sent_ranks[device] = lora.rank
-        return [DeviceConfig(device, self.device_spec(decision), self.download(global_state, lora), lora, self.objective())]
+        rank = self._sent_ranks[device] = self._rank(device, decision)
+        return super().configure_device(device, replace(decision, lora_rank=rank), global_state)
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
         """Record the ranks devices pruned to (an upload with fewer components than it was sent), then ``average``."""
