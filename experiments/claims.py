@@ -26,6 +26,7 @@ from agents import best_fixed as best_fixed_policy
 from agents import evaluate, make_policy, paired_difference, to_markdown
 from experiments.compare import compare
 from experiments.run import MULTI_TASK_DOMAINS
+from federation.executors import Executor
 
 PLUGIN_COMPRESSION = 0.5
 """ε of the plug-in claim's emulator (Offsite-Tuning's and FedOT's)."""
@@ -124,7 +125,8 @@ def _ci(row: pd.Series) -> str:
     return f"[{row['CI low']:.1f}, {row['CI high']:.1f}]"
 
 
-def emulator_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], None]) -> tuple[list[dict], pd.DataFrame]:
+def emulator_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], None],
+                   executor: Executor | None = None) -> tuple[list[dict], pd.DataFrame]:
     """Zero-shot perplexity of the layer-drop emulator at every ε of ``EnvConfig().compression_levels`` (ε = 0: the
     full model), on the held-out blocks the engine evaluates."""
     from federation.emulator import build_emulator, layer_drop_spec
@@ -134,7 +136,7 @@ def emulator_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], N
     from fedpeat_env.config import EnvConfig
 
     say("emulator: zero-shot perplexity at every compression level")
-    probe = RoundRunner(EngineConfig(method="fedpeat", num_devices=settings.devices))
+    probe = RoundRunner(EngineConfig(method="fedpeat", num_devices=settings.devices), executor)
     model, layers = probe.method.full_model, probe.server.num_layers
     levels = EnvConfig().compression_levels
     ppl = [perplexity(build_emulator(model, layer_drop_spec(layers, FedPEAT().config.num_adapter_layers, eps)),
@@ -150,11 +152,13 @@ def emulator_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], N
                  detail)], runs
 
 
-def plugin_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], None]) -> tuple[list[dict], pd.DataFrame]:
+def plugin_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], None],
+                 executor: Executor | None = None) -> tuple[list[dict], pd.DataFrame]:
     """FedPEAT through the ε = ``PLUGIN_COMPRESSION`` emulator (plug-in) vs through the full model (case 2) vs the
     zero-shot full model, on the same seeds and data."""
     runs, summary = compare([claim.method, claim.baseline], settings.rounds, list(range(settings.seeds)),
-                            settings.devices, settings.local_steps, compression=PLUGIN_COMPRESSION, say=say)
+                            settings.devices, settings.local_steps, compression=PLUGIN_COMPRESSION, say=say,
+                            executor=executor)
     by = summary.set_index("method")
     m, b = by.loc[claim.method], by.loc[claim.baseline]
     zero_shot = float(runs["initial perplexity"].mean())
@@ -173,11 +177,12 @@ def plugin_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], Non
     return [row], runs.assign(claim=claim.key)
 
 
-def compare_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], None]) -> tuple[list[dict], pd.DataFrame]:
+def compare_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], None],
+                  executor: Executor | None = None) -> tuple[list[dict], pd.DataFrame]:
     """Method vs baseline on the same seeds and data: final full-model perplexity with bootstrap 95% CIs."""
     runs, summary = compare([claim.method, claim.baseline], settings.rounds, list(range(settings.seeds)),
                             settings.devices, settings.local_steps, partition=claim.partition, alpha=claim.alpha,
-                            domains=claim.domains, say=say)
+                            domains=claim.domains, say=say, executor=executor)
     by = summary.set_index("method")
     m, b = by.loc[claim.method], by.loc[claim.baseline]
     data = claim.partition + (f" α={claim.alpha}" if claim.partition == "dirichlet" else "") + \
@@ -194,11 +199,13 @@ def compare_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], No
     return [row], runs.assign(claim=claim.key)
 
 
-def control_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], None]) -> tuple[list[dict], pd.DataFrame]:
+def control_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], None],
+                  executor: Executor | None = None) -> tuple[list[dict], pd.DataFrame]:
     """On ``FedPEAT-v0`` (the benchmark scenario, evaluation seeds of ``fedpeat benchmark``): adaptive control (the
     greedy controller; and the agent in ``settings.agent_dir``) vs the best fixed ε; the best fixed ε vs Fed-FT's
     cost profile (``trainable="all"``, every device on the full model), on the same devices and again with unlimited
-    device memory. Fed-FT learns like the adapter at ε = 0 here: the comparison is of costs only."""
+    device memory. Fed-FT learns like the adapter at ε = 0 here: the comparison is of costs only. It runs the surrogate
+    env: no clients, so ``executor`` is not used."""
     from agents.train import load_policy
     from experiments.benchmark import EVAL_SEED_OFFSET
     from fedpeat_env.config import EnvConfig
@@ -256,14 +263,15 @@ RUNNERS = {"emulator": emulator_claim, "plug-in": plugin_claim, "control": contr
 
 
 def run_claims(settings: ClaimSettings = ClaimSettings(), only: Sequence[str] = (),
-               say: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per claim comparison with the verdict, every run). ``only`` picks claims by key (default: all)."""
+               say: Callable[[str], None] = print, executor: Executor | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per claim comparison with the verdict, every run). ``only`` picks claims by key (default: all).
+    ``executor`` runs the clients of the engine runs (default: in this process; the control claim runs none)."""
     unknown = [k for k in only if k not in CLAIM_KEYS]
     if unknown:
         raise ValueError(f"claim must be one of {CLAIM_KEYS}, got {unknown}")
     rows, all_runs = [], []
     for claim in (c for c in CLAIMS if not only or c.key in only):
-        claim_rows, runs = RUNNERS[claim.key](claim, settings, say)
+        claim_rows, runs = RUNNERS[claim.key](claim, settings, say, executor)
         rows.extend(claim_rows)
         all_runs.append(runs)
     table = pd.DataFrame(rows)

@@ -55,6 +55,7 @@ def writable_file(path: Path | None) -> Path | None:
 
 
 METHOD = registry_name("federation.methods:METHODS", "method")
+EXECUTOR = registry_name("federation.executor_config:EXECUTORS", "executor")
 ALGO = registry_name("agents.train:ALGOS", "algo")
 PARTITION = registry_name("federation.data:PARTITIONS", "partition")
 
@@ -67,6 +68,33 @@ def user_errors():
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
+
+
+EXECUTOR_OPTION = typer.Option("local", parser=EXECUTOR, metavar="NAME", help="Where the clients train: local (this "
+                                "process) or ray (long-lived client actors on Ray; needs the ray extra).")
+RAY_ADDRESS_OPTION = typer.Option(None, help="With --executor ray: the cluster to join (e.g. auto, ray://host:10001); "
+                                            "default: start a local Ray.")
+RAY_WORKERS_OPTION = typer.Option(None, min=1, help="With --executor ray: client actors (devices spread over them); default: "
+                                            "one per --ray-cpus-per-worker of the cluster's CPUs.")
+RAY_CPUS_OPTION = typer.Option(1.0, help="With --executor ray: CPUs reserved per client actor (its torch threads).")
+
+
+@contextmanager
+def executor_scope(kind: str, address: str | None, workers: int | None, cpus_per_worker: float):
+    """The executor the options name, shut down on exit; None for "local" (each run then makes its own in-process
+    one). Bad options raise ``ValueError`` before any work."""
+    from federation.executor_config import ExecutorConfig
+
+    if kind == "local":
+        if address is not None or workers is not None:
+            raise ValueError("--ray-address and --ray-workers apply to --executor ray only")
+        yield None
+        return
+    executor = ExecutorConfig(kind, address, workers, cpus_per_worker).make()
+    try:
+        yield executor
+    finally:
+        executor.shutdown()
 
 
 @app.command("build-corpus")
@@ -121,6 +149,10 @@ def run(
     option: list[str] = typer.Option([], "--option", "-o", help="Any other setting of the method's config as key=value "
                                      "(repeatable), e.g. -o keep_ratio=0.25 (fedpft), -o aggregation=zero-pad (hetlora)."),
     out: Path = typer.Option(None, callback=writable_dir, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
+    executor: str = EXECUTOR_OPTION,
+    ray_address: str = RAY_ADDRESS_OPTION,
+    ray_workers: int = RAY_WORKERS_OPTION,
+    ray_cpus_per_worker: float = RAY_CPUS_OPTION,
 ) -> None:
     """Run a federated tuning method and print its per-round table."""
     from experiments.run import (
@@ -141,7 +173,8 @@ def run(
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
                               partition=partition, dirichlet_alpha=alpha, domains=default_domains([method], domain),
                               latency_aggregation=latency_aggregation, method_config=method_config)
-        runner, results = run_federated(config, rounds, compression, console, lora_rank)
+        with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
+            runner, results = run_federated(config, rounds, compression, console, lora_rank, clients)
     console.print(round_table(runner, results))
     if (extra := metrics_table(runner, results)) is not None:
         console.print(extra)
@@ -193,6 +226,38 @@ def bench_engine(
     rows = bench_emulator(steps, batch_size)
     for table in engine_tables(overhead, rows):
         console.print(table)
+
+
+@bench_app.command("executors")
+def bench_executors_cmd(
+    clients: int = typer.Option(8, help="Clients (devices) of the embedded model, all training every round."),
+    workers: int = typer.Option(2, help="Ray client actors (one CPU each)."),
+    rounds: int = typer.Option(3, help="Timed rounds per executor (alternating; after one warm-up round each)."),
+    local_steps: int = typer.Option(10, help="Local steps per client per round."),
+    evaluate: bool = typer.Option(False, help="Time rounds with the server's perplexity evaluation (serial in both)."),
+) -> None:
+    """Round wall time on the in-process executor vs Ray client actors, Ray's start-up and the process tree's peak
+    memory, measured in one run."""
+    from experiments.bench_scale import bench_executors, executors_table
+
+    _quiet_libraries()
+    console.print("measuring local vs Ray rounds (≈ 1 min)")
+    with user_errors():
+        result = bench_executors(clients, workers, rounds, local_steps, evaluate)
+    console.print(executors_table(result))
+
+
+@bench_app.command("devices")
+def bench_devices_cmd(
+    devices: list[int] = typer.Option([10, 100, 1000], "--devices", help="Numbers of devices N (repeatable)."),
+    steps: int = typer.Option(2000, help="Env steps per N."),
+) -> None:
+    """FedPEAT-v0 steps/s with action masks as the number of devices grows, and the cost per device."""
+    from experiments.bench_scale import bench_devices, devices_table
+
+    with user_errors():
+        rows = bench_devices(devices, steps)
+    console.print(devices_table(rows))
 
 
 @app.command()
@@ -279,12 +344,17 @@ def calibrate(
     workers: int = typer.Option(2, help="Engine runs in parallel (worker processes, one torch thread each)."),
     refit: Path = typer.Option(None, help="Refit from the engine runs stored in this calibration file (no engine runs)."),
     out: Path = typer.Option(None, callback=writable_file, help="Calibration file (default: the committed embedded-v2.json)."),
+    executor: str = EXECUTOR_OPTION,
+    ray_address: str = RAY_ADDRESS_OPTION,
+    ray_workers: int = RAY_WORKERS_OPTION,
+    ray_cpus_per_worker: float = RAY_CPUS_OPTION,
 ) -> None:
     """Fit the FedPEAT-v0 surrogate to real engine rounds and write the versioned calibration file.
 
     The engine runs cover every control of the env (share of devices selected, IID / Dirichlet data, mixed ε, LoRA
     rank, a collaborating server); the report shows every fitted parameter with its bounds and the fit errors per
-    condition on held-out runs."""
+    condition on held-out runs. With --executor ray the runs go one after another, their clients on Ray's actors
+    (--workers is then not used)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedpeat_env.calibration import EngineSettings, calibration_plan
@@ -304,13 +374,15 @@ def calibrate(
             _quiet_libraries()
             columns = (TextColumn("engine runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        TextColumn("{task.fields[last]}"))
-            with Progress(*columns, console=console) as progress:
+            with (executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients,
+                  Progress(*columns, console=console) as progress):
                 task = progress.add_task("runs", total=len(fit_plan) + len(heldout_plan), last="")
 
                 def on_run(run) -> None:
                     progress.update(task, advance=1, last=f"{run.spec.condition}: {run.spec.label}")
 
-                calibration = run_calibration(settings, tuple(levels), rank_levels, workers, on_run=on_run)
+                calibration = run_calibration(settings, tuple(levels), rank_levels, workers, on_run=on_run,
+                                              executor=clients)
     calibration.save(path)
     _print_calibration(calibration)
     console.print(f"wrote {path}")
@@ -577,6 +649,10 @@ def compare_cmd(
     domain: list[str] = typer.Option([], help="Tuning domains (repeatable). Default: pydocs, or the three tuning "
                                               "domains when a multi-task method (fltac) is compared."),
     out: Path = typer.Option(Path("runs/compare"), callback=writable_dir, help="Output directory."),
+    executor: str = EXECUTOR_OPTION,
+    ray_address: str = RAY_ADDRESS_OPTION,
+    ray_workers: int = RAY_WORKERS_OPTION,
+    ray_cpus_per_worker: float = RAY_CPUS_OPTION,
 ) -> None:
     """Federated methods on one engine: final full-model perplexity (mean, 95% CI over seeds), bytes, memory, time."""
     from experiments.compare import compare, write_comparison
@@ -587,8 +663,9 @@ def compare_cmd(
             from federation.methods import METHODS
 
             methods = list(METHODS)
-        runs, summary = compare(methods, rounds, list(range(seeds)), devices, local_steps, compression, partition, alpha,
-                                domain, say=console.log)
+        with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
+            runs, summary = compare(methods, rounds, list(range(seeds)), devices, local_steps, compression, partition,
+                                    alpha, domain, say=console.log, executor=clients)
     console.print(summary.to_string(index=False))
     for path in write_comparison(runs, summary, out):
         console.print(f"wrote {path}")
@@ -606,6 +683,10 @@ def claims_cmd(
     env_episodes: int = typer.Option(10, help="Episodes per env seed of the control claim."),
     agent: Path = typer.Option(None, help="A trained agent's directory, added to the control claim beside greedy."),
     out: Path = typer.Option(Path("runs/claims"), callback=writable_dir, help="Output directory."),
+    executor: str = EXECUTOR_OPTION,
+    ray_address: str = RAY_ADDRESS_OPTION,
+    ray_workers: int = RAY_WORKERS_OPTION,
+    ray_cpus_per_worker: float = RAY_CPUS_OPTION,
 ) -> None:
     """Check the papers' claims on the shared engine and the env: emulator ladder, plug-in, adaptive control,
     FedPFT ≥ FedOT, HetLoRA sparsity ≥ zero-pad, FedDAT ≥ FedAvg under non-IID, FL-TAC clustering. A verdict per
@@ -616,7 +697,8 @@ def claims_cmd(
     with user_errors():
         settings = ClaimSettings(rounds, seeds, devices, local_steps, env_seeds, env_episodes,
                                  None if agent is None else str(agent))
-        table, runs = run_claims(settings, claim, say=console.log)
+        with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
+            table, runs = run_claims(settings, claim, say=console.log, executor=clients)
     console.print(table.drop(columns=["statement", "detail"]).to_string(index=False))
     command = (f"`fedpeat claims --rounds {rounds} --seeds {seeds} --devices {devices} --local-steps {local_steps} "
                f"--env-seeds {env_seeds} --env-episodes {env_episodes}" + (f" --agent {agent}" if agent else "") + "`")

@@ -14,6 +14,7 @@ import pandas as pd
 
 from agents.stats import bootstrap_ci, to_markdown
 from federation.engine import EngineConfig
+from federation.executors import Executor
 from federation.methods import make_method
 
 RUN_COLUMNS = ("bytes down (MB)", "bytes up (MB)", "peak device memory (MB)", "wall time (s)")
@@ -30,11 +31,12 @@ def parse_method_entry(entry: str) -> tuple[str, dict[str, str]]:
 
 def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: int = 4, local_steps: int = 10,
             compression: float = 0.5, partition: str = "iid", alpha: float = 0.5, domains: Sequence[str] = (),
-            say: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
+            say: Callable[[str], None] = print, executor: Executor | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-run rows, per-entry summary sorted by final perplexity). Emulator methods with a controllable ratio
     (fedpeat case 1, fedot) train through emulators of ratio ``compression``. Every entry is validated before any run.
     Without ``domains``, all entries tune on pydocs — or all on the three tuning domains when one entry is multi-task.
-    Method-specific metrics of the last round (e.g. fltac's clustering accuracy) become extra columns."""
+    Method-specific metrics of the last round (e.g. fltac's clustering accuracy) become extra columns. ``executor``
+    runs every run's clients (default: in this process)."""
     from experiments.run import build_method_config, default_domains, run_federated
 
     plans = []
@@ -51,7 +53,7 @@ def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: 
             say(f"{entry} seed {seed}")
             config = EngineConfig(method=name, num_devices=devices, seed=seed, partition=partition, dirichlet_alpha=alpha,
                                   domains=tuple(domains), method_config=method_config)
-            runner, results = run_federated(config, rounds, eps)
+            runner, results = run_federated(config, rounds, eps, executor=executor)
             runs.append({
                 "method": entry, "seed": seed, "initial perplexity": runner.initial_perplexity,
                 "final perplexity": results[-1].full_perplexity,

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from federation.engine import EngineConfig, RoundResult, RoundRunner
+from federation.executors import Executor
 from federation.methods import DeviceDecision, MethodConfig, make_method
 
 MB = 1e6
@@ -115,16 +116,16 @@ def decisions_for(num_devices: int, compression: Sequence[float], lora_rank: Seq
 
 def run_federated(
     config: EngineConfig, rounds: int, compression: Sequence[float] = (), console: Console | None = None,
-    lora_rank: Sequence[int] = (),
+    lora_rank: Sequence[int] = (), executor: Executor | None = None,
 ) -> tuple[RoundRunner, list[RoundResult]]:
     """Run ``rounds`` rounds with fixed decisions, showing a progress bar. Without ``lora_rank`` the method's own
-    per-device ranks apply (e.g. hetlora's ``ranks``)."""
+    per-device ranks apply (e.g. hetlora's ``ranks``). ``executor`` runs the clients (default: in this process)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if not lora_rank:
         lora_rank = [d.lora_rank for d in make_method(config.method, config.method_config).device_decisions(config.num_devices)]
     decisions = decisions_for(config.num_devices, compression, lora_rank)
-    runner = RoundRunner(config)
+    runner = RoundRunner(config, executor)
     runner.validate(decisions)  # fail before any training on a bad decision
     console = console or Console()
     columns = (TextColumn(f"{config.method} rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

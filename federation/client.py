@@ -97,6 +97,8 @@ class Client:
             raise ValueError(f"job for device {job.device} sent to device {self.device}")
         if job.frozen_payload is not None:
             self.spec, self.frozen, self._model = job.spec, job.frozen_payload, None
+        elif self.spec is None:
+            raise RuntimeError(f"device {self.device} holds no sub-model (its worker restarted); it is sent again next round")
         elif job.spec != self.spec:
             raise ValueError(f"device {self.device} holds {self.spec} but the job needs {job.spec} without a payload")
         model = self._prepare_model(job)

@@ -197,6 +197,8 @@ class RoundRunner:
     """Runs federated rounds of one method: the unit shared by the CLI, the benchmarks and the env."""
 
     def __init__(self, config: EngineConfig = EngineConfig(), executor: Executor | None = None) -> None:
+        """``executor``: runs the clients (default: a new ``LocalExecutor``); it is started with this run's data, so
+        one executor serves several runs one after another (e.g. the env's episodes)."""
         self.config = config
         self.rng = seed_everything(config.seed)
         self.model, self.tokenizer = load_foundation(config.foundation)
@@ -217,6 +219,7 @@ class RoundRunner:
         self.server_client = (
             Client(SERVER_DEVICE, self.data.server_blocks, self.model.config) if len(self.data.server_blocks) else None
         )
+        self._owns_executor = executor is None
         self.executor = executor or LocalExecutor()
         self.executor.start(self.data.device_blocks, self.model.config, self.data.device_labels)
         self.round = 0
@@ -253,6 +256,8 @@ class RoundRunner:
         for failure in (r for r in results if isinstance(r, ClientFailure)):
             self.server.device_specs.pop(failure.device, None)  # it holds nothing now: re-send its sub-model next time
             self.log.record_failure(self.round, failure.device, failure.reason)
+        for device in self.executor.lost_devices():  # e.g. its worker restarted: re-send its sub-model next time
+            self.server.device_specs.pop(device, None)
         for update in updates:
             self.log.record(self.round, update.device, "up", self.method.trainable_kind, update.state)
         if self.server_client is not None:
@@ -357,4 +362,6 @@ class RoundRunner:
         return results
 
     def close(self) -> None:
-        self.executor.shutdown()
+        """Shut the executor down if this runner created it (one passed in stays up for its owner's next run)."""
+        if self._owns_executor:
+            self.executor.shutdown()

@@ -124,14 +124,16 @@ def fedpeat_engine(num_devices: int, seed: int, local_steps: int, max_rank: int,
     return EngineConfig(method="fedpeat", num_devices=num_devices, seed=seed, method_config=method_config, **options)
 
 
-def engine_trajectory(spec: RunSpec, settings: EngineSettings, on_round: Callable[[], None] | None = None) -> Trajectory:
-    """Run ``settings.rounds`` FedPEAT rounds of ``spec``; ``on_round()`` after each round."""
+def engine_trajectory(spec: RunSpec, settings: EngineSettings, on_round: Callable[[], None] | None = None,
+                      executor=None) -> Trajectory:
+    """Run ``settings.rounds`` FedPEAT rounds of ``spec``; ``on_round()`` after each round. ``executor``
+    (``federation.executors.Executor``) runs the clients (default: in this process)."""
     from federation.engine import RoundRunner
     from federation.methods import DeviceDecision
 
     runner = RoundRunner(fedpeat_engine(settings.num_devices, spec.seed, settings.local_steps, settings.max_rank,
                                         foundation=settings.foundation, partition=spec.partition,
-                                        dirichlet_alpha=spec.alpha, server_fraction=spec.server_fraction))
+                                        dirichlet_alpha=spec.alpha, server_fraction=spec.server_fraction), executor)
     n = settings.num_devices
     sizes = runner.data.device_sizes.astype(float)
     total = sizes.sum() + len(runner.data.server_blocks)
@@ -155,26 +157,28 @@ def engine_trajectory(spec: RunSpec, settings: EngineSettings, on_round: Callabl
                       float(len(runner.data.server_blocks) / total), tuple(eps_rows), tuple(rank_rows))
 
 
-def _run_in_worker(spec: RunSpec, settings: EngineSettings) -> Trajectory:
+def _run_in_worker(spec: RunSpec, settings: EngineSettings, executor=None) -> Trajectory:
     import time
 
     from federation.foundation import worker_setup
 
     worker_setup()
     started = time.perf_counter()
-    trajectory = engine_trajectory(spec, settings)
+    trajectory = engine_trajectory(spec, settings, executor=executor)
     return Trajectory(**{**trajectory.__dict__, "wall_time_s": time.perf_counter() - started})
 
 
 def run_plan(specs: Sequence[RunSpec], settings: EngineSettings, workers: int = 2,
-             on_run: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
-    """Every run of ``specs`` (in that order), on ``workers`` processes (1: in this process); ``on_run`` after each."""
+             on_run: Callable[[Trajectory], None] | None = None, executor=None) -> list[Trajectory]:
+    """Every run of ``specs`` (in that order), on ``workers`` processes (1: in this process); ``on_run`` after each.
+    With an ``executor`` (e.g. Ray's client actors) the runs go one after another in this process, their clients on
+    it (``workers`` is then ignored)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     results: dict[int, Trajectory] = {}
-    if workers == 1:
+    if workers == 1 or executor is not None:
         for k, spec in enumerate(specs):
-            results[k] = _run_in_worker(spec, settings)
+            results[k] = _run_in_worker(spec, settings, executor)
             if on_run is not None:
                 on_run(results[k])
         return [results[k] for k in range(len(specs))]

@@ -9,6 +9,7 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 import numpy as np
 
 from federation.architecture import COST_PROFILES, CostProfile
+from federation.executor_config import EXECUTORS, ExecutorKind
 from federation.system import LATENCY_AGGREGATIONS, ChannelConfig, LatencyAggregation
 from fedpeat_env.costs import TRAINABLE, Trainable
 from fedpeat_env.reward import RewardWeights
@@ -56,6 +57,11 @@ class EnvConfig:
     """Calibration file (None: the committed one for the embedded model)."""
     engine_local_steps: int = 10
     """Local steps per device per round in engine fidelity (10, as in the committed calibration's engine runs)."""
+    executor: ExecutorKind = "local"
+    """Engine fidelity: where the clients train, "local" (this process) or "ray" (long-lived client actors, the ray
+    extra; started once per env and kept across episodes)."""
+    ray_address: str | None = None
+    """Engine fidelity with executor "ray": the cluster to join (None: a local Ray)."""
     latency_aggregation: LatencyAggregation = "sum"
     """"sum" (FedPEAT's total latency of all devices; the server serves them in turn, each at the whole downlink
     rate) or "max" (the slowest device; devices served at once, the downlink split equally between them)."""
@@ -94,6 +100,9 @@ class EnvConfig:
         _require(list(self.rank_levels) == sorted(set(self.rank_levels)), "rank_levels", "strictly increasing", self.rank_levels)
         _require(self.fidelity in ("surrogate", "engine"), "fidelity", "'surrogate' or 'engine'", self.fidelity)
         _require(self.engine_local_steps >= 1, "engine_local_steps", ">= 1", self.engine_local_steps)
+        _require(self.executor in EXECUTORS, "executor", f"one of {EXECUTORS}", self.executor)
+        _require(self.ray_address is None or self.executor == "ray", "ray_address", "None unless executor='ray'",
+                 self.ray_address)
         _require(self.latency_aggregation in LATENCY_AGGREGATIONS, "latency_aggregation", f"one of {LATENCY_AGGREGATIONS}",
                  self.latency_aggregation)
         _require(self.memory_aggregation in ("sum", "mean"), "memory_aggregation", "one of ('sum', 'mean')",

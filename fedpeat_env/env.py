@@ -103,6 +103,7 @@ class FedPEATEnv(gym.Env):
         low, high = self.dynamics.observation_bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self._runner = None
+        self._executor = None
         self._needs_reset = self._needs_seed = True
 
     # --- Gymnasium API -------------------------------------------------------------------------------
@@ -156,6 +157,12 @@ class FedPEATEnv(gym.Env):
         return self.dynamics.action_masks()[0]
 
     def close(self) -> None:
+        self._close_runner()
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+    def _close_runner(self) -> None:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
@@ -174,14 +181,17 @@ class FedPEATEnv(gym.Env):
         """A new engine run for the episode: its data split in the episode's drawn shares, the env's server share and
         latency model; the episode's shares then become the engine's real ones (whole blocks)."""
         from federation.engine import RoundRunner
+        from federation.executor_config import ExecutorConfig
         from fedpeat_env.calibration import fedpeat_engine
 
-        self.close()
+        self._close_runner()
         cfg = self.config
+        if self._executor is None:  # one executor for every episode (Ray's actors start once)
+            self._executor = ExecutorConfig(cfg.executor, cfg.ray_address).make()
         self._runner = RoundRunner(fedpeat_engine(
             cfg.num_devices, seed, cfg.engine_local_steps, max(cfg.rank_levels),
             device_shares=tuple(self.dynamics.share[0].tolist()), server_fraction=cfg.server_fraction,
-            latency_aggregation=cfg.latency_aggregation, channel=cfg.channel))
+            latency_aggregation=cfg.latency_aggregation, channel=cfg.channel), self._executor)
         data = self._runner.data
         total = data.device_sizes.sum() + len(data.server_blocks)
         self.dynamics.set_shares((data.device_sizes / total)[None, :])

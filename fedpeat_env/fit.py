@@ -165,13 +165,14 @@ def fit_calibration(fit_runs: Sequence[Trajectory], heldout_runs: Sequence[Traje
 
 def calibrate(settings: EngineSettings = EngineSettings(), levels: Sequence[float] = (0.0, 0.25, 0.5, 0.75),
               ranks: Sequence[int] = (2, 4, 8), workers: int = 2, fit_seed: int = 0, heldout_seed: int = 1,
-              on_run: Callable[[Trajectory], None] | None = None) -> Calibration:
-    """Run the calibration plan on the engine (``calibration_plan``, ``workers`` processes) and fit the surrogate;
-    ``on_run`` after each engine run. The runs are stored in the calibration's ``meta``."""
+              on_run: Callable[[Trajectory], None] | None = None, executor=None) -> Calibration:
+    """Run the calibration plan on the engine (``calibration_plan``, ``workers`` processes, or one after another
+    with their clients on ``executor``) and fit the surrogate; ``on_run`` after each engine run. The runs are stored
+    in the calibration's ``meta``."""
     if max(ranks) != settings.max_rank:
         raise ValueError(f"ranks must end at the engine's global rank {settings.max_rank}, got {tuple(ranks)}")
     fit_plan, heldout_plan = calibration_plan(levels, ranks, fit_seed, heldout_seed)
-    runs = run_plan(fit_plan + heldout_plan, settings, workers, on_run)
+    runs = run_plan(fit_plan + heldout_plan, settings, workers, on_run, executor)
     return fit_runs(runs[: len(fit_plan)], runs[len(fit_plan) :], levels, settings)
 
 

@@ -61,3 +61,37 @@ def test_bench_engine_reports_overhead_and_emulator_rows():
     assert [r[0] for r in rows] == ["0.00", "0.50", "0.75"]
     blocks = [int(r[1]) for r in rows]
     assert blocks[0] > blocks[1] > blocks[2] > 0 and float(rows[0][3]) == 1.0  # full model: speed-up 1.00×
+
+
+def test_bench_devices_reports_steps_per_second_and_the_cost_per_device():
+    result = runner.invoke(app, ["bench", "devices", "--devices", "2", "--devices", "20", "--steps", "50"])
+    assert result.exit_code == 0, result.output
+    rows = [[cell.strip().replace(",", "").rstrip("×") for cell in line.split("│")[1:-1]]
+            for line in result.output.splitlines() if line.startswith("│") and line.split("│")[1].strip().isdigit()]
+    (n2, steps2, device_steps2, cost2), (n20, steps20, device_steps20, cost20) = [[float(c) for c in r] for r in rows]
+    assert (n2, n20, cost2) == (2, 20, 1.0) and steps2 > 0 and steps20 > 0
+    assert device_steps2 == pytest.approx(2 * steps2, rel=1e-3) and cost20 == pytest.approx(
+        device_steps2 / device_steps20, abs=0.01)
+    assert runner.invoke(app, ["bench", "devices", "--devices", "0"]).exit_code == 2
+
+
+def test_masked_sampler_draws_only_allowed_values():
+    import numpy as np
+
+    from experiments.bench_scale import MaskedSampler
+
+    nvec = np.array([3, 3, 2])
+    masks = np.array([True, False, True, False, True, False, True, True])  # component 1 allows only value 1
+    sample = MaskedSampler(nvec, np.random.default_rng(0))
+    draws = np.array([sample(masks) for _ in range(200)])
+    assert set(draws[:, 0]) == {0, 2} and set(draws[:, 1]) == {1} and set(draws[:, 2]) == {0, 1}
+
+
+@pytest.mark.slow
+def test_bench_executors_reports_the_ratio_start_up_and_memory():
+    result = runner.invoke(app, ["bench", "executors", "--clients", "2", "--rounds", "1", "--local-steps", "1"])
+    assert result.exit_code == 0, result.output
+    local, ray_round = _row(result.output, "local round (s)"), _row(result.output, "Ray round (s)")
+    assert _row(result.output, "speed-up local / Ray") == pytest.approx(local / ray_round, rel=0.02, abs=0.01)
+    assert _row(result.output, "peak memory with Ray, process tree (GiB)") > _row(result.output, "peak memory, local phase")
+    assert _row(result.output, "Ray start-up (s)") > 0

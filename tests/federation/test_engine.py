@@ -10,6 +10,7 @@ import torch
 
 from federation.emulator import build_emulator, layer_drop_spec
 from federation.engine import EngineConfig, RoundRunner
+from federation.executor_config import ExecutorConfig
 from federation.methods import DeviceDecision, FedPEATConfig, MethodConfig, make_method
 from tests.helpers import FAST_TRAIN
 
@@ -211,3 +212,12 @@ def test_a_failing_client_is_dropped_from_its_round_and_serves_again_next_round(
     assert third.full_perplexity == second.full_perplexity
     assert all(d.failure == "ZeroDivisionError: division by zero" for d in third.devices)
     assert all(torch.equal(before[k], v) for k, v in runner.server.global_state.items())
+
+
+def test_executor_config_errors():
+    with pytest.raises(ValueError, match="executor must be one of"):
+        ExecutorConfig("dask")
+    with pytest.raises(ValueError, match="workers"):
+        ExecutorConfig("ray", workers=0)
+    with pytest.raises(ValueError, match="apply to executor 'ray' only"):
+        ExecutorConfig("local", address="auto")

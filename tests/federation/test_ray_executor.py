@@ -1,0 +1,113 @@
+"""``RayExecutor`` through ``RoundRunner``: the local executor's numbers to the last digit, faults (a client that
+raises, a killed actor), one executor serving several runs. Slow: a local Ray cluster starts once for the module."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from federation.engine import EngineConfig, RoundResult, RoundRunner
+from federation.executor_config import ExecutorConfig
+from federation.methods import DeviceDecision, make_method
+from tests.helpers import FAST_TRAIN
+
+pytestmark = pytest.mark.slow
+
+DECISIONS = [DeviceDecision(True, 0.0), DeviceDecision(True, 0.5), DeviceDecision(False, 0.0),
+             DeviceDecision(True, 0.5), DeviceDecision(True, 0.25)]
+
+
+def test_engine_fidelity_env_on_ray_steps_like_the_local_one():
+    """First in the module: the env starts Ray and its own actors, and frees them on close (the fixture's come later)."""
+    import gymnasium as gym
+    import numpy as np
+
+    import fedpeat_env  # noqa: F401
+
+    options = {"num_devices": 3, "engine_local_steps": 1, "horizon": 2, "memory_tiers": (2.0,)}
+    steps = []
+    for executor in ("local", "ray"):
+        env = gym.make("FedPEAT-Engine-v0", executor=executor, **options)
+        obs, _ = env.reset(seed=3)
+        out = [env.step(np.array([1, 2, 0])) for _ in range(2)]
+        obs2, _ = env.reset()  # a second episode on the same actors
+        steps.append([obs, *[(o, r, i["perplexity"]) for o, r, _, _, i in out], obs2, env.step(np.array([1, 1, 1]))[1]])
+        env.close()
+    local, remote = steps
+    np.testing.assert_equal(local[0], remote[0])
+    for (lo, lr, lp), (ro, rr, rp) in zip(local[1:3], remote[1:3]):
+        np.testing.assert_equal(lo, ro)
+        assert (lr, lp) == (rr, rp)
+    np.testing.assert_equal(local[3], remote[3])
+    assert local[4] == remote[4]
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    import ray
+
+    executor = ExecutorConfig("ray", workers=2).make()
+    yield executor
+    executor.shutdown()
+    ray.shutdown()
+
+
+def _config(method: str = "fedpeat", **kwargs) -> EngineConfig:
+    method_config = replace(make_method(method).config, train=FAST_TRAIN)
+    return EngineConfig(method=method, num_devices=5, max_eval_blocks=8, method_config=method_config, **kwargs)
+
+
+def _numbers(results: list[RoundResult]) -> list[dict]:
+    """Every number of the rounds except wall times, NaN as None (so that equal runs compare equal)."""
+    def clean(record: dict) -> dict:
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items() if k != "wall_time_s"}
+
+    return [{**clean(r.summary()), "devices": [clean(vars(d)) for d in r.devices]} for r in results]
+
+
+@pytest.mark.parametrize("method", ["fedpeat", "feddat"])
+def test_ray_gives_the_local_executors_numbers(ray_executor, method):
+    local = RoundRunner(_config(method)).run(3, DECISIONS if method == "fedpeat" else None)
+    remote = RoundRunner(_config(method), ray_executor).run(3, DECISIONS if method == "fedpeat" else None)
+    assert _numbers(local) == _numbers(remote)
+    assert ray_executor.num_workers == 2 and len({ray_executor.worker_of(d) for d in range(5)}) == 2
+
+
+def test_a_client_that_raises_is_dropped_and_serves_again(ray_executor):
+    runner = RoundRunner(_config(), ray_executor)
+    run = ray_executor.run
+
+    def task_99_for_device_1_in_round_1(jobs):  # fault injection: device 1's client raises inside its actor
+        return run([replace(j, task=99) if (j.device, j.round) == (1, 1) else j for j in jobs])
+
+    ray_executor.run = task_99_for_device_1_in_round_1
+    try:
+        first, second = runner.run(2, DECISIONS)
+    finally:
+        del ray_executor.run
+    assert (first.participants, first.failures) == (3, 1)
+    assert first.devices[1].failure == "ValueError: device 1 has no blocks of task 99"
+    assert (second.participants, second.failures) == (4, 0) and second.devices[1].emulator_exchanged
+
+
+def test_a_killed_actor_fails_its_devices_for_one_round_then_serves_them_again(ray_executor):
+    runner = RoundRunner(_config(), ray_executor)
+    first = runner.run_round(DECISIONS)
+    ray_executor.ray.kill(ray_executor.workers[0], no_restart=False)  # worker 0 holds devices 0, 2 and 4
+    second = runner.run_round(DECISIONS)
+    failed = [d.device for d in second.devices if d.failure]
+    assert failed == [0, 4] and all("worker 0" in second.devices[d].failure for d in failed)
+    assert (second.participants, second.failures) == (2, 2) and not math.isnan(second.full_perplexity)
+    third = runner.run_round(DECISIONS)  # the restarted actor serves them again; their sub-models are sent again
+    assert (third.participants, third.failures) == (4, 0)
+    assert [d.device for d in third.devices if d.emulator_exchanged] == [0, 4]
+    assert first.participants == 4
+
+
+def test_one_executor_serves_runs_one_after_another(ray_executor):
+    local = [RoundRunner(_config(seed=s)).run(1) for s in (1, 2)]
+    remote = [RoundRunner(_config(seed=s), ray_executor).run(1) for s in (1, 2)]
+    assert [_numbers(r) for r in local] == [_numbers(r) for r in remote]
+
