@@ -6,11 +6,12 @@
 | ``agents.baselines`` | ``FixedPolicy``, ``RandomPolicy``, ``UCBPolicy``, ``make_policy`` registry |
 | ``agents.search`` | ``GreedyPolicy``, ``OraclePolicy`` (look-ahead on deep copies of the env) |
 | ``agents.train`` | ``TrainConfig``, ``train``, ``load_policy`` (SB3 PPO / A2C, sb3-contrib MaskablePPO) |
+| ``agents.checkpoint`` | training checkpoints and resuming from the last one (``train(..., resume=True)``) |
 | ``agents.evaluate`` | ``evaluate``: one row per episode, common random numbers across policies |
 | ``agents.stats`` | ``iqm``, ``bootstrap_ci``, ``paired_difference``, ``normalised_score``, ``benchmark_table``, ``oracle_margin``, ``to_markdown`` |
 | ``agents.plots`` | ``learning_curve``, ``returns_bar`` |
 
-``train`` and ``plots`` are not imported here (they load SB3 / matplotlib).
+``train``, ``checkpoint`` and ``plots`` are not imported here (they load SB3 / matplotlib).
 """
 
 from agents.baselines import POLICY_NAMES, FixedPolicy, RandomPolicy, UCBPolicy, make_policy

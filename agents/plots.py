@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -16,8 +17,8 @@ def read_episodes(source: str | Path) -> pd.DataFrame:
     """Episode returns against env steps, columns (timesteps, return), from a run directory (its ``monitor/``
     files), a directory of ``*.monitor.csv``, one Monitor csv, or an SB3 ``progress.csv``."""
     path = Path(source)
-    if path.is_dir():
-        files = sorted(path.glob("*.monitor.csv")) or sorted(path.glob("monitor/*.monitor.csv"))
+    if path.is_dir():  # a resumed run has its later episodes in monitor/from-<steps>/
+        files = sorted(path.glob("*.monitor.csv")) or sorted(path.glob("monitor/**/*.monitor.csv"))
         if not files:
             progress = sorted(path.glob("**/progress.csv"))
             if not progress:
@@ -31,8 +32,18 @@ def read_episodes(source: str | Path) -> pd.DataFrame:
             raise ValueError(f"{path} is not an SB3 progress.csv with rollout/ep_rew_mean and time/total_timesteps")
         log = log.dropna(subset=["rollout/ep_rew_mean"])
         return pd.DataFrame({"timesteps": log["time/total_timesteps"], "return": log["rollout/ep_rew_mean"]})
-    episodes = pd.concat([pd.read_csv(f, skiprows=1) for f in files]).sort_values("t")
+    episodes = pd.concat([_monitor_episodes(f) for f in files]).sort_values("t", kind="stable")
     return pd.DataFrame({"timesteps": episodes["l"].cumsum().to_numpy(), "return": episodes["r"].to_numpy()})
+
+
+def _monitor_episodes(path: Path) -> pd.DataFrame:
+    """A Monitor csv with ``t`` in seconds since the epoch (its header's ``t_start`` + ``t``), so that the files of a
+    run's parts and envs sort into one timeline."""
+    with open(path) as f:
+        header = json.loads(f.readline().lstrip("#"))
+    episodes = pd.read_csv(path, skiprows=1)
+    episodes["t"] += float(header["t_start"])
+    return episodes
 
 
 def learning_curve(source: str | Path, out_png: str | Path, window: int = 20, title: str | None = None) -> Path:

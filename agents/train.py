@@ -2,8 +2,9 @@
 
 ``train`` writes into ``out_dir``: ``model.zip``, ``vecnormalize.pkl`` (observation and reward statistics),
 ``config.json`` (the ``TrainConfig``), ``metrics.json`` (wall time, env steps/s, ``env_time_share``: the share of
-wall time spent inside ``env.step``), ``monitor/*.monitor.csv`` (episodes) and ``tb/`` (tensorboard events and
-``progress.csv``).
+wall time spent inside ``env.step``), ``monitor/*.monitor.csv`` (episodes; a resumed part's in
+``monitor/from-<steps>/``), ``tb/`` (tensorboard events and ``progress.csv``), with ``check_every`` ``best/`` and
+with ``checkpoint_every`` ``checkpoints/`` (``agents.checkpoint``; ``train(..., resume=True)`` continues from them).
 """
 
 from __future__ import annotations
@@ -24,10 +25,22 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor, VecNormalize
 
 import fedpeat_env  # noqa: F401  (registers the FedPEAT ids)
 from agents.baselines import make_policy
+from agents.checkpoint import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    MONITOR_DIR,
+    VECNORMALIZE,
+    Checkpointer,
+    last_checkpoint,
+    read_state,
+    resumed_logger,
+    rewind_outputs,
+    set_env_state,
+)
 from agents.device_set import DeviceSetPolicy, MaskableDeviceSetPolicy
 from agents.evaluate import evaluate
 from agents.hyperparams import algo_constructor_kwargs, load_hyperparams, split_hyperparams
@@ -113,8 +126,9 @@ class BestFixedCheck(BaseCallback):
     same validation episodes, found once) on ``config.check_episodes`` episodes; records the paired difference
     (``eval/paired_diff_mean`` and its CI in the logs, as SB3's ``EvalCallback`` logs ``eval/``) and the training
     time and steps at which its 95% CI first lies above 0. The policy of the check with the best mean difference is kept in ``out_dir/best/`` (model and VecNormalize
-    statistics, as SB3's ``EvalCallback`` keeps ``best_model``; ``load_policy(..., checkpoint="best")``). Check time is
-    not counted as training time."""
+    statistics, as SB3's ``EvalCallback`` keeps ``best_model``; ``load_policy(..., checkpoint="best")``). Check time
+    (``check_time_s``: the checks and finding the best fixed policy) is not counted as training time.
+    ``state``/``load_state`` carry the checks over a resumed run."""
 
     def __init__(self, config: TrainConfig, venv) -> None:
         super().__init__()
@@ -125,8 +139,22 @@ class BestFixedCheck(BaseCallback):
         self.last_check, self.beaten_at = 0, None
         self.history: list[dict] = []
         self.best: dict | None = None
+        self.trained_before_s = 0.0  # training time before this process (a resumed run)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps to continue the checks (JSON): the checks so far, the best and the first that beat
+        the best fixed policy, and the check and training time so far."""
+        return {"best_fixed": self.best_fixed, "last_check": self.last_check, "beaten_at": self.beaten_at,
+                "history": self.history, "best": self.best, "check_time_s": self.check_time_s,
+                "train_time_s": time.perf_counter() - self.started - self.check_time_s}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from ``state`` (before training starts); the best fixed policy is found again."""
+        self.last_check, self.beaten_at, self.history = state["last_check"], state["beaten_at"], list(state["history"])
+        self.best, self.check_time_s, self.trained_before_s = state["best"], state["check_time_s"], state["train_time_s"]
 
     def _on_training_start(self) -> None:
+        began = time.perf_counter()  # finding the best fixed policy is check time (again in each resumed part)
         env = gym.make(self.config.env_id, **self.config.env_kwargs)
         levels = len(env.unwrapped.config.compression_levels)
         env.close()
@@ -134,7 +162,8 @@ class BestFixedCheck(BaseCallback):
                  for k in range(1, levels + 1)}
         self.best_fixed = best_fixed(fixed)
         self.baseline = fixed[self.best_fixed]
-        self.started = time.perf_counter()
+        self.check_time_s += time.perf_counter() - began
+        self.started = time.perf_counter() - self.trained_before_s - self.check_time_s
 
     def _on_step(self) -> bool:
         if self.num_timesteps - self.last_check < self.config.check_every:
@@ -194,49 +223,119 @@ class StepTimer(gym.Wrapper):
         return result
 
 
-def train(config: TrainConfig, progress: bool = True) -> Path:
-    """Train ``config.algo`` and save everything into ``config.out_dir``; returns that directory."""
+def train(config: TrainConfig, progress: bool = True, checkpoint_every: int = 0, resume: bool = False) -> Path:
+    """Train ``config.algo`` and save everything into ``config.out_dir``; returns that directory.
+
+    :param checkpoint_every: every this many env steps (at the next rollout boundary) and at the end of training, a
+        checkpoint in ``out_dir/checkpoints/`` (``agents.checkpoint``; the last two are kept). 0: none, and those of
+        an earlier run are removed.
+    :param resume: continue the run in ``out_dir`` from its last checkpoint to ``config.timesteps``, ending with the
+        outputs of an uninterrupted run (``metrics.json`` over the whole run, ``best/``, the monitor files, progress.csv
+        and tensorboard continued). ``ValueError`` if there is no checkpoint, a file of it is corrupt, or ``config``
+        differs from its settings in more than a larger ``timesteps``. On FedPEAT-v0 the continuation is exact: the
+        episodes in progress, VecNormalize's statistics and running returns and the global random states are restored,
+        so the model equals an uninterrupted run's (same ``timesteps``: the schedules depend on it). Other env ids start
+        new episodes (seeded ``seed`` + steps). Logs differ: ``time/iterations`` and ``time/fps`` restart, and the
+        ``train/`` losses of the update before the checkpoint are not logged.
+    """
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {checkpoint_every}")
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.torch_threads)
-    (out / "monitor").mkdir(exist_ok=True)
-    for stale in (out / "monitor").glob("*.monitor.csv"):  # a previous run's episodes would join the curve
-        stale.unlink()
-    shutil.rmtree(out / BEST_DIR, ignore_errors=True)  # a previous run's best checkpoint is not this run's
-    if config.env_id == "FedPEAT-v0":  # batched surrogate: one numpy step for all n_envs
-        venv = VecMonitor(FedPEATSB3VecEnv(config.n_envs, seed=config.seed, **config.env_kwargs),
-                          filename=str(out / "monitor" / "vec"))
-    else:  # other ids (FedPEAT-Engine-v0): one Python env each, timed
-        venv = make_vec_env(partial(gym.make, config.env_id), n_envs=config.n_envs, seed=config.seed,
-                            env_kwargs=config.env_kwargs, monitor_dir=str(out / "monitor"), wrapper_class=StepTimer,
-                            vec_env_cls=DummyVecEnv)
-    device_set = config.policy == DEVICE_SET
-    if config.normalize:  # per-dimension observation statistics would fix N: not for the device-set policy
-        venv = VecNormalize(venv, norm_obs=not device_set, norm_reward=True, gamma=config.algo_kwargs.get("gamma", 0.99))
-    policy = (MaskableDeviceSetPolicy if config.algo == "maskable-ppo" else DeviceSetPolicy) if device_set else config.policy
-    model = ALGOS[config.algo](policy, venv, seed=config.seed, device="cpu", verbose=0,
-                               **algo_constructor_kwargs(config.algo_kwargs))
-    model.set_logger(configure(str(out / "tb"), ["csv", "tensorboard"]))
+    saved = last_checkpoint(config) if resume else None  # validated before any file changes
+    venv = _make_venv(config, rewind_outputs(out, *saved) if saved else _fresh_outputs(out))
+    if saved is None:
+        model, rng, before = _new_model(config, venv), None, {"wall_time_s": 0.0, "env_time_s": 0.0, "env_steps": 0}
+        model.set_logger(configure(str(out / "tb"), ["csv", "tensorboard"]))
+    else:
+        path, meta = saved
+        model, rng, before = *_restored_model(config, venv, path, meta["steps"]), meta["totals"]
+        model.set_logger(resumed_logger(out / "tb", meta["steps"]))
+    venv = model.get_env()
     check = BestFixedCheck(config, venv) if config.check_every else None
-    callbacks = [c for c in (check, EnvMetricsLogger() if config.env_id == "FedPEAT-v0" else None) if c is not None]
+    if check is not None and saved is not None:
+        check.load_state(saved[1]["check"])
+    checks_before = check.check_time_s if check else 0.0
+
+    def totals() -> dict:
+        """Training time (without checks), env time and env steps of the run so far, over its resumed parts."""
+        checks_s = (check.check_time_s if check else 0.0) - checks_before
+        return {"wall_time_s": before["wall_time_s"] + time.perf_counter() - start - checks_s,
+                "env_time_s": before["env_time_s"] + float(sum(venv.get_attr("step_time_s"))),
+                "env_steps": before["env_steps"] + int(sum(venv.get_attr("steps")))}
+
+    def checkpoint_meta() -> dict:
+        return {"config": asdict(config), "check": check.state() if check else None, "totals": totals()}
+
+    checkpointer = Checkpointer(out, checkpoint_every, checkpoint_meta, rng) if checkpoint_every or rng else None
+    callbacks = [c for c in (check, EnvMetricsLogger() if config.env_id == "FedPEAT-v0" else None, checkpointer)
+                 if c is not None]  # the Checkpointer last: it restores the random states when training starts
     start = time.perf_counter()
-    model.learn(total_timesteps=config.timesteps, progress_bar=progress, callback=callbacks)
-    wall_s = time.perf_counter() - start - (check.check_time_s if check else 0.0)
-    env_s = float(sum(venv.get_attr("step_time_s")))
-    steps = int(sum(venv.get_attr("steps")))
+    model.learn(total_timesteps=config.timesteps - model.num_timesteps, progress_bar=progress, callback=callbacks,
+                reset_num_timesteps=saved is None)
+    done = totals()
     model.save(out / "model.zip")
     if config.normalize:
         venv.save(str(out / "vecnormalize.pkl"))
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    metrics = {"wall_time_s": wall_s, "env_steps": steps, "steps_per_s": steps / wall_s, "env_time_s": env_s,
-               "env_time_share": env_s / wall_s, **(check.report() if check else {})}
+    metrics = {"wall_time_s": done["wall_time_s"], "env_steps": done["env_steps"],
+               "steps_per_s": done["env_steps"] / done["wall_time_s"], "env_time_s": done["env_time_s"],
+               "env_time_share": done["env_time_s"] / done["wall_time_s"], **(check.report() if check else {})}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if not checkpoint_every:
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # older than the final model: not to be resumed
     venv.close()
     return out
 
 
-BEST_DIR = "best"
-"""Sub-directory of a run with the checkpoint that did best on the validation checks."""
+def _fresh_outputs(out: Path) -> Path:
+    """Remove a previous run's episodes (they would join the curve), best checkpoint (not this run's) and checkpoints
+    (not to be resumed); returns the monitor directory."""
+    monitor = out / MONITOR_DIR
+    monitor.mkdir(exist_ok=True)
+    for stale in monitor.rglob("*.monitor.csv"):
+        stale.unlink()
+    for part in monitor.glob("from-*"):
+        shutil.rmtree(part)
+    shutil.rmtree(out / BEST_DIR, ignore_errors=True)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return monitor
+
+
+def _make_venv(config: TrainConfig, monitor_dir: Path) -> VecEnv:
+    """The training envs with their episode files in ``monitor_dir`` (not normalised)."""
+    if config.env_id == "FedPEAT-v0":  # batched surrogate: one numpy step for all n_envs
+        return VecMonitor(FedPEATSB3VecEnv(config.n_envs, seed=config.seed, **config.env_kwargs),
+                          filename=str(monitor_dir / "vec"))
+    # other ids (FedPEAT-Engine-v0): one Python env each, timed
+    return make_vec_env(partial(gym.make, config.env_id), n_envs=config.n_envs, seed=config.seed,
+                        env_kwargs=config.env_kwargs, monitor_dir=str(monitor_dir), wrapper_class=StepTimer,
+                        vec_env_cls=DummyVecEnv)
+
+
+def _new_model(config: TrainConfig, venv: VecEnv):
+    device_set = config.policy == DEVICE_SET
+    if config.normalize:  # per-dimension observation statistics would fix N: not for the device-set policy
+        venv = VecNormalize(venv, norm_obs=not device_set, norm_reward=True, gamma=config.algo_kwargs.get("gamma", 0.99))
+    policy = (MaskableDeviceSetPolicy if config.algo == "maskable-ppo" else DeviceSetPolicy) if device_set else config.policy
+    return ALGOS[config.algo](policy, venv, seed=config.seed, device="cpu", verbose=0,
+                             **algo_constructor_kwargs(config.algo_kwargs))
+
+
+def _restored_model(config: TrainConfig, venv: VecEnv, path: Path, steps: int):
+    """(model on ``venv`` with the checkpoint ``path``'s parameters, statistics and episodes, its random states)."""
+    state = read_state(path)
+    if config.normalize:
+        venv = VecNormalize.load(str(path / VECNORMALIZE), venv)
+    model = ALGOS[config.algo].load(path / "model.zip", env=venv, device="cpu", force_reset=state["env"] is None)
+    if state["env"] is not None:  # load seeded the envs: the episodes in progress continue instead
+        set_env_state(venv, state["env"])
+    else:
+        venv.seed(config.seed + steps)  # new episodes, not those the run began with
+    return model, state["rng"]
+
+
 CHECKPOINTS = ("final", "best")
 
 

@@ -4,6 +4,7 @@ Python env steps (``DummyVecEnv``). Same-step autoreset with ``terminal_observat
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -73,6 +74,17 @@ class FedPEATSB3VecEnv(VecEnv):
         self._finished = []
         names = [f"reward/{t}" for t in REWARD_TERMS] + list(EPISODE_SUMS) + ["final_perplexity"]
         return dict(zip(names, means.tolist()))
+
+    def get_state(self) -> dict[str, Any]:
+        """A copy of the episodes in progress (the batched env with its random generators, the seed of a pending
+        reset, the running episode sums) for a checkpoint; ``set_state`` continues them exactly. The step counters
+        are not part of it."""
+        return copy.deepcopy({"venv": self.venv, "seed": self._seed, "sums": self._sums, "finished": self._finished})
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue the episodes of ``get_state`` (taken from an adapter with the same settings)."""
+        state = copy.deepcopy(state)
+        self.venv, self._seed, self._sums, self._finished = state["venv"], state["seed"], state["sums"], state["finished"]
 
     def close(self) -> None:
         self.venv.close()

@@ -467,9 +467,14 @@ def train_cmd(
                                             "30 validation episodes; metrics.json reports the time to beat it (0: off)."),
     out: Path = typer.Option(Path("runs/agent"), callback=writable_dir, help="Output directory (model, VecNormalize stats, logs)."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable), e.g. num_devices=6."),
+    checkpoint_every: int = typer.Option(100_000, min=0, help="Every this many env steps (at the next rollout boundary) "
+                                         "and at the end, a checkpoint in OUT/checkpoints/ for --resume (0: off)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint; give the "
+                                "same settings (--timesteps may grow)."),
 ) -> None:
     """Train an RL controller (SB3) on a FedPEAT env with the tuned settings of hyperparams/ALGO.yml (RL Baselines3
     Zoo's format); tensorboard logs in OUT/tb."""
+    from agents.checkpoint import last_checkpoint
     from agents.hyperparams import parse_hyperparams
     from agents.train import POLICIES, TrainConfig, train
 
@@ -486,7 +491,9 @@ def train_cmd(
         import fedpeat_env  # noqa: F401
 
         gym.make(env, **config.env_kwargs).close()  # validate the env options before training
-    path = train(config)
+        if resume:
+            last_checkpoint(config)  # no checkpoint, other settings or a corrupt file: one message before any work
+    path = train(config, checkpoint_every=checkpoint_every, resume=resume)
     console.print_json((path / "metrics.json").read_text())
     console.print(f"saved to {path}")
 
