@@ -12,6 +12,7 @@ import pandas as pd
 from agents import benchmark_table, evaluate, make_policy, oracle_margin, paired_difference, to_markdown
 from agents import best_fixed as best_fixed_policy
 from agents.train import ALGOS, CHECKPOINTS, TrainConfig, load_policy, train
+from federation.executor_config import ExecutorConfig
 from fedpeat_env.config import EnvConfig
 
 EVAL_SEED_OFFSET = 10_000
@@ -56,6 +57,11 @@ class BenchmarkConfig:
     workers: int = 1
     """Training runs at once (``run_seeds_benchmark``; worker processes, one torch thread each). Each run is seeded
     on its own, so the results do not depend on it."""
+    executor: str = "local"
+    """Where the training runs go (``run_seeds_benchmark``): "local" (this process, or ``workers`` processes) or "ray"
+    (one Ray task per run, one CPU each: in parallel on a cluster, as many at once as it has CPUs). Same results."""
+    ray_address: str | None = None
+    """With executor "ray": the cluster to join (None: a local Ray)."""
     agent_dir: str | None = None
     """A trained agent's directory (``fedpeat train`` / an earlier benchmark) to evaluate instead of training one;
     its ``config.json`` gives the algorithm, and ``timesteps``, ``algo``, ``train_seed`` and ``hyperparams`` are
@@ -74,6 +80,10 @@ class BenchmarkConfig:
             raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {self.checkpoint!r}")
         if self.checkpoint == "best" and not self.check_every and self.agent_dir is None:
             raise ValueError("checkpoint 'best' needs check_every > 0 (the validation checks pick it)")
+        ExecutorConfig(self.executor, self.ray_address)  # a known executor, Ray installed for "ray"
+        if self.executor == "ray" and self.workers > 1:
+            raise ValueError("workers applies to executor 'local' (worker processes); with 'ray' the cluster's CPUs "
+                             "decide how many runs train at once")
         if self.agent_dir is not None and not (Path(self.agent_dir) / "config.json").is_file():
             raise ValueError(f"agent_dir must be a trained agent's directory (with config.json), got {self.agent_dir!r}")
 
@@ -209,7 +219,8 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     best_fixed = best_fixed_policy(baselines)
     runs = [(algo, seed, config.train_config(algo, seed, str(out / algo / f"seed-{seed}")))
             for algo in config.algo_list for seed in range(config.train_seeds)]
-    agent_dirs = _trained_all([train_config for _, _, train_config in runs], config.workers, say, progress)
+    agent_dirs = _trained_all([train_config for _, _, train_config in runs], config.workers, say, progress,
+                              config.executor, config.ray_address)
     rows, run_dirs = [], {}
     for (algo, seed, _), agent_dir in zip(runs, agent_dirs):
         run_dirs.setdefault(algo, []).append(agent_dir)
@@ -268,9 +279,10 @@ def _train_in_worker(train_config: TrainConfig) -> Path:
     return train(train_config, progress=False)
 
 
-def _trained_all(configs: Sequence[TrainConfig], workers: int, say: Callable[[str], None], progress: bool) -> list[Path]:
-    """Every run's directory after training, reusing finished runs with the same settings; with ``workers`` > 1 the
-    others train in that many worker processes at once."""
+def _trained_all(configs: Sequence[TrainConfig], workers: int, say: Callable[[str], None], progress: bool,
+                 executor: str = "local", ray_address: str | None = None) -> list[Path]:
+    """Every run's directory after training, reusing finished runs with the same settings; the others train as Ray
+    tasks (executor "ray"), in ``workers`` worker processes at once (``workers`` > 1), or one after another."""
     todo = []
     for c in configs:
         if _finished(c):
@@ -278,7 +290,9 @@ def _trained_all(configs: Sequence[TrainConfig], workers: int, say: Callable[[st
         else:
             say(f"training {c.algo} seed {c.seed} for {c.timesteps} steps → {c.out_dir}")
             todo.append(c)
-    if workers > 1 and len(todo) > 1:
+    if executor == "ray" and todo:
+        _train_on_ray(todo, ray_address, say)
+    elif workers > 1 and len(todo) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -289,6 +303,20 @@ def _trained_all(configs: Sequence[TrainConfig], workers: int, say: Callable[[st
         for c in todo:
             train(c, progress=progress)
     return [Path(c.out_dir) for c in configs]
+
+
+def _train_on_ray(configs: Sequence[TrainConfig], address: str | None, say: Callable[[str], None]) -> None:
+    """Train every run as a Ray task of one CPU (joining ``address``, or a local Ray), reporting each as it ends."""
+    from federation.ray_executor import import_ray
+
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    remote_train = ray.remote(num_cpus=1, max_retries=0)(_train_in_worker)
+    pending = [remote_train.remote(c) for c in configs]
+    while pending:
+        done, pending = ray.wait(pending)
+        say(f"finished {ray.get(done[0])}")
 
 
 def _cached(path: Path, key: dict, compute: Callable[[], pd.DataFrame], say: Callable[[str], None]) -> pd.DataFrame:

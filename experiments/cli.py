@@ -148,6 +148,10 @@ def run(
                                               "pydocs, licenses, docstrings."),
     option: list[str] = typer.Option([], "--option", "-o", help="Any other setting of the method's config as key=value "
                                      "(repeatable), e.g. -o keep_ratio=0.25 (fedpft), -o aggregation=zero-pad (hetlora)."),
+    clients_per_round: str = typer.Option(None, help="Client sampling: devices drawn per round, a count K (e.g. 10) or a "
+                                                     "share (e.g. 0.01); the others sit out. Default: all devices."),
+    block_size: int = typer.Option(128, min=8, help="Tokens per training sequence (smaller: more blocks to split "
+                                                    "over many devices)."),
     out: Path = typer.Option(None, callback=writable_dir, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
     executor: str = EXECUTOR_OPTION,
     ray_address: str = RAY_ADDRESS_OPTION,
@@ -172,7 +176,9 @@ def run(
                                             parse_options(option))
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
                               partition=partition, dirichlet_alpha=alpha, domains=default_domains([method], domain),
-                              latency_aggregation=latency_aggregation, method_config=method_config)
+                              latency_aggregation=latency_aggregation, method_config=method_config,
+                              clients_per_round=_count_or_share("--clients-per-round", clients_per_round),
+                              block_size=block_size)
         with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
             runner, results = run_federated(config, rounds, compression, console, lora_rank, clients)
     console.print(round_table(runner, results))
@@ -181,6 +187,16 @@ def run(
     if out is not None:
         for path in write_outputs(runner, results, out):
             console.print(f"wrote {path}")
+
+
+def _count_or_share(option: str, raw: str | None) -> int | float | None:
+    """"10" → 10, "0.1" → 0.1, None → None; anything else a ValueError naming ``option``."""
+    if raw is None:
+        return None
+    try:
+        return float(raw) if any(c in raw for c in ".eE") else int(raw)
+    except ValueError:
+        raise ValueError(f"{option} must be a count (e.g. 10) or a share (e.g. 0.1), got {raw!r}") from None
 
 
 def _quiet_libraries() -> None:
@@ -539,6 +555,9 @@ def benchmark_cmd(
     check_every: int = typer.Option(0, help="Every this many training steps, each agent against the best fixed policy "
                                             "on 30 validation episodes; the per-seed table reports the time to beat it."),
     workers: int = typer.Option(1, help="Training runs at once (worker processes, one core each; --train-seeds > 1)."),
+    executor: str = typer.Option("local", parser=EXECUTOR, metavar="NAME", help="Where the training runs go: local "
+                                 "(this process, or --workers processes) or ray (one Ray task per run, one CPU each)."),
+    ray_address: str = RAY_ADDRESS_OPTION,
     checkpoint: str = typer.Option("final", help="Policy of each run to evaluate: final (end of training) or best (the "
                                                  "best on the validation checks; needs --check-every)."),
     agent: Path = typer.Option(None, help="Evaluate this trained agent's directory instead of training one."),
@@ -561,7 +580,7 @@ def benchmark_cmd(
                                  algos=tuple(algo) if len(algo) > 1 else (), train_seeds=train_seeds,
                                  hyperparams=parse_hyperparams(_zoo_hyperparams(hyperparams, ctx)),
                                  env_kwargs=_env_kwargs(env_option), check_every=check_every, workers=workers,
-                                 checkpoint=checkpoint,
+                                 checkpoint=checkpoint, executor=executor, ray_address=ray_address,
                                  out_dir=str(out), agent_dir=None if agent is None else str(agent))
         for name in config.algo_list:
             config.train_config(name)  # validate the settings before any work

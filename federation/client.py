@@ -36,6 +36,8 @@ class ClientJob:
     loss_fn: LossFn | LocalObjective
     task: int | None = None
     """Train on the device's blocks of this task (domain label) only; None: on all its blocks."""
+    keep_model: bool = True
+    """Keep the built model for the next job (False: free it after training; its frozen weights stay held)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ class Client:
         if objective is not None:
             state = objective.upload(state, self.private)
         frozen, trainable = count_parameters(model)
+        if not job.keep_model:
+            self._model = None
         cfg = self.model_config
         memory = training_memory(
             frozen, trainable, batch_size=job.train.batch_size, seq_len=self.blocks.shape[1], d_model=cfg.n_embd,

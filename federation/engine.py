@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from federation.system import (
     round_latency_s,
     transmission_latency_s,
 )
+
+CLIENT_SAMPLING_STREAM = 1
+"""Second word of the client sampler's seed ``[seed, CLIENT_SAMPLING_STREAM]``."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class EngineConfig:
     (``federation.system.LATENCY_AGGREGATIONS``)."""
     method_config: MethodConfig = field(default_factory=MethodConfig)
     """Settings passed to the method (adapter blocks, LoRA, local training)."""
+    clients_per_round: int | float | None = None
+    """Client sampling, as FL frameworks do: each round draws this many of the N devices (an int K in [1, N]) or this
+    share of them (a float in (0, 1], at least one device), with the run's seed; the round's decisions apply to the
+    drawn devices and the others sit out. Sampled devices free their built model after training (they are unlikely
+    to be drawn next round), so memory stays bounded with many devices. None: no sampling."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -79,6 +87,17 @@ class EngineConfig:
             raise ValueError(f"server_fraction must be in [0, 1), got {self.server_fraction}")
         if self.latency_aggregation not in LATENCY_AGGREGATIONS:
             raise ValueError(f"latency_aggregation must be one of {LATENCY_AGGREGATIONS}, got {self.latency_aggregation!r}")
+        k = self.clients_per_round
+        if not (k is None or (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= self.num_devices)
+                or (isinstance(k, float) and 0.0 < k <= 1.0)):
+            raise ValueError(f"clients_per_round must be an integer in [1, num_devices={self.num_devices}], a share in "
+                             f"(0, 1] or None, got {k!r}")
+
+    @property
+    def sampled_clients(self) -> int | None:
+        """Devices drawn per round (None: no client sampling)."""
+        k = self.clients_per_round
+        return k if k is None or isinstance(k, int) else max(1, round(k * self.num_devices))
 
 
 @dataclass(frozen=True)
@@ -158,10 +177,12 @@ class Server:
         return {} if self.method.lora is None else self.models.payload(spec)
 
     def configure(
-        self, round_idx: int, decisions: Sequence[DeviceDecision], seeds: np.ndarray, log: MessageLog
+        self, round_idx: int, decisions: Sequence[DeviceDecision], seeds: np.ndarray, log: MessageLog,
+        keep_models: bool = True,
     ) -> tuple[list[ClientJob], dict[int, bool]]:
         """The method's jobs for the selected devices, with the frozen weights of a device's new sub-model on its
-        first job; logs the downlink. Returns (jobs, device -> emulator exchanged)."""
+        first job; logs the downlink. ``keep_models`` False: devices free their built model after training. Returns
+        (jobs, device -> emulator exchanged)."""
         jobs, exchanged, per_device = [], {}, {}
         for config in self.method.configure(round_idx, decisions, self.global_state):
             device, spec = config.device, config.spec
@@ -176,7 +197,8 @@ class Server:
             log.record(round_idx, device, "down", self.method.trainable_kind, config.trainable)
             n = per_device[device] = per_device.get(device, -1) + 1  # the device's n-th job this round
             jobs.append(ClientJob(device, round_idx, spec, frozen, config.trainable, config.lora,
-                                  self.method.train_config, int(seeds[device]) + n, config.objective, config.task))
+                                  self.method.train_config, int(seeds[device]) + n, config.objective, config.task,
+                                  keep_models))
         return jobs, exchanged
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> None:
@@ -222,6 +244,8 @@ class RoundRunner:
         self._owns_executor = executor is None
         self.executor = executor or LocalExecutor()
         self.executor.start(self.data.device_blocks, self.model.config, self.data.device_labels)
+        self.sampler = np.random.default_rng([config.seed, CLIENT_SAMPLING_STREAM])
+        """Draws each round's devices under client sampling (its own stream: the run's other draws do not move)."""
         self.round = 0
         self.initial_perplexity = self.server.evaluate()
         self.last_perplexity = self.initial_perplexity
@@ -236,11 +260,13 @@ class RoundRunner:
         started = time.perf_counter()
         decisions = list(decisions) if decisions is not None else self.default_decisions()
         self.validate(decisions)
+        decisions = self._sample(decisions)
         self.round += 1
         channel = self.channel.step()
         seeds = self.rng.integers(0, 2**31 - 1, size=self.config.num_devices + 1)  # drawn every round for all
         first_message = len(self.log.messages)
-        jobs, exchanged = self.server.configure(self.round, decisions, seeds, self.log)
+        jobs, exchanged = self.server.configure(self.round, decisions, seeds, self.log,
+                                                keep_models=self.config.clients_per_round is None)
         updates = self._train(jobs, seeds[-1])
         self.server.aggregate(updates)
         full_ppl, device_ppl = self._evaluate(updates) if evaluate and updates else (
@@ -248,6 +274,14 @@ class RoundRunner:
         records = self._device_records(decisions, updates, exchanged, channel, device_ppl, first_message)
         return self._result(records, updates, full_ppl, device_ppl, time.perf_counter() - started,
                             evaluated=evaluate and bool(updates))
+
+    def _sample(self, decisions: list[DeviceDecision]) -> list[DeviceDecision]:
+        """Under client sampling, the decisions with every device that was not drawn this round sitting out."""
+        k = self.config.sampled_clients
+        if k is None:
+            return decisions
+        drawn = set(self.sampler.choice(self.config.num_devices, size=k, replace=False).tolist())
+        return [d if i in drawn else replace(d, selected=False) for i, d in enumerate(decisions)]
 
     def _train(self, jobs: list[ClientJob], server_seed: int) -> list[ClientUpdate]:
         """The devices' jobs on the executor (their uploads logged), then the collaborating server's own update."""

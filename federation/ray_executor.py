@@ -47,6 +47,8 @@ class ClientWorker:
         torch.set_num_threads(threads)
         self.generation: int | None = None
         self.clients: dict = {}
+        self.frozen: dict = {}
+        """One copy of each sub-model's frozen weights (by spec), shared by the devices of this actor that hold it."""
 
     def run(self, generation: int, shard: list, jobs: list[tuple[ClientJob, int, int]],
             *payloads: dict[str, torch.Tensor]) -> tuple[bool, list[ClientUpdate | ClientFailure]]:
@@ -60,11 +62,11 @@ class ClientWorker:
 
             devices, blocks, config, labels = ray.get(shard[0])
             self.clients = dict(zip(devices, make_clients(devices, blocks, config, labels)))
-            self.generation = generation
+            self.generation, self.frozen = generation, {}
         results = []
         for job, frozen, trainable in jobs:
-            job = replace(job, frozen_payload=payloads[frozen] if frozen >= 0 else None,
-                          trainable_payload=payloads[trainable])
+            held = self.frozen.setdefault(job.spec, payloads[frozen]) if frozen >= 0 else None
+            job = replace(job, frozen_payload=held, trainable_payload=payloads[trainable])
             results.append(self.clients[job.device].run_safely(job))
         return loaded, results
 

@@ -26,6 +26,7 @@ class SubModels:
     def __init__(self, full_model: GPT2LMHeadModel, tokenizer, build: SubModelBuilder = layer_drop) -> None:
         self.full_model, self.tokenizer, self.build = full_model, tokenizer, build
         self._built: dict[SubModelSpec, GPT2LMHeadModel] = {}
+        self._payloads: dict[SubModelSpec, dict[str, torch.Tensor]] = {}
         self._public: torch.Tensor | None = None
 
     @property
@@ -41,10 +42,14 @@ class SubModels:
     def put(self, spec: SubModelSpec, model: GPT2LMHeadModel) -> None:
         """Store a sub-model made outside the builder (e.g. a refreshed revision of an existing one)."""
         self._built[spec] = model
+        self._payloads.pop(spec, None)
 
     def payload(self, spec: SubModelSpec) -> dict[str, torch.Tensor]:
-        """What a device downloads to hold ``spec``: its frozen weights in full-model coordinates."""
-        return model_payload(self.get(spec), spec)
+        """What a device downloads to hold ``spec``: its frozen weights in full-model coordinates. One read-only copy
+        per spec, shared by every in-process device that holds it (devices build their model from it, never write it)."""
+        if spec not in self._payloads:
+            self._payloads[spec] = model_payload(self.get(spec), spec)
+        return self._payloads[spec]
 
     def public_blocks(self, count: int) -> torch.Tensor:
         """The server's public data for distillation: the first ``count`` blocks of the pretraining domains."""

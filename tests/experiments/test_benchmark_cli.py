@@ -135,12 +135,15 @@ def test_demo_trains_evaluates_and_gives_the_paired_verdict(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_runs_in_worker_processes_give_the_same_agents(tmp_path):
+def test_training_runs_in_worker_processes_and_on_ray_give_the_same_agents(tmp_path):
     args = ["benchmark", "--train-seeds", "2", "--algo", "ppo", "--algo", "a2c", "--timesteps", "256", "--seeds", "2",
             "--episodes", "1", *SMALL, "--baseline", "fixed-1", "--baseline", "fixed-4"]
     one_by_one, parallel = tmp_path / "one-by-one", tmp_path / "parallel"
     assert runner.invoke(app, [*args, "--out", str(one_by_one)]).exit_code == 0
     assert runner.invoke(app, [*args, "--out", str(parallel), "--workers", "2"]).exit_code == 0  # two at a time
+    on_ray = tmp_path / "ray"
+    assert runner.invoke(app, [*args, "--out", str(on_ray), "--executor", "ray"]).exit_code == 0  # Ray tasks
     timing = ["train time (min)", "env steps/s"]
-    pd.testing.assert_frame_equal(pd.read_csv(parallel / "per_seed.csv").drop(columns=timing),
-                                  pd.read_csv(one_by_one / "per_seed.csv").drop(columns=timing))
+    for other in (parallel, on_ray):
+        pd.testing.assert_frame_equal(pd.read_csv(other / "per_seed.csv").drop(columns=timing),
+                                      pd.read_csv(one_by_one / "per_seed.csv").drop(columns=timing))

@@ -221,3 +221,23 @@ def test_executor_config_errors():
         ExecutorConfig("ray", workers=0)
     with pytest.raises(ValueError, match="apply to executor 'ray' only"):
         ExecutorConfig("local", address="auto")
+
+
+def test_client_sampling_draws_k_devices_per_round_with_the_seed_and_frees_their_models():
+    def run(seed: int, k):
+        runner = RoundRunner(replace(_config(seed=seed), num_devices=6, clients_per_round=k))
+        results = runner.run(3, [DeviceDecision(True, 0.5)] * 6)
+        return runner, [tuple(d.device for d in r.devices if d.selected) for r in results]
+
+    runner, drawn = run(0, 2)
+    assert [len(d) for d in drawn] == [2, 2, 2] and len(set(drawn)) > 1
+    assert run(0, 2)[1] == drawn and run(1, 2)[1] != drawn  # the run's seed decides the draws
+    assert [len(d) for d in run(0, 0.5)[1]] == [3, 3, 3]  # a share of the devices
+    clients = runner.executor.clients
+    assert all(c._model is None for c in clients)  # sampled devices free their built model after training
+    held = [c for c in clients if c.spec is not None]
+    shared = runner.server.models.payload(held[0].spec)
+    assert all(c.frozen[k].data_ptr() == shared[k].data_ptr() for c in held for k in shared)  # one copy per spec
+    for bad in (0, 7, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="clients_per_round must be"):
+            EngineConfig(num_devices=6, clients_per_round=bad)
