@@ -25,6 +25,9 @@ class ExecutorConfig:
     """Ray: client actors (devices are spread over them); None: the cluster's CPUs ÷ ``cpus_per_worker``."""
     cpus_per_worker: float = 1.0
     """Ray: CPUs reserved per actor (also its torch threads, rounded, at least 1)."""
+    driver_slot: bool | None = None
+    """Ray: this process trains the devices of slot 0 while the actors train theirs (one torch process fewer); None:
+    on when Ray runs on this machine (``address`` None), off when joining a cluster."""
 
     def __post_init__(self) -> None:
         if self.kind not in EXECUTORS:
@@ -33,8 +36,8 @@ class ExecutorConfig:
             raise ValueError(f"workers must be an integer >= 1 (or None: one per CPU), got {self.workers!r}")
         if not self.cpus_per_worker > 0:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
-        if self.kind == "local" and (self.address is not None or self.workers is not None):
-            raise ValueError("ray address and workers apply to executor 'ray' only, not 'local'")
+        if self.kind == "local" and (self.address is not None or self.workers is not None or self.driver_slot is not None):
+            raise ValueError("ray address, workers and driver_slot apply to executor 'ray' only, not 'local'")
         if self.kind == "ray" and importlib.util.find_spec("ray") is None:
             raise ValueError("executor 'ray' needs Ray: pip install -e '.[ray]' (or pip install 'ray[default]')")
 
@@ -46,4 +49,5 @@ class ExecutorConfig:
             return LocalExecutor()
         from federation.ray_executor import RayExecutor
 
-        return RayExecutor(address=self.address, workers=self.workers, cpus_per_worker=self.cpus_per_worker)
+        return RayExecutor(address=self.address, workers=self.workers, cpus_per_worker=self.cpus_per_worker,
+                           driver_slot=self.driver_slot)

@@ -1,7 +1,8 @@
 """``RayExecutor``: the devices' clients in long-lived Ray actors (the ``ray`` extra).
 
-Each actor (``ClientWorker``) holds the clients of many devices (device d lives on actor d mod W), with their data, held
-sub-models and private state, across rounds: nothing is reloaded per round. A round ships each distinct payload once
+Each actor (``ClientWorker``) holds the clients of many devices (device d lives in slot d mod W), with their data, held
+sub-models and private state, across rounds: nothing is reloaded per round. On one machine the driver process is slot 0
+and trains its devices while the actors train theirs. A round ships each distinct payload once
 with ``ray.put`` (the global adapter and each new sub-model are the same object for every device that gets them), and
 each actor receives one call with its devices' jobs. Clients compute exactly what they compute in-process (their batch
 draws are seeded by the job), so the per-round numbers equal ``LocalExecutor``'s.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from transformers import GPT2Config
 
-from federation.client import ClientFailure, ClientJob, ClientUpdate
+from federation.client import Client, ClientFailure, ClientJob, ClientUpdate
 from federation.executors import Executor, make_clients
 
 Shard = tuple[list[int], list[torch.Tensor], GPT2Config, list[np.ndarray | None]]
@@ -75,42 +76,53 @@ class ClientWorker:
 
 
 class RayExecutor(Executor):
-    """Clients in ``workers`` long-lived Ray actors with ``cpus_per_worker`` CPUs each.
+    """Clients spread over ``workers`` slots: long-lived Ray actors of ``cpus_per_worker`` CPUs each and, with
+    ``driver_slot``, this process as slot 0 (it trains its devices while the actors train theirs, instead of idling
+    in ``ray.get``: one torch process fewer in memory for the same parallelism).
 
     ``address`` joins an existing cluster (``ray.init(address=...)``); None starts a local Ray (without dashboard) if
-    none is running in this process. ``workers`` None: one actor per ``cpus_per_worker`` of the cluster's CPUs. The
-    actors reserve their CPUs until ``shutdown``; a dead actor is restarted and waited for up to ``restart_timeout_s``
-    at the next round."""
+    none is running in this process. ``workers`` None: one slot per ``cpus_per_worker`` of the cluster's CPUs.
+    ``driver_slot`` None: on when Ray runs on this machine (``address`` None), off on a cluster. The actors reserve
+    their CPUs until ``shutdown``; a dead actor is restarted and waited for up to ``restart_timeout_s`` at the next
+    round."""
 
     def __init__(self, address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1.0,
-                 restart_timeout_s: float = 120.0, startup_timeout_s: float = 120.0) -> None:
+                 driver_slot: bool | None = None, restart_timeout_s: float = 120.0,
+                 startup_timeout_s: float = 120.0) -> None:
         self.ray = import_ray()
         if not self.ray.is_initialized():
             self.ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         cpus = self.ray.cluster_resources().get("CPU", 1.0)
         self.num_workers = workers or max(1, int(cpus // cpus_per_worker))
+        self.driver_slot = address is None if driver_slot is None else driver_slot
+        self.threads = max(1, math.floor(cpus_per_worker))
         actor = self.ray.remote(num_cpus=cpus_per_worker, max_restarts=-1)(ClientWorker)
-        threads = max(1, math.floor(cpus_per_worker))
-        self.workers = [actor.remote(threads) for _ in range(self.num_workers)]
+        first = 1 if self.driver_slot else 0
+        self.actors = {slot: actor.remote(self.threads) for slot in range(first, self.num_workers)}
+        """Slot -> actor handle (slot 0 is this process with ``driver_slot``)."""
         try:  # up, with torch imported, before the first round
-            self.ray.get([w.pid.remote() for w in self.workers], timeout=startup_timeout_s)
+            self.ray.get([a.pid.remote() for a in self.actors.values()], timeout=startup_timeout_s)
         except self.ray.exceptions.GetTimeoutError:
             self.shutdown()
             free = self.ray.available_resources().get("CPU", 0.0)
-            raise RuntimeError(f"{self.num_workers} client actors of {cpus_per_worker} CPU each did not start within "
-                               f"{startup_timeout_s:g} s; the cluster has {free:g} of {cpus:g} CPUs free (other "
+            raise RuntimeError(f"{self.num_workers - first} client actors of {cpus_per_worker} CPU each did not start "
+                               f"within {startup_timeout_s:g} s; the cluster has {free:g} of {cpus:g} CPUs free (other "
                                f"executors' actors hold the rest?)") from None
         self.restart_timeout_s = restart_timeout_s
         self._restarting: set[int] = set()
         self.generation = 0
-        self._shards: list = []
-        self._loaded: list[int | None] = [None] * self.num_workers
+        self._shards: dict[int, object] = {}
+        self._local: dict[int, Client] = {}
+        self._loaded: dict[int, int | None] = dict.fromkeys(self.actors)
         """The generation each actor is known to hold (None: unknown, it restarted or never loaded)."""
-        self._devices: list[list[int]] = [[] for _ in self.workers]
+        self._devices: list[list[int]] = [[] for _ in range(self.num_workers)]
         self._lost: set[int] = set()
+        self._started = False
+        self._round_refs: dict[int, tuple] = {}
+        """id(payload) -> (object ref, payload) of the current round: each distinct payload is put once."""
 
     def worker_of(self, device: int) -> int:
-        """Index of the actor that holds ``device``."""
+        """Slot that holds ``device`` (0 is this process with ``driver_slot``)."""
         return device % self.num_workers
 
     def start(self, device_blocks: Sequence[torch.Tensor], model_config: GPT2Config,
@@ -118,54 +130,78 @@ class RayExecutor(Executor):
         labels = list(device_labels) if device_labels is not None else [None] * len(device_blocks)
         self.generation += 1
         self._devices = [list(range(w, len(device_blocks), self.num_workers)) for w in range(self.num_workers)]
-        self._shards = [self.ray.put((devices, [device_blocks[d] for d in devices], model_config,
-                                      [labels[d] for d in devices])) for devices in self._devices]
+        self._shards = {slot: self.ray.put((self._devices[slot], [device_blocks[d] for d in self._devices[slot]],
+                                            model_config, [labels[d] for d in self._devices[slot]]))
+                        for slot in self.actors}
+        if self.driver_slot:
+            devices = self._devices[0]
+            self._local = dict(zip(devices, make_clients(devices, [device_blocks[d] for d in devices], model_config,
+                                                         [labels[d] for d in devices])))
         self._lost.clear()
+        self._started = True
 
     def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | ClientFailure]:
-        if not self._shards:
+        if not self._started:
             raise RuntimeError("RayExecutor.run called before start")
         self._await_restarts()
-        refs: dict[int, object] = {}  # id(payload) -> ObjectRef: each distinct payload is put once
-        payloads: dict[int, dict] = {}
-        per_worker: dict[int, list[tuple[int, ClientJob, int, int]]] = {}
+        self._round_refs = {}
+        per_slot: dict[int, list[tuple[int, ClientJob]]] = {}
         for index, job in enumerate(jobs):
-            slots = []
-            for payload in (job.frozen_payload, job.trainable_payload):
-                if payload is None:
-                    slots.append(-1)
-                    continue
-                if id(payload) not in refs:
-                    refs[id(payload)], payloads[id(payload)] = self.ray.put(payload), payload
-                slots.append(id(payload))
-            stripped = replace(job, frozen_payload=None, trainable_payload={})
-            per_worker.setdefault(self.worker_of(job.device), []).append((index, stripped, *slots))
-        calls = {}
-        for w, items in per_worker.items():
-            keys = list(dict.fromkeys(k for _, _, f, t in items for k in (f, t) if k != -1))
-            position = {k: i for i, k in enumerate(keys)}
-            worker_jobs = [(job, position.get(f, -1), position[t]) for _, job, f, t in items]
-            calls[w] = self.workers[w].run.remote(self.generation, [self._shards[w]], worker_jobs, *(refs[k] for k in keys))
+            per_slot.setdefault(self.worker_of(job.device), []).append((index, job))
+        local = per_slot.pop(0) if self.driver_slot and 0 in per_slot else []
+        calls = {slot: self._submit(slot, items) for slot, items in per_slot.items()}
         results: list = [None] * len(jobs)
-        for w, call in calls.items():
-            items = per_worker[w]
+        if local:  # this process's devices train while the actors train theirs
+            previous = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
             try:
-                loaded, worker_results = self.ray.get(call)
-            except self.ray.exceptions.RayActorError as err:  # died (or is restarting) during the call
-                reason = f"{type(err).__name__}: worker {w} died"
-                for index, job, _, _ in items:
-                    results[index] = ClientFailure(job.device, job.round, reason, job.task)
-                self._loaded[w] = None  # it restarts and reloads its data: every device it held lost its sub-model
-                self._restarting.add(w)
-                self._lost.update(self._devices[w])
-                continue
-            if loaded and self._loaded[w] == self.generation:  # it restarted between rounds: its devices hold nothing,
-                sent = {job.device for (_, job, f, _), r in zip(items, worker_results)  # but those just sent one
-                        if f != -1 and isinstance(r, ClientUpdate)}
-                self._lost.update(d for d in self._devices[w] if d not in sent)
-            self._loaded[w] = self.generation
-            for (index, _, _, _), result in zip(items, worker_results):
+                for index, job in local:
+                    results[index] = self._local[job.device].run_safely(job)
+            finally:
+                torch.set_num_threads(previous)
+        for slot, call in calls.items():
+            for index, result in zip((i for i, _ in per_slot[slot]), self._collect(slot, call, per_slot[slot])):
                 results[index] = result
+        self._round_refs = {}
+        return results
+
+    def _submit(self, slot: int, items: list[tuple[int, ClientJob]]):
+        """One call of the slot's actor with its jobs, each job's payloads replaced by their position among the call's
+        distinct payloads (passed as object refs, so that Ray resolves them in the actor)."""
+        position: dict[int, int] = {}  # id(payload) -> its argument position
+        refs, packed = [], []
+        for _, job in items:
+            for payload in (job.frozen_payload, job.trainable_payload):
+                if payload is not None and id(payload) not in position:
+                    position[id(payload)] = len(refs)
+                    refs.append(self._put(payload))
+            frozen = -1 if job.frozen_payload is None else position[id(job.frozen_payload)]
+            packed.append((replace(job, frozen_payload=None, trainable_payload={}), frozen,
+                           position[id(job.trainable_payload)]))
+        return self.actors[slot].run.remote(self.generation, [self._shards[slot]], packed, *refs)
+
+    def _put(self, payload: dict):
+        """The object ref of ``payload``, put once per round for every actor (by identity; the payload is kept with
+        its ref until the round ends, so that ids stay unique)."""
+        if id(payload) not in self._round_refs:
+            self._round_refs[id(payload)] = (self.ray.put(payload), payload)
+        return self._round_refs[id(payload)][0]
+
+    def _collect(self, slot: int, call, items: list[tuple[int, ClientJob]]) -> list[ClientUpdate | ClientFailure]:
+        """The actor's results, or a failure per job when it died during the call."""
+        try:
+            loaded, results = self.ray.get(call)
+        except self.ray.exceptions.RayActorError as err:  # died (or is restarting) during the call
+            self._loaded[slot] = None  # it restarts and reloads its data: every device it held lost its sub-model
+            self._restarting.add(slot)
+            self._lost.update(self._devices[slot])
+            return [ClientFailure(job.device, job.round, f"{type(err).__name__}: worker {slot} died", job.task)
+                    for _, job in items]
+        if loaded and self._loaded[slot] == self.generation:  # it restarted between rounds: its devices hold nothing,
+            sent = {job.device for (_, job), r in zip(items, results)  # but those just sent one
+                    if job.frozen_payload is not None and isinstance(r, ClientUpdate)}
+            self._lost.update(d for d in self._devices[slot] if d not in sent)
+        self._loaded[slot] = self.generation
         return results
 
     def _await_restarts(self) -> None:
@@ -176,7 +212,7 @@ class RayExecutor(Executor):
         for w in sorted(self._restarting):
             while (left := deadline - time.monotonic()) > 0:
                 try:
-                    self.ray.get(self.workers[w].pid.remote(), timeout=left)
+                    self.ray.get(self.actors[w].pid.remote(), timeout=left)
                     self._restarting.discard(w)
                     break
                 except errors.ActorUnavailableError:  # still restarting
@@ -189,7 +225,6 @@ class RayExecutor(Executor):
         return lost
 
     def shutdown(self) -> None:
-        for worker in self.workers:
-            self.ray.kill(worker)
-        self.workers = []
-        self._shards = []
+        for actor in self.actors.values():
+            self.ray.kill(actor)
+        self.actors, self._shards, self._local, self._started = {}, {}, {}, False

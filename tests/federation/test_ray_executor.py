@@ -48,7 +48,7 @@ def test_engine_fidelity_env_on_ray_steps_like_the_local_one():
 def ray_executor():
     import ray
 
-    executor = ExecutorConfig("ray", workers=2).make()
+    executor = ExecutorConfig("ray", workers=2, cpus_per_worker=0.5).make()  # slot 0: this process; slot 1: an actor
     yield executor
     executor.shutdown()
     ray.shutdown()
@@ -72,37 +72,49 @@ def test_ray_gives_the_local_executors_numbers(ray_executor, method):
     local = RoundRunner(_config(method)).run(3, DECISIONS if method == "fedpeat" else None)
     remote = RoundRunner(_config(method), ray_executor).run(3, DECISIONS if method == "fedpeat" else None)
     assert _numbers(local) == _numbers(remote)
-    assert ray_executor.num_workers == 2 and len({ray_executor.worker_of(d) for d in range(5)}) == 2
+    assert ray_executor.driver_slot and list(ray_executor.actors) == [1]
+    assert [ray_executor.worker_of(d) for d in range(5)] == [0, 1, 0, 1, 0]
+
+
+def test_actors_only_give_the_same_numbers(ray_executor):
+    actors_only = ExecutorConfig("ray", workers=2, cpus_per_worker=0.5, driver_slot=False).make()
+    try:
+        assert list(actors_only.actors) == [0, 1]
+        remote = RoundRunner(_config(), actors_only).run(2, DECISIONS)
+    finally:
+        actors_only.shutdown()
+    assert _numbers(RoundRunner(_config()).run(2, DECISIONS)) == _numbers(remote)
 
 
 def test_a_client_that_raises_is_dropped_and_serves_again(ray_executor):
     runner = RoundRunner(_config(), ray_executor)
     run = ray_executor.run
 
-    def task_99_for_device_1_in_round_1(jobs):  # fault injection: device 1's client raises inside its actor
-        return run([replace(j, task=99) if (j.device, j.round) == (1, 1) else j for j in jobs])
+    def task_99_for_devices_0_1_in_round_1(jobs):  # fault injection: device 1's client raises in its actor, 0's here
+        return run([replace(j, task=99) if j.device in (0, 1) and j.round == 1 else j for j in jobs])
 
-    ray_executor.run = task_99_for_device_1_in_round_1
+    ray_executor.run = task_99_for_devices_0_1_in_round_1
     try:
         first, second = runner.run(2, DECISIONS)
     finally:
         del ray_executor.run
-    assert (first.participants, first.failures) == (3, 1)
-    assert first.devices[1].failure == "ValueError: device 1 has no blocks of task 99"
-    assert (second.participants, second.failures) == (4, 0) and second.devices[1].emulator_exchanged
+    assert (first.participants, first.failures) == (2, 2)
+    assert [first.devices[d].failure for d in (0, 1)] == [f"ValueError: device {d} has no blocks of task 99" for d in (0, 1)]
+    assert (second.participants, second.failures) == (4, 0)
+    assert [d.device for d in second.devices if d.emulator_exchanged] == [0, 1]
 
 
 def test_a_killed_actor_fails_its_devices_for_one_round_then_serves_them_again(ray_executor):
     runner = RoundRunner(_config(), ray_executor)
     first = runner.run_round(DECISIONS)
-    ray_executor.ray.kill(ray_executor.workers[0], no_restart=False)  # worker 0 holds devices 0, 2 and 4
+    ray_executor.ray.kill(ray_executor.actors[1], no_restart=False)  # the actor of slot 1 holds devices 1 and 3
     second = runner.run_round(DECISIONS)
     failed = [d.device for d in second.devices if d.failure]
-    assert failed == [0, 4] and all("worker 0" in second.devices[d].failure for d in failed)
+    assert failed == [1, 3] and all("worker 1" in second.devices[d].failure for d in failed)
     assert (second.participants, second.failures) == (2, 2) and not math.isnan(second.full_perplexity)
     third = runner.run_round(DECISIONS)  # the restarted actor serves them again; their sub-models are sent again
     assert (third.participants, third.failures) == (4, 0)
-    assert [d.device for d in third.devices if d.emulator_exchanged] == [0, 4]
+    assert [d.device for d in third.devices if d.emulator_exchanged] == [1, 3]
     assert first.participants == 4
 
 
