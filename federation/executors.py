@@ -1,16 +1,25 @@
 """Executors run client jobs. ``LocalExecutor`` (in-process) is the default; a remote executor implements the
-same two methods and keeps its own long-lived clients, so methods never change."""
+same methods and keeps its own long-lived clients, so methods never change.
+
+Checkpoints (``federation.checkpoint``) need two more things of an executor: the devices' state between rounds
+(``client_states``) and, in a resumed run, putting it back (``restore``). Both forward to the device-side
+``Client.state`` / ``Client.restore``; a remote executor calls them on the worker that holds each device's client
+(``ClientState`` is plain picklable data; the frozen weights are computed on the driver and shipped with it)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from transformers import GPT2Config
 
-from federation.client import Client, ClientFailure, ClientJob, ClientUpdate
+from federation.client import Client, ClientFailure, ClientJob, ClientState, ClientUpdate
+from federation.emulator import SubModelSpec
+
+FrozenWeights = Callable[[SubModelSpec], "dict[str, torch.Tensor] | None"]
+"""The server's frozen weights of a sub-model (None when it no longer has them: the device then holds nothing)."""
 
 
 class Executor(ABC):
@@ -25,6 +34,16 @@ class Executor(ABC):
     def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | ClientFailure]:
         """Run the jobs; one result per job, in order (a ``ClientFailure`` where a device failed: it is dropped from
         the round, the others go on)."""
+
+    @abstractmethod
+    def client_states(self) -> dict[int, ClientState]:
+        """Every device's ``Client.state()`` between rounds (what a checkpoint keeps of the devices)."""
+
+    @abstractmethod
+    def restore(self, states: Mapping[int, ClientState], frozen: FrozenWeights) -> None:
+        """After ``start``, in a resumed run: ``Client.restore(states[d], frozen(states[d].spec))`` on every device
+        ``d`` of ``states`` (``frozen`` is not called for a device holding nothing). No message is logged: the
+        devices held these weights when the run was checkpointed, and the next round must not send them again."""
 
     def shutdown(self) -> None:
         """Release resources (no-op in-process)."""
@@ -42,6 +61,18 @@ class LocalExecutor(Executor):
         self.clients = [Client(i, blocks, model_config, lab) for i, (blocks, lab) in enumerate(zip(device_blocks, labels))]
 
     def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | ClientFailure]:
-        if not self.clients:
-            raise RuntimeError("LocalExecutor.run called before start")
+        self._check_started("run")
         return [self.clients[job.device].run_safely(job) for job in jobs]
+
+    def client_states(self) -> dict[int, ClientState]:
+        self._check_started("client_states")
+        return {client.device: client.state() for client in self.clients}
+
+    def restore(self, states: Mapping[int, ClientState], frozen: FrozenWeights) -> None:
+        self._check_started("restore")
+        for device, state in states.items():
+            self.clients[device].restore(state, None if state.spec is None else frozen(state.spec))
+
+    def _check_started(self, name: str) -> None:
+        if not self.clients:
+            raise RuntimeError(f"LocalExecutor.{name} called before start")
