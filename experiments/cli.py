@@ -121,6 +121,11 @@ def run(
     option: list[str] = typer.Option([], "--option", "-o", help="Any other setting of the method's config as key=value "
                                      "(repeatable), e.g. -o keep_ratio=0.25 (fedpft), -o aggregation=zero-pad (hetlora)."),
     out: Path = typer.Option(None, callback=writable_dir, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
+    checkpoint_dir: Path = typer.Option(None, callback=writable_dir, help="Checkpoint the run into this directory after "
+                                        "every round (server, devices, RNGs, rounds so far; the previous checkpoint is "
+                                        "kept until the new one is written). A new run needs a directory without one."),
+    resume: bool = typer.Option(False, help="Continue the run checkpointed in --checkpoint-dir up to --rounds, with the "
+                                            "numbers of an uninterrupted run; the other options must be the ones it used."),
 ) -> None:
     """Run a federated tuning method and print its per-round table."""
     from experiments.run import (
@@ -141,7 +146,7 @@ def run(
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
                               partition=partition, dirichlet_alpha=alpha, domains=default_domains([method], domain),
                               latency_aggregation=latency_aggregation, method_config=method_config)
-        runner, results = run_federated(config, rounds, compression, console, lora_rank)
+        runner, results = run_federated(config, rounds, compression, console, lora_rank, checkpoint_dir, resume)
     console.print(round_table(runner, results))
     if (extra := metrics_table(runner, results)) is not None:
         console.print(extra)
