@@ -153,6 +153,11 @@ def run(
     block_size: int = typer.Option(128, min=8, help="Tokens per training sequence (smaller: more blocks to split "
                                                     "over many devices)."),
     out: Path = typer.Option(None, callback=writable_dir, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
+    checkpoint_dir: Path = typer.Option(None, callback=writable_dir, help="Checkpoint the run into this directory after "
+                                        "every round (server, devices, RNGs, rounds so far; the previous checkpoint is "
+                                        "kept until the new one is written). A new run needs a directory without one."),
+    resume: bool = typer.Option(False, help="Continue the run checkpointed in --checkpoint-dir up to --rounds, with the "
+                                            "numbers of an uninterrupted run; the other options must be the ones it used."),
     executor: str = EXECUTOR_OPTION,
     ray_address: str = RAY_ADDRESS_OPTION,
     ray_workers: int = RAY_WORKERS_OPTION,
@@ -180,7 +185,8 @@ def run(
                               clients_per_round=_count_or_share("--clients-per-round", clients_per_round),
                               block_size=block_size)
         with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
-            runner, results = run_federated(config, rounds, compression, console, lora_rank, clients)
+            runner, results = run_federated(config, rounds, compression, console, lora_rank, checkpoint_dir, resume,
+                                            clients)
     console.print(round_table(runner, results))
     if (extra := metrics_table(runner, results)) is not None:
         console.print(extra)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from federation.checkpoint import check_resumable, checkpoints
 from federation.engine import EngineConfig, RoundResult, RoundRunner
 from federation.executors import Executor
 from federation.methods import DeviceDecision, MethodConfig, make_method
@@ -116,23 +117,44 @@ def decisions_for(num_devices: int, compression: Sequence[float], lora_rank: Seq
 
 def run_federated(
     config: EngineConfig, rounds: int, compression: Sequence[float] = (), console: Console | None = None,
-    lora_rank: Sequence[int] = (), executor: Executor | None = None,
+    lora_rank: Sequence[int] = (), checkpoint_dir: Path | None = None, resume: bool = False,
+    executor: Executor | None = None,
 ) -> tuple[RoundRunner, list[RoundResult]]:
     """Run ``rounds`` rounds with fixed decisions, showing a progress bar. Without ``lora_rank`` the method's own
-    per-device ranks apply (e.g. hetlora's ``ranks``). ``executor`` runs the clients (default: in this process)."""
+    per-device ranks apply (e.g. hetlora's ``ranks``). ``executor`` runs the clients (default: in this process).
+
+    ``checkpoint_dir``: checkpoint the run there after every round (``federation.checkpoint``; a new run needs a
+    directory without a checkpoint). ``resume``: continue the checkpoint in ``checkpoint_dir`` up to ``rounds``
+    (same config and decisions) with exactly the numbers of an uninterrupted run; the rounds returned include the
+    checkpoint's (all of them when it already has ``rounds`` or more)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if not lora_rank:
         lora_rank = [d.lora_rank for d in make_method(config.method, config.method_config).device_decisions(config.num_devices)]
     decisions = decisions_for(config.num_devices, compression, lora_rank)
+    console = console or Console()
+    if resume and checkpoint_dir is None:
+        raise ValueError("--resume needs --checkpoint-dir (the directory of the checkpointed run)")
+    if resume:
+        done = check_resumable(checkpoint_dir, config, decisions)  # before building anything
+        if done >= rounds:
+            console.print(f"the checkpoint in {checkpoint_dir} already has {done} rounds (--rounds {rounds}): nothing to run")
+    elif checkpoint_dir is not None and (existing := checkpoints(checkpoint_dir)):
+        raise ValueError(f"--checkpoint-dir {checkpoint_dir} already holds a checkpoint ({existing[-1].name}): pass --resume "
+                         "to continue it, or choose another directory")
     runner = RoundRunner(config, executor)
     runner.validate(decisions)  # fail before any training on a bad decision
-    console = console or Console()
+    results = runner.resume(checkpoint_dir, decisions) if resume else []
     columns = (TextColumn(f"{config.method} rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ppl {task.fields[ppl]:.1f}"))
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("rounds", total=rounds, ppl=runner.initial_perplexity)
-        results = runner.run(rounds, decisions, progress=lambda r: progress.update(task, advance=1, ppl=r.full_perplexity))
+        task = progress.add_task("rounds", total=max(rounds, len(results)), completed=len(results),
+                                 ppl=runner.last_perplexity)
+        for _ in range(rounds - len(results)):
+            results.append(runner.run_round(decisions))
+            if checkpoint_dir is not None:
+                runner.save_checkpoint(checkpoint_dir, results, decisions)
+            progress.update(task, advance=1, ppl=results[-1].full_perplexity)
     runner.close()
     return runner, results
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,17 @@ class ClientFailure:
     reason: str
     """The error, as ``"<type>: <message>"``."""
     task: int | None = None
+
+
+@dataclass(frozen=True)
+class ClientState:
+    """What a device keeps between rounds besides its data (a checkpoint's record of it): the sub-model it holds and
+    its local objective's private state. Plain data (picklable), so a remote executor can ship it either way."""
+
+    spec: SubModelSpec | None
+    """The sub-model the device holds (None: nothing yet, or dropped after a failure)."""
+    private: dict
+    """``Client.private``: tensors, numbers, strings, lists and dicts (str keys)."""
 
 
 class Client:
@@ -136,6 +148,19 @@ class Client:
         except Exception as err:  # any error of a device drops it from this round; the round goes on
             self.spec, self.frozen, self._model = None, {}, None
             return ClientFailure(self.device, job.round, f"{type(err).__name__}: {err}", job.task)
+
+    def state(self) -> ClientState:
+        """The device's state between rounds (a copy: later rounds do not change it)."""
+        return ClientState(self.spec, copy.deepcopy(self.private))
+
+    def restore(self, state: ClientState, frozen: dict[str, torch.Tensor] | None) -> None:
+        """Hold ``state.spec`` with its frozen weights ``frozen``, and ``state.private``, as before a run was interrupted;
+        ``frozen`` None: hold nothing (the server sends the sub-model with the device's next job). The trainable model
+        is rebuilt from them at the next job."""
+        held = state.spec is not None and frozen is not None
+        self.spec, self.frozen = (state.spec, frozen) if held else (None, {})
+        self._model, self._model_lora = None, None
+        self.private = copy.deepcopy(state.private)
 
     def _prepare_model(self, job: ClientJob):
         if job.lora is None:  # full fine-tuning: the trainable payload is the whole sub-model

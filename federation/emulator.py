@@ -66,6 +66,19 @@ class SubModelSpec:
         if not set(self.adapter_layers) <= set(self.layers):
             raise ValueError(f"adapter_layers {self.adapter_layers} must be a subset of layers {self.layers}")
 
+    def to_dict(self) -> dict:
+        """JSON-ready form (lists for tuples), inverted by ``from_dict`` (checkpoints)."""
+        return {"num_layers": self.num_layers, "layers": list(self.layers), "adapter_layers": list(self.adapter_layers),
+                "ffn_neurons": [[block, list(neurons)] for block, neurons in self.ffn_neurons], "revision": self.revision}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SubModelSpec:
+        """The spec ``to_dict`` wrote (validated as any new spec)."""
+        return cls(int(data["num_layers"]), tuple(int(i) for i in data["layers"]),
+                   tuple(int(i) for i in data["adapter_layers"]),
+                   tuple((int(block), tuple(int(j) for j in neurons)) for block, neurons in data["ffn_neurons"]),
+                   int(data["revision"]))
+
     @property
     def is_full(self) -> bool:
         """Every block of the full model, unpruned."""

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -175,6 +176,12 @@ class Server:
     def frozen_payload(self, spec: SubModelSpec) -> dict[str, torch.Tensor]:
         """Frozen weights a holder of ``spec`` needs (none when the method trains every weight)."""
         return {} if self.method.lora is None else self.models.payload(spec)
+
+    def held_payload(self, spec: SubModelSpec) -> dict[str, torch.Tensor] | None:
+        """``frozen_payload`` of a sub-model a device already holds (a resumed run puts it back on the device, not
+        logged), or None when the server no longer has its weights (an older revision: the device's next job
+        brings the current one anyway)."""
+        return self.frozen_payload(spec) if self.method.lora is None or self.models.available(spec) else None
 
     def configure(
         self, round_idx: int, decisions: Sequence[DeviceDecision], seeds: np.ndarray, log: MessageLog,
@@ -394,6 +401,23 @@ class RoundRunner:
             if progress is not None:
                 progress(results[-1])
         return results
+
+    def save_checkpoint(self, directory: str | Path, results: Sequence[RoundResult],
+                        decisions: Sequence[DeviceDecision] | None = None) -> Path:
+        """Checkpoint the run after its last round into ``directory`` (``federation.checkpoint``): ``results`` are
+        the rounds so far, ``decisions`` the fixed decisions of the run if any (a resume must use the same).
+        Returns the checkpoint's JSON file."""
+        from federation.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, Path(directory), results, decisions)
+
+    def resume(self, directory: str | Path, decisions: Sequence[DeviceDecision] | None = None) -> list[RoundResult]:
+        """Continue from the latest checkpoint in ``directory`` (this runner fresh, with the checkpoint's config and
+        ``decisions``, else ``ValueError`` naming what differs); returns the checkpoint's rounds. The next
+        ``run_round`` gives the numbers the interrupted run would have given."""
+        from federation.checkpoint import load_checkpoint
+
+        return load_checkpoint(self, Path(directory), decisions)
 
     def close(self) -> None:
         """Shut the executor down if this runner created it (one passed in stays up for its owner's next run)."""

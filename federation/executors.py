@@ -1,17 +1,26 @@
 """Executors run client jobs. ``LocalExecutor`` (in-process) is the default; ``RayExecutor``
 (``federation.ray_executor``, the ``ray`` extra) implements the same interface with long-lived client actors, so
-methods never change. ``federation.executor_config.ExecutorConfig`` names one and builds it."""
+methods never change. ``federation.executor_config.ExecutorConfig`` names one and builds it.
+
+Checkpoints (``federation.checkpoint``) need two more things of an executor: the devices' state between rounds
+(``client_states``) and, in a resumed run, putting it back (``restore``). Both forward to the device-side
+``Client.state`` / ``Client.restore``; a remote executor calls them on the worker that holds each device's client
+(``ClientState`` is plain picklable data; the frozen weights are computed on the driver and shipped with it)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from transformers import GPT2Config
 
-from federation.client import Client, ClientFailure, ClientJob, ClientUpdate
+from federation.client import Client, ClientFailure, ClientJob, ClientState, ClientUpdate
+from federation.emulator import SubModelSpec
+
+FrozenWeights = Callable[[SubModelSpec], "dict[str, torch.Tensor] | None"]
+"""The server's frozen weights of a sub-model (None when it no longer has them: the device then holds nothing)."""
 
 
 class Executor(ABC):
@@ -32,6 +41,16 @@ class Executor(ABC):
         sends it again with their next job. In-process clients never lose theirs: []."""
         return []
 
+    @abstractmethod
+    def client_states(self) -> dict[int, ClientState]:
+        """Every device's ``Client.state()`` between rounds (what a checkpoint keeps of the devices)."""
+
+    @abstractmethod
+    def restore(self, states: Mapping[int, ClientState], frozen: FrozenWeights) -> None:
+        """After ``start``, in a resumed run: ``Client.restore(states[d], frozen(states[d].spec))`` on every device
+        ``d`` of ``states`` (``frozen`` is not called for a device holding nothing). No message is logged: the
+        devices held these weights when the run was checkpointed, and the next round must not send them again."""
+
     def shutdown(self) -> None:
         """Release resources (no-op in-process)."""
 
@@ -47,9 +66,21 @@ class LocalExecutor(Executor):
         self.clients = make_clients(range(len(device_blocks)), device_blocks, model_config, device_labels)
 
     def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | ClientFailure]:
-        if not self.clients:
-            raise RuntimeError("LocalExecutor.run called before start")
+        self._check_started("run")
         return [self.clients[job.device].run_safely(job) for job in jobs]
+
+    def client_states(self) -> dict[int, ClientState]:
+        self._check_started("client_states")
+        return {client.device: client.state() for client in self.clients}
+
+    def restore(self, states: Mapping[int, ClientState], frozen: FrozenWeights) -> None:
+        self._check_started("restore")
+        for device, state in states.items():
+            self.clients[device].restore(state, None if state.spec is None else frozen(state.spec))
+
+    def _check_started(self, name: str) -> None:
+        if not self.clients:
+            raise RuntimeError(f"LocalExecutor.{name} called before start")
 
 
 def make_clients(devices: Sequence[int], device_blocks: Sequence[torch.Tensor], model_config: GPT2Config,

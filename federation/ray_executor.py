@@ -17,15 +17,16 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 import torch
 from transformers import GPT2Config
 
-from federation.client import Client, ClientFailure, ClientJob, ClientUpdate
-from federation.executors import Executor, make_clients
+from federation.client import Client, ClientFailure, ClientJob, ClientState, ClientUpdate
+from federation.emulator import SubModelSpec
+from federation.executors import Executor, FrozenWeights, make_clients
 
 Shard = tuple[list[int], list[torch.Tensor], GPT2Config, list[np.ndarray | None]]
 """One actor's devices: (device ids, their blocks, the model config, their labels)."""
@@ -54,22 +55,39 @@ class ClientWorker:
     def run(self, generation: int, shard: list, jobs: list[tuple[ClientJob, int, int]],
             *payloads: dict[str, torch.Tensor]) -> tuple[bool, list[ClientUpdate | ClientFailure]]:
         """Run ``jobs`` (each with the index of its frozen payload, -1 for none, and of its trainable payload).
-
-        ``shard`` is ``[ObjectRef of a Shard]``, fetched only when this actor does not hold ``generation`` yet (a new
-        run, or a restart). Returns (whether it had to load, one result per job)."""
-        loaded = self.generation != generation
-        if loaded:
-            import ray
-
-            devices, blocks, config, labels = ray.get(shard[0])
-            self.clients = dict(zip(devices, make_clients(devices, blocks, config, labels)))
-            self.generation, self.frozen = generation, {}
+        Returns (whether it had to load its data first, one result per job)."""
+        loaded = self._load(generation, shard)
         results = []
         for job, frozen, trainable in jobs:
             held = self.frozen.setdefault(job.spec, payloads[frozen]) if frozen >= 0 else None
             job = replace(job, frozen_payload=held, trainable_payload=payloads[trainable])
             results.append(self.clients[job.device].run_safely(job))
         return loaded, results
+
+    def states(self, generation: int, shard: list) -> dict[int, ClientState]:
+        """Every device's ``Client.state()``."""
+        self._load(generation, shard)
+        return {device: client.state() for device, client in self.clients.items()}
+
+    def restore(self, generation: int, shard: list, states: dict[int, ClientState],
+                frozen: dict[SubModelSpec, dict[str, torch.Tensor] | None]) -> None:
+        """``Client.restore`` of each device of ``states`` with the frozen weights of its spec (``frozen``)."""
+        self._load(generation, shard)
+        for device, state in states.items():
+            payload = frozen.get(state.spec) if state.spec is not None else None
+            self.clients[device].restore(state, None if payload is None else self.frozen.setdefault(state.spec, payload))
+
+    def _load(self, generation: int, shard: list) -> bool:
+        """Load the devices of ``shard`` (``[ObjectRef of a Shard]``, fetched only when this actor does not hold
+        ``generation`` yet: a new run, or a restart). Returns whether it loaded."""
+        if self.generation == generation:
+            return False
+        import ray
+
+        devices, blocks, config, labels = ray.get(shard[0])
+        self.clients = dict(zip(devices, make_clients(devices, blocks, config, labels)))
+        self.generation, self.frozen = generation, {}
+        return True
 
     def pid(self) -> int:
         return os.getpid()
@@ -141,8 +159,7 @@ class RayExecutor(Executor):
         self._started = True
 
     def run(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate | ClientFailure]:
-        if not self._started:
-            raise RuntimeError("RayExecutor.run called before start")
+        self._check_started("run")
         self._await_restarts()
         self._round_refs = {}
         per_slot: dict[int, list[tuple[int, ClientJob]]] = {}
@@ -203,6 +220,37 @@ class RayExecutor(Executor):
             self._lost.update(d for d in self._devices[slot] if d not in sent)
         self._loaded[slot] = self.generation
         return results
+
+    def client_states(self) -> dict[int, ClientState]:
+        self._check_started("client_states")
+        states = {device: client.state() for device, client in self._local.items()}
+        calls = [a.states.remote(self.generation, [self._shards[slot]]) for slot, a in self.actors.items()]
+        for actor_states in self.ray.get(calls):
+            states.update(actor_states)
+        return dict(sorted(states.items()))
+
+    def restore(self, states: Mapping[int, ClientState], frozen: FrozenWeights) -> None:
+        self._check_started("restore")
+        payloads: dict[SubModelSpec, dict[str, torch.Tensor] | None] = {}
+        for state in states.values():
+            if state.spec is not None and state.spec not in payloads:
+                payloads[state.spec] = frozen(state.spec)
+        per_slot: dict[int, dict[int, ClientState]] = {}
+        for device, state in states.items():
+            per_slot.setdefault(self.worker_of(device), {})[device] = state
+        local = per_slot.pop(0, {}) if self.driver_slot else {}
+        for device, state in local.items():
+            self._local[device].restore(state, payloads.get(state.spec) if state.spec is not None else None)
+        self.ray.get([self.actors[slot].restore.remote(
+            self.generation, [self._shards[slot]], slot_states,
+            {s.spec: payloads[s.spec] for s in slot_states.values() if s.spec is not None})
+            for slot, slot_states in per_slot.items()])
+        for slot in per_slot:
+            self._loaded[slot] = self.generation
+
+    def _check_started(self, name: str) -> None:
+        if not self._started:
+            raise RuntimeError(f"RayExecutor.{name} called before start")
 
     def _await_restarts(self) -> None:
         """Wait (up to ``restart_timeout_s``) for actors that died in an earlier round to be back; one that is not

@@ -39,6 +39,11 @@ class SubModels:
             self._built[spec] = self.build(self, spec)
         return self._built[spec]
 
+    def available(self, spec: SubModelSpec) -> bool:
+        """Whether ``get(spec)`` gives the server's weights for ``spec``: built or stored already, or a first revision
+        (the builder makes it; a later revision is a model the server changed, which exists only once ``put``)."""
+        return spec in self._built or spec.revision == 0
+
     def put(self, spec: SubModelSpec, model: GPT2LMHeadModel) -> None:
         """Store a sub-model made outside the builder (e.g. a refreshed revision of an existing one)."""
         self._built[spec] = model

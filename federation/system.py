@@ -370,6 +370,24 @@ class WirelessChannel:
             raise ValueError(f"out must be a float64 array of shape (3, {self.num_devices}), got {out.dtype} {out.shape}")
         self._round_into(True, out)
 
+    _ARRAYS = ("distances_m", "uplink_bandwidth_hz", "_path_loss", "_path_gain", "_h")
+    """Per-device arrays drawn by the constructor / ``reset_devices`` and advanced by ``step`` (``state_dict``)."""
+
+    def state_dict(self) -> dict:
+        """Everything drawn or advanced so far, for checkpoints: ``"rng"`` (the generator's state, JSON-ready) and
+        copies of the per-device arrays (distances, bandwidths, path loss and gain, fading)."""
+        return {"rng": self._rng.bit_generator.state, **{name: getattr(self, name).copy() for name in self._ARRAYS}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s output: the next ``step`` draws what it would have drawn."""
+        for name in self._ARRAYS:
+            target, value = getattr(self, name), np.asarray(state[name], dtype=float)
+            if value.shape != target.shape:
+                raise ValueError(f"channel state {name} must have shape {target.shape}, got {value.shape}")
+        for name in self._ARRAYS:
+            getattr(self, name)[...] = state[name]  # in place: ``path_loss_db`` and the rate arguments are views of them
+        self._rng.bit_generator.state = state["rng"]
+
     def gain_db(self) -> np.ndarray:
         """Current channel power gain in dB, shape (N,)."""
         g = np.empty(self.num_devices)

@@ -208,6 +208,18 @@ class Method:
         """Method-specific numbers of the last round, reported in ``RoundResult.metrics`` (default: none)."""
         return {}
 
+    # --- checkpoint ----------------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict, State]:
+        """What the method keeps between rounds besides the global state (a checkpoint's record of it): a JSON-ready
+        dict and tensors by name. Default: nothing (every round is configured from the global state alone)."""
+        return {}, {}
+
+    def load_state_dict(self, state: dict, tensors: State) -> None:
+        """Continue from ``state_dict()``'s output (after ``setup`` and ``init_global_state``; the sub-model store
+        is the server's). Default: a method without state accepts only an empty one."""
+        if state or tensors:
+            raise ValueError(f"method {self.name!r} keeps no state between rounds, got {sorted(state) + sorted(tensors)[:3]}")
+
     # --- helpers (not hooks) -------------------------------------------------------------------------
     def server_spec(self) -> SubModelSpec:
         """The full model with this method's adapter blocks."""

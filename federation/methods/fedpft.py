@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from transformers import GPT2LMHeadModel
 
 from federation.emulator import SubModelSpec, build_emulator
+from federation.emulator import build_submodel as model_from_payload
 from federation.methods.base import DeviceConfig, DeviceDecision, Method, MethodConfig, State
 from federation.pruning import PRUNED_DISTILL, distill_pruned, ffn_activation_scores, least_active, pruned_spec
 from federation.submodels import SubModels
@@ -119,3 +120,15 @@ class FedPFT(Method):
     def round_metrics(self) -> dict[str, float]:
         return {"distilled_neurons": float(self._refreshed)}
 
+    def state_dict(self) -> tuple[dict, State]:
+        """The current sub-model (kept neurons and revision), the last round's refresh count and, once refreshed, the
+        current revision's weights (the builder cannot remake them; older revisions are never trained on again)."""
+        spec = self._spec
+        tensors = self.models.payload(spec) if spec is not None and spec.revision > 0 else {}
+        return {"spec": None if spec is None else spec.to_dict(), "refreshed": self._refreshed}, tensors
+
+    def load_state_dict(self, state: dict, tensors: State) -> None:
+        self._spec = None if state["spec"] is None else SubModelSpec.from_dict(state["spec"])
+        self._refreshed = int(state["refreshed"])
+        if self._spec is not None and self._spec.revision > 0:
+            self.models.put(self._spec, model_from_payload(self.full_model.config, self._spec, tensors))

@@ -72,3 +72,28 @@ class FLTAC(Method):
 
     def round_metrics(self) -> dict[str, float]:
         return dict(self._metrics)
+
+    def state_dict(self) -> tuple[dict, State]:
+        """The slots' and tasks' cluster averages (each distinct state once, tensors ``<index>/<key>``), the last
+        round and its metrics."""
+        index: dict[int, int] = {}
+        tensors: State = {}
+
+        def ref(state: State) -> int:
+            if id(state) not in index:
+                index[id(state)] = len(index)
+                tensors.update({f"{index[id(state)]}/{k}": v for k, v in state.items()})
+            return index[id(state)]
+
+        slots = [[device, task, ref(s)] for (device, task), s in self.slot_states.items()]
+        tasks = [[task, ref(s)] for task, s in self.task_states.items()]
+        return {"round": self._round, "metrics": self._metrics, "slots": slots, "tasks": tasks}, tensors
+
+    def load_state_dict(self, state: dict, tensors: State) -> None:
+        states: dict[int, State] = {}
+        for name, tensor in tensors.items():
+            idx, key = name.split("/", 1)
+            states.setdefault(int(idx), {})[key] = tensor
+        self.slot_states = {(int(device), int(task)): states[i] for device, task, i in state["slots"]}
+        self.task_states = {int(task): states[i] for task, i in state["tasks"]}
+        self._round, self._metrics = int(state["round"]), {k: float(v) for k, v in state["metrics"].items()}

@@ -170,6 +170,15 @@ class HetLoRA(Method):
     def round_metrics(self) -> dict[str, float]:
         return {"pruned_devices": float(len(self.device_ranks))}
 
+    def state_dict(self) -> tuple[dict, State]:
+        """The devices' pruned ranks and the ranks they were sent last (JSON keys are strings)."""
+        return {"device_ranks": {str(d): r for d, r in self.device_ranks.items()},
+                "sent_ranks": {str(d): r for d, r in self._sent_ranks.items()}}, {}
+
+    def load_state_dict(self, state: dict, tensors: State) -> None:
+        self.device_ranks = {int(d): int(r) for d, r in state["device_ranks"].items()}
+        self._sent_ranks = {int(d): int(r) for d, r in state["sent_ranks"].items()}
+
     def average(self, states: list[State], weights: list[float]) -> State:
         """Zero-pad to r_max, then the configured HetLoRA aggregation; ``lora_aggregation="exact"`` averages the
         products B_k·A_k with the same weights (norm-based or sample counts) and re-factorises at rank r_max."""

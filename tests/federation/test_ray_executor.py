@@ -123,3 +123,17 @@ def test_one_executor_serves_runs_one_after_another(ray_executor):
     remote = [RoundRunner(_config(seed=s), ray_executor).run(1) for s in (1, 2)]
     assert [_numbers(r) for r in local] == [_numbers(r) for r in remote]
 
+
+
+def test_a_run_checkpointed_on_ray_resumes_with_the_uninterrupted_numbers(ray_executor, tmp_path):
+    config = _config("feddat")  # private device state in the actor and in this process
+    local = RoundRunner(config).run(3)
+    first = RoundRunner(config, ray_executor)
+    done = first.run(2)
+    first.save_checkpoint(tmp_path, done)
+    states = ray_executor.client_states()
+    assert sorted(states) == [0, 1, 2, 3, 4] and all(s.private for s in states.values())
+    resumed = RoundRunner(config, ray_executor)  # the executor restarts with new data: its devices hold nothing
+    results = resumed.resume(tmp_path)
+    results.append(resumed.run_round())
+    assert _numbers(results) == _numbers(local) and results[-1].exchanges == 0

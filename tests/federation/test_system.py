@@ -210,6 +210,22 @@ def test_step_into_writes_what_step_returns(monkeypatch, devices: int) -> None:
         filled.step_into(np.empty((3, devices), dtype=np.float32))
 
 
+def test_channel_restored_from_its_state_dict_steps_like_the_original() -> None:
+    original = WirelessChannel(4, ChannelConfig(), np.random.default_rng(2))
+    original.step()
+    original.reset_devices(np.array([1]))  # drawn after construction: part of the state too
+    state = original.state_dict()
+    restored = WirelessChannel(4, ChannelConfig(), np.random.default_rng(99))
+    restored.load_state_dict(state)
+    np.testing.assert_array_equal(restored.path_loss_db, original.path_loss_db)
+    for _ in range(3):
+        a, b = original.step(), restored.step()
+        np.testing.assert_array_equal(np.stack([a.gain, a.uplink_rate_bps, a.downlink_rate_bps]),
+                                      np.stack([b.gain, b.uplink_rate_bps, b.downlink_rate_bps]))
+    with pytest.raises(ValueError, match=r"channel state distances_m must have shape \(3,\), got \(4,\)"):
+        WirelessChannel(3, ChannelConfig(), np.random.default_rng(0)).load_state_dict(state)
+
+
 def test_path_loss_is_read_only() -> None:
     ch = WirelessChannel(3, ChannelConfig(), np.random.default_rng(0))
     with pytest.raises(ValueError, match="read-only"):
