@@ -56,16 +56,22 @@ class PeakMemory:
         self.peak_bytes = max(self.peak_bytes, self.tree_bytes())
 
 
-def bench_executors(clients: int = 8, workers: int = 2, rounds: int = 3, local_steps: int = 10,
-                    evaluate: bool = False) -> dict:
-    """Round wall time of ``clients`` FedPEAT clients (embedded model, ε = 0.5, ``local_steps`` local steps) on the
-    in-process executor vs ``workers`` Ray client actors (one CPU each), after one warm-up round each; the timed rounds
-    of the two alternate (same load). Also Ray's start-up (``ray.init`` to actors ready) and the peak resident memory
-    of the whole process tree in each phase. ``evaluate``: time the rounds with the server's perplexity evaluation
-    (serial in both) instead of without it."""
+LAYOUTS = {"local": None, "ray": True, "ray-actors": False}
+"""The executors compared: in-process; Ray with this process as slot 0 (``driver_slot``); Ray with actors only."""
+
+
+def bench_executors(clients: int = 8, workers: int = 2, rounds: int = 5, local_steps: int = 10,
+                    evaluate: bool = False) -> list[dict]:
+    """Round wall time of ``clients`` FedPEAT clients (embedded model, ε = 0.5, ``local_steps`` local steps) on each
+    executor of ``LAYOUTS`` (Ray with ``workers`` slots of one CPU), median of ``rounds`` rounds after one warm-up
+    round, the executors one after another; Ray's start-up (``ray.init`` or joining, to its actors ready) and the peak
+    resident memory of the whole process tree (Ray's processes included) during each. ``evaluate``: time the rounds
+    with the server's perplexity evaluation (serial in all) instead of without it."""
     for name, value in (("clients", clients), ("workers", workers), ("rounds", rounds), ("local_steps", local_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    import gc
+
     from federation.engine import EngineConfig, RoundRunner
     from federation.executor_config import ExecutorConfig
     from federation.methods import DeviceDecision, FedPEATConfig
@@ -74,42 +80,39 @@ def bench_executors(clients: int = 8, workers: int = 2, rounds: int = 3, local_s
     ExecutorConfig("ray", workers=workers)  # Ray installed? (before any work)
     config = EngineConfig(num_devices=clients, method_config=FedPEATConfig(train=LocalTrainConfig(steps=local_steps)))
     decisions = [DeviceDecision(True, 0.5)] * clients
-    with PeakMemory() as memory:
-        local = RoundRunner(config)
-        local.run_round(decisions, evaluate=evaluate)  # warm-up: emulator exchange, model builds
-        local_peak = memory.peak_bytes
-        started = time.perf_counter()
-        executor = ExecutorConfig("ray", workers=workers).make()
-        startup_s = time.perf_counter() - started
-        remote = RoundRunner(config, executor)
-        remote.run_round(decisions, evaluate=evaluate)
-        local_s, ray_s = [], []
-        for _ in range(rounds):
-            for runner, times in ((local, local_s), (remote, ray_s)):
-                times.append(runner.run_round(decisions, evaluate=evaluate).wall_time_s)
-        ray_peak = memory.peak_bytes
-        executor.shutdown()
+    rows = []
+    for layout, driver_slot in LAYOUTS.items():
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            executor = None if driver_slot is None else ExecutorConfig("ray", workers=workers, driver_slot=driver_slot).make()
+            startup_s = time.perf_counter() - started
+            runner = RoundRunner(config, executor)
+            runner.run_round(decisions, evaluate=evaluate)  # warm-up: emulator exchange, model builds
+            times = [runner.run_round(decisions, evaluate=evaluate).wall_time_s for _ in range(rounds)]
+            if executor is not None:
+                executor.shutdown()
+        del runner
+        gc.collect()
+        rows.append({"executor": layout, "round_s": statistics.median(times), "startup_s": startup_s if executor else 0.0,
+                     "peak_bytes": memory.peak_bytes})
     import ray
 
     ray.shutdown()
-    local_round, ray_round = statistics.median(local_s), statistics.median(ray_s)
-    return {"clients": clients, "workers": workers, "rounds": rounds, "evaluate": evaluate,
-            "local_round_s": local_round, "ray_round_s": ray_round, "speedup": local_round / ray_round,
-            "ray_startup_s": startup_s, "local_peak_bytes": local_peak, "ray_peak_bytes": ray_peak}
+    for row in rows:
+        row["speedup"] = rows[0]["round_s"] / row["round_s"]
+    return rows
 
 
-def executors_table(result: dict) -> Table:
-    what = "with" if result["evaluate"] else "without"
-    table = Table(title=f"{result['clients']} clients, local vs {result['workers']} Ray actors (median of "
-                        f"{result['rounds']} alternating rounds, {what} server evaluation)")
-    for column in ("measure", "value", "target"):
+def executors_table(rows: list[dict], clients: int, workers: int, rounds: int, evaluate: bool) -> Table:
+    what = "with" if evaluate else "without"
+    table = Table(title=f"{clients} clients: in-process vs Ray with {workers} slots (median of {rounds} rounds "
+                        f"{what} server evaluation; one run)")
+    for column in ("executor", "round (s)", "speed-up (≥ 1.6×)", "start-up (s, ≤ 11.5)", "peak memory GiB (≤ 1.5)"):
         table.add_column(column, justify="right")
-    table.add_row("local round (s)", f"{result['local_round_s']:.3f}", "")
-    table.add_row("Ray round (s)", f"{result['ray_round_s']:.3f}", "")
-    table.add_row("speed-up local / Ray", f"{result['speedup']:.2f}×", "≥ 1.6×")
-    table.add_row("Ray start-up (s)", f"{result['ray_startup_s']:.1f}", "≤ 11.5")
-    table.add_row("peak memory, local phase (GiB)", f"{result['local_peak_bytes'] / GIB:.2f}", "")
-    table.add_row("peak memory with Ray, process tree (GiB)", f"{result['ray_peak_bytes'] / GIB:.2f}", "≤ 1.5")
+    names = {"local": "local (in-process)", "ray": "ray (this process + actors)", "ray-actors": "ray (actors only)"}
+    for row in rows:
+        table.add_row(names[row["executor"]], f"{row['round_s']:.3f}", f"{row['speedup']:.2f}×",
+                      f"{row['startup_s']:.1f}" if row["executor"] != "local" else "–", f"{row['peak_bytes'] / GIB:.2f}")
     return table
 
 

@@ -254,19 +254,19 @@ def bench_engine(
 def bench_executors_cmd(
     clients: int = typer.Option(8, help="Clients (devices) of the embedded model, all training every round."),
     workers: int = typer.Option(2, help="Ray client actors (one CPU each)."),
-    rounds: int = typer.Option(3, help="Timed rounds per executor (alternating; after one warm-up round each)."),
+    rounds: int = typer.Option(5, help="Timed rounds per executor (after one warm-up round; median)."),
     local_steps: int = typer.Option(10, help="Local steps per client per round."),
     evaluate: bool = typer.Option(False, help="Time rounds with the server's perplexity evaluation (serial in both)."),
 ) -> None:
-    """Round wall time on the in-process executor vs Ray client actors, Ray's start-up and the process tree's peak
-    memory, measured in one run."""
+    """Round wall time on the in-process executor vs Ray (this process + actors, and actors only), Ray's start-up and
+    the process tree's peak memory, measured in one run."""
     from experiments.bench_scale import bench_executors, executors_table
 
     _quiet_libraries()
-    console.print("measuring local vs Ray rounds (≈ 1 min)")
+    console.print("measuring in-process, then Ray rounds (≈ 2 min)")
     with user_errors():
-        result = bench_executors(clients, workers, rounds, local_steps, evaluate)
-    console.print(executors_table(result))
+        rows = bench_executors(clients, workers, rounds, local_steps, evaluate)
+    console.print(executors_table(rows, clients, workers, rounds, evaluate))
 
 
 @bench_app.command("devices")

@@ -137,3 +137,19 @@ def test_a_run_checkpointed_on_ray_resumes_with_the_uninterrupted_numbers(ray_ex
     results = resumed.resume(tmp_path)
     results.append(resumed.run_round())
     assert _numbers(results) == _numbers(local) and results[-1].exchanges == 0
+
+
+def test_run_command_on_ray_writes_the_local_runs_rounds(ray_executor, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from experiments.cli import app
+
+    args = ["run", "--devices", "3", "--rounds", "2", "--local-steps", "1", "--compression", "0.5"]
+    cli = CliRunner()
+    for name, extra in (("local", []), ("ray", ["--executor", "ray", "--ray-cpus-per-worker", "0.5"])):
+        result = cli.invoke(app, [*args, *extra, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    local, remote = (pd.read_csv(tmp_path / name / "rounds.csv").drop(columns="wall_time_s") for name in ("local", "ray"))
+    pd.testing.assert_frame_equal(local, remote)
+    assert cli.invoke(app, [*args, "--ray-address", "auto"]).exit_code == 2  # a Ray option without --executor ray
