@@ -75,7 +75,29 @@ def split_hyperparams(algo: str, algo_cls: type, params: Mapping[str, Any]) -> t
     trainer = {k: v for k, v in params.items() if k in TRAINER_KEYS}
     if "normalize" in trainer and not isinstance(trainer["normalize"], bool):
         raise ValueError(f"normalize must be true or false, got {trainer['normalize']!r}")
-    return trainer, {k: v for k, v in params.items() if k not in TRAINER_KEYS}
+    algo_kwargs = {k: v for k, v in params.items() if k not in TRAINER_KEYS}
+    _check_types(algo_cls, algo_kwargs)
+    return trainer, algo_kwargs
+
+
+def _check_types(algo_cls: type, algo_kwargs: Mapping[str, Any]) -> None:
+    """``ValueError`` naming an argument whose value has not the type of its default in the constructor (a bool, an
+    integer, a number: an integer is a number; ``SCHEDULED`` arguments may also be ``lin_<x>`` strings), so that a
+    misspelt value fails here rather than when training starts. Arguments without such a default are not checked."""
+    defaults = {name: p.default for name, p in inspect.signature(algo_cls.__init__).parameters.items()}
+    for key, value in algo_kwargs.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (key in SCHEDULED and isinstance(value, str))
+            kind = "a number" + (" or lin_<initial>" if key in SCHEDULED else "")
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{key} must be {kind}, got {value!r}")
 
 
 SCHEDULED = ("learning_rate", "clip_range")

@@ -346,6 +346,8 @@ def load_policy(out_dir: str | Path, deterministic: bool = True, checkpoint: str
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
     out = Path(out_dir)
+    if not (out / "config.json").is_file() or not (out / "model.zip").is_file():
+        raise ValueError(f"{out} is not a trained agent's directory (it needs config.json and model.zip)")
     config = TrainConfig(**json.loads((out / "config.json").read_text()))
     if checkpoint == "best":
         if not (out / BEST_DIR / "model.zip").is_file():

@@ -84,6 +84,7 @@ class BenchmarkConfig:
         if self.executor == "ray" and self.workers > 1:
             raise ValueError("workers applies to executor 'local' (worker processes); with 'ray' the cluster's CPUs "
                              "decide how many runs train at once")
+        EnvConfig.from_kwargs(**self.env_kwargs)  # the env options, before any training writes out_dir
         if self.agent_dir is not None and not (Path(self.agent_dir) / "config.json").is_file():
             raise ValueError(f"agent_dir must be a trained agent's directory (with config.json), got {self.agent_dir!r}")
 

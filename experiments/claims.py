@@ -25,7 +25,7 @@ import pandas as pd
 from agents import best_fixed as best_fixed_policy
 from agents import evaluate, make_policy, paired_difference, to_markdown
 from experiments.compare import compare
-from experiments.run import MULTI_TASK_DOMAINS
+from experiments.run import MULTI_TASK_DOMAINS, check_devices
 from federation.executors import Executor
 
 PLUGIN_COMPRESSION = 0.5
@@ -262,13 +262,21 @@ RUNNERS = {"emulator": emulator_claim, "plug-in": plugin_claim, "control": contr
            **{key: compare_claim for key in COMPARE_CLAIMS}}
 
 
+def check_claims(settings: ClaimSettings, only: Sequence[str] = ()) -> None:
+    """``ValueError`` for an unknown claim key, or for more devices than a chosen claim's data can be split into
+    (``check_devices``: the tokenizer only), before any run."""
+    unknown = [k for k in only if k not in CLAIM_KEYS]
+    if unknown:
+        raise ValueError(f"claim must be one of {CLAIM_KEYS}, got {unknown}")
+    for domains in dict.fromkeys(c.domains or ("pydocs",) for c in CLAIMS if not only or c.key in only):
+        check_devices(settings.devices, domains)
+
+
 def run_claims(settings: ClaimSettings = ClaimSettings(), only: Sequence[str] = (),
                say: Callable[[str], None] = print, executor: Executor | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per claim comparison with the verdict, every run). ``only`` picks claims by key (default: all).
     ``executor`` runs the clients of the engine runs (default: in this process; the control claim runs none)."""
-    unknown = [k for k in only if k not in CLAIM_KEYS]
-    if unknown:
-        raise ValueError(f"claim must be one of {CLAIM_KEYS}, got {unknown}")
+    check_claims(settings, only)
     rows, all_runs = [], []
     for claim in (c for c in CLAIMS if not only or c.key in only):
         claim_rows, runs = RUNNERS[claim.key](claim, settings, say, executor)

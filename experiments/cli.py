@@ -70,6 +70,14 @@ def user_errors():
         raise typer.Exit(2) from err
 
 
+def at_least(minimum: int, **options: int | float | None) -> None:
+    """``ValueError`` naming the first option below ``minimum`` (keyword ``local_steps`` is ``--local-steps``; None
+    passes: the command's default). The first check of a command, before any work."""
+    for name, value in options.items():
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
 EXECUTOR_OPTION = typer.Option("local", parser=EXECUTOR, metavar="NAME", help="Where the clients train: local (this "
                                 "process) or ray (long-lived client actors on Ray; needs the ray extra).")
 RAY_ADDRESS_OPTION = typer.Option(None, help="With --executor ray: the cluster to join (e.g. auto, ray://host:10001); "
@@ -122,6 +130,9 @@ def pretrain(
     from experiments.pretrain import pretrain as run_pretrain
     from federation.foundation import EMBEDDED_DIR
 
+    with user_errors():
+        at_least(1, steps=steps)
+        at_least(0, seed=seed)
     torch.set_num_threads(1)
     record = run_pretrain(replace(PretrainConfig(), steps=steps, seed=seed), out or EMBEDDED_DIR)
     console.print_json(json.dumps(record))
@@ -165,10 +176,12 @@ def run(
 ) -> None:
     """Run a federated tuning method and print its per-round table."""
     from experiments.run import (
+        DEVICES_REMEDY,
         build_method_config,
         default_domains,
         metrics_table,
         parse_options,
+        plan_run,
         round_table,
         run_federated,
         write_outputs,
@@ -177,13 +190,16 @@ def run(
 
     _quiet_libraries()
     with user_errors():
+        at_least(1, devices=devices, rounds=rounds, local_steps=local_steps)
+        at_least(0, seed=seed)
         method_config = build_method_config(method, local_steps, lora_aggregation, case, distill_steps, compression,
                                             parse_options(option))
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
                               partition=partition, dirichlet_alpha=alpha, domains=default_domains([method], domain),
                               latency_aggregation=latency_aggregation, method_config=method_config,
-                              clients_per_round=_count_or_share("--clients-per-round", clients_per_round),
+                              clients_per_round=_count_or_share("--clients-per-round", clients_per_round, devices),
                               block_size=block_size)
+        plan_run(config, rounds, compression, lora_rank, DEVICES_REMEDY)  # the data and the model can realise it
         with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
             runner, results = run_federated(config, rounds, compression, console, lora_rank, checkpoint_dir, resume,
                                             clients)
@@ -195,14 +211,19 @@ def run(
             console.print(f"wrote {path}")
 
 
-def _count_or_share(option: str, raw: str | None) -> int | float | None:
-    """"10" → 10, "0.1" → 0.1, None → None; anything else a ValueError naming ``option``."""
+def _count_or_share(option: str, raw: str | None, count_max: int) -> int | float | None:
+    """"10" → 10, "0.1" → 0.1, None → None; anything else (or a count outside [1, ``count_max``], a share outside
+    (0, 1]) a ValueError naming ``option``."""
     if raw is None:
         return None
     try:
-        return float(raw) if any(c in raw for c in ".eE") else int(raw)
+        value = float(raw) if any(c in raw for c in ".eE") else int(raw)
     except ValueError:
-        raise ValueError(f"{option} must be a count (e.g. 10) or a share (e.g. 0.1), got {raw!r}") from None
+        value = None
+    if value is None or (isinstance(value, int) and not 1 <= value <= count_max) or (
+            isinstance(value, float) and not 0.0 < value <= 1.0):
+        raise ValueError(f"{option} must be a count in [1, {count_max}] or a share in (0, 1], got {raw!r}")
+    return value
 
 
 def _quiet_libraries() -> None:
@@ -242,6 +263,8 @@ def bench_engine(
     """Engine overhead vs a bare torch loop; emulator vs full-model tokens/s and memory at ε = 0.5, 0.75."""
     from experiments.bench import bench_emulator, bench_engine_overhead, engine_tables
 
+    with user_errors():
+        at_least(1, steps=steps, batch_size=batch_size)
     _quiet_libraries()
     console.print("measuring engine overhead, then emulators")
     overhead = bench_engine_overhead(steps, batch_size)
@@ -318,9 +341,11 @@ def regime_cmd(
 
     from agents.stats import to_markdown
     from experiments.regime import RegimeConfig, formatted, plugin_goal, regime_table
+    from experiments.run import check_devices
 
     with user_errors():
         config = RegimeConfig(devices=devices, rounds=rounds, local_steps=local_steps)
+        check_devices(devices)  # the engine runs of the table split pydocs
     _quiet_libraries()
     table = regime_table(config, say=console.print)
     shown = formatted(table)
@@ -348,6 +373,9 @@ def demo_federated(
     from federation.engine import EngineConfig
 
     _quiet_libraries()
+    with user_errors():
+        at_least(1, rounds=rounds)
+        at_least(0, seed=seed)
     config = EngineConfig(method="fedpeat", num_devices=4, seed=seed)
     runner, results = run_federated(config, rounds, [0.0, 0.5, 0.75, 0.75], console)
     console.print(round_table(runner, results))
@@ -379,20 +407,29 @@ def calibrate(
     (--workers is then not used)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedpeat_env.calibration import EngineSettings, calibration_plan
+    from experiments.run import check_decisions, check_devices
+    from federation.methods import DeviceDecision
+    from fedpeat_env.calibration import EngineSettings, calibration_plan, fedpeat_engine
     from fedpeat_env.fit import calibrate as run_calibration
     from fedpeat_env.fit import fit_runs, stored_runs
     from fedpeat_env.surrogate import DEFAULT_CALIBRATION, Calibration
 
     with user_errors():
+        at_least(1, rounds=rounds, devices=devices, local_steps=local_steps, workers=workers)
         rank_levels = tuple(_int_list("ranks", ranks))
+        fit_plan, heldout_plan = calibration_plan(levels, rank_levels)  # checks --levels
         path = out or DEFAULT_CALIBRATION
         if refit is not None:
-            fit, heldout, settings = stored_runs(Calibration.load(refit))
+            try:
+                fit, heldout, settings = stored_runs(Calibration.load(refit))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"--refit must be a calibration file that stores its engine runs: {err}") from None
             calibration = fit_runs(fit, heldout, tuple(levels), settings)
         else:
             settings = EngineSettings(num_devices=devices, rounds=rounds, local_steps=local_steps, max_rank=rank_levels[-1])
-            fit_plan, heldout_plan = calibration_plan(levels, rank_levels)
+            check_decisions(fedpeat_engine(devices, 0, local_steps, rank_levels[-1]),  # the model realises every ε
+                            [DeviceDecision(True, e, r) for e in levels for r in rank_levels])
+            check_devices(devices, server_fraction=max(s.server_fraction for s in fit_plan + heldout_plan))
             _quiet_libraries()
             columns = (TextColumn("engine runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        TextColumn("{task.fields[last]}"))
@@ -464,6 +501,22 @@ def _env_kwargs(options: list[str]) -> dict:
     return kwargs
 
 
+def check_env_id(env: str, fedpeat_only: bool = False) -> None:
+    """``ValueError`` naming --env unless ``env`` is a registered Gymnasium id (``fedpeat_only``: a FedPEAT one); its
+    options are checked when it is made."""
+    import gymnasium as gym
+
+    import fedpeat_env  # noqa: F401  (registers the FedPEAT ids)
+
+    try:
+        spec = gym.spec(env)
+    except gym.error.Error as err:
+        raise ValueError(f"--env must be a registered Gymnasium id (FedPEAT-v0, FedPEAT-Engine-v0, ...), got {env!r}: "
+                         f"{err}") from None
+    if fedpeat_only and not str(spec.entry_point).startswith("fedpeat_env"):
+        raise ValueError(f"--env must be a FedPEAT env (FedPEAT-v0, FedPEAT-Engine-v0), got {env!r}")
+
+
 def _zoo_hyperparams(hyperparams: list[str], ctx: typer.Context) -> list[str]:
     """``--hyperparams a:1 b:2`` as the Zoo spells it: the words after the flag come to the command as extra
     arguments; each must be key:value."""
@@ -502,6 +555,7 @@ def train_cmd(
 
     _quiet_libraries()
     with user_errors():
+        check_env_id(env)
         if policy is not None and policy not in POLICIES:
             raise ValueError(f"--policy must be one of {tuple(POLICIES)}, got {policy!r}")
         config = TrainConfig.from_hyperparams(algo, env, overrides=parse_hyperparams(_zoo_hyperparams(hyperparams, ctx)),
@@ -531,13 +585,24 @@ def evaluate_cmd(
                                                  "its validation checks, --check-every)."),
 ) -> None:
     """Evaluate a policy on common random numbers and print per-episode results and their mean."""
-    from agents import evaluate, make_policy
-    from agents.train import load_policy
+    from agents import POLICY_NAMES, evaluate, make_policy
+    from agents.train import CHECKPOINTS, load_policy
     from experiments.benchmark import EVAL_SEED_OFFSET
 
     _quiet_libraries()
     with user_errors():
-        chosen = load_policy(policy, checkpoint=checkpoint) if Path(policy).is_dir() else make_policy(policy)
+        at_least(1, seeds=seeds, episodes=episodes)
+        check_env_id(env, fedpeat_only=True)  # the episodes report perplexity, latency, exchanges
+        if checkpoint not in CHECKPOINTS:
+            raise ValueError(f"--checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
+        if Path(policy).is_dir():
+            chosen = load_policy(policy, checkpoint=checkpoint)
+        else:
+            try:
+                chosen = make_policy(policy)
+            except ValueError:
+                raise ValueError(f"--policy must be a trained agent's directory or a baseline {POLICY_NAMES} (fixed-k: "
+                                 f"k = 0..K), got {policy!r}") from None
         df = evaluate(chosen, env_id=env, env_kwargs=_env_kwargs(env_option),
                       seeds=[EVAL_SEED_OFFSET + s for s in range(seeds)], episodes_per_seed=episodes)
 
@@ -687,14 +752,16 @@ def compare_cmd(
     ray_cpus_per_worker: float = RAY_CPUS_OPTION,
 ) -> None:
     """Federated methods on one engine: final full-model perplexity (mean, 95% CI over seeds), bytes, memory, time."""
-    from experiments.compare import compare, write_comparison
+    from experiments.compare import compare, plan_comparison, write_comparison
 
     _quiet_libraries()
     with user_errors():
+        at_least(1, rounds=rounds, seeds=seeds, devices=devices, local_steps=local_steps)
         if not methods:
             from federation.methods import METHODS
 
             methods = list(METHODS)
+        plan_comparison(methods, rounds, range(seeds), devices, local_steps, compression, partition, alpha, domain)
         with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
             runs, summary = compare(methods, rounds, list(range(seeds)), devices, local_steps, compression, partition,
                                     alpha, domain, say=console.log, executor=clients)
@@ -723,12 +790,13 @@ def claims_cmd(
     """Check the papers' claims on the shared engine and the env: emulator ladder, plug-in, adaptive control,
     FedPFT ≥ FedOT, HetLoRA sparsity ≥ zero-pad, FedDAT ≥ FedAvg under non-IID, FL-TAC clustering. A verdict per
     claim, computed from the runs (95% CIs)."""
-    from experiments.claims import ClaimSettings, run_claims, write_claims
+    from experiments.claims import ClaimSettings, check_claims, run_claims, write_claims
 
     _quiet_libraries()
     with user_errors():
         settings = ClaimSettings(rounds, seeds, devices, local_steps, env_seeds, env_episodes,
                                  None if agent is None else str(agent))
+        check_claims(settings, claim)
         with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
             table, runs = run_claims(settings, claim, say=console.log, executor=clients)
     console.print(table.drop(columns=["statement", "detail"]).to_string(index=False))

@@ -7,6 +7,7 @@ A method entry is a name with optional config settings, ``NAME[:key=value[:key=v
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,31 +30,47 @@ def parse_method_entry(entry: str) -> tuple[str, dict[str, str]]:
     return name.strip(), parse_options([s for s in settings if s.strip()])
 
 
-def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: int = 4, local_steps: int = 10,
-            compression: float = 0.5, partition: str = "iid", alpha: float = 0.5, domains: Sequence[str] = (),
-            say: Callable[[str], None] = print, executor: Executor | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-run rows, per-entry summary sorted by final perplexity). Emulator methods with a controllable ratio
-    (fedpeat case 1, fedot) train through emulators of ratio ``compression``. Every entry is validated before any run.
-    Without ``domains``, all entries tune on pydocs — or all on the three tuning domains when one entry is multi-task.
-    Method-specific metrics of the last round (e.g. fltac's clustering accuracy) become extra columns. ``executor``
-    runs every run's clients (default: in this process)."""
-    from experiments.run import build_method_config, default_domains, run_federated
+def plan_comparison(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: int = 4, local_steps: int = 10,
+                    compression: float = 0.5, partition: str = "iid", alpha: float = 0.5,
+                    domains: Sequence[str] = ()) -> list[tuple[str, EngineConfig, list[float]]]:
+    """(entry, engine config at seed 0, ε of its devices) per method entry, every one checked before any run
+    (``experiments.run.plan_run``: the data and the model can realise it). Emulator methods with a controllable
+    ratio (fedpeat case 1, fedot) train through emulators of ratio ``compression``. Without ``domains``, all entries
+    tune on pydocs — or all on the three tuning domains when one entry is multi-task."""
+    from experiments.run import build_method_config, default_domains, plan_run
 
-    plans = []
+    if not seeds:
+        raise ValueError("seeds must be >= 1, got 0")
+    entries = []
     for entry in methods:
         name, options = parse_method_entry(entry)
         method_config = build_method_config(name, local_steps, compression=[compression], options=options)
         controllable = name in ("fedpeat", "fedot") and make_method(name, method_config).uses_emulator  # not case 2/3
-        eps = [compression] if controllable else [0.0]
-        plans.append((entry, name, method_config, eps))
-    domains = default_domains([name for _, name, _, _ in plans], domains)  # every entry on the same data
+        entries.append((entry, name, method_config, [compression] if controllable else [0.0]))
+    domains = default_domains([name for _, name, _, _ in entries], domains)  # every entry on the same data
+    plans = []
+    for entry, name, method_config, eps in entries:
+        config = EngineConfig(method=name, num_devices=devices, partition=partition, dirichlet_alpha=alpha,
+                              domains=tuple(domains), method_config=method_config)
+        plan_run(config, rounds, eps, remedy="use fewer devices or more --domain")
+        plans.append((entry, config, eps))
+    return plans
+
+
+def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: int = 4, local_steps: int = 10,
+            compression: float = 0.5, partition: str = "iid", alpha: float = 0.5, domains: Sequence[str] = (),
+            say: Callable[[str], None] = print, executor: Executor | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-run rows, per-entry summary sorted by final perplexity) of the runs ``plan_comparison`` plans (every
+    entry validated before any run). Method-specific metrics of the last round (e.g. fltac's clustering accuracy)
+    become extra columns. ``executor`` runs every run's clients (default: in this process)."""
+    from experiments.run import run_federated
+
+    plans = plan_comparison(methods, rounds, seeds, devices, local_steps, compression, partition, alpha, domains)
     runs = []
-    for entry, name, method_config, eps in plans:
+    for entry, config, eps in plans:
         for seed in seeds:
             say(f"{entry} seed {seed}")
-            config = EngineConfig(method=name, num_devices=devices, seed=seed, partition=partition, dirichlet_alpha=alpha,
-                                  domains=tuple(domains), method_config=method_config)
-            runner, results = run_federated(config, rounds, eps, executor=executor)
+            runner, results = run_federated(replace(config, seed=seed), rounds, eps, executor=executor)
             runs.append({
                 "method": entry, "seed": seed, "initial perplexity": runner.initial_perplexity,
                 "final perplexity": results[-1].full_perplexity,

@@ -56,6 +56,14 @@ class PretrainConfig:
     seed: int = 0
     """Seed of every random draw (init, batches)."""
 
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "n_embd", "n_head", "block_size", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0 or self.warmup_steps < 0 or not self.lr > 0:
+            raise ValueError(f"seed and warmup_steps must be >= 0 and lr > 0, got seed={self.seed}, "
+                             f"warmup_steps={self.warmup_steps}, lr={self.lr}")
+
 
 def train_tokenizer(config: PretrainConfig) -> PreTrainedTokenizerFast:
     """Byte-level BPE with ``<|endoftext|>`` as id 0 (bos = eos = pad), trained on all domains' train splits."""

@@ -115,6 +115,57 @@ def decisions_for(num_devices: int, compression: Sequence[float], lora_rank: Seq
     return [DeviceDecision(True, float(e), None if r is None else int(r)) for e, r in zip(eps, ranks)]
 
 
+DEVICES_REMEDY = "use fewer devices, a smaller --block-size or more --domain"
+
+
+def check_devices(num_devices: int, domains: Sequence[str] = ("pydocs",), block_size: int = 128,
+                  server_fraction: float = 0.0, foundation: str | None = None, remedy: str = "use fewer devices") -> None:
+    """``ValueError`` naming --devices when the tuning data cannot give every device a training block. Needs only the
+    tokenizer and the tokenised blocks (cached for the run), not the model."""
+    from federation.data import device_capacity
+    from federation.foundation import load_tokenizer
+
+    limit = device_capacity(load_tokenizer(foundation), tuple(domains), block_size, server_fraction)
+    if num_devices > limit:
+        share = f" after the server's share of {server_fraction:g}" if server_fraction else ""
+        raise ValueError(f"--devices must be at most {limit}, the training blocks of {'+'.join(domains)} at {block_size} "
+                         f"tokens{share}; got {num_devices}: {remedy}")
+
+
+def check_decisions(config: EngineConfig, decisions: Sequence[DeviceDecision]) -> None:
+    """``RoundRunner.validate``'s checks, made before the model is loaded: the method's own
+    (``Method.check_decisions``) and, for emulator methods, that every ε keeps a middle block of the model (its
+    number of blocks read from its config)."""
+    from federation.architecture import keep_for_compression
+    from federation.foundation import foundation_layers
+
+    method = make_method(config.method, config.method_config)
+    method.check_decisions(decisions)
+    layers, adapter = foundation_layers(config.foundation), method.config.num_adapter_layers
+    if layers - 2 * adapter < 1:
+        raise ValueError(f"num_adapter_layers must leave a middle block of the {layers}-block model: at most "
+                         f"{(layers - 1) // 2}, got {adapter}")
+    if method.uses_emulator:
+        middle = layers - 2 * adapter
+        shared = getattr(method.config, "compression", None)  # fedot: one emulator for every device
+        for eps in sorted({d.compression for d in decisions if d.selected} | ({shared} if shared is not None else set())):
+            keep_for_compression(middle, eps)  # ValueError naming the largest ε the model can realise
+
+
+def plan_run(config: EngineConfig, rounds: int, compression: Sequence[float] = (), lora_rank: Sequence[int] = (),
+             remedy: str = "use fewer devices") -> list[DeviceDecision]:
+    """The fixed decisions of a run, checked before anything is loaded (``check_devices``, ``check_decisions``);
+    ``remedy`` ends the message of too many devices. Without ``lora_rank`` the method's own per-device ranks apply."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if not lora_rank:
+        lora_rank = [d.lora_rank for d in make_method(config.method, config.method_config).device_decisions(config.num_devices)]
+    decisions = decisions_for(config.num_devices, compression, lora_rank)
+    check_devices(config.num_devices, config.domains, config.block_size, config.server_fraction, config.foundation, remedy)
+    check_decisions(config, decisions)
+    return decisions
+
+
 def run_federated(
     config: EngineConfig, rounds: int, compression: Sequence[float] = (), console: Console | None = None,
     lora_rank: Sequence[int] = (), checkpoint_dir: Path | None = None, resume: bool = False,
@@ -127,11 +178,7 @@ def run_federated(
     directory without a checkpoint). ``resume``: continue the checkpoint in ``checkpoint_dir`` up to ``rounds``
     (same config and decisions) with exactly the numbers of an uninterrupted run; the rounds returned include the
     checkpoint's (all of them when it already has ``rounds`` or more)."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    if not lora_rank:
-        lora_rank = [d.lora_rank for d in make_method(config.method, config.method_config).device_decisions(config.num_devices)]
-    decisions = decisions_for(config.num_devices, compression, lora_rank)
+    decisions = plan_run(config, rounds, compression, lora_rank)
     console = console or Console()
     if resume and checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir (the directory of the checkpointed run)")

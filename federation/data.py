@@ -136,6 +136,15 @@ def _check_partition_args(num_items: int, num_devices: int) -> None:
         raise ValueError(f"cannot split {num_items} items across {num_devices} devices")
 
 
+def device_capacity(tokenizer, domains: tuple[str, ...], block_size: int, server_fraction: float = 0.0) -> int:
+    """Most devices the tuning data of ``domains`` can be split into (one training block each), after the server's
+    share: the limit ``build_federated_data`` enforces, from the tokenised blocks alone (cached for the run)."""
+    for domain in domains:
+        _check_domain(domain)
+    blocks = sum(len(_cached_blocks(tokenizer, domain, "train", block_size)) for domain in domains)
+    return blocks - int(round(server_fraction * blocks))
+
+
 @dataclass(frozen=True)
 class FederatedData:
     """Token blocks of the tuning domains, split across devices, plus held-out evaluation blocks.

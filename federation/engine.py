@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from federation.client import SERVER_DEVICE, Client, ClientFailure, ClientJob, ClientUpdate
-from federation.data import PartitionKind, build_federated_data
+from federation.data import DOMAINS, PRETRAIN_DOMAINS, PartitionKind, build_federated_data
 from federation.emulator import SubModelSpec
 from federation.evaluation import PlugInEvaluator
 from federation.executors import Executor, LocalExecutor
@@ -86,6 +86,16 @@ class EngineConfig:
             raise ValueError(f"num_devices must be >= 1, got {self.num_devices}")
         if not 0.0 <= self.server_fraction < 1.0:
             raise ValueError(f"server_fraction must be in [0, 1), got {self.server_fraction}")
+        tuning = tuple(d for d in DOMAINS if d not in PRETRAIN_DOMAINS)
+        if not self.domains or any(d not in tuning for d in self.domains):
+            raise ValueError(f"domains must be tuning domains {tuning} (the others were pretrained on), got {self.domains}")
+        if METHODS[self.method].multi_task and (len(self.domains) < 2 or self.server_fraction > 0):
+            raise ValueError(f"method {self.method!r} trains one adapter per task: domains must name >= 2 tasks and "
+                             f"server_fraction must be 0, got domains={self.domains}, server_fraction={self.server_fraction}")
+        if not self.dirichlet_alpha > 0:
+            raise ValueError(f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be >= 2, got {self.block_size}")
         if self.latency_aggregation not in LATENCY_AGGREGATIONS:
             raise ValueError(f"latency_aggregation must be one of {LATENCY_AGGREGATIONS}, got {self.latency_aggregation!r}")
         k = self.clients_per_round
@@ -232,9 +242,6 @@ class RoundRunner:
         self.rng = seed_everything(config.seed)
         self.model, self.tokenizer = load_foundation(config.foundation)
         self.method = make_method(config.method, config.method_config)
-        if self.method.multi_task and (len(config.domains) < 2 or config.server_fraction > 0):
-            raise ValueError(f"method {config.method!r} trains one adapter per task: domains must name >= 2 tasks and "
-                             f"server_fraction must be 0, got domains={config.domains}, server_fraction={config.server_fraction}")
         self.data = build_federated_data(
             self.tokenizer, config.num_devices, self.rng, domains=config.domains, block_size=config.block_size,
             partition=config.partition, alpha=config.dirichlet_alpha, server_fraction=config.server_fraction,

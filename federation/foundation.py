@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase
 
-from federation.architecture import EMBEDDED_DIR
+from federation.architecture import EMBEDDED_DIR, profile_shape
 
 
 def load_foundation(
@@ -27,11 +27,26 @@ def load_foundation(
     if name_or_path is None and not (EMBEDDED_DIR / "model.safetensors").is_file():
         raise FileNotFoundError(f"embedded checkpoint missing in {EMBEDDED_DIR}; rebuild it with `fedpeat pretrain`")
     model = GPT2LMHeadModel.from_pretrained(source, attn_implementation=attn_implementation, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    model.eval()
+    return model, load_tokenizer(name_or_path)
+
+
+def load_tokenizer(name_or_path: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """The foundation's tokenizer alone (``None``: the embedded one), with padding = EOS: milliseconds, so that
+    checks on the data (e.g. ``federation.data.device_capacity``) run before the model is loaded."""
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_DIR if name_or_path is None else name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.eval()
-    return model, tokenizer
+    return tokenizer
+
+
+def foundation_layers(name_or_path: str | Path | None = None) -> int:
+    """Transformer blocks of the foundation, read from its config (no weights loaded)."""
+    if name_or_path is None:
+        return profile_shape("embedded").n_layer
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name_or_path).n_layer
 
 
 def quiet_libraries() -> None:

@@ -89,6 +89,11 @@ class EngineSettings:
     """Global LoRA rank (the largest of the env's ``rank_levels``)."""
     foundation: str | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("num_devices", "rounds", "local_steps", "max_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
 
 def calibration_plan(levels: Sequence[float] = (0.0, 0.25, 0.5, 0.75), ranks: Sequence[int] = (2, 4, 8),
                      fit_seed: int = 0, heldout_seed: int = 1) -> tuple[list[RunSpec], list[RunSpec]]:
@@ -96,6 +101,10 @@ def calibration_plan(levels: Sequence[float] = (0.0, 0.25, 0.5, 0.75), ranks: Se
     Dirichlet α = 0.1 and 1, mixed ε, every rank and a collaborating server; the held-out runs, with another seed,
     test each condition at settings the fit did not use."""
     levels, ranks = tuple(levels), tuple(ranks)
+    if len(levels) < 2 or list(levels) != sorted(set(levels)) or not all(0.0 <= e < 1.0 for e in levels):
+        raise ValueError(f"levels must be >= 2 increasing compression ratios in [0, 1), got {levels}")
+    if not ranks or list(ranks) != sorted(set(ranks)) or ranks[0] < 1:
+        raise ValueError(f"ranks must be increasing integers >= 1, got {ranks}")
     lo, hi = levels[0], levels[-1]
     mid = levels[len(levels) // 2]
     fit = [RunSpec("fraction", fit_seed, f, (e,)) for f in (0.1, 0.4, 1.0) for e in levels]

@@ -8,7 +8,7 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
-from federation.architecture import COST_PROFILES, CostProfile
+from federation.architecture import COST_PROFILES, CostProfile, keep_for_compression, profile_shape
 from federation.executor_config import EXECUTORS, ExecutorKind
 from federation.system import LATENCY_AGGREGATIONS, ChannelConfig, LatencyAggregation
 from fedpeat_env.costs import TRAINABLE, Trainable
@@ -95,6 +95,13 @@ class EnvConfig:
         _require(len(self.memory_tiers) >= 1 and all(t > 0 for t in self.memory_tiers), "memory_tiers", "positive values",
                  self.memory_tiers)
         _require(self.cost_profile in COST_PROFILES, "cost_profile", f"one of {COST_PROFILES}", self.cost_profile)
+        for profile in dict.fromkeys((self.cost_profile, "embedded" if self.fidelity == "engine" else self.cost_profile)):
+            middle = profile_shape(profile).n_layer - 2  # the adapter is one block at each end (costs.level_costs)
+            for eps in levels:
+                try:
+                    keep_for_compression(middle, eps)
+                except ValueError as err:
+                    raise ValueError(f"compression_levels cannot be realised by the {profile!r} model: {err}") from None
         _require(len(self.rank_levels) >= 1 and all(r >= 1 for r in self.rank_levels), "rank_levels", "ranks >= 1",
                  self.rank_levels)
         _require(list(self.rank_levels) == sorted(set(self.rank_levels)), "rank_levels", "strictly increasing", self.rank_levels)
@@ -125,10 +132,12 @@ class EnvConfig:
         unknown = sorted(set(kwargs) - names)
         if unknown:
             raise EnvOptionError(f"unknown FedPEAT env option(s) {unknown}; valid options: {sorted(names)}")
-        if isinstance(kwargs.get("reward"), dict):
-            kwargs["reward"] = RewardWeights(**kwargs["reward"])
-        if isinstance(kwargs.get("channel"), dict):
-            kwargs["channel"] = ChannelConfig(**kwargs["channel"])
+        for key, settings in (("reward", RewardWeights), ("channel", ChannelConfig)):
+            if isinstance(kwargs.get(key), dict):
+                valid = {f.name for f in fields(settings)}
+                if set(kwargs[key]) - valid:  # a ValueError: gymnasium rewrites a TypeError from the env's creator
+                    raise ValueError(f"{key} has no setting(s) {sorted(set(kwargs[key]) - valid)}; valid: {sorted(valid)}")
+                kwargs[key] = settings(**kwargs[key])
         for key in ("compression_levels", "memory_tiers", "rank_levels"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])

@@ -95,6 +95,8 @@ class FedPEATEnv(gym.Env):
             raise EnvOptionError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
         self.config = EnvConfig.from_kwargs(**kwargs)
+        if self.config.fidelity == "engine":
+            self._check_engine_data()
         self.calibration = Calibration.load(self.config.calibration)
         self.dynamics = Dynamics(self.config, 1, self.calibration)
         self._out = self.dynamics.new_output()  # one round's buffers, reused (step copies what it returns)
@@ -176,6 +178,21 @@ class FedPEATEnv(gym.Env):
             if self.dynamics.valid(actions):
                 return actions
         raise ValueError(f"action must be an integer array in {self.action_space} (shape {self.action_space.shape}), got {action!r}")
+
+    def _check_engine_data(self) -> None:
+        """Engine fidelity: ``ValueError`` now rather than at the first reset if the engine's tuning data cannot give
+        every device a training block (from the tokenizer alone; the blocks stay cached for the engine)."""
+        from federation.data import device_capacity
+        from federation.foundation import load_tokenizer
+        from fedpeat_env.calibration import fedpeat_engine
+
+        cfg = self.config
+        engine = fedpeat_engine(cfg.num_devices, 0, cfg.engine_local_steps, max(cfg.rank_levels),
+                                server_fraction=cfg.server_fraction)
+        limit = device_capacity(load_tokenizer(engine.foundation), engine.domains, engine.block_size, engine.server_fraction)
+        if cfg.num_devices > limit:
+            raise ValueError(f"num_devices must be at most {limit} in engine fidelity (the training blocks of "
+                             f"{'+'.join(engine.domains)} after the server's share), got {cfg.num_devices}")
 
     def _start_engine(self, seed: int) -> None:
         """A new engine run for the episode: its data split in the episode's drawn shares, the env's server share and

@@ -165,13 +165,22 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Calibration:
+        """The calibration in ``path`` (None: the committed one); ``ValueError`` naming the file if it is missing, not
+        JSON or not a calibration of this format (bad input to the env's ``calibration`` option, ``--refit``)."""
         path = Path(path) if path is not None else DEFAULT_CALIBRATION
         if not path.is_file():
-            raise FileNotFoundError(f"calibration file {path} not found; create one with `fedpeat calibrate`")
-        data = json.loads(path.read_text())
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"calibration {path} has format_version {data.get('format_version')}, expected "
+            raise ValueError(f"calibration file {path} not found; create one with `fedpeat calibrate`")
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"calibration file {path} is not JSON ({err})") from None
+        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            found = data.get("format_version") if isinstance(data, dict) else None
+            raise ValueError(f"calibration {path} has format_version {found}, expected "
                              f"{FORMAT_VERSION}; refit it with `fedpeat calibrate`")
-        for key in ("levels", "plateau_perplexity", "ranks"):
-            data[key] = tuple(data[key])
-        return cls(**data)
+        try:
+            for key in ("levels", "plateau_perplexity", "ranks"):
+                data[key] = tuple(data[key])
+            return cls(**data)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"calibration file {path} lacks or has unknown fields ({err})") from None

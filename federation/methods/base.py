@@ -82,6 +82,8 @@ class MethodConfig:
     """LoRA aggregation: "naive" averages A and B separately; "exact" re-factorises the mean of B_k·A_k (§8)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.num_adapter_layers, int) or self.num_adapter_layers < 1:
+            raise ValueError(f"num_adapter_layers must be an integer >= 1, got {self.num_adapter_layers!r}")
         if self.lora_aggregation not in ("naive", "exact"):
             raise ValueError(f"lora_aggregation must be one of ('naive', 'exact'), got {self.lora_aggregation!r}")
 
@@ -149,6 +151,14 @@ class Method:
     # --- configure -----------------------------------------------------------------------------------
     def validate(self, decisions: Sequence[DeviceDecision]) -> None:
         """``ValueError`` for a round's decisions the method cannot run (checked before anything is sent)."""
+        self.check_decisions(decisions)
+        for decision in decisions:
+            if decision.selected:
+                self.device_spec(decision)  # raises for a compression the model cannot realise
+
+    def check_decisions(self, decisions: Sequence[DeviceDecision]) -> None:
+        """The checks of ``validate`` that need no model (callable before ``setup``, e.g. before loading it): ε in
+        [0, 1) and 0 without an emulator, ranks within the global LoRA rank."""
         for decision in decisions:
             if not 0.0 <= decision.compression < 1.0:
                 raise ValueError(f"compression must be in [0, 1), got {decision.compression}")
@@ -158,8 +168,6 @@ class Method:
                 raise ValueError(f"method {self.name!r} trains all weights; lora_rank must be None")
             if decision.lora_rank is not None and not 1 <= decision.lora_rank <= self.lora.rank:
                 raise ValueError(f"lora_rank must be in [1, {self.lora.rank}], got {decision.lora_rank}")
-            if decision.selected:
-                self.device_spec(decision)  # raises for a compression the model cannot realise
 
     def configure(self, round_idx: int, decisions: Sequence[DeviceDecision], global_state: State) -> list[DeviceConfig]:
         """The round's jobs (Flower's ``configure_fit``): ``configure_device`` of every selected device, in order."""

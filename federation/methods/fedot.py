@@ -46,8 +46,8 @@ class FedOT(FedPEAT):
     name = "fedot"
     config_class = FedOTConfig
 
-    def validate(self, decisions: Sequence[DeviceDecision]) -> None:
-        super().validate(decisions)
+    def check_decisions(self, decisions: Sequence[DeviceDecision]) -> None:
+        super().check_decisions(decisions)
         for decision in decisions:
             if decision.compression not in (0.0, self.config.compression):
                 raise ValueError(f"fedot shares one emulator: compression must be 0 (use the method's) or "

@@ -75,11 +75,11 @@ class FedPFT(Method):
         self._spec: SubModelSpec | None = None
         self._refreshed = 0
 
-    def validate(self, decisions: Sequence[DeviceDecision]) -> None:
+    def check_decisions(self, decisions: Sequence[DeviceDecision]) -> None:
         for decision in decisions:
             if decision.compression != 0.0:
                 raise ValueError(f"fedpft's sub-model is set by keep_ratio; compression must be 0, got {decision.compression}")
-        super().validate(decisions)
+        super().check_decisions(decisions)
 
     def current_spec(self) -> SubModelSpec:
         """The sub-model every device holds now (changes at each neuron refresh)."""
