@@ -27,21 +27,20 @@ def test_engine_fidelity_env_on_ray_steps_like_the_local_one():
     import fedpeat_env  # noqa: F401
 
     options = {"num_devices": 3, "engine_local_steps": 1, "horizon": 2, "memory_tiers": (2.0,)}
-    steps = []
+    episodes = []
     for executor in ("local", "ray"):
         env = gym.make("FedPEAT-Engine-v0", executor=executor, **options)
-        obs, _ = env.reset(seed=3)
-        out = [env.step(np.array([1, 2, 0])) for _ in range(2)]
-        obs2, _ = env.reset()  # a second episode on the same actors
-        steps.append([obs, *[(o, r, i["perplexity"]) for o, r, _, _, i in out], obs2, env.step(np.array([1, 1, 1]))[1]])
+        steps = []
+        for seed in (3, None):  # a second episode on the same actors
+            obs, _ = env.reset(seed=seed)
+            next_obs, reward, _, _, info = env.step(np.array([1, 2, 0]))
+            steps.append((obs, next_obs, reward, info["perplexity"]))
         env.close()
-    local, remote = steps
-    np.testing.assert_equal(local[0], remote[0])
-    for (lo, lr, lp), (ro, rr, rp) in zip(local[1:3], remote[1:3]):
-        np.testing.assert_equal(lo, ro)
-        assert (lr, lp) == (rr, rp)
-    np.testing.assert_equal(local[3], remote[3])
-    assert local[4] == remote[4]
+        episodes.append(steps)
+    for (obs, next_obs, reward, ppl), (r_obs, r_next_obs, r_reward, r_ppl) in zip(*episodes):
+        np.testing.assert_equal(obs, r_obs)
+        np.testing.assert_equal(next_obs, r_next_obs)
+        assert (reward, ppl) == (r_reward, r_ppl)
 
 
 @pytest.fixture(scope="module")
