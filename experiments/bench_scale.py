@@ -56,21 +56,24 @@ class PeakMemory:
         self.peak_bytes = max(self.peak_bytes, self.tree_bytes())
 
 
-LAYOUTS = {"local": None, "ray": True, "ray-actors": False}
-"""The executors compared: in-process; Ray with this process as slot 0 (``driver_slot``); Ray with actors only."""
+LAYOUTS = {"local": None, "local-1-thread": None, "ray": True, "ray-actors": False}
+"""The executors compared: in-process with torch's threads (all cores) and with one thread (a plain loop); Ray with this
+process as slot 0 (``driver_slot``); Ray with actors only."""
 
 
 def bench_executors(clients: int = 8, workers: int = 2, rounds: int = 5, local_steps: int = 10,
                     evaluate: bool = False) -> list[dict]:
     """Round wall time of ``clients`` FedPEAT clients (embedded model, ε = 0.5, ``local_steps`` local steps) on each
     executor of ``LAYOUTS`` (Ray with ``workers`` slots of one CPU), median of ``rounds`` rounds after one warm-up
-    round, the executors one after another; Ray's start-up (``ray.init`` or joining, to its actors ready) and the peak
-    resident memory of the whole process tree (Ray's processes included) during each. ``evaluate``: time the rounds
+    round, the executors one after another (Ray started afresh for each layout); Ray's start-up (``ray.init`` to its
+    actors ready) and the peak resident memory of the whole process tree (Ray's processes included) during each. ``evaluate``: time the rounds
     with the server's perplexity evaluation (serial in all) instead of without it."""
     for name, value in (("clients", clients), ("workers", workers), ("rounds", rounds), ("local_steps", local_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     import gc
+
+    import torch
 
     from federation.engine import EngineConfig, RoundRunner
     from federation.executor_config import ExecutorConfig
@@ -80,8 +83,9 @@ def bench_executors(clients: int = 8, workers: int = 2, rounds: int = 5, local_s
     ExecutorConfig("ray", workers=workers)  # Ray installed? (before any work)
     config = EngineConfig(num_devices=clients, method_config=FedPEATConfig(train=LocalTrainConfig(steps=local_steps)))
     decisions = [DeviceDecision(True, 0.5)] * clients
-    rows = []
+    rows, threads = [], torch.get_num_threads()
     for layout, driver_slot in LAYOUTS.items():
+        torch.set_num_threads(1 if layout == "local-1-thread" else threads)
         with PeakMemory() as memory:
             started = time.perf_counter()
             executor = None if driver_slot is None else ExecutorConfig("ray", workers=workers, driver_slot=driver_slot).make()
@@ -91,28 +95,31 @@ def bench_executors(clients: int = 8, workers: int = 2, rounds: int = 5, local_s
             times = [runner.run_round(decisions, evaluate=evaluate).wall_time_s for _ in range(rounds)]
             if executor is not None:
                 executor.shutdown()
+                executor.ray.shutdown()
         del runner
         gc.collect()
         rows.append({"executor": layout, "round_s": statistics.median(times), "startup_s": startup_s if executor else 0.0,
-                     "peak_bytes": memory.peak_bytes})
-    import ray
-
-    ray.shutdown()
+                     "peak_bytes": memory.peak_bytes, "threads": 1 if layout == "local-1-thread" else threads})
+    torch.set_num_threads(threads)
     for row in rows:
         row["speedup"] = rows[0]["round_s"] / row["round_s"]
+        row["speedup_vs_1_thread"] = rows[1]["round_s"] / row["round_s"]
     return rows
 
 
 def executors_table(rows: list[dict], clients: int, workers: int, rounds: int, evaluate: bool) -> Table:
     what = "with" if evaluate else "without"
-    table = Table(title=f"{clients} clients: in-process vs Ray with {workers} slots (median of {rounds} rounds "
+    table = Table(title=f"{clients} clients: in-process vs Ray with {workers} slots of one CPU (median of {rounds} rounds "
                         f"{what} server evaluation; one run)")
-    for column in ("executor", "round (s)", "speed-up (≥ 1.6×)", "start-up (s, ≤ 11.5)", "peak memory GiB (≤ 1.5)"):
+    for column in ("executor", "round (s)", "speed-up", "vs 1-thread loop (≥ 1.6×)", "start-up (s, ≤ 11.5)",
+                   "peak memory GiB (≤ 1.5)"):
         table.add_column(column, justify="right")
-    names = {"local": "local (in-process)", "ray": "ray (this process + actors)", "ray-actors": "ray (actors only)"}
+    names = {"local": f"local ({rows[0]['threads']} torch threads)", "local-1-thread": "local (1 torch thread)",
+             "ray": "ray (this process + actors)", "ray-actors": "ray (actors only)"}
     for row in rows:
         table.add_row(names[row["executor"]], f"{row['round_s']:.3f}", f"{row['speedup']:.2f}×",
-                      f"{row['startup_s']:.1f}" if row["executor"] != "local" else "–", f"{row['peak_bytes'] / GIB:.2f}")
+                      f"{row['speedup_vs_1_thread']:.2f}×", f"{row['startup_s']:.1f}" if row["startup_s"] else "–",
+                      f"{row['peak_bytes'] / GIB:.2f}")
     return table
 
 

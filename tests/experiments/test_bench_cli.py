@@ -93,9 +93,11 @@ def test_bench_executors_reports_the_ratio_start_up_and_memory():
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): [c.strip().rstrip("×") for c in line.split("│")[2:-1]]
             for line in result.output.splitlines() if line.startswith("│")}
-    local, both, actors = (rows[k] for k in ("local (in-process)", "ray (this process + actors)", "ray (actors only)"))
-    assert local[1] == "1.00" and local[2] == "–"
-    for ray_row in (both, actors):
-        round_s, speedup, startup, peak = (float(c) for c in ray_row)
+    local = next(v for k, v in rows.items() if k.startswith("local (") and "1 torch thread" not in k)
+    one_thread = rows["local (1 torch thread)"]
+    assert local[1] == "1.00" and local[3] == "–" and one_thread[2] == "1.00"
+    for ray_row in (rows["ray (this process + actors)"], rows["ray (actors only)"]):
+        round_s, speedup, vs_one_thread, startup, peak = (float(c) for c in ray_row)
         assert speedup == pytest.approx(float(local[0]) / round_s, rel=0.05, abs=0.02) and startup > 0
-        assert peak > float(local[3])  # Ray's processes and actors add to the process tree
+        assert vs_one_thread == pytest.approx(float(one_thread[0]) / round_s, rel=0.05, abs=0.02)
+        assert peak > float(local[4])  # Ray's processes and actors add to the process tree
