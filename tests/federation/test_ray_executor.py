@@ -152,3 +152,14 @@ def test_run_command_on_ray_writes_the_local_runs_rounds(ray_executor, tmp_path)
     local, remote = (pd.read_csv(tmp_path / name / "rounds.csv").drop(columns="wall_time_s") for name in ("local", "ray"))
     pd.testing.assert_frame_equal(local, remote)
     assert cli.invoke(app, [*args, "--ray-address", "auto"]).exit_code == 2  # a Ray option without --executor ray
+
+
+def test_calibration_runs_on_ray_give_the_local_trajectories(ray_executor):
+    from fedpeat_env.calibration import EngineSettings, RunSpec, run_plan
+
+    settings = EngineSettings(num_devices=3, rounds=2, local_steps=1)
+    specs = [RunSpec("mixed", 0, 0.7, (0.25, 0.5), (2, 8))]
+    local = run_plan(specs, settings, workers=1)
+    remote = run_plan(specs, settings, workers=2, executor=ray_executor)  # one after another, clients on Ray
+    assert [r.perplexity for r in local] == [r.perplexity for r in remote]
+    assert [r.compression for r in local] == [r.compression for r in remote]
