@@ -161,8 +161,8 @@ def run(
                                      "(repeatable), e.g. -o keep_ratio=0.25 (fedpft), -o aggregation=zero-pad (hetlora)."),
     clients_per_round: str = typer.Option(None, help="Client sampling: devices drawn per round, a count K (e.g. 10) or a "
                                                      "share (e.g. 0.01); the others sit out. Default: all devices."),
-    block_size: int = typer.Option(128, min=8, help="Tokens per training sequence (smaller: more blocks to split "
-                                                    "over many devices)."),
+    block_size: int = typer.Option(None, min=8, help="Tokens per training sequence. Default: 128, or the larger of 64 "
+                                                     "and 32 that gives every device a training block (said when used)."),
     out: Path = typer.Option(None, callback=writable_dir, help="Directory for rounds.csv, devices.csv, messages.csv and run.json."),
     checkpoint_dir: Path = typer.Option(None, callback=writable_dir, help="Checkpoint the run into this directory after "
                                         "every round (server, devices, RNGs, rounds so far; the previous checkpoint is "
@@ -179,6 +179,7 @@ def run(
         DEVICES_REMEDY,
         build_method_config,
         default_domains,
+        fitting_block_size,
         metrics_table,
         parse_options,
         plan_run,
@@ -194,8 +195,14 @@ def run(
         at_least(0, seed=seed)
         method_config = build_method_config(method, local_steps, lora_aggregation, case, distill_steps, compression,
                                             parse_options(option))
+        domains = default_domains([method], domain)
+        if block_size is None:
+            block_size = fitting_block_size(devices, domains, server_fraction)
+            if block_size != EngineConfig.block_size:
+                console.print(f"block size {block_size}: blocks of {EngineConfig.block_size} tokens are too few for "
+                              f"{devices} devices (--block-size sets it)")
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
-                              partition=partition, dirichlet_alpha=alpha, domains=default_domains([method], domain),
+                              partition=partition, dirichlet_alpha=alpha, domains=domains,
                               latency_aggregation=latency_aggregation, method_config=method_config,
                               clients_per_round=_count_or_share("--clients-per-round", clients_per_round, devices),
                               block_size=block_size)
@@ -276,10 +283,10 @@ def bench_engine(
 @bench_app.command("executors")
 def bench_executors_cmd(
     clients: int = typer.Option(8, help="Clients (devices) of the embedded model, all training every round."),
-    workers: int = typer.Option(2, help="Ray client actors (one CPU each)."),
+    workers: int = typer.Option(2, help="Ray slots of one CPU each (this process + actors, or actors only)."),
     rounds: int = typer.Option(5, help="Timed rounds per executor (after one warm-up round; median)."),
     local_steps: int = typer.Option(10, help="Local steps per client per round."),
-    evaluate: bool = typer.Option(False, help="Time rounds with the server's perplexity evaluation (serial in both)."),
+    evaluate: bool = typer.Option(False, help="Time rounds with the server's perplexity evaluation (serial in all)."),
 ) -> None:
     """Round wall time on the in-process executor vs Ray (this process + actors, and actors only), Ray's start-up and
     the process tree's peak memory, measured in one run."""

@@ -132,6 +132,24 @@ def check_devices(num_devices: int, domains: Sequence[str] = ("pydocs",), block_
                          f"tokens{share}; got {num_devices}: {remedy}")
 
 
+FALLBACK_BLOCK_SIZES = (64, 32)
+"""Shorter blocks ``fitting_block_size`` tries, in order, when the default gives too few blocks for the devices."""
+
+
+def fitting_block_size(num_devices: int, domains: Sequence[str] = ("pydocs",), server_fraction: float = 0.0,
+                       foundation: str | None = None) -> int:
+    """``EngineConfig.block_size`` (128), or the largest of ``FALLBACK_BLOCK_SIZES`` whose training blocks give every
+    device one (the default if none does: ``check_devices`` then names the limit)."""
+    from federation.data import device_capacity
+    from federation.foundation import load_tokenizer
+
+    tokenizer = load_tokenizer(foundation)
+    for size in (EngineConfig.block_size, *FALLBACK_BLOCK_SIZES):
+        if device_capacity(tokenizer, tuple(domains), size, server_fraction) >= num_devices:
+            return size
+    return EngineConfig.block_size
+
+
 def check_decisions(config: EngineConfig, decisions: Sequence[DeviceDecision]) -> None:
     """``RoundRunner.validate``'s checks, made before the model is loaded: the method's own
     (``Method.check_decisions``) and, for emulator methods, that every ε keeps a middle block of the model (its

@@ -242,3 +242,20 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, c
     assert result.exit_code == 2, result.output
     assert "--out" in result.output and "not a directory" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
+
+
+def test_the_block_size_shrinks_only_when_the_devices_need_more_blocks():
+    from experiments.run import fitting_block_size
+
+    assert fitting_block_size(778) == 128 and fitting_block_size(1000) == 64
+
+
+@pytest.mark.slow
+def test_a_thousand_devices_ten_per_round(tmp_path):
+    result = runner.invoke(app, ["run", "--devices", "1000", "--clients-per-round", "10", "--rounds", "3",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "block size 64: blocks of 128 tokens are too few for 1000 devices" in result.output
+    devices = pd.read_csv(tmp_path / "devices.csv")
+    assert len(devices) == 3000 and devices.groupby("round")["selected"].sum().tolist() == [10, 10, 10]
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["block_size"] == 64
