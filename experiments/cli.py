@@ -195,17 +195,15 @@ def run(
         at_least(0, seed=seed)
         method_config = build_method_config(method, local_steps, lora_aggregation, case, distill_steps, compression,
                                             parse_options(option))
-        domains = default_domains([method], domain)
-        if block_size is None:
-            block_size = fitting_block_size(devices, domains, server_fraction)
-            if block_size != EngineConfig.block_size:
-                console.print(f"block size {block_size}: blocks of {EngineConfig.block_size} tokens are too few for "
-                              f"{devices} devices (--block-size sets it)")
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
-                              partition=partition, dirichlet_alpha=alpha, domains=domains,
+                              partition=partition, dirichlet_alpha=alpha, domains=default_domains([method], domain),
                               latency_aggregation=latency_aggregation, method_config=method_config,
                               clients_per_round=_count_or_share("--clients-per-round", clients_per_round, devices),
-                              block_size=block_size)
+                              block_size=block_size or EngineConfig.block_size)
+        if block_size is None and (fitting := fitting_block_size(devices, config.domains, server_fraction)) != config.block_size:
+            console.print(f"block size {fitting}: blocks of {config.block_size} tokens are too few for {devices} devices "
+                          "(--block-size sets it)")
+            config = replace(config, block_size=fitting)
         plan_run(config, rounds, compression, lora_rank, DEVICES_REMEDY)  # the data and the model can realise it
         with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
             runner, results = run_federated(config, rounds, compression, console, lora_rank, checkpoint_dir, resume,

@@ -37,8 +37,8 @@ CASES = [
     ("run --method fedpft --compression 0.5", "fedpft's sub-model is set by keep_ratio; compression must be 0, got 0.5"),
     ("run --devices 5000", "--devices must be at most 778, the training blocks of pydocs at 128 tokens; got 5000: use "
                            "fewer devices, a smaller --block-size or more --domain"),
-    ("run --devices 600 --server-fraction 0.5", "--devices must be at most 389, the training blocks of pydocs at 128 "
-                                                "tokens after the server's share of 0.5; got 600"),
+    ("run --devices 2000 --server-fraction 0.5", "--devices must be at most 389, the training blocks of pydocs at 128 "
+                                                "tokens after the server's share of 0.5; got 2000"),
     ("run -o nonexistent=1", "method option 'nonexistent' is not a setting of 'fedpeat'; allowed: ["),
     ("run -o case=two", "case must be an integer, got 'two'"),
     ("run -o num_adapter_layers=5", "num_adapter_layers must leave a middle block of the 10-block model: at most 4, got 5"),
