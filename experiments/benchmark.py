@@ -209,9 +209,13 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     out = Path(config.out_dir)
     seeds, episodes = [EVAL_SEED_OFFSET + s for s in range(config.seeds)], config.episodes_per_seed
 
-    def evaluated(path: Path, policy_name: str, make, checkpoint: str | None = None) -> pd.DataFrame:
+    def evaluated(path: Path, policy_name: str, make, checkpoint: str | None = None,
+                  trained: TrainConfig | None = None) -> pd.DataFrame:
+        """``make()``'s episodes, reused from ``path`` when they were computed with the same key (for an agent: its
+        checkpoint and training settings, so that a retrained run is evaluated again)."""
         key = {"policy": policy_name, "env_kwargs": config.env_kwargs, "seeds": seeds, "episodes_per_seed": episodes}
         key |= {} if checkpoint is None else {"checkpoint": checkpoint}
+        key |= {} if trained is None else {"trained": asdict(trained)}
         return _cached(path, key, lambda: evaluate(make(), env_kwargs=config.env_kwargs, seeds=seeds,
                                                    episodes_per_seed=episodes), say)
 
@@ -223,10 +227,11 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     agent_dirs = _trained_all([train_config for _, _, train_config in runs], config.workers, say, progress,
                               config.executor, config.ray_address)
     rows, run_dirs = [], {}
-    for (algo, seed, _), agent_dir in zip(runs, agent_dirs):
+    for (algo, seed, train_config), agent_dir in zip(runs, agent_dirs):
         run_dirs.setdefault(algo, []).append(agent_dir)
         episodes_df = evaluated(agent_dir / f"evaluation-{config.checkpoint}.csv", str(agent_dir),
-                                lambda d=agent_dir: load_policy(d, checkpoint=config.checkpoint), config.checkpoint)
+                                lambda d=agent_dir: load_policy(d, checkpoint=config.checkpoint), config.checkpoint,
+                                train_config)
         diff = paired_difference(episodes_df, baselines[best_fixed])
         metrics = json.loads((agent_dir / "metrics.json").read_text())
         rows.append({"algo": algo, "train seed": seed, "mean return": episodes_df["return"].mean(),

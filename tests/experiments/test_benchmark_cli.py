@@ -111,6 +111,12 @@ def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_
     assert " ".join(again.output.split()).count("reusing") == 4 + 4 + 3
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "per_seed.csv"), per_seed)
 
+    a2c_only = args[:3] + args[5:]  # without --algo ppo
+    retrained = runner.invoke(app, [*a2c_only, "--hyperparams", "learning_rate:0.01"])  # other settings: trained again
+    assert retrained.exit_code == 0, retrained.output
+    text = " ".join(retrained.output.split())
+    assert text.count("training a2c seed") == 2 and text.count(f"evaluating {tmp_path}") == 2  # not the stale episodes
+
 
 
 def test_statistics_over_runs_by_hand():
