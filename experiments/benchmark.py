@@ -313,11 +313,9 @@ def _trained_all(configs: Sequence[TrainConfig], workers: int, say: Callable[[st
 
 def _train_on_ray(configs: Sequence[TrainConfig], address: str | None, say: Callable[[str], None]) -> None:
     """Train every run as a Ray task of one CPU (joining ``address``, or a local Ray), reporting each as it ends."""
-    from federation.ray_executor import import_ray
+    from federation.ray_executor import connect_ray
 
-    ray = import_ray()
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray = connect_ray(address)
     remote_train = ray.remote(num_cpus=1, max_retries=0)(_train_in_worker)
     pending = [remote_train.remote(c) for c in configs]
     while pending:

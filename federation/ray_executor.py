@@ -32,12 +32,15 @@ Shard = tuple[list[int], list[torch.Tensor], GPT2Config, list[np.ndarray | None]
 """One actor's devices: (device ids, their blocks, the model config, their labels)."""
 
 
-def import_ray():
-    """The ``ray`` module, or an ImportError saying how to install it."""
+def connect_ray(address: str | None = None):
+    """The ``ray`` module, connected: joins ``address`` (or starts a local Ray, without dashboard) unless this process
+    is already connected. ImportError saying how to install Ray when it is missing."""
     try:
         import ray
     except ImportError as err:
         raise ImportError("executor 'ray' needs Ray: pip install -e '.[ray]' (or pip install 'ray[default]')") from err
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     return ray
 
 
@@ -107,9 +110,7 @@ class RayExecutor(Executor):
     def __init__(self, address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1.0,
                  driver_slot: bool | None = None, restart_timeout_s: float = 120.0,
                  startup_timeout_s: float = 120.0) -> None:
-        self.ray = import_ray()
-        if not self.ray.is_initialized():
-            self.ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        self.ray = connect_ray(address)
         cpus = self.ray.cluster_resources().get("CPU", 1.0)
         self.num_workers = workers or max(1, int(cpus // cpus_per_worker))
         self.driver_slot = address is None if driver_slot is None else driver_slot
