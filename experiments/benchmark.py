@@ -51,6 +51,8 @@ class BenchmarkConfig:
     check_every: int = 0
     """Every this many env steps of training, the policy against the best fixed policy on validation episodes
     (``TrainConfig.check_every``; 0: off): the per-seed table then reports the training time to beat it."""
+    check_episodes: int = 500
+    """Validation episodes of each check (``TrainConfig.check_episodes``)."""
     checkpoint: str = "final"
     """Which policy of each trained run the benchmark evaluates: "final" (end of training) or "best" (the best on the
     validation checks, seeds apart from the benchmark's; needs ``check_every``)."""
@@ -68,7 +70,7 @@ class BenchmarkConfig:
     not used."""
 
     def __post_init__(self) -> None:
-        for name in ("seeds", "episodes_per_seed", "timesteps", "train_seeds", "workers"):
+        for name in ("seeds", "episodes_per_seed", "timesteps", "train_seeds", "workers", "check_episodes"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for algo in (self.algo, *self.algos):
@@ -99,7 +101,7 @@ class BenchmarkConfig:
         return TrainConfig.from_hyperparams(algo, overrides=self.hyperparams, env_kwargs=dict(self.env_kwargs),
                                             timesteps=self.timesteps, seed=self.train_seed if seed is None else seed,
                                             out_dir=out_dir or str(Path(self.out_dir) / algo),
-                                            check_every=self.check_every)
+                                            check_every=self.check_every, check_episodes=self.check_episodes)
 
     @property
     def multi_run(self) -> bool:
@@ -219,13 +221,13 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
         return _cached(path, key, lambda: evaluate(make(), env_kwargs=config.env_kwargs, seeds=seeds,
                                                    episodes_per_seed=episodes), say)
 
-    baselines = {name: evaluated(out / "baselines" / f"{name}.csv", name, lambda name=name: make_policy(name))
-                 for name in config.baselines}
-    best_fixed = best_fixed_policy(baselines)
     runs = [(algo, seed, config.train_config(algo, seed, str(out / algo / f"seed-{seed}")))
             for algo in config.algo_list for seed in range(config.train_seeds)]
     agent_dirs = _trained_all([train_config for _, _, train_config in runs], config.workers, say, progress,
                               config.executor, config.ray_address)
+    baseline_key = {"env_kwargs": config.env_kwargs, "seeds": seeds, "episodes_per_seed": episodes}
+    baselines = _baselines_cached(config.baselines, out / "baselines", baseline_key, config.workers, say)
+    best_fixed = best_fixed_policy(baselines)
     rows, run_dirs = [], {}
     for (algo, seed, train_config), agent_dir in zip(runs, agent_dirs):
         run_dirs.setdefault(algo, []).append(agent_dir)
@@ -323,17 +325,51 @@ def _train_on_ray(configs: Sequence[TrainConfig], address: str | None, say: Call
         say(f"finished {ray.get(done[0])}")
 
 
-def _cached(path: Path, key: dict, compute: Callable[[], pd.DataFrame], say: Callable[[str], None]) -> pd.DataFrame:
-    """The frame in ``path`` if it was computed with ``key`` (stored beside it as JSON), else ``compute()`` saved there."""
+def _baseline_episodes(name: str, env_kwargs: dict, seeds: list[int], episodes_per_seed: int) -> pd.DataFrame:
+    """``evaluate`` the baseline ``name`` (in a worker process: one torch thread)."""
+    from federation.foundation import worker_setup
+
+    worker_setup()
+    return evaluate(make_policy(name), env_kwargs=env_kwargs, seeds=seeds, episodes_per_seed=episodes_per_seed)
+
+
+def _baselines_cached(names: Sequence[str], directory: Path, key: dict, workers: int,
+                      say: Callable[[str], None]) -> dict[str, pd.DataFrame]:
+    """Each baseline's episodes on ``key``'s seeds (``_cached`` in ``directory/<name>.csv``); those not cached are
+    evaluated ``workers`` at a time in worker processes (the oracle and greedy take ≈ 0.6 and 1 s per episode)."""
+    args = (key["env_kwargs"], key["seeds"], key["episodes_per_seed"])
+    todo = [name for name in names if _cached_frame(directory / f"{name}.csv", {"policy": name, **key}) is None]
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {name: pool.submit(_baseline_episodes, name, *args) for name in todo}
+            for name, future in futures.items():  # each saved as it ends: a killed benchmark keeps the finished ones
+                _cached(directory / f"{name}.csv", {"policy": name, **key}, future.result, say)
+    return {name: _cached(directory / f"{name}.csv", {"policy": name, **key},
+                          lambda name=name: _baseline_episodes(name, *args), say) for name in names}
+
+
+def _cached_frame(path: Path, key: dict) -> pd.DataFrame | None:
+    """The frame in ``path`` if it was computed with ``key`` (stored beside it as JSON), else None."""
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == json.loads(json.dumps(key)):
-        say(f"reusing {path}")
         return pd.read_csv(path)
+    return None
+
+
+def _cached(path: Path, key: dict, compute: Callable[[], pd.DataFrame], say: Callable[[str], None]) -> pd.DataFrame:
+    """The frame in ``path`` if it was computed with ``key`` (stored beside it as JSON), else ``compute()`` saved there."""
+    frame = _cached_frame(path, key)
+    if frame is not None:
+        say(f"reusing {path}")
+        return frame
     say(f"evaluating {key['policy']}")
     frame = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
-    meta.write_text(json.dumps(key))  # after the frame: a killed evaluation leaves no key
+    path.with_suffix(".json").write_text(json.dumps(key))  # after the frame: a killed evaluation leaves no key
     return frame
 
 

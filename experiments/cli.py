@@ -317,6 +317,7 @@ def demo(
     timesteps: int = typer.Option(1_000_000, help="Training steps (≈ 3 minutes on one core)."),
     check_every: int = typer.Option(100_000, help="Validation checks every this many steps; the best checkpoint is "
                                                   "evaluated (0: no checks, the final policy)."),
+    check_episodes: int = typer.Option(500, help="Validation episodes of each check."),
     seeds: int = typer.Option(10, help="Evaluation seeds."),
     episodes: int = typer.Option(10, help="Episodes per seed."),
     out: Path = typer.Option(Path("runs/demo"), callback=writable_dir, help="Output directory."),
@@ -328,7 +329,8 @@ def demo(
     _quiet_libraries()
     with user_errors():
         config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, algo=algo, out_dir=str(out),
-                                 check_every=check_every, checkpoint="best" if check_every else "final",
+                                 check_every=check_every, check_episodes=check_episodes,
+                                 checkpoint="best" if check_every else "final",
                                  baselines=("fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "oracle"))
     _print_benchmark(run_benchmark(config, say=console.log))
 
@@ -544,7 +546,9 @@ def train_cmd(
                                           "evaluates at any num_devices). Default: hyperparams/ALGO.yml's, else mlp."),
     seed: int = typer.Option(0, help="Seed of the run."),
     check_every: int = typer.Option(0, help="Every this many env steps, the policy against the best fixed policy on "
-                                            "30 validation episodes; metrics.json reports the time to beat it (0: off)."),
+                                            "--check-episodes validation episodes; metrics.json reports the time to "
+                                            "beat it (0: off)."),
+    check_episodes: int = typer.Option(500, help="Validation episodes of each check."),
     out: Path = typer.Option(Path("runs/agent"), callback=writable_dir, help="Output directory (model, VecNormalize stats, logs)."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable), e.g. num_devices=6."),
     checkpoint_every: int = typer.Option(100_000, min=0, help="Every this many env steps (at the next rollout boundary) "
@@ -566,7 +570,7 @@ def train_cmd(
         config = TrainConfig.from_hyperparams(algo, env, overrides=parse_hyperparams(_zoo_hyperparams(hyperparams, ctx)),
                                               env_kwargs=_env_kwargs(env_option), timesteps=timesteps, n_envs=n_envs,
                                               seed=seed, out_dir=str(out), policy=POLICIES.get(policy),
-                                              check_every=check_every)
+                                              check_every=check_every, check_episodes=check_episodes)
         import gymnasium as gym
 
         import fedpeat_env  # noqa: F401
@@ -629,7 +633,9 @@ def benchmark_cmd(
     hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
                                           "key:value (repeatable)."),
     check_every: int = typer.Option(0, help="Every this many training steps, each agent against the best fixed policy "
-                                            "on 30 validation episodes; the per-seed table reports the time to beat it."),
+                                            "on --check-episodes validation episodes; the per-seed table reports the "
+                                            "time to beat it."),
+    check_episodes: int = typer.Option(500, help="Validation episodes of each check."),
     workers: int = typer.Option(1, help="Training runs at once (worker processes, one core each; --train-seeds > 1)."),
     executor: str = typer.Option("local", parser=EXECUTOR, metavar="NAME", help="Where the training runs go: local "
                                  "(this process, or --workers processes) or ray (one Ray task per run, one CPU each)."),
@@ -655,8 +661,8 @@ def benchmark_cmd(
         config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, algo=algo[0],
                                  algos=tuple(algo) if len(algo) > 1 else (), train_seeds=train_seeds,
                                  hyperparams=parse_hyperparams(_zoo_hyperparams(hyperparams, ctx)),
-                                 env_kwargs=_env_kwargs(env_option), check_every=check_every, workers=workers,
-                                 checkpoint=checkpoint, executor=executor, ray_address=ray_address,
+                                 env_kwargs=_env_kwargs(env_option), check_every=check_every,
+                                 check_episodes=check_episodes, workers=workers, checkpoint=checkpoint, executor=executor, ray_address=ray_address,
                                  out_dir=str(out), agent_dir=None if agent is None else str(agent))
         for name in config.algo_list:
             config.train_config(name)  # validate the settings before any work

@@ -95,6 +95,7 @@ CASES = [
     ("calibrate --executor dask", "Invalid value for '--executor': executor must be one of ('local', 'ray')"),
     ("calibrate --out {tmp}", "Invalid value for '--out': must be a file, got the directory '{tmp}'"),
     # train
+    ("train --check-every 1000 --check-episodes 0", "check_episodes must be >= 1, got 0"),
     ("train --env-option num_devices=ten", "num_devices must be an integer, got 'ten' (str)"),
     ("train --env-option nope=1", "unknown FedPEAT env option(s) ['nope']; valid options: ["),
     ('train --env-option channel={"nope":1}', "channel has no setting(s) ['nope']; valid: ["),
@@ -135,6 +136,7 @@ CASES = [
     ("benchmark --baseline nope", "baseline must be one of ('fixed-k',"),
     ("benchmark --checkpoint best", "checkpoint 'best' needs check_every > 0"),
     ("benchmark --workers 0", "workers must be >= 1, got 0"),
+    ("benchmark --check-every 1000 --check-episodes 0", "check_episodes must be >= 1, got 0"),
     ("benchmark --env-option num_devices=0", "num_devices must be >= 1, got 0"),
     ("benchmark --env-option compression_levels=[0.99]", "compression_levels cannot be realised by the 'gpt2-xl' model"),
     ("benchmark --hyperparams n_envs:0", "n_envs must be >= 1, got 0"),
@@ -155,6 +157,7 @@ CASES = [
     ("demo --timesteps 0", "timesteps must be >= 1, got 0"),
     ("demo --episodes 0", "episodes_per_seed must be >= 1, got 0"),
     ("demo --check-every -1", "check_every must be >= 0"),
+    ("demo --check-episodes 0", "check_episodes must be >= 1, got 0"),
     # demo-federated
     ("demo-federated --rounds 0", "--rounds must be >= 1, got 0"),
     ("demo-federated --rounds ten", "Invalid value for '--rounds': {int}"),

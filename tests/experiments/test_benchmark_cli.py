@@ -129,8 +129,8 @@ def test_statistics_over_runs_by_hand():
 
 
 def test_demo_trains_evaluates_and_gives_the_paired_verdict(tmp_path):
-    result = runner.invoke(app, ["demo", "--timesteps", "4096", "--check-every", "2048", "--seeds", "1", "--episodes", "2",
-                                 "--out", str(tmp_path)])
+    result = runner.invoke(app, ["demo", "--timesteps", "4096", "--check-every", "2048", "--check-episodes", "4",
+                                 "--seeds", "1", "--episodes", "2", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     diff = summary["agent_minus_best_fixed"]
@@ -153,3 +153,5 @@ def test_training_runs_in_worker_processes_and_on_ray_give_the_same_agents(tmp_p
     for other in (parallel, on_ray):
         pd.testing.assert_frame_equal(pd.read_csv(other / "per_seed.csv").drop(columns=timing),
                                       pd.read_csv(one_by_one / "per_seed.csv").drop(columns=timing))
+    # the baselines were evaluated two at a time in worker processes there: the same episodes
+    pd.testing.assert_frame_equal(pd.read_csv(parallel / "baselines.csv"), pd.read_csv(one_by_one / "baselines.csv"))
