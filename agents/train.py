@@ -342,20 +342,27 @@ def _restored_model(config: TrainConfig, venv: VecEnv, path: Path, steps: int):
 CHECKPOINTS = ("final", "best")
 
 
-def load_policy(out_dir: str | Path, deterministic: bool = True, checkpoint: str = "final") -> SB3Policy:
-    """The policy saved by ``train`` (``checkpoint`` "final": at the end of training; "best": the best on the
-    validation checks, ``--check-every``), with its VecNormalize observation statistics frozen (training=False,
-    norm_reward=False)."""
+def checked_checkpoint(out_dir: str | Path, checkpoint: str = "final") -> Path:
+    """The directory holding ``checkpoint`` ("final" or "best") of the agent trained in ``out_dir``, without loading
+    it; ``ValueError`` naming what is missing (``load_policy``'s checks, for commands that check before they work)."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
     out = Path(out_dir)
     if not (out / "config.json").is_file() or not (out / "model.zip").is_file():
         raise ValueError(f"{out} is not a trained agent's directory (it needs config.json and model.zip)")
-    config = TrainConfig(**json.loads((out / "config.json").read_text()))
     if checkpoint == "best":
         if not (out / BEST_DIR / "model.zip").is_file():
             raise ValueError(f"checkpoint 'best' needs a run trained with check_every > 0; {out} has no {BEST_DIR}/")
         out = out / BEST_DIR
+    return out
+
+
+def load_policy(out_dir: str | Path, deterministic: bool = True, checkpoint: str = "final") -> SB3Policy:
+    """The policy saved by ``train`` (``checkpoint`` "final": at the end of training; "best": the best on the
+    validation checks, ``--check-every``), with its VecNormalize observation statistics frozen (training=False,
+    norm_reward=False)."""
+    out = checked_checkpoint(out_dir, checkpoint)
+    config = TrainConfig(**json.loads((Path(out_dir) / "config.json").read_text()))
     model = ALGOS[config.algo].load(out / "model.zip", device="cpu")
     if not config.normalize:
         return SB3Policy(model, None, deterministic=deterministic)

@@ -377,18 +377,20 @@ SIM2REAL_POLICIES = ("fixed-1", "fixed-2", "fixed-3", "fixed-4")
 """The fixed baselines sim2real compares with the agent (FedPEAT without adaptive control, each level)."""
 
 
-def _episode_rows(policy_name: str, agent_dir: str | None, env_id: str, kwargs: dict, seeds: list[int]) -> pd.DataFrame:
-    """``evaluate`` one policy (the agent if ``agent_dir``) in a worker process (one torch thread)."""
+def _episode_rows(policy_name: str, agent_dir: str | None, env_id: str, kwargs: dict, seeds: list[int],
+                  checkpoint: str = "final") -> pd.DataFrame:
+    """``evaluate`` one policy (the agent's ``checkpoint`` if ``agent_dir``) in a worker process (one torch thread)."""
     from federation.foundation import worker_setup
 
     worker_setup()
-    policy = load_policy(Path(agent_dir)) if agent_dir else make_policy(policy_name)
+    policy = load_policy(Path(agent_dir), checkpoint=checkpoint) if agent_dir else make_policy(policy_name)
     return evaluate(policy, env_id=env_id, env_kwargs=kwargs, seeds=seeds).assign(policy=policy_name, fidelity=env_id)
 
 
 def sim_to_real(agent_dir: Path, policies: Sequence[str], seeds: Sequence[int], horizon: int | None = None,
-                workers: int = 2, say: Callable[[str], None] = print) -> tuple[pd.DataFrame, dict]:
-    """The trained agent and ``policies`` on FedPEAT-v0 and on FedPEAT-Engine-v0 (real rounds), same seeds, the agent's
+                workers: int = 2, say: Callable[[str], None] = print,
+                checkpoint: str = "final") -> tuple[pd.DataFrame, dict]:
+    """The trained agent (its ``checkpoint``: "final" or "best") and ``policies`` on FedPEAT-v0 and on FedPEAT-Engine-v0 (real rounds), same seeds, the agent's
     env options and ``horizon`` (None: the agent's, the benchmark's horizon). Returns (one row per policy: mean return
     and final perplexity on each fidelity, their rank on each; a summary: whether the ranking is the same, Kendall's
     τ, the mean gap of returns). Engine episodes run on ``workers`` processes."""
@@ -401,7 +403,7 @@ def sim_to_real(agent_dir: Path, policies: Sequence[str], seeds: Sequence[int], 
     kwargs = {k: v for k, v in config["env_kwargs"].items() if k != "fidelity"}
     kwargs["horizon"] = horizon or kwargs.get("horizon", EnvConfig().horizon)  # FedPEAT-Engine-v0's own default is 5
     names = [config["algo"], *policies]
-    jobs = [(name, str(agent_dir) if name == config["algo"] else None, env_id, kwargs, list(seeds))
+    jobs = [(name, str(agent_dir) if name == config["algo"] else None, env_id, kwargs, list(seeds), checkpoint)
             for env_id in ("FedPEAT-Engine-v0", "FedPEAT-v0") for name in names]
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_episode_rows, *job) for job in jobs]

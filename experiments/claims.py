@@ -86,6 +86,8 @@ class ClaimSettings:
     agent_dir: str | None = None
     """A trained agent (``fedpeat train`` / ``benchmark`` directory) added to the control claim as a second
     adaptive controller."""
+    agent_checkpoint: str = "final"
+    """Which of the agent's policies: "final" (end of training) or "best" (its best validation check)."""
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.seeds < 2:
@@ -95,6 +97,10 @@ class ClaimSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.agent_dir is not None and not (Path(self.agent_dir) / "config.json").is_file():
             raise ValueError(f"agent must be a trained agent's directory (with config.json), got {self.agent_dir!r}")
+        if self.agent_dir is not None:
+            from agents.train import checked_checkpoint
+
+            checked_checkpoint(self.agent_dir, self.agent_checkpoint)
 
 
 def verdict(method_ppl: float, method_ci: tuple[float, float], baseline_ppl: float, baseline_ci: tuple[float, float]) -> str:
@@ -242,7 +248,7 @@ def control_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], No
     rows = [compared("greedy", run("greedy", "benchmark scenario", {}), fixed_name, fixed, "benchmark scenario")]
     if settings.agent_dir is not None:
         algo = json.loads((Path(settings.agent_dir) / "config.json").read_text())["algo"]
-        agent = run(algo, "benchmark scenario", {}, load_policy(settings.agent_dir))
+        agent = run(algo, "benchmark scenario", {}, load_policy(settings.agent_dir, checkpoint=settings.agent_checkpoint))
         rows.append(compared(f"{algo} agent", agent, fixed_name, fixed, "benchmark scenario"))
     rows.append(compared(fixed_name, fixed, "fed-ft", run("full-model", "Fed-FT", fed_ft), "benchmark scenario"))
     big_name, big = best_fixed("unlimited memory", UNLIMITED_MEMORY)

@@ -718,11 +718,14 @@ def sim2real_cmd(
     seeds: int = typer.Option(2, help="Episodes per policy and fidelity (evaluation seeds)."),
     horizon: int = typer.Option(None, help="Rounds per episode (default: the agent's, i.e. the benchmark's horizon)."),
     workers: int = typer.Option(2, help="Worker processes for the episodes."),
+    checkpoint: str = typer.Option("final", help="Of --agent: final (end of training) or best (its best validation "
+                                                 "check)."),
     out: Path = typer.Option(Path("runs/sim2real"), callback=writable_dir, help="Directory for sim2real.md, sim2real.csv and summary.json."),
 ) -> None:
     """The trained agent and the fixed baselines on the surrogate and on real engine rounds, same seeds: returns,
     final perplexities, and whether the policies rank the same on both fidelities."""
     from agents.stats import to_markdown
+    from agents.train import checked_checkpoint
     from experiments.benchmark import EVAL_SEED_OFFSET, SIM2REAL_POLICIES, sim_to_real
 
     with user_errors():
@@ -730,9 +733,10 @@ def sim2real_cmd(
             raise ValueError(f"--agent must be a trained agent's directory (with config.json), got {agent}")
         if seeds < 1 or workers < 1 or (horizon is not None and horizon < 1):
             raise ValueError(f"--seeds, --workers and --horizon must be >= 1, got {seeds}, {workers}, {horizon}")
+        checked_checkpoint(agent, checkpoint)
     _quiet_libraries()
     table, summary = sim_to_real(agent, SIM2REAL_POLICIES, [EVAL_SEED_OFFSET + s for s in range(seeds)], horizon,
-                                 workers, say=console.print)
+                                 workers, say=console.print, checkpoint=checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sim2real.md").write_text(to_markdown(table))
     table.to_csv(out / "sim2real.csv", index=False)
@@ -792,6 +796,8 @@ def claims_cmd(
     env_seeds: int = typer.Option(10, help="Env evaluation seeds of the control claim."),
     env_episodes: int = typer.Option(10, help="Episodes per env seed of the control claim."),
     agent: Path = typer.Option(None, help="A trained agent's directory, added to the control claim beside greedy."),
+    checkpoint: str = typer.Option("final", help="Of --agent: final (end of training) or best (its best validation "
+                                                 "check)."),
     out: Path = typer.Option(Path("runs/claims"), callback=writable_dir, help="Output directory."),
     executor: str = EXECUTOR_OPTION,
     ray_address: str = RAY_ADDRESS_OPTION,
@@ -806,12 +812,14 @@ def claims_cmd(
     _quiet_libraries()
     with user_errors():
         settings = ClaimSettings(rounds, seeds, devices, local_steps, env_seeds, env_episodes,
-                                 None if agent is None else str(agent))
+                                 None if agent is None else str(agent), checkpoint)
         check_claims(settings, claim)
         with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
             table, runs = run_claims(settings, claim, say=console.log, executor=clients)
     console.print(table.drop(columns=["statement", "detail"]).to_string(index=False))
     command = (f"`fedpeat claims --rounds {rounds} --seeds {seeds} --devices {devices} --local-steps {local_steps} "
-               f"--env-seeds {env_seeds} --env-episodes {env_episodes}" + (f" --agent {agent}" if agent else "") + "`")
+               f"--env-seeds {env_seeds} --env-episodes {env_episodes}"
+               + (f" --agent {agent}" + (f" --checkpoint {checkpoint}" if checkpoint != "final" else "") if agent else "")
+               + "`")
     for path in write_claims(table, runs, out, command):
         console.print(f"wrote {path}")

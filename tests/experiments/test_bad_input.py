@@ -72,6 +72,8 @@ CASES = [
     ("claims --devices 0", "devices must be >= 1, got 0"),
     ("claims --rounds ten", "Invalid value for '--rounds': {int}"),
     ("claims --agent {tmp}/missing", "agent must be a trained agent's directory (with config.json), got '{tmp}/missing'"),
+    ("claims --agent {tmp}/agent", "{tmp}/agent is not a trained agent's directory (it needs config.json and model.zip)"),
+    ("claims --agent {tmp}/agent --checkpoint worst", "checkpoint must be one of ('final', 'best'), got 'worst'"),
     ("claims --devices 5000", "--devices must be at most 778, the training blocks of pydocs"),
     ("claims --env-episodes 0", "env_episodes must be >= 1, got 0"),
     ("claims --ray-address auto", "--ray-address and --ray-workers apply to --executor ray only"),
@@ -146,6 +148,9 @@ CASES = [
     ("sim2real --agent {tmp}/agent --seeds 0", "--seeds, --workers and --horizon must be >= 1, got 0, 2, None"),
     ("sim2real --agent {tmp}/agent --workers 0", "--seeds, --workers and --horizon must be >= 1, got 2, 0, None"),
     ("sim2real --agent {tmp}/agent --horizon 0", "--seeds, --workers and --horizon must be >= 1, got 2, 2, 0"),
+    ("sim2real --agent {tmp}/agent", "{tmp}/agent is not a trained agent's directory (it needs config.json and "
+                                     "model.zip)"),
+    ("sim2real --agent {tmp}/agent --checkpoint worst", "checkpoint must be one of ('final', 'best'), got 'worst'"),
     ("sim2real --agent {tmp}/agent --seeds two", "Invalid value for '--seeds': {int}"),
     # regime
     ("regime --devices 0", "devices must be >= 1, got 0"),

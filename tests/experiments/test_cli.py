@@ -184,6 +184,23 @@ def test_claims_verdicts_follow_from_their_runs(tmp_path):
         assert bad.exit_code == 2 and message in " ".join(bad.output.split()), bad.output
 
 
+def test_claims_control_with_an_agents_best_checkpoint(tmp_path):
+    from agents.evaluate import evaluate
+    from agents.train import TrainConfig, load_policy, train
+    from experiments.benchmark import EVAL_SEED_OFFSET
+
+    agent = tmp_path / "ppo"
+    train(TrainConfig(algo="ppo", timesteps=64, n_envs=8, out_dir=str(agent), check_every=32, check_episodes=2,
+                      algo_kwargs={"n_steps": 8, "batch_size": 16, "n_epochs": 1}), progress=False)
+    result = runner.invoke(app, ["claims", "--claim", "control", "--env-seeds", "2", "--env-episodes", "1",
+                                 "--agent", str(agent), "--checkpoint", "best", "--out", str(tmp_path / "claims")])
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "claims" / "claims.csv").set_index("method").loc["ppo agent"]
+    best = evaluate(load_policy(agent, checkpoint="best"), seeds=[EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + 1])
+    assert row["method value"] == pytest.approx(best["return"].mean())
+    assert f"--agent {agent} --checkpoint best`" in (tmp_path / "claims" / "claims.md").read_text()
+
+
 def test_claim_verdicts():
     from experiments.claims import verdict
 
