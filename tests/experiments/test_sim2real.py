@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from agents.evaluate import evaluate
 from agents.train import TrainConfig, load_policy, train
-from experiments.benchmark import EVAL_SEED_OFFSET
 from experiments import cli
+from experiments.benchmark import EVAL_SEED_OFFSET
 from experiments.cli import app
 
 runner = CliRunner()
