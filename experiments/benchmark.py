@@ -390,8 +390,8 @@ def _episode_rows(policy_name: str, agent_dir: str | None, env_id: str, kwargs: 
 def sim_to_real(agent_dir: Path, policies: Sequence[str], seeds: Sequence[int], horizon: int | None = None,
                 workers: int = 2, say: Callable[[str], None] = print,
                 checkpoint: str = "final") -> tuple[pd.DataFrame, dict]:
-    """The trained agent (its ``checkpoint``: "final" or "best") and ``policies`` on FedPEAT-v0 and on FedPEAT-Engine-v0 (real rounds), same seeds, the agent's
-    env options and ``horizon`` (None: the agent's, the benchmark's horizon). Returns (one row per policy: mean return
+    """The trained agent (its ``checkpoint``: "final" or "best") and ``policies`` on FedPEAT-v0 and on
+    FedPEAT-Engine-v0 (real rounds), same seeds, the agent's env options and ``horizon`` (None: the agent's, the benchmark's horizon). Returns (one row per policy: mean return
     and final perplexity on each fidelity, their rank on each; a summary: whether the ranking is the same, Kendall's
     τ, the mean gap of returns). Engine episodes run on ``workers`` processes."""
     from concurrent.futures import ProcessPoolExecutor

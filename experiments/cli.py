@@ -662,8 +662,9 @@ def benchmark_cmd(
                                  algos=tuple(algo) if len(algo) > 1 else (), train_seeds=train_seeds,
                                  hyperparams=parse_hyperparams(_zoo_hyperparams(hyperparams, ctx)),
                                  env_kwargs=_env_kwargs(env_option), check_every=check_every,
-                                 check_episodes=check_episodes, workers=workers, checkpoint=checkpoint, executor=executor, ray_address=ray_address,
-                                 out_dir=str(out), agent_dir=None if agent is None else str(agent))
+                                 check_episodes=check_episodes, workers=workers, checkpoint=checkpoint,
+                                 executor=executor, ray_address=ray_address, out_dir=str(out),
+                                 agent_dir=None if agent is None else str(agent))
         for name in config.algo_list:
             config.train_config(name)  # validate the settings before any work
         if config.multi_run and agent is not None:
