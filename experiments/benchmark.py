@@ -325,75 +325,91 @@ def _train_on_ray(configs: Sequence[TrainConfig], address: str | None, say: Call
         say(f"finished {ray.get(done[0])}")
 
 
-def _baseline_episodes(name: str, env_kwargs: dict, seeds: list[int], episodes_per_seed: int) -> pd.DataFrame:
-    """``evaluate`` the baseline ``name`` (in a worker process: one torch thread)."""
+def _policy_episodes(policy_name: str, env_kwargs: dict, seeds: list[int], episodes_per_seed: int = 1,
+                     env_id: str = "FedPEAT-v0", agent_dir: str | None = None,
+                     checkpoint: str = "final") -> pd.DataFrame:
+    """``evaluate`` the baseline ``policy_name``, or the agent trained in ``agent_dir`` (its ``checkpoint``)."""
+    policy = load_policy(Path(agent_dir), checkpoint=checkpoint) if agent_dir else make_policy(policy_name)
+    return evaluate(policy, env_id=env_id, env_kwargs=env_kwargs, seeds=seeds, episodes_per_seed=episodes_per_seed)
+
+
+def _policy_episodes_in_worker(*args, **kwargs) -> pd.DataFrame:
+    """``_policy_episodes`` in a worker process (one torch thread, quiet libraries)."""
     from federation.foundation import worker_setup
 
     worker_setup()
-    return evaluate(make_policy(name), env_kwargs=env_kwargs, seeds=seeds, episodes_per_seed=episodes_per_seed)
+    return _policy_episodes(*args, **kwargs)
 
 
 def _baselines_cached(names: Sequence[str], directory: Path, key: dict, workers: int,
                       say: Callable[[str], None]) -> dict[str, pd.DataFrame]:
-    """Each baseline's episodes on ``key``'s seeds (``_cached`` in ``directory/<name>.csv``); those not cached are
-    evaluated ``workers`` at a time in worker processes (the oracle and greedy take ≈ 0.6 and 1 s per episode)."""
+    """Each baseline's episodes on ``key``'s seeds, reused from ``directory/<name>.csv`` when computed with ``key``
+    (``_cached_frame``); the others are evaluated ``workers`` at a time in worker processes (the oracle and greedy
+    take ≈ 0.6 and 1 s per episode), each saved as it ends, so a killed benchmark keeps the finished ones."""
     args = (key["env_kwargs"], key["seeds"], key["episodes_per_seed"])
-    todo = [name for name in names if _cached_frame(directory / f"{name}.csv", {"policy": name, **key}) is None]
+    paths = {name: directory / f"{name}.csv" for name in names}
+    keys = {name: {"policy": name, **key} for name in names}
+    frames = {}
+    for name in names:
+        frame = _cached_frame(paths[name], keys[name])
+        if frame is not None:
+            say(f"reusing {paths[name]}")
+            frames[name] = frame
+    todo = [name for name in names if name not in frames]
     if workers > 1 and len(todo) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        say(f"evaluating {', '.join(todo)} ({workers} at a time)")
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {name: pool.submit(_baseline_episodes, name, *args) for name in todo}
-            for name, future in futures.items():  # each saved as it ends: a killed benchmark keeps the finished ones
-                _cached(directory / f"{name}.csv", {"policy": name, **key}, future.result, say)
-    return {name: _cached(directory / f"{name}.csv", {"policy": name, **key},
-                          lambda name=name: _baseline_episodes(name, *args), say) for name in names}
+            futures = {name: pool.submit(_policy_episodes_in_worker, name, *args) for name in todo}
+            for name, future in futures.items():
+                frames[name] = _saved(paths[name], keys[name], future.result())
+    else:
+        for name in todo:
+            say(f"evaluating {name}")
+            frames[name] = _saved(paths[name], keys[name], _policy_episodes(name, *args))
+    return {name: frames[name] for name in names}
 
 
 def _cached_frame(path: Path, key: dict) -> pd.DataFrame | None:
-    """The frame in ``path`` if it was computed with ``key`` (stored beside it as JSON), else None."""
+    """The frame in ``path`` if it was computed with ``key`` (stored beside it as JSON by ``_saved``), else None."""
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == json.loads(json.dumps(key)):
         return pd.read_csv(path)
     return None
 
 
+def _saved(path: Path, key: dict, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` written to ``path`` with ``key`` beside it as JSON (after the frame: a killed write leaves no key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    path.with_suffix(".json").write_text(json.dumps(key))
+    return frame
+
+
 def _cached(path: Path, key: dict, compute: Callable[[], pd.DataFrame], say: Callable[[str], None]) -> pd.DataFrame:
-    """The frame in ``path`` if it was computed with ``key`` (stored beside it as JSON), else ``compute()`` saved there."""
+    """The frame in ``path`` if it was computed with ``key`` (``_cached_frame``), else ``compute()`` saved there."""
     frame = _cached_frame(path, key)
     if frame is not None:
         say(f"reusing {path}")
         return frame
     say(f"evaluating {key['policy']}")
-    frame = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
-    path.with_suffix(".json").write_text(json.dumps(key))  # after the frame: a killed evaluation leaves no key
-    return frame
+    return _saved(path, key, compute())
 
 
 SIM2REAL_POLICIES = ("fixed-1", "fixed-2", "fixed-3", "fixed-4")
 """The fixed baselines sim2real compares with the agent (FedPEAT without adaptive control, each level)."""
 
 
-def _episode_rows(policy_name: str, agent_dir: str | None, env_id: str, kwargs: dict, seeds: list[int],
-                  checkpoint: str = "final") -> pd.DataFrame:
-    """``evaluate`` one policy (the agent's ``checkpoint`` if ``agent_dir``) in a worker process (one torch thread)."""
-    from federation.foundation import worker_setup
-
-    worker_setup()
-    policy = load_policy(Path(agent_dir), checkpoint=checkpoint) if agent_dir else make_policy(policy_name)
-    return evaluate(policy, env_id=env_id, env_kwargs=kwargs, seeds=seeds).assign(policy=policy_name, fidelity=env_id)
-
-
 def sim_to_real(agent_dir: Path, policies: Sequence[str], seeds: Sequence[int], horizon: int | None = None,
                 workers: int = 2, say: Callable[[str], None] = print,
                 checkpoint: str = "final") -> tuple[pd.DataFrame, dict]:
     """The trained agent (its ``checkpoint``: "final" or "best") and ``policies`` on FedPEAT-v0 and on
-    FedPEAT-Engine-v0 (real rounds), same seeds, the agent's env options and ``horizon`` (None: the agent's, the benchmark's horizon). Returns (one row per policy: mean return
-    and final perplexity on each fidelity, their rank on each; a summary: whether the ranking is the same, Kendall's
-    τ, the mean gap of returns). Engine episodes run on ``workers`` processes."""
+    FedPEAT-Engine-v0 (real rounds), same seeds, the agent's env options and ``horizon`` (None: the agent's, the
+    benchmark's horizon). Returns (one row per policy: mean return and final perplexity on each fidelity, their rank
+    on each; a summary: whether the ranking is the same, Kendall's τ, the mean gap of returns). Engine episodes run on
+    ``workers`` processes."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -403,14 +419,15 @@ def sim_to_real(agent_dir: Path, policies: Sequence[str], seeds: Sequence[int], 
     kwargs = {k: v for k, v in config["env_kwargs"].items() if k != "fidelity"}
     kwargs["horizon"] = horizon or kwargs.get("horizon", EnvConfig().horizon)  # FedPEAT-Engine-v0's own default is 5
     names = [config["algo"], *policies]
-    jobs = [(name, str(agent_dir) if name == config["algo"] else None, env_id, kwargs, list(seeds), checkpoint)
-            for env_id in ("FedPEAT-Engine-v0", "FedPEAT-v0") for name in names]
+    jobs = [(name, env_id) for env_id in ("FedPEAT-Engine-v0", "FedPEAT-v0") for name in names]
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_episode_rows, *job) for job in jobs]
+        futures = [pool.submit(_policy_episodes_in_worker, name, kwargs, list(seeds), env_id=env_id,
+                               agent_dir=str(agent_dir) if name == config["algo"] else None, checkpoint=checkpoint)
+                   for name, env_id in jobs]
         frames = []
-        for job, future in zip(jobs, futures):
-            frames.append(future.result())
-            say(f"{job[2]}: {job[0]} done")
+        for (name, env_id), future in zip(jobs, futures):
+            frames.append(future.result().assign(policy=name, fidelity=env_id))
+            say(f"{env_id}: {name} done")
     episodes = pd.concat(frames)
     table = episodes.groupby(["policy", "fidelity"])[["return", "final_perplexity"]].mean().unstack("fidelity")
     table.columns = [f"{fid} {col.replace('_', ' ')}" for col, fid in table.columns]
