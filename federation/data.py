@@ -119,6 +119,29 @@ def partition_shares(num_items: int, shares: np.ndarray, rng: np.random.Generato
     return [np.sort(np.concatenate([shard, part]).astype(int)) for shard, part in zip(shards, np.split(rest, cuts))]
 
 
+def partition_domain_shares(labels: np.ndarray, shares: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Content-skewed split in given proportions: ``shares`` (N, L) gives, for each label l, the share of that label's
+    items each device gets (columns non-negative, normalised here; an all-zero column splits equally). Each label's
+    items are shuffled and cut at the cumulative shares. A device left with no item gets one from the device holding
+    the most (so every device can train). E.g. the env's per-domain Dirichlet draws."""
+    labels, shares = np.asarray(labels), np.asarray(shares, dtype=float)
+    if shares.ndim != 2 or not np.all(shares >= 0) or not np.all(np.isfinite(shares)):
+        raise ValueError(f"shares must be a finite, non-negative (devices, labels) array, got shape {shares.shape}")
+    _check_partition_args(len(labels), len(shares))
+    shards: list[list[int]] = [[] for _ in range(len(shares))]
+    for label in range(shares.shape[1]):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        column = shares[:, label] if shares[:, label].sum() > 0 else np.ones(len(shares))
+        cuts = np.round(np.cumsum(column / column.sum())[:-1] * len(idx)).astype(int)
+        for device, part in enumerate(np.split(idx, cuts)):
+            shards[device].extend(part.tolist())
+    for device in range(len(shards)):
+        if not shards[device]:
+            donor = max(range(len(shards)), key=lambda d: len(shards[d]))
+            shards[device].append(shards[donor].pop())
+    return [np.sort(np.array(s, dtype=int)) for s in shards]
+
+
 def _deal_minimum(num_items: int, num_devices: int, min_items: int, rng: np.random.Generator) -> tuple[list, np.ndarray]:
     """Every device's first ``min_items`` random items (lists), and the remaining items in random order."""
     _check_partition_args(num_items, num_devices)
@@ -181,12 +204,15 @@ def build_federated_data(
     server_fraction: float = 0.0,
     max_eval_blocks: int = 64,
     device_shares: tuple[float, ...] | None = None,
+    device_domain_shares: tuple[tuple[float, ...], ...] | None = None,
 ) -> FederatedData:
     """Tokenise the tuning domains and split their train blocks across devices (and optionally the server).
 
     Labels for the Dirichlet split are the domain index of each block. ``server_fraction`` of the train blocks
     (drawn first, at random) stay on the server for server–device collaborative tuning. ``device_shares`` (one per
-    device) replaces ``partition``: the devices' blocks in these proportions (``partition_shares``).
+    device) replaces ``partition``: the devices' blocks in these proportions (``partition_shares``);
+    ``device_domain_shares`` (per device, per domain: its share of that domain's blocks) replaces it by a content-skewed
+    split (``partition_domain_shares``).
     """
     for domain in domains:
         _check_domain(domain)
@@ -212,7 +238,14 @@ def build_federated_data(
         raise ValueError(f"num_devices must be at most the {len(device_pool)} training blocks of domains {tuple(domains)} "
                          f"at block_size {block_size} (after the server's share), got {num_devices}: use fewer devices, "
                          f"a smaller block_size or more domains")
-    if device_shares is not None:
+    if device_shares is not None and device_domain_shares is not None:
+        raise ValueError("give device_shares or device_domain_shares, not both")
+    if device_domain_shares is not None:
+        if len(device_domain_shares) != num_devices or any(len(row) != len(domains) for row in device_domain_shares):
+            raise ValueError(f"device_domain_shares must have one row per device ({num_devices}) and one entry per domain "
+                             f"({len(domains)})")
+        shards = partition_domain_shares(all_labels[device_pool], np.asarray(device_domain_shares), rng)
+    elif device_shares is not None:
         if len(device_shares) != num_devices:
             raise ValueError(f"device_shares must have one entry per device ({num_devices}), got {len(device_shares)}")
         shards = partition_shares(len(device_pool), np.asarray(device_shares), rng)

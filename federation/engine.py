@@ -58,13 +58,19 @@ class EngineConfig:
     device_shares: tuple[float, ...] | None = None
     """The devices' shares of the training data (one per device; normalised), replacing ``partition`` (e.g. the env's
     drawn shares, so that both fidelities see the same data split)."""
+    device_domain_shares: tuple[tuple[float, ...], ...] | None = None
+    """Per device, its share of each domain's training blocks ((N, len(domains)), columns normalised), replacing
+    ``partition`` by a content-skewed split (e.g. the env's per-domain Dirichlet draws)."""
     server_fraction: float = 0.0
     """Share of the tuning data held by the server, which then trains on the full model every round and
     joins the aggregation (FedPEAT server–device collaborative tuning). 0 disables it."""
     block_size: int = 128
     """Tokens per training sequence."""
     max_eval_blocks: int = 64
-    """Held-out blocks for perplexity."""
+    """Held-out blocks for perplexity (split equally between the domains)."""
+    evaluate_emulators: bool = True
+    """Also evaluate the global adapter inside each participant's emulator every round
+    (``RoundResult.emulator_perplexity``); False: only the full model (the env's engine needs only that)."""
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     """Wireless channel of the devices."""
     latency_aggregation: LatencyAggregation = "sum"
@@ -246,6 +252,7 @@ class RoundRunner:
             self.tokenizer, config.num_devices, self.rng, domains=config.domains, block_size=config.block_size,
             partition=config.partition, alpha=config.dirichlet_alpha, server_fraction=config.server_fraction,
             max_eval_blocks=config.max_eval_blocks, device_shares=config.device_shares,
+            device_domain_shares=config.device_domain_shares,
         )
         self.channel = WirelessChannel(config.num_devices, config.channel, np.random.default_rng(child_seed(self.rng)))
         self.log = MessageLog()
@@ -316,7 +323,7 @@ class RoundRunner:
         """(plug-in perplexity of the full model, perplexity of each device's sub-model for emulator methods)."""
         self.last_perplexity = self.server.evaluate()
         device_ppl: dict[int, float] = {}
-        if self.method.uses_emulator:
+        if self.method.uses_emulator and self.config.evaluate_emulators:
             by_spec: dict[SubModelSpec, float] = {}
             for u in updates:
                 if u.device != SERVER_DEVICE:

@@ -48,14 +48,21 @@ class PlugInEvaluator:
 
         ``states`` maps task → its state (key None: one state for every block). With per-task states each is
         evaluated on its task's blocks and the result pools all tokens, exp(Σ_t n_t·log ppl_t / Σ_t n_t), like a
-        single state's perplexity on the same blocks."""
+        single state's perplexity on the same blocks. One state on blocks of several tasks is evaluated per task the
+        same way, so the per-task perplexities are reported too (empty with one task)."""
         model, load_spec = self.model(spec), spec or self.server_spec
-        if set(states) == {None}:
+        single = set(states) == {None}
+        if single:
             self.load(model, states[None], load_spec)
-            return perplexity(model, self.blocks), {}
+            tasks = np.unique(self.labels).tolist()
+            if len(tasks) == 1:
+                return perplexity(model, self.blocks), {}
+        else:
+            tasks = sorted(states)
         per_task, counts = {}, {}
-        for task, state in sorted(states.items()):
-            self.load(model, state, load_spec)
+        for task in tasks:
+            if not single:
+                self.load(model, states[task], load_spec)
             mask = self.labels == task
             per_task[task], counts[task] = perplexity(model, self.blocks[torch.from_numpy(mask)]), int(mask.sum())
         pooled = math.exp(sum(counts[t] * math.log(p) for t, p in per_task.items()) / sum(counts.values()))

@@ -9,6 +9,7 @@ from federation.data import (
     PRETRAIN_DOMAINS,
     build_federated_data,
     partition_dirichlet,
+    partition_domain_shares,
     partition_iid,
     partition_shares,
     read_documents,
@@ -76,6 +77,35 @@ def test_partition_shares_follows_the_given_proportions():
     assert [len(s) for s in shards] == [499, 300, 200, 1]  # one each, then 996 cut at 498 and 797
     with pytest.raises(ValueError, match="shares must be >= 0"):
         partition_shares(10, np.array([0.5, -0.5]), np.random.default_rng(0))
+
+
+def test_partition_domain_shares_splits_each_label_in_its_proportions():
+    labels = np.array([0] * 100 + [1] * 50 + [2] * 10)
+    shares = np.array([[0.5, 0.0, 0.2], [0.5, 0.2, 0.0], [0.0, 0.8, 0.0], [0.0, 0.0, 0.0]])  # device 3: nothing drawn
+    shards = partition_domain_shares(labels, shares, np.random.default_rng(0))
+    assert sorted(np.concatenate(shards).tolist()) == list(range(160))  # every item dealt once
+    counts = np.array([np.bincount(labels[s], minlength=3) for s in shards])
+    assert counts[3].sum() == 1  # a device left empty gets one item from the device holding the most
+    np.testing.assert_array_equal(counts[:3, 1], [0, 10, 40])
+    assert counts[:, 2].sum() == 10 and counts[0, 0] + counts[1, 0] + counts[3, 0] == 100
+    again = partition_domain_shares(labels, shares, np.random.default_rng(0))
+    assert all(np.array_equal(a, b) for a, b in zip(shards, again))
+    with pytest.raises(ValueError, match="shares must be a finite, non-negative"):
+        partition_domain_shares(labels, -shares, np.random.default_rng(0))
+
+
+def test_federated_data_in_per_domain_shares(foundation):
+    _, tokenizer = foundation
+    shares = ((1.0, 0.0, 0.0), (0.0, 0.5, 0.5), (0.0, 0.5, 0.5))
+    data = build_federated_data(tokenizer, 3, np.random.default_rng(0), domains=("pydocs", "licenses", "docstrings"),
+                                device_domain_shares=shares)
+    counts = np.array([np.bincount(labels, minlength=3) for labels in data.device_labels])
+    assert counts[0, 1:].sum() == 0 and counts[1:, 0].sum() == 0 and abs(counts[1, 1] - counts[2, 1]) <= 1
+    with pytest.raises(ValueError, match="give device_shares or device_domain_shares, not both"):
+        build_federated_data(tokenizer, 3, np.random.default_rng(0), device_shares=(1, 1, 1),
+                             device_domain_shares=((1.0,),) * 3)
+    with pytest.raises(ValueError, match=r"device_domain_shares must have one row per device \(3\) and one entry per domain"):
+        build_federated_data(tokenizer, 3, np.random.default_rng(0), device_domain_shares=((1.0, 0.0),) * 3)
 
 
 def test_unigram_perplexity_by_hand():

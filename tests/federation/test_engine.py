@@ -19,7 +19,7 @@ FAST = FAST_TRAIN
 
 def _config(method: str = "fedpeat", **kwargs) -> EngineConfig:
     method_config = kwargs.pop("method_config", FedPEATConfig(train=FAST))
-    return EngineConfig(method=method, num_devices=3, max_eval_blocks=8, method_config=method_config, **kwargs)
+    return EngineConfig(method=method, num_devices=3, method_config=method_config, **{"max_eval_blocks": 8, **kwargs})
 
 
 def _decisions(*compressions):
@@ -77,6 +77,19 @@ def test_round_reports_latency_memory_and_perplexities():
     assert result.round_latency_s > 0 and result.round_latency_s == pytest.approx(sum(d.latency_s for d in result.devices))
     assert math.isfinite(result.full_perplexity) and math.isfinite(result.emulator_perplexity)
     assert result.devices[1].emulator_perplexity > result.devices[0].emulator_perplexity  # smaller emulator
+
+
+def test_one_adapter_on_several_domains_is_evaluated_per_domain():
+    domains = ("pydocs", "licenses", "docstrings")
+    runner = RoundRunner(_config(domains=domains, max_eval_blocks=9, evaluate_emulators=False))
+    result = runner.run_round(_decisions(0.0, 0.5, None))
+    per_domain = {d: result.metrics[f"ppl_{d}"] for d in domains}
+    counts = [int((runner.data.eval_labels == k).sum()) for k in range(3)]
+    assert counts == [3, 3, 3]  # max_eval_blocks split equally between the domains
+    pooled = math.exp(sum(n * math.log(per_domain[d]) for n, d in zip(counts, domains)) / sum(counts))
+    assert result.full_perplexity == pytest.approx(pooled, rel=1e-12)  # the union is the pooled tokens
+    assert len(set(per_domain.values())) == 3
+    assert math.isnan(result.emulator_perplexity) and all(math.isnan(d.emulator_perplexity) for d in result.devices)
 
 
 def test_max_latency_splits_the_downlink_between_the_round_devices():
