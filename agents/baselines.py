@@ -8,6 +8,8 @@
 | ``greedy`` | best immediate reward (``agents.search.GreedyPolicy``) |
 | ``oracle`` | clairvoyant receding-horizon search (``agents.search.OraclePolicy``) |
 | ``ucb`` | UCB1 bandit per device over its levels (DropPEFT-style adaptive baseline) |
+| ``largest-k`` / ``smallest-k`` | the k devices of largest / smallest data share held for the whole episode, each at its
+  least compressed level that fits, whenever it is available |
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ from agents.policy import Policy, action_choices, level_entries
 from agents.search import GreedyPolicy, OraclePolicy
 
 Infeasible = Literal["skip", "compress", "select"]
-POLICY_NAMES = ("fixed-k", "full-model", "random", "greedy", "oracle", "ucb")
+POLICY_NAMES = ("fixed-k", "full-model", "random", "greedy", "oracle", "ucb", "largest-k", "smallest-k")
 
 
 class FixedPolicy:
-    """Every device at level ``level`` every round (rank entries, if any, at the largest rank).
+    """Every device at level ``level`` every round (rank entries, if any, at the largest rank): no adaptive control,
+    but the protocol's own rule that only devices that are available (and whose memory holds the level) are asked,
+    read from the action masks each round.
 
     :param level: action level k (0: nobody selected); None: the level whose ε is 0 (the full model).
-    :param infeasible: devices whose memory cannot hold the level — ``skip``: they sit out; ``compress``: they
-        take the next more compressed level that fits (or sit out); ``select``: they are selected anyway (the env
-        drops them and charges the memory penalty).
+    :param infeasible: devices that cannot take the level this round (their memory cannot hold it, or they are away)
+        — ``skip``: they sit out; ``compress``: they take the next more compressed level that is allowed (or sit out);
+        ``select``: they are selected anyway (the env drops them and charges the memory or availability penalty).
     """
 
     def __init__(self, level: int | None, infeasible: Infeasible = "skip") -> None:
@@ -40,29 +44,63 @@ class FixedPolicy:
         if infeasible not in ("skip", "compress", "select"):
             raise ValueError(f"infeasible must be 'skip', 'compress' or 'select', got {infeasible!r}")
         self.level, self.infeasible = level, infeasible
-        self._action: np.ndarray | None = None
+        self._level: int | None = None
 
     def reset(self, env: gym.Env) -> None:
-        choices, n = action_choices(env), level_entries(env)
         level = self.level if self.level is not None else _full_model_level(env)
         num_levels = int(env.action_space.nvec[0]) - 1
         if level > num_levels:
             raise ValueError(f"level must be in 0..{num_levels} for this env, got {level}")
-        action = [values[-1] for values in choices]  # rank entries: largest rank
-        for i in range(n):
-            fits = choices[i]
-            if level in fits or self.infeasible == "select":
-                action[i] = level
-            elif self.infeasible == "compress" and np.any(fits > level):
-                action[i] = int(fits[fits > level][0])
-            else:
-                action[i] = 0
-        self._action = np.array(action, dtype=np.int64)
+        self._level = level
 
     def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
-        if self._action is None:
+        if self._level is None:
             raise RuntimeError("call reset(env) before act()")
-        return self._action.copy()
+        choices, n, level = action_choices(env), level_entries(env), self._level
+        action = [values[-1] for values in choices]  # rank entries: largest rank
+        for i in range(n):
+            allowed = choices[i]
+            if level in allowed or self.infeasible == "select":
+                action[i] = level
+            elif self.infeasible == "compress" and np.any(allowed > level):
+                action[i] = int(allowed[allowed > level][0])
+            else:
+                action[i] = 0
+        return np.array(action, dtype=np.int64)
+
+
+class HeldPolicy:
+    """The same k devices every round, chosen at reset by data share (the episode's drawn data): each trains at the
+    least compressed level its memory holds, in every round it is available (else it sits out); rank entries, if
+    any, at the largest rank. With ``largest`` the static rule "train the devices with the most data" (k = 1: the one
+    device with the most data), else the smallest-share devices (where the data is reused most).
+
+    :param k: devices held (all of them if fewer).
+    :param largest: hold the largest-share devices (else the smallest).
+    """
+
+    def __init__(self, k: int, largest: bool = True) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k, self.largest = k, largest
+        self._levels: np.ndarray | None = None
+
+    def reset(self, env: gym.Env) -> None:
+        n = level_entries(env)
+        share = np.asarray(env.dynamics.share[0], dtype=float)
+        order = np.argsort(-share if self.largest else share, kind="stable")
+        fits = env.dynamics.fits[0]  # (N, K+1): level k fits the device's memory
+        self._levels = np.zeros(n, dtype=np.int64)
+        for i in order[: self.k]:
+            fitting = np.flatnonzero(fits[i, 1:]) + 1
+            self._levels[i] = fitting[0] if len(fitting) else 0
+        self._ranks = np.array([values[-1] for values in action_choices(env)[n:]], dtype=np.int64)
+
+    def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
+        if self._levels is None:
+            raise RuntimeError("call reset(env) before act()")
+        available = np.asarray(env.dynamics.available[0], dtype=bool)
+        return np.concatenate([np.where(available, self._levels, 0), self._ranks])
 
 
 def _full_model_level(env: gym.Env) -> int:
@@ -89,9 +127,10 @@ class RandomPolicy:
 
 
 class UCBPolicy:
-    """UCB1 bandit per device over its unmasked levels 1..K (devices that fit none sit out), learning within an
-    episode like DropPEFT's per-device exploration–exploitation. Each round every selected device's pulled level is
-    credited the round's reward split equally among the selected devices; a device picks the level maximising
+    """UCB1 bandit per device over the levels 1..K its memory holds (devices that fit none sit out, and a device sits
+    out the rounds it is unavailable), learning within an episode like DropPEFT's per-device exploration–exploitation.
+    Each round every selected device's pulled level is credited the round's reward split equally among the selected
+    devices; a device picks the level maximising
 
         mean credit + c · spread · sqrt(ln t / n)
 
@@ -110,7 +149,8 @@ class UCBPolicy:
     def reset(self, env: gym.Env) -> None:
         choices, n = action_choices(env), level_entries(env)
         width = int(env.action_space.nvec[0])
-        self.arms = [values[values > 0] for values in choices[:n]]
+        fits = env.dynamics.fits[0]  # (N, K+1): the levels each device's memory holds, whether it is away or not
+        self.arms = [np.flatnonzero(fits[i, 1:]) + 1 for i in range(n)]
         self.pulls, self.totals = np.zeros((n, width)), np.zeros((n, width))
         self.ranks = np.array([values[-1] for values in choices[n:]], dtype=np.int64)
         self.t, self.low, self.high = 0, np.inf, -np.inf
@@ -129,6 +169,8 @@ class UCBPolicy:
                 continue
             score = self.totals[i, arms] / n + self.c * spread * np.sqrt(np.log(self.t) / n)
             levels[i] = arms[int(np.argmax(score))]
+        allowed = action_choices(env)
+        levels = np.array([k if k in allowed[i] else 0 for i, k in enumerate(levels)], dtype=np.int64)  # away: sit out
         self._last = levels
         return np.concatenate([levels, self.ranks])
 
@@ -148,8 +190,12 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
     match = re.fullmatch(r"fixed-(\d+)", name)
     if match:
         return FixedPolicy(int(match.group(1)), **kwargs)
+    match = re.fullmatch(r"(largest|smallest)-([1-9]\d*)", name)
+    if match:
+        return HeldPolicy(int(match.group(2)), largest=match.group(1) == "largest", **kwargs)
     factories = {"full-model": lambda **kw: FixedPolicy(None, **kw), "random": RandomPolicy, "greedy": GreedyPolicy,
                  "oracle": OraclePolicy, "ucb": UCBPolicy}
     if name not in factories:
-        raise ValueError(f"policy name must be one of {POLICY_NAMES} (fixed-k with k = 0..K), got {name!r}")
+        raise ValueError(f"policy name must be one of {POLICY_NAMES} (fixed-k with k = 0..K, largest-k and smallest-k "
+                         f"with k >= 1), got {name!r}")
     return factories[name](**kwargs)

@@ -6,7 +6,7 @@ A checkpoint is a directory ``out_dir/checkpoints/step-<steps>/``:
 |------|----------|
 | ``model.zip`` | the model (``ALGO.save``: parameters, optimizer state, step count, last observation) |
 | ``vecnormalize.pkl`` | the VecNormalize statistics (when the run normalises) |
-| ``state.pkl`` | the global random states (torch, numpy, random) and, for ``FedPEAT-v0``, the episodes in progress |
+| ``state.pkl`` | the global random states (torch, numpy, random) and, for ``FedPEAT-v1``, the episodes in progress |
 | ``best/`` | the run's ``best/`` checkpoint at that step (when ``check_every`` > 0) |
 | ``checkpoint.json`` | steps, the ``TrainConfig``, the ``BestFixedCheck`` state, training time, env time and steps so far, the monitor files' sizes |
 

@@ -1,7 +1,7 @@
 """A policy that treats the devices as a set: one network shared by every device, so it runs at any number of devices.
 
-FedPEAT-v0's observation is N blocks of ``DEVICE_FEATURES`` per-device features, then ``ROUND_FEATURES`` round
-features. For device i:
+FedPEAT-v1's observation is N blocks of ``DEVICE_FEATURES`` per-device features, then ``ROUND_FEATURES`` round
+features (``fedpeat_env.dynamics``). For device i:
 
     h_i = φ(x_i)                          shared per-device encoder
     m   = mean_j h_j                      pooled summary of all devices
@@ -24,19 +24,19 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-DEVICE_FEATURES, ROUND_FEATURES = 6, 2
+from fedpeat_env.dynamics import DEVICE_FEATURES, ROUND_FEATURES
 
 
 def num_devices(obs_dim: int) -> int:
-    """N from the observation length 6N + 2."""
+    """N from the observation length DEVICE_FEATURES·N + ROUND_FEATURES."""
     n, rest = divmod(obs_dim - ROUND_FEATURES, DEVICE_FEATURES)
     if rest or n < 1:
-        raise ValueError(f"a FedPEAT observation has 6N + 2 entries, got {obs_dim}")
+        raise ValueError(f"a FedPEAT observation has {DEVICE_FEATURES}N + {ROUND_FEATURES} entries, got {obs_dim}")
     return n
 
 
 class DeviceSetExtractor(nn.Module):
-    """(B, 6N + 2) observations → latent_pi (B, N·H), one context-aware code per device, and latent_vf (B, H)."""
+    """(B, DEVICE_FEATURES·N + ROUND_FEATURES) observations → latent_pi (B, N·H), one context-aware code per device, and latent_vf (B, H)."""
 
     def __init__(self, obs_dim: int, hidden: int = 64) -> None:
         super().__init__()
@@ -102,7 +102,7 @@ class DeviceSetMixin:
 
     @th.no_grad()
     def device_actions(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
-        """Greedy actions (B, len(nvec) at this N) for observations (B, 6N + 2) of any N, masked logits excluded
+        """Greedy actions (B, len(nvec) at this N) for observations (B, DEVICE_FEATURES·N + ROUND_FEATURES) of any N, masked logits excluded
         (``masks``: the env's flat ``action_masks()``, (B, mask length) or (mask length,))."""
         obs_t = th.as_tensor(np.atleast_2d(obs), dtype=th.float32)
         levels, ranks = self.action_net.per_device(self.mlp_extractor.forward_actor(obs_t))

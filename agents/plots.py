@@ -87,7 +87,7 @@ def learning_curves(runs: dict[str, list[str | Path]], out_png: str | Path, line
 
 def episode_plot(policy, out_png: str | Path, env_kwargs: dict | None = None, seed: int = 10_000,
                  title: str | None = None) -> Path:
-    """One episode of ``policy`` on ``FedPEAT-v0``: per device (rows) and round (columns) the ε it was given, grey
+    """One episode of ``policy`` on ``FedPEAT-v1``: per device (rows) and round (columns) the ε it was given, grey
     where it was not selected and hatched where it was selected but dropped for lack of memory; beside it each
     device's memory tier, and below the channel gain per device and round."""
     import gymnasium as gym
@@ -95,7 +95,7 @@ def episode_plot(policy, out_png: str | Path, env_kwargs: dict | None = None, se
     import fedpeat_env  # noqa: F401
     from fedpeat_env.render import device_views
 
-    env = gym.make("FedPEAT-v0", **(env_kwargs or {}))
+    env = gym.make("FedPEAT-v1", **(env_kwargs or {}))
     obs, _ = env.reset(seed=seed)
     dyn = env.unwrapped.dynamics
     policy.reset(env.unwrapped)

@@ -42,7 +42,7 @@ from agents.checkpoint import (
     set_env_state,
 )
 from agents.device_set import DeviceSetPolicy, MaskableDeviceSetPolicy
-from agents.evaluate import evaluate
+from agents.evaluate import VALIDATION_SEED, evaluate
 from agents.hyperparams import algo_constructor_kwargs, load_hyperparams, split_hyperparams
 from agents.policy import SB3Policy
 from agents.stats import best_fixed, paired_difference
@@ -61,7 +61,7 @@ class TrainConfig:
 
     algo: Algo = "ppo"
     """A name of ``ALGOS`` (maskable-ppo: sb3-contrib, uses the env's ``action_masks()``)."""
-    env_id: str = "FedPEAT-v0"
+    env_id: str = "FedPEAT-v1"
     """Registered Gymnasium id."""
     env_kwargs: dict = field(default_factory=dict)
     """Keyword arguments of ``gymnasium.make`` (the env's ``EnvConfig`` fields)."""
@@ -70,7 +70,7 @@ class TrainConfig:
     seed: int = 0
     """Seeds the envs, the model and torch."""
     n_envs: int = 8
-    """Parallel envs (FedPEAT-v0: one batched numpy env; other ids: DummyVecEnv in one process)."""
+    """Parallel envs (FedPEAT-v1: one batched numpy env; other ids: DummyVecEnv in one process)."""
     out_dir: str = "runs/agent"
     """Where model, statistics, config, metrics and logs go."""
     algo_kwargs: dict = field(default_factory=dict)
@@ -106,7 +106,7 @@ class TrainConfig:
             raise ValueError(f"algo_kwargs must hold algorithm arguments only; {sorted(trainer)} are TrainConfig fields")
 
     @classmethod
-    def from_hyperparams(cls, algo: str = "ppo", env_id: str = "FedPEAT-v0", overrides: dict | None = None,
+    def from_hyperparams(cls, algo: str = "ppo", env_id: str = "FedPEAT-v1", overrides: dict | None = None,
                          hyperparams_path: Path | None = None, **fields) -> TrainConfig:
         """Settings from ``hyperparams/<algo>.yml`` (the ``env_id`` entry, RL Zoo format), then ``overrides`` (the
         same keys, e.g. from ``--hyperparams``), then explicit ``fields`` (None values are ignored)."""
@@ -121,7 +121,6 @@ class TrainConfig:
         return cls(algo=algo, env_id=env_id, algo_kwargs=algo_kwargs, **settings)
 
 
-VALIDATION_SEED = 20_000
 """Seeds of the training-time checks start here (the benchmark evaluates from 10,000)."""
 
 
@@ -236,7 +235,7 @@ def train(config: TrainConfig, progress: bool = True, checkpoint_every: int = 0,
     :param resume: continue the run in ``out_dir`` from its last checkpoint to ``config.timesteps``, ending with the
         outputs of an uninterrupted run (``metrics.json`` over the whole run, ``best/``, the monitor files, progress.csv
         and tensorboard continued). ``ValueError`` if there is no checkpoint, a file of it is corrupt, or ``config``
-        differs from its settings in more than a larger ``timesteps``. On FedPEAT-v0 the continuation is exact: the
+        differs from its settings in more than a larger ``timesteps``. On FedPEAT-v1 the continuation is exact: the
         episodes in progress, VecNormalize's statistics and running returns and the global random states are restored,
         so the model equals an uninterrupted run's (same ``timesteps``: the schedules depend on it). Other env ids start
         new episodes (seeded ``seed`` + steps). Logs differ: ``time/iterations`` and ``time/fps`` restart, and the
@@ -273,7 +272,7 @@ def train(config: TrainConfig, progress: bool = True, checkpoint_every: int = 0,
         return {"config": asdict(config), "check": check.state() if check else None, "totals": totals()}
 
     checkpointer = Checkpointer(out, checkpoint_every, checkpoint_meta, rng) if checkpoint_every or rng else None
-    callbacks = [c for c in (check, EnvMetricsLogger() if config.env_id == "FedPEAT-v0" else None, checkpointer)
+    callbacks = [c for c in (check, EnvMetricsLogger() if config.env_id == "FedPEAT-v1" else None, checkpointer)
                  if c is not None]  # the Checkpointer last: it restores the random states when training starts
     start = time.perf_counter()
     model.learn(total_timesteps=config.timesteps - model.num_timesteps, progress_bar=progress, callback=callbacks,
@@ -309,10 +308,10 @@ def _fresh_outputs(out: Path) -> Path:
 
 def _make_venv(config: TrainConfig, monitor_dir: Path) -> VecEnv:
     """The training envs with their episode files in ``monitor_dir`` (not normalised)."""
-    if config.env_id == "FedPEAT-v0":  # batched surrogate: one numpy step for all n_envs
+    if config.env_id == "FedPEAT-v1":  # batched surrogate: one numpy step for all n_envs
         return VecMonitor(FedPEATSB3VecEnv(config.n_envs, seed=config.seed, **config.env_kwargs),
                           filename=str(monitor_dir / "vec"))
-    # other ids (FedPEAT-Engine-v0): one Python env each, timed
+    # other ids (FedPEAT-Engine-v1): one Python env each, timed
     return make_vec_env(partial(gym.make, config.env_id), n_envs=config.n_envs, seed=config.seed,
                         env_kwargs=config.env_kwargs, monitor_dir=str(monitor_dir), wrapper_class=StepTimer,
                         vec_env_cls=DummyVecEnv)

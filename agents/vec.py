@@ -1,4 +1,4 @@
-"""SB3 ``VecEnv`` over the batched surrogate: n_envs FedPEAT-v0 episodes per compiled step instead of n_envs
+"""SB3 ``VecEnv`` over the batched surrogate: n_envs FedPEAT-v1 episodes per compiled step instead of n_envs
 Python env steps (``DummyVecEnv``). Same-step autoreset with ``terminal_observation`` in ``infos``, as SB3 expects;
 ``env_method("action_masks")`` serves MaskablePPO."""
 
@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from fedpeat_env.reward import REWARD_TERMS
 from fedpeat_env.vector import FedPEATVectorEnv
 
-EPISODE_SUMS = ("round_latency_s", "exchanges", "memory_violations", "participants")
+EPISODE_SUMS = ("round_latency_s", "exchanges", "memory_violations", "unavailable", "participants")
 """Round numbers summed over an episode for ``episode_metrics`` (besides the reward terms)."""
 
 

@@ -181,7 +181,7 @@ def best_rates(steppers: dict[str, Callable[[int], None]], steps: dict[str, int]
 
 def bench_env(steps: int = 20_000, num_envs: int = 1024, vector_steps: int = 500, ppo_timesteps: int = 8192,
               blocks: int = BLOCKS) -> dict:
-    """FedPEAT-v0 (N=10) vs CartPole-v1 steps/s (``steps`` each); the vector env at ``num_envs`` (``vector_steps``
+    """FedPEAT-v1 (N=10) vs CartPole-v1 steps/s (``steps`` each); the vector env at ``num_envs`` (``vector_steps``
     batched steps of random actions); share of the wall time of a ``ppo_timesteps`` PPO run (the benchmark's settings)
     spent in the env.
     Speeds: best of ``blocks`` interleaved blocks (``best_rates``)."""
@@ -211,7 +211,7 @@ def bench_env(steps: int = 20_000, num_envs: int = 1024, vector_steps: int = 500
 
     step_vector(WARMUP_STEPS)
     steppers = {"cartpole": _single_env_stepper(gym.make("CartPole-v1")),
-                "fedpeat": _single_env_stepper(gym.make("FedPEAT-v0")), "vector": step_vector}
+                "fedpeat": _single_env_stepper(gym.make("FedPEAT-v1")), "vector": step_vector}
     rates = best_rates(steppers, {"cartpole": steps, "fedpeat": steps, "vector": vector_steps},
                        {"vector": num_envs}, blocks)
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,10 +225,10 @@ def bench_env(steps: int = 20_000, num_envs: int = 1024, vector_steps: int = 500
 
 
 def env_table(result: dict) -> Table:
-    table = Table(title=f"FedPEAT-v0 speed (one process, one run; best of {result['blocks']} interleaved blocks)")
+    table = Table(title=f"FedPEAT-v1 speed (one process, one run; best of {result['blocks']} interleaved blocks)")
     for column in ("measure", "value", "target"):
         table.add_column(column, justify="right")
-    table.add_row("FedPEAT-v0 steps/s (N=10)", f"{result['fedpeat_steps_per_s']:.0f}", "")
+    table.add_row("FedPEAT-v1 steps/s (N=10)", f"{result['fedpeat_steps_per_s']:.0f}", "")
     table.add_row("CartPole-v1 steps/s", f"{result['cartpole_steps_per_s']:.0f}", "")
     table.add_row("ratio FedPEAT / CartPole", f"{result['ratio_to_cartpole']:.3f}", "≥ 0.3")
     table.add_row(f"vector env steps/s ({result['num_envs']} envs)", f"{result['vector_env_steps_per_s']:.0f}", "≥ 1,000,000")

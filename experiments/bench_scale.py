@@ -1,5 +1,5 @@
 """Scale-out benchmarks: ``fedpeat bench executors`` (local vs Ray client actors, one run) and ``fedpeat bench
-devices`` (FedPEAT-v0 steps/s as the number of devices grows). Ratios from one process, as in ``experiments.bench``."""
+devices`` (FedPEAT-v1 steps/s as the number of devices grows). Ratios from one process, as in ``experiments.bench``."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def executors_table(rows: list[dict], clients: int, workers: int, rounds: int, e
 
 
 def bench_devices(num_devices: Sequence[int] = (10, 100, 1000), steps: int = 2000) -> list[dict]:
-    """FedPEAT-v0 steps/s with random valid actions and the action masks read every step (as MaskablePPO does), at
+    """FedPEAT-v1 steps/s with random valid actions and the action masks read every step (as MaskablePPO does), at
     each N; cost per device-step relative to the smallest N."""
     for n in num_devices:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -137,7 +137,7 @@ def bench_devices(num_devices: Sequence[int] = (10, 100, 1000), steps: int = 200
 
     rows = []
     for n in num_devices:
-        env = gym.make("FedPEAT-v0", num_devices=n)
+        env = gym.make("FedPEAT-v1", num_devices=n)
         env.reset(seed=0)
         sample = MaskedSampler(env.action_space.nvec, np.random.default_rng(0))
 
@@ -178,7 +178,7 @@ class MaskedSampler:
 
 
 def devices_table(rows: list[dict]) -> Table:
-    table = Table(title="FedPEAT-v0 with action masks, random valid actions (one process, one run)")
+    table = Table(title="FedPEAT-v1 with action masks, random valid actions (one process, one run)")
     for column in ("devices N", "env steps/s", "device-steps/s", "cost per device vs first N"):
         table.add_column(column, justify="right")
     for row in rows:

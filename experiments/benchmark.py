@@ -11,11 +11,12 @@ import pandas as pd
 
 from agents import benchmark_table, evaluate, make_policy, oracle_margin, paired_difference, to_markdown
 from agents import best_fixed as best_fixed_policy
+from agents.evaluate import TEST_SEED
 from agents.train import ALGOS, CHECKPOINTS, TrainConfig, load_policy, train
 from federation.executor_config import ExecutorConfig
 from fedpeat_env.config import EnvConfig
 
-EVAL_SEED_OFFSET = 10_000
+EVAL_SEED_OFFSET = TEST_SEED
 """Evaluation seeds start here, away from the training seeds."""
 
 
@@ -43,7 +44,7 @@ class BenchmarkConfig:
     """Overrides of ``hyperparams/<algo>.yml`` (RL Zoo keys: n_envs, n_timesteps, policy, normalize, or any
     argument of the algorithm)."""
     env_kwargs: dict = field(default_factory=dict)
-    """FedPEAT-v0 options (defaults: the benchmark scenario)."""
+    """FedPEAT-v1 options (defaults: the benchmark scenario)."""
     baselines: tuple[str, ...] = ("fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "greedy", "ucb", "oracle")
     """Baseline policies (``agents.make_policy`` names)."""
     out_dir: str = "runs/benchmark"
@@ -326,7 +327,7 @@ def _train_on_ray(configs: Sequence[TrainConfig], address: str | None, say: Call
 
 
 def _policy_episodes(policy_name: str, env_kwargs: dict, seeds: list[int], episodes_per_seed: int = 1,
-                     env_id: str = "FedPEAT-v0", agent_dir: str | None = None,
+                     env_id: str = "FedPEAT-v1", agent_dir: str | None = None,
                      checkpoint: str = "final") -> pd.DataFrame:
     """``evaluate`` the baseline ``policy_name``, or the agent trained in ``agent_dir`` (its ``checkpoint``)."""
     policy = load_policy(Path(agent_dir), checkpoint=checkpoint) if agent_dir else make_policy(policy_name)
@@ -396,46 +397,3 @@ def _cached(path: Path, key: dict, compute: Callable[[], pd.DataFrame], say: Cal
         return frame
     say(f"evaluating {key['policy']}")
     return _saved(path, key, compute())
-
-
-SIM2REAL_POLICIES = ("fixed-1", "fixed-2", "fixed-3", "fixed-4")
-"""The fixed baselines sim2real compares with the agent (FedPEAT without adaptive control, each level)."""
-
-
-def sim_to_real(agent_dir: Path, policies: Sequence[str], seeds: Sequence[int], horizon: int | None = None,
-                workers: int = 2, say: Callable[[str], None] = print,
-                checkpoint: str = "final") -> tuple[pd.DataFrame, dict]:
-    """The trained agent (its ``checkpoint``: "final" or "best") and ``policies`` on FedPEAT-v0 and on
-    FedPEAT-Engine-v0 (real rounds), same seeds, the agent's env options and ``horizon`` (None: the agent's, the
-    benchmark's horizon). Returns (one row per policy: mean return and final perplexity on each fidelity, their rank
-    on each; a summary: whether the ranking is the same, Kendall's τ, the mean gap of returns). Engine episodes run on
-    ``workers`` processes."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    from scipy.stats import kendalltau
-
-    config = json.loads((agent_dir / "config.json").read_text())
-    kwargs = {k: v for k, v in config["env_kwargs"].items() if k != "fidelity"}
-    kwargs["horizon"] = horizon or kwargs.get("horizon", EnvConfig().horizon)  # FedPEAT-Engine-v0's own default is 5
-    names = [config["algo"], *policies]
-    jobs = [(name, env_id) for env_id in ("FedPEAT-Engine-v0", "FedPEAT-v0") for name in names]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_policy_episodes_in_worker, name, kwargs, list(seeds), env_id=env_id,
-                               agent_dir=str(agent_dir) if name == config["algo"] else None, checkpoint=checkpoint)
-                   for name, env_id in jobs]
-        frames = []
-        for (name, env_id), future in zip(jobs, futures):
-            frames.append(future.result().assign(policy=name, fidelity=env_id))
-            say(f"{env_id}: {name} done")
-    episodes = pd.concat(frames)
-    table = episodes.groupby(["policy", "fidelity"])[["return", "final_perplexity"]].mean().unstack("fidelity")
-    table.columns = [f"{fid} {col.replace('_', ' ')}" for col, fid in table.columns]
-    table = table.loc[names].reset_index()
-    for fid in ("FedPEAT-v0", "FedPEAT-Engine-v0"):
-        table[f"{fid} rank"] = table[f"{fid} return"].rank(ascending=False, method="min").astype(int)
-    tau = kendalltau(table["FedPEAT-v0 return"], table["FedPEAT-Engine-v0 return"]).statistic
-    summary = {"same_ranking": bool((table["FedPEAT-v0 rank"] == table["FedPEAT-Engine-v0 rank"]).all()),
-               "kendall_tau": float(tau), "horizon": int(kwargs["horizon"]), "seeds": list(seeds),
-               "return_gap": float((table["FedPEAT-v0 return"] - table["FedPEAT-Engine-v0 return"]).mean())}
-    return table, summary

@@ -207,7 +207,7 @@ def compare_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], No
 
 def control_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], None],
                   executor: Executor | None = None) -> tuple[list[dict], pd.DataFrame]:
-    """On ``FedPEAT-v0`` (the benchmark scenario, evaluation seeds of ``fedpeat benchmark``): adaptive control (the
+    """On ``FedPEAT-v1`` (the benchmark scenario, evaluation seeds of ``fedpeat benchmark``): adaptive control (the
     greedy controller; and the agent in ``settings.agent_dir``) vs the best fixed ε; the best fixed ε vs Fed-FT's
     cost profile (``trainable="all"``, every device on the full model), on the same devices and again with unlimited
     device memory. Fed-FT learns like the adapter at ε = 0 here: the comparison is of costs only. It runs the surrogate

@@ -250,7 +250,7 @@ def bench_env_cmd(
     ppo_timesteps: int = typer.Option(8192, help="Steps of the PPO run whose time share in the env is measured."),
     blocks: int = typer.Option(5, help="Timed blocks per measurement (best block; blocks of compared envs interleaved)."),
 ) -> None:
-    """FedPEAT-v0 vs CartPole-v1 steps/s, the vectorised surrogate, and PPO's share of time in the env."""
+    """FedPEAT-v1 vs CartPole-v1 steps/s, the vectorised surrogate, and PPO's share of time in the env."""
     from experiments.bench import bench_env, env_table
 
     _quiet_libraries()
@@ -302,7 +302,7 @@ def bench_devices_cmd(
     devices: list[int] = typer.Option([10, 100, 1000], "--devices", help="Numbers of devices N (repeatable)."),
     steps: int = typer.Option(2000, help="Env steps per N."),
 ) -> None:
-    """FedPEAT-v0 steps/s with action masks as the number of devices grows, and the cost per device."""
+    """FedPEAT-v1 steps/s with action masks as the number of devices grows, and the cost per device."""
     from experiments.bench_scale import bench_devices, devices_table
 
     with user_errors():
@@ -322,7 +322,7 @@ def demo(
     episodes: int = typer.Option(10, help="Episodes per seed."),
     out: Path = typer.Option(Path("runs/demo"), callback=writable_dir, help="Output directory."),
 ) -> None:
-    """Train an RL controller on FedPEAT-v0 for a few minutes, then print adaptive vs fixed vs oracle on common random
+    """Train an RL controller on FedPEAT-v1 for a few minutes, then print adaptive vs fixed vs oracle on common random
     numbers, with the paired difference against the best fixed policy."""
     from experiments.benchmark import BenchmarkConfig, run_benchmark
 
@@ -393,50 +393,54 @@ def demo_federated(
 
 @app.command()
 def calibrate(
-    rounds: int = typer.Option(8, help="Engine rounds per calibration run."),
-    devices: int = typer.Option(10, help="Devices in the engine runs."),
+    rounds: int = typer.Option(20, help="Engine rounds per calibration run (the benchmark's horizon)."),
     local_steps: int = typer.Option(10, help="Local steps per device per round."),
     levels: list[float] = typer.Option([0.0, 0.25, 0.5, 0.75], help="Compression ratios ε to calibrate."),
     ranks: str = typer.Option("2,4,8", help="LoRA ranks of the engine runs, comma-separated; the last is the global rank."),
     workers: int = typer.Option(2, help="Engine runs in parallel (worker processes, one torch thread each)."),
     refit: Path = typer.Option(None, help="Refit from the engine runs stored in this calibration file (no engine runs)."),
-    out: Path = typer.Option(None, callback=writable_file, help="Calibration file (default: the committed embedded-v2.json)."),
+    add_runs: list[Path] = typer.Option([], "--add-runs", help="JSON file of engine episodes to add to the fit runs "
+                                                                "(repeatable), e.g. engine_runs.json of fedpeat sim2real."),
+    out: Path = typer.Option(None, callback=writable_file, help="Calibration file (default: the committed embedded-v3.json)."),
     executor: str = EXECUTOR_OPTION,
     ray_address: str = RAY_ADDRESS_OPTION,
     ray_workers: int = RAY_WORKERS_OPTION,
     ray_cpus_per_worker: float = RAY_CPUS_OPTION,
 ) -> None:
-    """Fit the FedPEAT-v0 surrogate to real engine rounds and write the versioned calibration file.
+    """Fit the FedPEAT-v1 surrogate to real engine rounds and write the versioned calibration file.
 
-    The engine runs cover every control of the env (share of devices selected, IID / Dirichlet data, mixed ε, LoRA
-    rank, a collaborating server); the report shows every fitted parameter with its bounds and the fit errors per
+    The engine runs go where the env's policies go: the same devices held for a whole run (small, median and large
+    shares), random subsets, content skew over three domains and one-domain splits, N = 5 / 10 / 20, mixed ε, LoRA
+    ranks, a collaborating server. The report shows every fitted parameter with its bounds and the fit errors per
     condition on held-out runs. With --executor ray the runs go one after another, their clients on Ray's actors
     (--workers is then not used)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from experiments.run import check_decisions, check_devices
     from federation.methods import DeviceDecision
-    from fedpeat_env.calibration import EngineSettings, calibration_plan, fedpeat_engine
+    from fedpeat_env.calibration import EngineSettings, calibration_plan, fedpeat_engine, trajectory_from_dict
     from fedpeat_env.fit import calibrate as run_calibration
     from fedpeat_env.fit import fit_runs, stored_runs
     from fedpeat_env.surrogate import DEFAULT_CALIBRATION, Calibration
 
     with user_errors():
-        at_least(1, rounds=rounds, devices=devices, local_steps=local_steps, workers=workers)
+        at_least(1, rounds=rounds, local_steps=local_steps, workers=workers)
         rank_levels = tuple(_int_list("ranks", ranks))
         fit_plan, heldout_plan = calibration_plan(levels, rank_levels)  # checks --levels
+        extra = _added_runs(add_runs, trajectory_from_dict)
         path = out or DEFAULT_CALIBRATION
         if refit is not None:
             try:
-                fit, heldout, settings = stored_runs(Calibration.load(refit))
+                fit, heldout, settings, data = stored_runs(Calibration.load(refit))
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"--refit must be a calibration file that stores its engine runs: {err}") from None
-            calibration = fit_runs(fit, heldout, tuple(levels), settings)
+            calibration = fit_runs([*fit, *extra], heldout, tuple(levels), settings, data)
         else:
-            settings = EngineSettings(num_devices=devices, rounds=rounds, local_steps=local_steps, max_rank=rank_levels[-1])
-            check_decisions(fedpeat_engine(devices, 0, local_steps, rank_levels[-1]),  # the model realises every ε
+            settings = EngineSettings(rounds=rounds, local_steps=local_steps, max_rank=rank_levels[-1])
+            check_decisions(fedpeat_engine(1, 0, local_steps, rank_levels[-1]),  # the model realises every ε
                             [DeviceDecision(True, e, r) for e in levels for r in rank_levels])
-            check_devices(devices, server_fraction=max(s.server_fraction for s in fit_plan + heldout_plan))
+            plan = fit_plan + heldout_plan
+            check_devices(max(s.num_devices for s in plan), server_fraction=max(s.server_fraction for s in plan))
             _quiet_libraries()
             columns = (TextColumn("engine runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        TextColumn("{task.fields[last]}"))
@@ -448,22 +452,48 @@ def calibrate(
                     progress.update(task, advance=1, last=f"{run.spec.condition}: {run.spec.label}")
 
                 calibration = run_calibration(settings, tuple(levels), rank_levels, workers, on_run=on_run,
-                                              executor=clients)
+                                              executor=clients, extra_runs=extra)
     calibration.save(path)
     _print_calibration(calibration)
     console.print(f"wrote {path}")
 
 
+def _added_runs(paths: list[Path], parse) -> list:
+    """The engine episodes of ``--add-runs`` files (JSON lists of trajectories), checked before any work."""
+    runs = []
+    for path in paths:
+        try:
+            runs += [parse(item) for item in json.loads(Path(path).read_text())]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"--add-runs must be a JSON file of engine runs (engine_runs.json of fedpeat sim2real), "
+                             f"got {path}: {err}") from None
+    return runs
+
+
 def _print_calibration(calibration) -> None:
-    """Every fitted parameter with its bounds (flagged when on one) and the errors per condition."""
+    """The engine runs (what each reached, and the surrogate's open-loop rollout of it), every fitted parameter with
+    its bounds (flagged when on one) and the errors per condition."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from fedpeat_env.fit import run_summaries
+
+    if "fit_runs" in calibration.meta:
+        runs = Table(title="engine runs: full-model perplexity after the last round (surrogate rollout beside it)")
+        for column in ("set", "condition", "run", "rounds", "engine", "surrogate", "error", *calibration.domains):
+            runs.add_column(column, justify="left" if column in ("set", "condition", "run") else "right")
+        for row in run_summaries(calibration):
+            runs.add_row(row["set"], row["condition"], row["run"], str(row["rounds"]), f"{row['engine']:.1f}",
+                         f"{row['surrogate']:.1f}", f"{100 * row['error']:+.1f}%",
+                         *(f"{row[d]:.1f}" if d in row else "" for d in calibration.domains))
+        console.print(runs)
 
     params = Table(title="fitted parameters")
     for column in ("parameter", "value", "low", "high", "note"):
         params.add_column(column, justify="left" if column in ("parameter", "note") else "right")
     for name, p in calibration.parameters.items():
         note = p.get("fixed") or ("[red]at a bound[/red]" if p["at_bound"] else "")
-        params.add_row(name, f"{p['value']:.4g}", f"{p['low']:.4g}", f"{p['high']:.4g}", note)
+        params.add_row(escape(name), f"{p['value']:.4g}", f"{p['low']:.4g}", f"{p['high']:.4g}", note)
     console.print(params)
     errors = Table(title="mean absolute % error of perplexity (one-step / open-loop rollout)")
     for column in ("condition", "fit runs", "one-step", "rollout", "held-out runs", "one-step ", "rollout "):
@@ -481,7 +511,14 @@ def _print_calibration(calibration) -> None:
         n_fit = str(f.get("runs", len(calibration.meta.get("fit_runs", []))))
         n_held = str(h.get("runs", len(calibration.meta.get("heldout_runs", []))))
         errors.add_row(name, *cells(f, n_fit), *cells(h, n_held))
+    for domain in calibration.domains:  # each domain's own perplexity, over every run that holds it
+        f, h = fit.get("by_domain", {}).get(domain, {}), heldout.get("by_domain", {}).get(domain, {})
+        errors.add_row(f"domain {domain}", *cells(f, "") if f else ["", "-", "-"], *cells(h, "") if h else ["", "-", "-"])
     console.print(errors)
+    worst = [f"{label} {100 * report['rollout_max_round']:.1f}%" for label, report in (("fit", fit), ("held-out", heldout))
+             if "rollout_max_round" in report]
+    if worst:
+        console.print(f"largest rollout error of any run at any round: {', '.join(worst)}")
 
 
 def _int_list(name: str, raw: str) -> list[int]:
@@ -518,10 +555,10 @@ def check_env_id(env: str, fedpeat_only: bool = False) -> None:
     try:
         spec = gym.spec(env)
     except gym.error.Error as err:
-        raise ValueError(f"--env must be a registered Gymnasium id (FedPEAT-v0, FedPEAT-Engine-v0, ...), got {env!r}: "
+        raise ValueError(f"--env must be a registered Gymnasium id (FedPEAT-v1, FedPEAT-Engine-v1, ...), got {env!r}: "
                          f"{err}") from None
     if fedpeat_only and not str(spec.entry_point).startswith("fedpeat_env"):
-        raise ValueError(f"--env must be a FedPEAT env (FedPEAT-v0, FedPEAT-Engine-v0), got {env!r}")
+        raise ValueError(f"--env must be a FedPEAT env (FedPEAT-v1, FedPEAT-Engine-v1), got {env!r}")
 
 
 def _zoo_hyperparams(hyperparams: list[str], ctx: typer.Context) -> list[str]:
@@ -537,7 +574,7 @@ def _zoo_hyperparams(hyperparams: list[str], ctx: typer.Context) -> list[str]:
 def train_cmd(
     ctx: typer.Context,
     algo: str = typer.Option("ppo", parser=ALGO, metavar="NAME", help="RL algorithm (the registry agents.train.ALGOS)."),
-    env: str = typer.Option("FedPEAT-v0", help="Gymnasium id."),
+    env: str = typer.Option("FedPEAT-v1", help="Gymnasium id."),
     timesteps: int = typer.Option(None, help="Training env steps (default: n_timesteps of hyperparams/ALGO.yml)."),
     n_envs: int = typer.Option(None, "--n-envs", help="Parallel envs (default: n_envs of hyperparams/ALGO.yml, or 8)."),
     hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
@@ -586,7 +623,7 @@ def train_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     policy: str = typer.Option(..., help="A trained agent's directory, or a baseline: fixed-k, full-model, random, greedy, ucb, oracle."),
-    env: str = typer.Option("FedPEAT-v0", help="Gymnasium id."),
+    env: str = typer.Option("FedPEAT-v1", help="Gymnasium id."),
     seeds: int = typer.Option(10, help="Evaluation seeds."),
     episodes: int = typer.Option(1, help="Episodes per seed (the seed's stream continues)."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
@@ -688,7 +725,7 @@ def benchmark_cmd(
 def _print_benchmark(result) -> None:
     from rich.table import Table
 
-    table = Table(title="FedPEAT-v0: adaptive vs fixed (mean return over episodes, 95% bootstrap CI; full table in the .md)")
+    table = Table(title="FedPEAT-v1: adaptive vs fixed (mean return over episodes, 95% bootstrap CI; full table in the .md)")
     for column in ("policy", "return", "95% CI", "ppl", "latency s", "exch.", "viol.", "score"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for row in result.table.to_dict("records"):
@@ -715,36 +752,65 @@ def _print_benchmark(result) -> None:
 
 @app.command("sim2real")
 def sim2real_cmd(
-    agent: Path = typer.Option(Path("runs/benchmark/ppo"), help="Trained agent directory."),
-    seeds: int = typer.Option(2, help="Episodes per policy and fidelity (evaluation seeds)."),
+    agent: Path = typer.Option(None, help="Trained agent directory, compared beside the baselines (its env options)."),
+    policy: list[str] = typer.Option([], help="Baseline to compare (repeatable; default: fixed-1..4, largest-1..3, "
+                                              "smallest-1)."),
+    seeds: int = typer.Option(10, help="Episodes per policy and fidelity (the benchmark's test seeds from 10000)."),
     horizon: int = typer.Option(None, help="Rounds per episode (default: the agent's, i.e. the benchmark's horizon)."),
-    workers: int = typer.Option(2, help="Worker processes for the episodes."),
+    env_option: list[str] = typer.Option([], help="Env option key=value (repeatable; over the agent's)."),
+    workers: int = typer.Option(2, help="Engine episodes at once (worker processes)."),
     checkpoint: str = typer.Option("final", help="Of --agent: final (end of training) or best (its best validation "
                                                  "check)."),
-    out: Path = typer.Option(Path("runs/sim2real"), callback=writable_dir, help="Directory for sim2real.md, sim2real.csv and summary.json."),
+    out: Path = typer.Option(Path("runs/sim2real"), callback=writable_dir, help="Directory for sim2real.md/.csv/.png, "
+                             "trajectories.csv, summary.json, engine_runs.json and the cached engine episodes."),
 ) -> None:
-    """The trained agent and the fixed baselines on the surrogate and on real engine rounds, same seeds: returns,
-    final perplexities, and whether the policies rank the same on both fidelities."""
-    from agents.stats import to_markdown
+    """The policies on the surrogate and on real engine rounds, same seeds: the perplexity trajectory error per policy
+    (round by round, against a 5% tolerance; 10% for the smallest-share device alone), returns, and whether the
+    policies rank the same on both fidelities (Kendall τ). Finished engine episodes are reused by a rerun."""
+    from agents import make_policy
     from agents.train import checked_checkpoint
-    from experiments.benchmark import EVAL_SEED_OFFSET, SIM2REAL_POLICIES, sim_to_real
+    from experiments.benchmark import EVAL_SEED_OFFSET
+    from experiments.sim2real import SIM2REAL_POLICIES, Sim2RealConfig, sim_to_real, write_results
+    from fedpeat_env import EnvConfig
 
     with user_errors():
-        if not (agent / "config.json").is_file():
-            raise ValueError(f"--agent must be a trained agent's directory (with config.json), got {agent}")
-        if seeds < 1 or workers < 1 or (horizon is not None and horizon < 1):
-            raise ValueError(f"--seeds, --workers and --horizon must be >= 1, got {seeds}, {workers}, {horizon}")
-        checked_checkpoint(agent, checkpoint)
+        at_least(1, seeds=seeds, workers=workers, horizon=horizon)
+        if agent is not None:
+            checked_checkpoint(agent, checkpoint)
+        for name in policy:
+            try:
+                make_policy(name)
+            except ValueError as err:
+                raise ValueError(f"--policy: {err}") from None
+        config = Sim2RealConfig(policies=tuple(policy) or SIM2REAL_POLICIES,
+                                seeds=tuple(EVAL_SEED_OFFSET + s for s in range(seeds)), horizon=horizon,
+                                env_kwargs=_env_kwargs(env_option), agent_dir=None if agent is None else str(agent),
+                                checkpoint=checkpoint, workers=workers, out_dir=str(out))
+        EnvConfig.from_kwargs(**config.resolved()[0])  # the env options, before any work
     _quiet_libraries()
-    table, summary = sim_to_real(agent, SIM2REAL_POLICIES, [EVAL_SEED_OFFSET + s for s in range(seeds)], horizon,
-                                 workers, say=console.print, checkpoint=checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sim2real.md").write_text(to_markdown(table))
-    table.to_csv(out / "sim2real.csv", index=False)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(table.to_string(index=False))
-    console.print(f"same ranking on both fidelities: {'yes' if summary['same_ranking'] else 'no'} "
-                  f"(Kendall τ = {summary['kendall_tau']:.2f}); mean return gap surrogate − engine: {summary['return_gap']:+.3f}")
+    table, summary, trajectories = sim_to_real(config, say=console.print)
+    for path in write_results(table, summary, trajectories, out):
+        console.print(f"wrote {path}")
+    _print_sim2real(table, summary)
+
+
+def _print_sim2real(table, summary: dict) -> None:
+    from rich.table import Table
+
+    view = Table(title="sim-to-real: surrogate (FedPEAT-v1) vs engine (FedPEAT-Engine-v1), same seeds")
+    for column in ("policy", "return sur.", "return eng.", "final ppl sur.", "final ppl eng.", "ppl error worst",
+                   "round", "tol.", "within", "rank sur./eng."):
+        view.add_column(column, justify="left" if column == "policy" else "right")
+    for _, r in table.iterrows():
+        view.add_row(r["policy"], f"{r['FedPEAT-v1 return']:.2f}", f"{r['FedPEAT-Engine-v1 return']:.2f}",
+                     f"{r['FedPEAT-v1 final ppl']:.1f}", f"{r['FedPEAT-Engine-v1 final ppl']:.1f}",
+                     f"{100 * r['ppl error, worst round']:.1f}%", str(r["worst round"]), f"{100 * r['tolerance']:.0f}%",
+                     "yes" if r["within"] else "[red]no[/red]",
+                     f"{r['FedPEAT-v1 rank']} / {r['FedPEAT-Engine-v1 rank']}")
+    console.print(view)
+    console.print(f"every policy within its tolerance: {'yes' if summary['all_within'] else 'no'}; Kendall τ of the "
+                  f"returns = {summary['kendall_tau']:.2f} (same ranking: {'yes' if summary['same_ranking'] else 'no'}); "
+                  f"mean return gap surrogate − engine: {summary['return_gap']:+.3f}")
 
 
 @app.command("compare")

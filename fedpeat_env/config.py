@@ -16,7 +16,10 @@ from fedpeat_env.reward import RewardWeights
 
 Fidelity = Literal["surrogate", "engine"]
 MemoryAggregation = Literal["sum", "mean"]
-Partition = Literal["iid", "dirichlet"]
+Partition = Literal["iid", "dirichlet", "domains"]
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "domains")
+Availability = Literal["always", "markov"]
+AVAILABILITIES: tuple[str, ...] = ("always", "markov")
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,29 @@ class EnvConfig:
     rate) or "max" (the slowest device; devices served at once, the downlink split equally between them)."""
     memory_aggregation: MemoryAggregation = "sum"
     """"sum" (FedPEAT's memory of all devices) or "mean" (over the devices that trained)."""
-    partition: Partition = "dirichlet"
-    """How the tuning data is split over the devices: "iid" (equal shares) or "dirichlet" (shares ~ Dirichlet(α))."""
+    partition: Partition = "domains"
+    """How the tuning data is split over the devices. "domains" (content skew, the default): the three tuning domains
+    (pydocs, licenses, docstrings), each domain's blocks split over the devices in shares ~ Dirichlet(domain_alpha), so
+    devices differ in what they hold and how much; the full model is evaluated on the union. "dirichlet" (quantity
+    skew, one domain: pydocs): shares ~ Dirichlet(dirichlet_alpha). "iid": pydocs in equal shares."""
     dirichlet_alpha: float = 1.0
-    """α of the Dirichlet split (small: a few devices hold most of the data)."""
+    """α of the "dirichlet" split (small: a few devices hold most of the data)."""
+    domain_alpha: float = 0.5
+    """α of the "domains" split: per domain, the devices' shares of its blocks ~ Dirichlet(α·1_N) (small: each domain
+    sits on a few devices)."""
+    observe_domains: bool = True
+    """Whether the agent sees each device's domain histogram (the share of its data in each tuning domain, a label
+    histogram the device reports); False: those entries are 0."""
+    availability: Availability = "markov"
+    """"markov": each device is available or not, a two-state Markov chain per device stepped every round
+    (availability_off_rate, availability_on_rate; the first round from the chain's stationary distribution); an
+    unavailable device cannot train (its mask allows only 0; selected anyway, it is dropped and charged
+    ``availability_penalty``) and keeps what it holds. "always": every device is available every round."""
+    availability_off_rate: float = 0.1
+    """P(available → unavailable) per round (Bonawitz et al. 2019 report 6–10% of devices dropping out of a round)."""
+    availability_on_rate: float = 0.3
+    """P(unavailable → available) per round (mean absence 1/0.3 ≈ 3.3 rounds; stationary availability
+    on / (on + off) = 75%)."""
     trainable: Trainable = "adapter"
     """What a device trains, downloads and uploads each round: "adapter" (FedPEAT's LoRA adapter through an emulator)
     or "all" (Fed-FT's cost profile: every weight of the full model; compression_levels must be (0.0,), no rank
@@ -114,8 +136,14 @@ class EnvConfig:
                  self.latency_aggregation)
         _require(self.memory_aggregation in ("sum", "mean"), "memory_aggregation", "one of ('sum', 'mean')",
                  self.memory_aggregation)
-        _require(self.partition in ("iid", "dirichlet"), "partition", "one of ('iid', 'dirichlet')", self.partition)
-        _require(self.dirichlet_alpha > 0, "dirichlet_alpha", "> 0", self.dirichlet_alpha)
+        _require(self.partition in PARTITIONS, "partition", f"one of {PARTITIONS}", self.partition)
+        _require(self.availability in AVAILABILITIES, "availability", f"one of {AVAILABILITIES}", self.availability)
+        for name in ("dirichlet_alpha", "domain_alpha"):
+            _require(1e-3 <= getattr(self, name) <= 1e3, name, "in [0.001, 1000]", getattr(self, name))
+        for name in ("availability_off_rate", "availability_on_rate"):
+            _require(0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]", getattr(self, name))
+        _require(self.availability_on_rate > 0 or self.availability == "always", "availability_on_rate",
+                 "> 0 with availability='markov' (else a device that leaves never returns)", self.availability_on_rate)
         _require(0.0 <= self.server_fraction < 1.0, "server_fraction", "in [0, 1)", self.server_fraction)
         _require(self.trainable in TRAINABLE, "trainable", f"one of {TRAINABLE}", self.trainable)
         if self.trainable == "all":

@@ -13,6 +13,9 @@ from fedpeat_env.dynamics import INFO_KEYS, ROUND_DTYPE, Dynamics, Output
 from fedpeat_env.reward import REWARD_TERMS
 from fedpeat_env.surrogate import Calibration
 
+_INFO_FIELDS = tuple((key, kind, ROUND_DTYPE.names.index(key)) for key, kind in INFO_KEYS)
+_REWARD_FIELD = ROUND_DTYPE.names.index("reward")
+
 
 class FedPEATEnv(gym.Env):
     """
@@ -20,9 +23,11 @@ class FedPEATEnv(gym.Env):
     Adaptive control of federated emulator-assisted tuning (FedPEAT, Chua et al. 2023). Each step is one federated
     round: the orchestrator chooses, for each of N mobile devices, whether it participates and which emulator
     compression ratio ε it trains through (and, with ``control_rank``, its LoRA rank). Devices differ in memory
-    tier, data share, distance to the base station and uplink bandwidth; channels fade (Rayleigh, Gauss–Markov
-    correlated). Sending a device a new emulator (an *exchange*) costs a large download. With ``server_fraction`` > 0
-    the server holds that share of the data and trains the full model every round beside the devices.
+    tier, distance to the base station, uplink bandwidth and in the data they hold: by default each holds its own mix
+    of three tuning domains (content skew) while the full model is evaluated on all of them. Channels fade (Rayleigh,
+    Gauss–Markov correlated) and devices come and go (a two-state Markov chain per device). Sending a device a new
+    emulator (an *exchange*) costs a large download; training the same little data for many rounds over-fits it. With
+    ``server_fraction`` > 0 the server holds that share of the data and trains the full model every round.
 
     ## Action Space
     ``MultiDiscrete([K+1] * N)`` (``+ [R] * N`` with ``control_rank``):
@@ -33,19 +38,25 @@ class FedPEATEnv(gym.Env):
     | i < N | k in 1..K | device i trains through the emulator with ε = compression_levels[k−1] |
     | N ≤ i < 2N | j in 0..R−1 | LoRA rank rank_levels[j] for device i − N (control_rank only) |
 
+    ``action_masks()`` allows level k > 0 of a device only when it is available and level k fits its memory.
+
     ## Observation Space
-    ``Box`` float32 of shape (6N + 2,), finite bounds; what the agent sees of each device and of the round:
+    ``Box`` float32 of shape (10N + 5,), finite bounds; what the agent sees of each device (F = 10 entries: 7 + one per
+    tuning domain d = pydocs, licenses, docstrings) and of the round:
 
     | index | observation | range |
     |-------|-------------|-------|
-    | 6i | channel gain, (g_dB + 100) / 20 | [-3, 3] |
-    | 6i+1 | memory headroom: η·capacity / full-model footprint | [0, 2] |
-    | 6i+2 | ε of the emulator the device holds (−1: none) | [-1, 1] |
-    | 6i+3 | emulator exchanges so far / T | [0, 1] |
-    | 6i+4 | participations so far / T | [0, 1] |
-    | 6i+5 | data share × N (1: an average device) | [0, N] |
-    | 6N | perplexity progress (ppl_0 − ppl) / (ppl_0 − target) | [-1, 2] |
-    | 6N+1 | round / T | [0, 1] |
+    | Fi | channel gain, (g_dB + 100) / 20 | [-3, 3] |
+    | Fi+1 | memory headroom: η·capacity / full-model footprint | [0, 2] |
+    | Fi+2 | ε of the emulator the device holds (−1: none) | [-1, 1] |
+    | Fi+3 | emulator exchanges so far / T | [0, 1] |
+    | Fi+4 | participations so far / T | [0, 1] |
+    | Fi+5 | data share × N (1: an average device) | [0, N] |
+    | Fi+6 | available in the coming round (1) or not (0) | [0, 1] |
+    | Fi+7+d | share of the device's data in domain d (its reported histogram; 0 with ``observe_domains=False``) | [0, 1] |
+    | FN | perplexity progress (ppl_0 − ppl) / (ppl_0 − target) | [-1, 2] |
+    | FN+1 | round / T | [0, 1] |
+    | FN+2+d | progress on domain d: log(ppl0_d / ppl_d) / log(ppl_0 / target) (0: a domain the scenario lacks) | [-1, 2] |
 
     ## Rewards
     A sum of named terms (``fedpeat_env.reward``), all in ``info["reward_terms"]``. The paper's form is the default:
@@ -60,6 +71,7 @@ class FedPEATEnv(gym.Env):
     | memory | −w_m · Σ_i m_i / (η M_i) / N over the active devices ("sum"), or their mean ("mean") |
     | memory_penalty | −P_m per selected device whose footprint exceeds η · capacity (it is dropped) |
     | exchange_penalty | −P_x per exchange beyond κ · T on a device |
+    | availability_penalty | −P_a per selected device that is unavailable (it is dropped) |
 
     Q_i = 8F_dl/r_dl + 8F_ul/r_ul is device i's transmission latency, Q_ref the full model's download at the cell
     edge. The downlink: with "sum" the server serves the devices in turn, each at the whole band's rate; with "max"
@@ -67,8 +79,9 @@ class FedPEATEnv(gym.Env):
     The engine (``federation.engine``) uses the same model.
 
     ## Starting State
-    Full model at its pretrained perplexity; no device holds an emulator. Memory tiers, data shares (``partition``),
-    distances, bandwidths and fading are drawn from ``reset(seed=...)``.
+    Full model at its pretrained perplexity; no device holds an emulator. Memory tiers, data (``partition``),
+    availability (the chains' stationary distribution), distances, bandwidths and fading are drawn from
+    ``reset(seed=...)``.
 
     ## Episode End
     Terminated when the perplexity reaches ``target_perplexity``; truncated after ``horizon`` rounds.
@@ -79,13 +92,20 @@ class FedPEATEnv(gym.Env):
 
     ## Arguments
     Keyword arguments of ``gymnasium.make`` are the fields of ``fedpeat_env.config.EnvConfig`` (an unknown key
-    raises an error that is both a ``TypeError`` and a ``ValueError``; a wrong value or type a ``ValueError``). ``fidelity="engine"`` runs a real federated round per step on the embedded model, with
-    the same partition, server share and latency model.
+    raises an error that is both a ``TypeError`` and a ``ValueError``; a wrong value or type a ``ValueError``).
+    ``fidelity="engine"`` runs a real federated round per step on the embedded model, with the same partition,
+    availability, server share and latency model. Options outside what the calibration's engine runs covered (N, the
+    horizon, the server share, α) raise one ``UserWarning`` naming them.
 
     ## Version History
-    * v0: initial version. Revised with the calibration ``embedded-v2``: data shares in the observation (6 entries per
-      device), the paper's summed latency and memory terms by default, the downlink split under "max", the
-      collaborating server, and a surrogate that answers the LoRA rank, the data share and mixed ε.
+    * v1: the scenario grounded in federated data and devices: content skew over three tuning domains
+      (``partition="domains"``, ``domain_alpha``) with the full model evaluated on their union, device availability
+      (``availability="markov"``), the domain histograms, availability and per-domain progress in the observation
+      (10N + 5 entries), the ``availability_penalty`` term, and the calibration ``embedded-v3`` (20-round engine runs,
+      held devices, N = 5 / 10 / 20, a data-reuse and a coverage term; the default target from observed engine runs).
+      The v0 scenario is ``gym.make("FedPEAT-v1", partition="dirichlet", availability="always")`` (one domain,
+      quantity skew, always available), on the v1 observation and calibration.
+    * v0: initial version (one domain, quantity skew; calibration ``embedded-v2``).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 2}
@@ -98,6 +118,8 @@ class FedPEATEnv(gym.Env):
         if self.config.fidelity == "engine":
             self._check_engine_data()
         self.calibration = Calibration.load(self.config.calibration)
+        if self.config.fidelity == "surrogate":
+            self.calibration.warn_outside(self.config)
         self.dynamics = Dynamics(self.config, 1, self.calibration)
         self._out = self.dynamics.new_output()  # one round's buffers, reused (step copies what it returns)
         self.action_space = spaces.MultiDiscrete(self.dynamics.nvec)
@@ -128,7 +150,7 @@ class FedPEATEnv(gym.Env):
         if self._runner is None:
             out = self.dynamics.step(actions, out=self._out)
         else:
-            out = self.dynamics.finish(self.dynamics.transmit(actions, self._out), self._engine_perplexity(actions))
+            out = self.dynamics.finish(self.dynamics.transmit(actions, self._out), *self._engine_perplexity(actions))
         terminated, truncated = bool(out.ended[0, 0]), bool(out.ended[1, 0])
         self._needs_reset = terminated or truncated
         reward, info = self._reward_and_info(out)
@@ -137,10 +159,10 @@ class FedPEATEnv(gym.Env):
     @staticmethod
     def _reward_and_info(out: Output) -> tuple[float, dict]:
         """Episode 0's reward (a Python float) and info dict: the reward terms and the ``INFO_KEYS`` of its round."""
-        values = dict(zip(ROUND_DTYPE.names, out.round_.item(0)))
+        values = out.round_.item(0)
         info = {"reward_terms": dict(zip(REWARD_TERMS, out.terms.item(0)))}
-        info |= {key: kind(values[key]) for key, kind in INFO_KEYS}
-        return values["reward"], info
+        info |= {key: kind(values[index]) for key, kind, index in _INFO_FIELDS}
+        return values[_REWARD_FIELD], info
 
     def render(self) -> str | np.ndarray | None:
         """``render_mode="ansi"``: a text table of the round; ``"rgb_array"``: a picture of the cell (base station,
@@ -188,34 +210,54 @@ class FedPEATEnv(gym.Env):
 
         cfg = self.config
         engine = fedpeat_engine(cfg.num_devices, 0, cfg.engine_local_steps, max(cfg.rank_levels),
-                                server_fraction=cfg.server_fraction)
+                                domains=self._engine_domains(), server_fraction=cfg.server_fraction)
         limit = device_capacity(load_tokenizer(engine.foundation), engine.domains, engine.block_size, engine.server_fraction)
         if cfg.num_devices > limit:
             raise ValueError(f"num_devices must be at most {limit} in engine fidelity (the training blocks of "
                              f"{'+'.join(engine.domains)} after the server's share), got {cfg.num_devices}")
 
+    def _engine_domains(self) -> tuple[str, ...]:
+        """The tuning domains of the engine runs: the three with content skew, else pydocs."""
+        from fedpeat_env.surrogate import DOMAINS
+
+        return DOMAINS if self.config.partition == "domains" else ("pydocs",)
+
     def _start_engine(self, seed: int) -> None:
-        """A new engine run for the episode: its data split in the episode's drawn shares, the env's server share and
-        latency model; the episode's shares then become the engine's real ones (whole blocks)."""
+        """A new engine run for the episode: its data split as the episode drew it (per-domain shares with content
+        skew, else data shares), the env's server share and latency model; the episode's shares, domain histograms
+        and perplexities then become the engine's real ones (whole blocks, measured)."""
         from federation.engine import RoundRunner
         from federation.executor_config import ExecutorConfig
-        from fedpeat_env.calibration import fedpeat_engine
+        from fedpeat_env.calibration import fedpeat_engine, real_data
+        from fedpeat_env.surrogate import DOMAINS
 
         self._close_runner()
-        cfg = self.config
+        cfg, domains = self.config, self._engine_domains()
         if self._executor is None:  # one executor for every episode (Ray's actors start once)
             self._executor = ExecutorConfig(cfg.executor, cfg.ray_address).make()
+        d = self.dynamics
+        split = {"device_shares": tuple(d.share[0].tolist())}
+        if cfg.partition == "domains":  # device i's share of domain k's blocks ∝ share_i · mix_ik
+            held = d.share[0][:, None] * d.mix[0][:, [DOMAINS.index(k) for k in domains]]
+            split = {"device_domain_shares": tuple(map(tuple, (held / held.sum(axis=0, keepdims=True)).tolist()))}
         self._runner = RoundRunner(fedpeat_engine(
-            cfg.num_devices, seed, cfg.engine_local_steps, max(cfg.rank_levels),
-            device_shares=tuple(self.dynamics.share[0].tolist()), server_fraction=cfg.server_fraction,
-            latency_aggregation=cfg.latency_aggregation, channel=cfg.channel), self._executor)
-        data = self._runner.data
-        total = data.device_sizes.sum() + len(data.server_blocks)
-        self.dynamics.set_shares((data.device_sizes / total)[None, :])
-        self.dynamics.ppl[:] = self._runner.initial_perplexity
+            cfg.num_devices, seed, cfg.engine_local_steps, max(cfg.rank_levels), domains=domains,
+            server_fraction=cfg.server_fraction, latency_aggregation=cfg.latency_aggregation, channel=cfg.channel,
+            **split), self._executor)
+        shares, mix, _ = real_data(self._runner)
+        d.set_data(shares[None, :], mix[None, :, :])
+        d.ppl[:] = self._runner.initial_perplexity
+        d.domain_ppl[0] = self._domain_perplexity()
 
-    def _engine_perplexity(self, actions: np.ndarray) -> np.ndarray:
-        """(1,) perplexity after a real federated round of the devices ``transmit`` made active."""
+    def _domain_perplexity(self) -> np.ndarray:
+        """(D,) the engine's last full-model perplexity on each domain (1 for domains the scenario lacks)."""
+        from fedpeat_env.calibration import domain_perplexities
+
+        return domain_perplexities(self._runner)
+
+    def _engine_perplexity(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((1,) perplexity, (1, D) per-domain perplexities) after a real federated round of the devices ``transmit``
+        made active."""
         from federation.methods import DeviceDecision
 
         N = self.config.num_devices
@@ -224,4 +266,5 @@ class FedPEATEnv(gym.Env):
         rank_values = np.asarray(self.dynamics.ranks)[ranks]
         decisions = [DeviceDecision(bool(a), float(e) if a else 0.0, int(r))
                      for a, e, r in zip(self.dynamics.active[0], eps, rank_values)]
-        return np.array([self._runner.run_round(decisions).full_perplexity])
+        ppl = self._runner.run_round(decisions).full_perplexity
+        return np.array([ppl]), self._domain_perplexity()[None, :]

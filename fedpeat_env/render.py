@@ -1,7 +1,8 @@
 """Pictures of a FedPEAT round: ``render_mode="ansi"`` (a text table) and ``"rgb_array"`` (the cell, drawn).
 
 Both show the same per-device state after the last step: distance to the base station, channel gain, memory tier,
-data share, the emulator held (ε) and whether the device trained in the round.
+data share and domain mix, whether it is available for the next round, the emulator held (ε) and whether the device
+trained in the round.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from fedpeat_env.surrogate import DOMAINS
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,11 @@ class DeviceView:
     held_eps: float
     """ε of the emulator it holds (−1: none yet)."""
     trained: bool
-    """Selected and within its memory in the last round."""
+    """Selected, available and within its memory in the last round."""
+    available: bool
+    """Can train in the coming round."""
+    mix: tuple[float, ...]
+    """Share of its data in each tuning domain (``DOMAINS``)."""
 
 
 def device_views(dynamics) -> list[DeviceView]:
@@ -32,26 +39,30 @@ def device_views(dynamics) -> list[DeviceView]:
     capacity = s.allowed[0] / (dynamics.config.memory_fraction * dynamics.costs.full_memory_bytes)
     held = dynamics.tables.held_eps[s.held[0]]
     return [DeviceView(float(dynamics.channel.distances_m[i]), float(s.gain_db[0, i]), float(capacity[i]),
-                       float(s.share[0, i]), float(held[i]), bool(s.active[0, i])) for i in range(n)]
+                       float(s.share[0, i]), float(held[i]), bool(s.active[0, i]), bool(s.available[0, i]),
+                       tuple(float(x) for x in s.mix[0, i])) for i in range(n)]
 
 
 def round_text(dynamics) -> str:
     """The ``ansi`` frame: round, perplexity and one line per device."""
     s = dynamics.state
+    domains = " ".join(f"{d[:3]:>4}" for d in DOMAINS)
     lines = [f"round {int(s.t[0])}/{dynamics.config.horizon}  perplexity {float(s.ppl[0]):.1f}  "
              f"(target {dynamics.target:.1f})",
-             f"{'device':>6} {'distance m':>10} {'gain dB':>8} {'memory ×':>8} {'share':>6} {'holds ε':>7} {'trained':>7}"]
+             f"{'device':>6} {'distance m':>10} {'gain dB':>8} {'memory ×':>8} {'share':>6} {domains} {'avail.':>6} "
+             f"{'holds ε':>7} {'trained':>7}"]
     for i, d in enumerate(device_views(dynamics)):
         held = "-" if d.held_eps < 0 else f"{d.held_eps:g}"
-        lines.append(f"{i:>6} {d.distance_m:>10.0f} {d.gain_db:>8.1f} {d.tier:>8.2f} {d.share:>6.2f} {held:>7} "
-                     f"{'yes' if d.trained else 'no':>7}")
+        mix = " ".join(f"{x:>4.2f}" for x in d.mix)
+        lines.append(f"{i:>6} {d.distance_m:>10.0f} {d.gain_db:>8.1f} {d.tier:>8.2f} {d.share:>6.2f} {mix} "
+                     f"{'yes' if d.available else 'no':>6} {held:>7} {'yes' if d.trained else 'no':>7}")
     return "\n".join(lines) + "\n"
 
 
 def round_picture(dynamics, size_px: int = 480) -> np.ndarray:
     """The ``rgb_array`` frame (size_px, size_px, 3) uint8: the base station at the centre, each device at its
-    distance (evenly spread angles), coloured by channel gain, sized by memory tier, ringed when it trained, labelled
-    with the ε it holds."""
+    distance (evenly spread angles), coloured by channel gain, sized by memory tier, ringed when it trained, faded
+    while unavailable, labelled with the ε it holds."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -72,10 +83,11 @@ def round_picture(dynamics, size_px: int = 480) -> np.ndarray:
     gains = np.array([v.gain_db for v in views])
     xs, ys = ([v.distance_m * f(a) for v, a in zip(views, angles)] for f in (np.cos, np.sin))
     ax.scatter(xs, ys, s=[60 + 120 * v.tier for v in views], c=gains, cmap="viridis", vmin=-130, vmax=-70,
-               edgecolors=["red" if v.trained else "none" for v in views], linewidths=2.5)
+               edgecolors=["red" if v.trained else "none" for v in views], linewidths=2.5,
+               alpha=[1.0 if v.available else 0.3 for v in views])
     for x, y, v in zip(xs, ys, views):
         ax.annotate("–" if v.held_eps < 0 else f"ε{v.held_eps:g}", (x, y), textcoords="offset points", xytext=(8, 6),
                     fontsize=8)
-    fig.suptitle(f"round {int(s.t[0])}  ppl {float(s.ppl[0]):.1f}  (red ring: trained)", fontsize=10)
+    fig.suptitle(f"round {int(s.t[0])}  ppl {float(s.ppl[0]):.1f}  (red ring: trained; faded: unavailable)", fontsize=10)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -37,6 +37,8 @@ class RewardWeights:
     """−P_m per selected device whose footprint exceeds η·capacity (that device is dropped from the round)."""
     exchange_penalty: float = 0.5
     """−P_x per exchange beyond κ·T on a device."""
+    availability_penalty: float = 1.0
+    """−P_a per selected device that is unavailable this round (that device is dropped, as a memory overflow is)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -79,3 +81,4 @@ def settle_terms(next_ppl: float, round_, terms, params: RewardParams, num_devic
     terms.memory = -w.memory * round_.memory_use
     terms.memory_penalty = -w.memory_penalty * round_.memory_violations
     terms.exchange_penalty = -w.exchange_penalty * round_.excess_exchanges
+    terms.availability_penalty = -w.availability_penalty * round_.unavailable

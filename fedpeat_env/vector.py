@@ -1,4 +1,4 @@
-"""Vectorised surrogate: ``num_envs`` FedPEAT-v0 episodes stepped at once in compiled code (gymnasium ``VectorEnv``)."""
+"""Vectorised surrogate: ``num_envs`` FedPEAT-v1 episodes stepped at once in compiled code (gymnasium ``VectorEnv``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from fedpeat_env.surrogate import Calibration
 
 
 class FedPEATVectorEnv(VectorEnv):
-    """B independent FedPEAT-v0 episodes (surrogate fidelity) sharing one batched ``Dynamics``.
+    """B independent FedPEAT-v1 episodes (surrogate fidelity) sharing one batched ``Dynamics``.
 
     Same observation, action and reward as ``FedPEATEnv``; info holds its keys with arrays of shape (B,), the reward
     terms as top-level keys.
@@ -37,7 +37,9 @@ class FedPEATVectorEnv(VectorEnv):
         if self.config.fidelity != "surrogate":
             raise ValueError(f"fidelity must be 'surrogate' for the vector env, got {self.config.fidelity!r}")
         self.num_envs = num_envs
-        self.dynamics = Dynamics(self.config, num_envs, Calibration.load(self.config.calibration))
+        calibration = Calibration.load(self.config.calibration)
+        calibration.warn_outside(self.config)
+        self.dynamics = Dynamics(self.config, num_envs, calibration)
         self.single_action_space = spaces.MultiDiscrete(self.dynamics.nvec)
         low, high = self.dynamics.observation_bounds()
         self.single_observation_space = spaces.Box(low, high, dtype=np.float32)
@@ -67,7 +69,7 @@ class FedPEATVectorEnv(VectorEnv):
 
     def _restart(self, envs: np.ndarray) -> None:
         """New episodes for the sub-envs in ``envs``. With one sub-env, jump to the next episode point of the stream as
-        ``FedPEATEnv``'s unseeded reset does, so that ``FedPEATVectorEnv(1)`` and ``FedPEAT-v0`` meet the same episodes
+        ``FedPEATEnv``'s unseeded reset does, so that ``FedPEATVectorEnv(1)`` and ``FedPEAT-v1`` meet the same episodes
         for ever; with more, continue the shared stream."""
         if self.num_envs == 1:
             self.dynamics.next_episodes()

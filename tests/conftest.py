@@ -39,14 +39,13 @@ def tuning_blocks(foundation):
 
 @pytest.fixture(scope="session")
 def env_kwargs(tmp_path_factory) -> dict:
-    """A small FedPEAT-v0 scenario (3 devices, horizon 5) on a hand-made calibration (ppl_0 = 4000, plateaus 150–210,
-    fast progress), so that episodes reach the target and tests do not depend on the committed calibration."""
-    from fedpeat_env.surrogate import Calibration
+    """A small FedPEAT-v1 scenario (3 devices, horizon 5) on a hand-made calibration (``helpers.hand_calibration``:
+    ppl_0 = 4000, plateaus 150–210, fast progress), so that episodes reach the target and tests do not depend on the
+    committed calibration."""
+    from tests.helpers import hand_calibration
 
     path = tmp_path_factory.mktemp("cal") / "cal.json"
-    Calibration(initial_perplexity=4000.0, levels=(0.0, 0.25, 0.5, 0.75), plateau_perplexity=(150.0, 160.0, 175.0, 210.0),
-                rate=5.0, shape=2.0, share_exponent=0.3, rank_exponent=0.5, noise_std=0.02, noise_exponent=0.0,
-                max_rank=8, ranks=(2, 4, 8)).save(path)
+    hand_calibration().save(path)
     return {"calibration": str(path), "num_devices": 3, "horizon": 5}
 
 

@@ -1,4 +1,4 @@
-"""Training checkpoints and ``--resume`` (``agents.checkpoint``): exact continuation on FedPEAT-v0, restored model and
+"""Training checkpoints and ``--resume`` (``agents.checkpoint``): exact continuation on FedPEAT-v1, restored model and
 statistics on other envs, the command line and its errors."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_a_run_resumed_after_a_kill_ends_as_the_uninterrupted_run(tmp_path, env_
 
 
 def test_another_env_resumes_with_the_checkpoint_model_and_statistics(tmp_path):
-    """Envs other than FedPEAT-v0 (here CartPole) restart their episodes; the model, its step count and the
+    """Envs other than FedPEAT-v1 (here CartPole) restart their episodes; the model, its step count and the
     VecNormalize statistics are the checkpoint's, and the run reaches its steps."""
     config = TrainConfig(env_id="CartPole-v1", n_envs=2, seed=0, timesteps=64, out_dir=str(tmp_path),
                          algo_kwargs={"n_steps": 16, "batch_size": 32, "n_epochs": 1})

@@ -31,7 +31,7 @@ def agents(tmp_path_factory):
 @pytest.mark.parametrize("algo", ["ppo", "maskable-ppo"])
 def test_at_the_training_n_it_acts_as_sb3_predicts(agents, algo):
     policy = load_policy(agents[algo])
-    env = gym.make("FedPEAT-v0", num_devices=4, horizon=4)
+    env = gym.make("FedPEAT-v1", num_devices=4, horizon=4)
     obs, _ = env.reset(seed=3)
     for _ in range(4):
         kwargs = {"action_masks": env.unwrapped.action_masks()} if policy.masked else {}
@@ -46,7 +46,7 @@ def test_any_number_of_devices_and_devices_as_a_set(agents):
     for n in (2, 7, 30):
         df = evaluate(policy, env_kwargs={"num_devices": n, "horizon": 4}, seeds=[0, 1])
         assert len(df) == 2 and (df["memory_violations"] == 0).all()  # masks respected at every N
-    env = gym.make("FedPEAT-v0", num_devices=6, horizon=4)
+    env = gym.make("FedPEAT-v1", num_devices=6, horizon=4)
     obs, _ = env.reset(seed=0)
     order = np.array([3, 0, 5, 1, 4, 2])
     devices = obs[:36].reshape(6, 6)

@@ -19,9 +19,9 @@ runner = CliRunner()
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_every_algorithm_has_a_zoo_file_for_the_env_that_builds_a_config(algo):
     table = yaml.safe_load((HYPERPARAMS_DIR / f"{algo}.yml").read_text().replace("!!float ", ""))
-    assert set(table) == {"FedPEAT-v0"}
+    assert set(table) == {"FedPEAT-v1"}
     config = TrainConfig.from_hyperparams(algo)
-    entry = load_hyperparams(algo, "FedPEAT-v0")
+    entry = load_hyperparams(algo, "FedPEAT-v1")
     assert config.timesteps == int(entry["n_timesteps"]) and config.n_envs == entry["n_envs"]
     assert config.policy == entry["policy"] and config.normalize is entry["normalize"]
     assert config.algo_kwargs == {k: v for k, v in entry.items() if k not in ("n_envs", "n_timesteps", "policy", "normalize")}
@@ -66,13 +66,13 @@ def test_rl_zoo_trains_and_replays_from_the_committed_file(tmp_path):
     import subprocess
     import sys
 
-    common = ["--algo", "ppo", "--env", "FedPEAT-v0", "--gym-packages", "fedpeat_env", "agents.device_set", "-f", str(tmp_path),
+    common = ["--algo", "ppo", "--env", "FedPEAT-v1", "--gym-packages", "fedpeat_env", "agents.device_set", "-f", str(tmp_path),
               "--num-threads", "1"]
     train = subprocess.run([sys.executable, "-m", "rl_zoo3.train", *common, "--conf-file", str(HYPERPARAMS_DIR / "ppo.yml"),
                             "-n", "2048", "--eval-freq", "-1", "--env-kwargs", "num_devices:3", "horizon:4"],
                            capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-2000:]
-    saved = tmp_path / "ppo" / "FedPEAT-v0_1" / "FedPEAT-v0.zip"
+    saved = tmp_path / "ppo" / "FedPEAT-v1_1" / "FedPEAT-v1.zip"
     from stable_baselines3 import PPO
 
     from agents.device_set import DeviceSetPolicy

@@ -22,7 +22,7 @@ SEEDS = range(6)
 @pytest.mark.parametrize("control_rank", [False, True])
 @pytest.mark.parametrize("name", NAMES)
 def test_baseline_plays_valid_masked_actions(name, control_rank, env_kwargs):
-    env = gym.make("FedPEAT-v0", **env_kwargs, control_rank=control_rank)
+    env = gym.make("FedPEAT-v1", **env_kwargs, control_rank=control_rank)
     policy = make_policy(name)
     assert isinstance(policy, Policy)
     for seed in (0, 1):
@@ -103,7 +103,7 @@ def test_oracle_beats_fixed_and_greedy(env_kwargs):
     # per seed; it holds on these seeds, and we assert it on the mean over seeds (plus a small per-seed slack).
     means, per_seed = {}, {}
     for name in ["fixed-1", "fixed-2", "fixed-3", "fixed-4", "greedy", "oracle"]:
-        returns = evaluate(make_policy(name), "FedPEAT-v0", env_kwargs, SEEDS)["return"].to_numpy()
+        returns = evaluate(make_policy(name), "FedPEAT-v1", env_kwargs, SEEDS)["return"].to_numpy()
         means[name], per_seed[name] = returns.mean(), returns
     best_fixed = max(means[f"fixed-{k}"] for k in range(1, 5))
     assert means["oracle"] >= best_fixed
@@ -122,7 +122,7 @@ def test_random_covers_unmasked_values(env_kwargs):
 
 
 def test_ucb_tries_every_level_then_credits_rounds(env_kwargs):
-    env = FedPEATEnv(**env_kwargs)
+    env = FedPEATEnv(**env_kwargs, availability="always")
     env.reset(seed=0)
     policy = UCBPolicy(c=0.0)
     policy.reset(env)
@@ -139,10 +139,10 @@ def test_ucb_tries_every_level_then_credits_rounds(env_kwargs):
 
 
 def test_evaluate_uses_common_random_numbers(env_kwargs):
-    a = evaluate(make_policy("random", seed=5), "FedPEAT-v0", env_kwargs, [0, 1], episodes_per_seed=2)
-    b = evaluate(make_policy("random", seed=5), "FedPEAT-v0", env_kwargs, [0, 1], episodes_per_seed=2)
+    a = evaluate(make_policy("random", seed=5), "FedPEAT-v1", env_kwargs, [0, 1], episodes_per_seed=2)
+    b = evaluate(make_policy("random", seed=5), "FedPEAT-v1", env_kwargs, [0, 1], episodes_per_seed=2)
     assert list(a.columns) == ["seed", "episode", "return", "final_perplexity", "rounds", "total_latency_s",
-                               "exchanges", "memory_violations", "reached_target"]
+                               "exchanges", "memory_violations", "unavailable", "reached_target"]
     assert len(a) == 4 and a.equals(b)
     assert a["episode"].tolist() == [0, 1, 0, 1]
 

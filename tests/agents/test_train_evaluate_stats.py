@@ -116,7 +116,7 @@ def test_train_saves_and_loads(algo, runs, env_kwargs):
     assert list((out / "tb").glob("events.out.tfevents*")) and (out / "tb" / "progress.csv").is_file()
     policy = load_policy(out)
     assert not policy.vecnormalize.training and not policy.vecnormalize.norm_reward
-    df = evaluate(policy, "FedPEAT-v0", env_kwargs, [0, 1])
+    df = evaluate(policy, "FedPEAT-v1", env_kwargs, [0, 1])
     assert len(df) == 2 and df["rounds"].between(1, env_kwargs["horizon"]).all()
     if algo == "maskable-ppo":
         assert df["memory_violations"].sum() == 0
@@ -136,7 +136,7 @@ def test_plots(runs, tmp_path, env_kwargs):
     assert len(episodes) >= 256 // env_kwargs["horizon"] // 2 and episodes["timesteps"].is_monotonic_increasing
     assert learning_curve(runs["ppo"], tmp_path / "curve.png").stat().st_size > 0
     assert learning_curve(runs["ppo"] / "tb" / "progress.csv", tmp_path / "progress.png").is_file()
-    results = {name: evaluate(make_policy(name), "FedPEAT-v0", env_kwargs, [0, 1]) for name in ("random", "fixed-4")}
+    results = {name: evaluate(make_policy(name), "FedPEAT-v1", env_kwargs, [0, 1]) for name in ("random", "fixed-4")}
     assert returns_bar(benchmark_table(results), tmp_path / "bar.png").stat().st_size > 0
 
 
@@ -146,7 +146,7 @@ def test_oracle_margin_on_default_scenario():
     """DESIGN 10a: on the default scenario (committed calibration) the oracle beats the best fixed policy by >= 10% of
     its return."""
     names = ["fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "oracle"]
-    table = benchmark_table({name: evaluate(make_policy(name), "FedPEAT-v0", {}, range(5)) for name in names})
+    table = benchmark_table({name: evaluate(make_policy(name), "FedPEAT-v1", {}, range(5)) for name in names})
     assert oracle_margin(table) >= 10.0
 
 
@@ -163,11 +163,11 @@ def test_training_checks_report_the_time_to_beat_the_best_fixed_policy(tmp_path,
     assert metrics["time_to_beat_best_fixed_s"] == (None if first is None else first["train_time_s"])
     best = metrics["best_check"]  # the best check's policy is kept: evaluated again it gives the same difference
     assert best["mean"] == max(c["mean"] for c in checks) and (out / "best" / "model.zip").is_file()
-    from agents.train import VALIDATION_SEED
+    from agents.evaluate import VALIDATION_SEED
 
     seeds = [VALIDATION_SEED + s for s in range(4)]
-    again = paired_difference(evaluate(load_policy(out, checkpoint="best"), "FedPEAT-v0", env_kwargs, seeds),
-                              evaluate(make_policy(metrics["best_fixed"]), "FedPEAT-v0", env_kwargs, seeds))
+    again = paired_difference(evaluate(load_policy(out, checkpoint="best"), "FedPEAT-v1", env_kwargs, seeds),
+                              evaluate(make_policy(metrics["best_fixed"]), "FedPEAT-v1", env_kwargs, seeds))
     assert again["mean"] == pytest.approx(best["mean"], rel=1e-9)
     with pytest.raises(ValueError, match="checkpoint must be one of"):
         load_policy(out, checkpoint="last")

@@ -89,9 +89,8 @@ CASES = [
     ("calibrate --levels 0.5", "levels must be >= 2 increasing compression ratios in [0, 1), got (0.5,)"),
     ("calibrate --levels 0 --levels 1.5", "levels must be >= 2 increasing compression ratios in [0, 1), got (0.0, 1.5)"),
     ("calibrate --levels 0 --levels 0.99", "compression=0.99 keeps no middle block of 8"),
-    ("calibrate --devices 0", "--devices must be >= 1, got 0"),
-    ("calibrate --devices 5000", "--devices must be at most 545, the training blocks of pydocs at 128 tokens after "
-                                 "the server's share of 0.3; got 5000"),
+    ("calibrate --rounds 0", "--rounds must be >= 1, got 0"),
+    ("calibrate --add-runs {tmp}/missing.json", "--add-runs must be a JSON file of engine runs"),
     ("calibrate --workers 0", "--workers must be >= 1, got 0"),
     ("calibrate --ranks two", "--ranks must be comma-separated integers, got 'two'"),
     ("calibrate --executor dask", "Invalid value for '--executor': executor must be one of ('local', 'ray')"),
@@ -103,9 +102,9 @@ CASES = [
     ('train --env-option channel={"nope":1}', "channel has no setting(s) ['nope']; valid: ["),
     ("train --env-option compression_levels=[0.99]", "compression_levels cannot be realised by the 'gpt2-xl' model: "
                                                       "compression=0.99 keeps no middle block of 46"),
-    ("train --env FedPEAT-Engine-v0 --env-option compression_levels=[0,0.95]",
+    ("train --env FedPEAT-Engine-v1 --env-option compression_levels=[0,0.95]",
      "compression_levels cannot be realised by the 'embedded' model: compression=0.95 keeps no middle block of 8"),
-    ("train --env FedPEAT-Engine-v0 --env-option num_devices=5000", "num_devices must be at most 778 in engine fidelity"),
+    ("train --env FedPEAT-Engine-v1 --env-option num_devices=5000", "num_devices must be at most 1584 in engine fidelity (the training blocks of pydocs+licenses+docstrings"),
     ("train --env-option calibration={tmp}/missing.json", "calibration file {tmp}/missing.json not found"),
     ("train --env-option num_devices", "--env-option must look like key=value, got 'num_devices'"),
     ("train --hyperparams nonsense_key:1", "unknown hyperparameter(s) ['nonsense_key'] for ppo; allowed: ["),
@@ -114,7 +113,7 @@ CASES = [
     ("train --resume", "--resume: no checkpoint in {tmp}/out/checkpoints"),
     ("train --n-envs 0", "n_envs must be >= 1, got 0"),
     ("train --algo sac", "Invalid value for '--algo': algo must be one of ('ppo', 'a2c', 'maskable-ppo'), got 'sac'"),
-    ("train --env Nope-v0", "--env must be a registered Gymnasium id (FedPEAT-v0, FedPEAT-Engine-v0, ...), got 'Nope-v0'"),
+    ("train --env Nope-v0", "--env must be a registered Gymnasium id (FedPEAT-v1, FedPEAT-Engine-v1, ...), got 'Nope-v0'"),
     ("train --policy cnn", "--policy must be one of ('mlp', 'device-set'), got 'cnn'"),
     ("train --timesteps 0", "timesteps must be >= 1, got 0"),
     ("train --checkpoint-every -1", "Invalid value for '--checkpoint-every': Input should be greater than or equal to 0"),
@@ -129,7 +128,7 @@ CASES = [
     ("evaluate --policy greedy --env-option horizon=0", "horizon must be >= 1, got 0"),
     ("evaluate --policy greedy --checkpoint worst", "--checkpoint must be one of ('final', 'best'), got 'worst'"),
     ("evaluate --policy greedy --env Nope-v0", "--env must be a registered Gymnasium id"),
-    ("evaluate --policy greedy --env CartPole-v1", "--env must be a FedPEAT env (FedPEAT-v0, FedPEAT-Engine-v0), got "
+    ("evaluate --policy greedy --env CartPole-v1", "--env must be a FedPEAT env (FedPEAT-v1, FedPEAT-Engine-v1), got "
                                                    "'CartPole-v1'"),
     ("evaluate", "Missing option '--policy'"),
     # benchmark
@@ -144,12 +143,14 @@ CASES = [
     ("benchmark --hyperparams n_envs:0", "n_envs must be >= 1, got 0"),
     ("benchmark --executor ray --train-seeds 2 --workers 2", "workers applies to executor 'local'"),
     # sim2real
-    ("sim2real --agent {tmp}/missing", "--agent must be a trained agent's directory (with config.json)"),
-    ("sim2real --agent {tmp}/agent --seeds 0", "--seeds, --workers and --horizon must be >= 1, got 0, 2, None"),
-    ("sim2real --agent {tmp}/agent --workers 0", "--seeds, --workers and --horizon must be >= 1, got 2, 0, None"),
-    ("sim2real --agent {tmp}/agent --horizon 0", "--seeds, --workers and --horizon must be >= 1, got 2, 2, 0"),
+    ("sim2real --agent {tmp}/missing", "{tmp}/missing is not a trained agent's directory"),
+    ("sim2real --seeds 0", "--seeds must be >= 1, got 0"),
+    ("sim2real --workers 0", "--workers must be >= 1, got 0"),
+    ("sim2real --horizon 0", "--horizon must be >= 1, got 0"),
     ("sim2real --agent {tmp}/agent", "{tmp}/agent is not a trained agent's directory (it needs config.json and "
-                                     "model.zip)"),
+     "model.zip)"),
+    ("sim2real --policy sarsa", "--policy: policy name must be one of"),
+    ("sim2real --env-option availability=sometimes", "availability must be one of ('always', 'markov')"),
     ("sim2real --agent {tmp}/agent --checkpoint worst", "checkpoint must be one of ('final', 'best'), got 'worst'"),
     ("sim2real --agent {tmp}/agent --seeds two", "Invalid value for '--seeds': {int}"),
     # regime

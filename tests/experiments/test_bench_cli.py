@@ -36,7 +36,7 @@ def test_bench_env_reports_consistent_ratios():
                                  "--ppo-timesteps", "64", "--blocks", "2"])
     assert result.exit_code == 0, result.output
     out = result.output
-    fedpeat, cartpole = _row(out, "FedPEAT-v0 steps/s"), _row(out, "CartPole-v1 steps/s")
+    fedpeat, cartpole = _row(out, "FedPEAT-v1 steps/s"), _row(out, "CartPole-v1 steps/s")
     vector = _row(out, "vector env steps/s (16 envs)")
     assert min(fedpeat, cartpole, vector) > 0
     assert _row(out, "ratio FedPEAT / CartPole") == pytest.approx(fedpeat / cartpole, abs=2e-3)

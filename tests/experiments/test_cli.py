@@ -223,15 +223,38 @@ def test_calibrate_refits_the_committed_runs_and_reports_every_parameter(tmp_pat
     result = runner.invoke(app, ["calibrate", "--refit", str(DEFAULT_CALIBRATION), "--out", str(out)])
     assert result.exit_code == 0, result.output
     committed, refit = Calibration.load(DEFAULT_CALIBRATION), Calibration.load(out)
-    assert refit.plateau_perplexity == committed.plateau_perplexity and refit.fit_error == committed.fit_error
+    # a least-squares refit promises its solution to a tolerance, not the last bits of one CPU's BLAS
+    for name, p in committed.parameters.items():
+        assert refit.parameters[name]["value"] == pytest.approx(p["value"], rel=1e-3, abs=1e-5), name
+    assert refit.fit_error["heldout"]["rollout"] == pytest.approx(committed.fit_error["heldout"]["rollout"], rel=1e-3)
+    assert refit.best_perplexity == committed.best_perplexity and refit.covered == committed.covered  # measured: exact
     text = " ".join(result.output.split())
     for name in committed.parameters:
         assert name in text
-    for condition in ("fraction", "partition", "mixed", "rank", "server"):  # held-out errors per condition
-        row = committed.fit_error["heldout"]["by_condition"][condition]
-        assert f"{100 * row['rollout']:.1f}%" in text
+    for condition, row in committed.fit_error["heldout"]["by_condition"].items():  # held-out errors per condition
+        assert condition in text and f"{100 * row['rollout']:.1f}%" in text
     bad = runner.invoke(app, ["calibrate", "--ranks", "8,4", "--out", str(tmp_path / "never.json")])
     assert bad.exit_code == 2 and "--ranks must be increasing integers" in " ".join(bad.output.split())
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_calibrate_adds_engine_episodes_to_the_fit(tmp_path):
+    from fedpeat_env.surrogate import DEFAULT_CALIBRATION, Calibration
+
+    committed = Calibration.load(DEFAULT_CALIBRATION)
+    episodes = [{**run, "spec": {**run["spec"], "condition": "policy"}} for run in committed.meta["heldout_runs"][:2]]
+    (tmp_path / "engine_runs.json").write_text(json.dumps(episodes))
+    out = tmp_path / "cal.json"
+    result = runner.invoke(app, ["calibrate", "--refit", str(DEFAULT_CALIBRATION), "--add-runs",
+                                 str(tmp_path / "engine_runs.json"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    refit = Calibration.load(out)
+    assert len(refit.meta["fit_runs"]) == len(committed.meta["fit_runs"]) + 2
+    assert refit.fit_error["fit"]["by_condition"]["policy"]["runs"] == 2
+    (tmp_path / "broken.json").write_text("[{}]")
+    bad = runner.invoke(app, ["calibrate", "--refit", str(DEFAULT_CALIBRATION), "--add-runs",
+                              str(tmp_path / "broken.json"), "--out", str(tmp_path / "never.json")])
+    assert bad.exit_code == 2 and "--add-runs must be a JSON file of engine runs" in " ".join(bad.output.split())
     assert not (tmp_path / "never.json").exists()
 
 

@@ -38,7 +38,7 @@ def test_embedded_shape_is_the_committed_checkpoint(foundation):
 
 
 def test_the_surrogate_env_imports_and_steps_without_torch():
-    code = ("import sys, gymnasium as gym, fedpeat_env; env = gym.make('FedPEAT-v0'); env.reset(seed=0); "
+    code = ("import sys, gymnasium as gym, fedpeat_env; env = gym.make('FedPEAT-v1'); env.reset(seed=0); "
             "env.step(env.action_space.sample()); print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -29,7 +29,7 @@ def test_engine_fidelity_env_on_ray_steps_like_the_local_one():
     options = {"num_devices": 3, "engine_local_steps": 1, "horizon": 2, "memory_tiers": (2.0,)}
     episodes = []
     for executor in ("local", "ray"):
-        env = gym.make("FedPEAT-Engine-v0", executor=executor, **options)
+        env = gym.make("FedPEAT-Engine-v1", executor=executor, **options)
         steps = []
         for seed in (3, None):  # a second episode on the same actors
             obs, _ = env.reset(seed=seed)
@@ -157,9 +157,10 @@ def test_run_command_on_ray_writes_the_local_runs_rounds(ray_executor, tmp_path)
 def test_calibration_runs_on_ray_give_the_local_trajectories(ray_executor):
     from fedpeat_env.calibration import EngineSettings, RunSpec, run_plan
 
-    settings = EngineSettings(num_devices=3, rounds=2, local_steps=1)
-    specs = [RunSpec("mixed", 0, 0.7, (0.25, 0.5), (2, 8))]
+    settings = EngineSettings(rounds=2, local_steps=1)
+    specs = [RunSpec("mixed", 0, (0.25, 0.5), fraction=0.7, ranks=(2, 8), num_devices=3, partition="domains")]
     local = run_plan(specs, settings, workers=1)
     remote = run_plan(specs, settings, workers=2, executor=ray_executor)  # one after another, clients on Ray
     assert [r.perplexity for r in local] == [r.perplexity for r in remote]
+    assert [r.domain_perplexity for r in local] == [r.domain_perplexity for r in remote]
     assert [r.compression for r in local] == [r.compression for r in remote]

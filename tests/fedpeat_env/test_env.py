@@ -11,11 +11,13 @@ import pytest
 import fedpeat_env  # noqa: F401  (registers the ids)
 from federation.system import ChannelConfig
 from fedpeat_env.costs import level_costs
+from fedpeat_env.dynamics import DEVICE_FEATURES, DOMAINS, ROUND_FEATURES
 from fedpeat_env.env import FedPEATEnv
+from fedpeat_env.reward import REWARD_TERMS
 
 
 def _make(**kwargs):
-    return gym.make("FedPEAT-v0", **kwargs)
+    return gym.make("FedPEAT-v1", **kwargs)
 
 
 def _rollout(env, seed, actions):
@@ -42,14 +44,22 @@ def test_both_checkers_pass():
 def test_spaces_match_the_docstring_tables():
     env = _make(num_devices=6, compression_levels=(0.0, 0.5, 0.75))
     assert list(env.action_space.nvec) == [4] * 6
-    assert env.observation_space.shape == (6 * 6 + 2,)
+    assert env.observation_space.shape == (DEVICE_FEATURES * 6 + ROUND_FEATURES,) == (10 * 6 + 5,)
     doc = FedPEATEnv.__doc__
-    obs_rows = re.findall(r"^\s*\| (6i(?:\+\d)?|6N(?:\+1)?) \|.*\| \[(-?\d), (-?\d|N)\] \|", doc, flags=re.M)
+    rows = re.findall(r"^\s*\| (F[iN](?:\+\d)?(?:\+d)?) \|.*\| \[(-?\d), (-?\d|N)\] \|", doc, flags=re.M)
     low, high = env.observation_space.low, env.observation_space.high
-    for index, lo, hi in obs_rows:
-        i = 6 * 6 + (index == "6N+1") if index.startswith("6N") else int(index.partition("+")[2] or 0)
-        assert (low[i], high[i]) == (float(lo), 6.0 if hi == "N" else float(hi)), index
-    assert len(obs_rows) == 8
+    checked = 0
+    for index, lo, hi in rows:
+        base, _, rest = index.partition("+")
+        offsets = [int(rest.split("+")[0])] if rest and not rest.endswith("d") else []
+        if rest.endswith("d"):  # one entry per domain
+            start = int(rest.split("+")[0]) if rest != "d" else 0
+            offsets = [start + d for d in range(len(DOMAINS))]
+        for offset in offsets or [0]:
+            i = (DEVICE_FEATURES * 6 if base == "FN" else 0) + offset
+            assert (low[i], high[i]) == (float(lo), 6.0 if hi == "N" else float(hi)), index
+            checked += 1
+    assert checked == DEVICE_FEATURES + ROUND_FEATURES
     ranked = _make(num_devices=3, control_rank=True, rank_levels=(4, 8))
     assert list(ranked.action_space.nvec) == [5] * 3 + [2] * 3
     with pytest.raises(ValueError, match=r"control_rank=True needs a calibration with engine runs at every rank.*missing \[16\]"):
@@ -84,25 +94,34 @@ def test_info_reward_terms_and_python_float_reward():
     env.reset(seed=0)
     _, reward, _, _, info = env.step(np.full(10, 4))
     assert type(reward) is float and np.isfinite(reward)
-    assert tuple(info["reward_terms"]) == ("perplexity", "latency", "exchanges", "memory", "memory_penalty", "exchange_penalty")
+    assert tuple(info["reward_terms"]) == REWARD_TERMS == ("perplexity", "latency", "exchanges", "memory",
+                                                           "memory_penalty", "exchange_penalty", "availability_penalty")
     assert reward == pytest.approx(sum(info["reward_terms"].values()))
-    for key in ("perplexity", "round_latency_s", "exchanges", "memory_violations"):
+    for key in ("perplexity", "round_latency_s", "exchanges", "memory_violations", "unavailable", "reuse"):
         assert key in info
-    assert info["exchanges"] == 10 - info["memory_violations"]  # first round: every fitting device downloads
+    # first round: every available device that fits downloads
+    assert info["exchanges"] == 10 - info["memory_violations"] - info["unavailable"] > 0
 
 
 def test_action_mask_matches_memory_and_violations_are_penalised():
     env = _make()
     env.reset(seed=2)
+    d = env.unwrapped.dynamics
     mask = env.unwrapped.action_masks().reshape(10, 5)
     assert mask[:, 0].all()
+    np.testing.assert_array_equal(mask[:, 1:], d.fits[0][:, 1:] & d.available[0][:, None])
+    available = d.available[0].copy()
+    assert 0 < available.sum() < 10  # seed 2 has devices away
     _, _, _, _, info = env.step(np.ones(10, dtype=np.int64))  # everyone on the full model
-    assert info["memory_violations"] == int((~mask[:, 1]).sum())
+    assert info["memory_violations"] == int((available & ~d.fits[0][:, 1]).sum())
+    assert info["unavailable"] == int((~available).sum())
     assert info["reward_terms"]["memory_penalty"] == pytest.approx(-1.0 * info["memory_violations"])
+    assert info["reward_terms"]["availability_penalty"] == pytest.approx(-1.0 * info["unavailable"])
 
 
 def test_exchange_only_when_the_emulator_changes_and_penalty_beyond_budget():
-    env = _make(num_devices=2, horizon=8, exchange_fraction=0.25, memory_tiers=(2.0,), target_perplexity=2.0)
+    env = _make(num_devices=2, horizon=8, exchange_fraction=0.25, memory_tiers=(2.0,), target_perplexity=2.0,
+                availability="always")
     env.reset(seed=0)
     exchanges, penalties = [], []
     for level in (1, 1, 2, 3, 3, 4):
@@ -173,8 +192,8 @@ def test_fed_ft_cost_profile_equals_the_engine_fed_ft_tensors():
     xl = level_costs("gpt2-xl", (0.0,), (8,), trainable="all")  # weights + grads + AdamW state of every weight:
     assert xl.memory_bytes[0, 0] > 2 * xl.full_memory_bytes  # no memory tier of the default scenario holds it
 
-    fed_ft = _make(trainable="all", compression_levels=(0.0,), memory_tiers=(100.0,), partition="iid")
-    peat = _make(compression_levels=(0.0,), memory_tiers=(100.0,), partition="iid")
+    fed_ft = _make(trainable="all", compression_levels=(0.0,), memory_tiers=(100.0,), partition="iid", availability="always")
+    peat = _make(compression_levels=(0.0,), memory_tiers=(100.0,), partition="iid", availability="always")
     fed_ft.reset(seed=3)
     peat.reset(seed=3)
     info_ft, info_peat = (env.step(np.ones(10, dtype=np.int64))[4] for env in (fed_ft, peat))
@@ -189,15 +208,23 @@ def test_fed_ft_cost_profile_equals_the_engine_fed_ft_tensors():
 
 
 def test_engine_fidelity_runs_real_rounds():
-    env = gym.make("FedPEAT-Engine-v0", num_devices=2, engine_local_steps=1, horizon=3, memory_tiers=(2.0,))
+    env = gym.make("FedPEAT-Engine-v1", num_devices=2, engine_local_steps=1, horizon=3, memory_tiers=(2.0,),
+                   availability="always")
     obs, info = env.reset(seed=0)
     runner = env.unwrapped._runner
+    d = env.unwrapped.dynamics
     assert info["perplexity"] == runner.initial_perplexity
-    sizes = runner.data.device_sizes  # the engine split its data in the episode's drawn shares; the env sees the real ones
-    np.testing.assert_allclose(env.unwrapped.dynamics.share[0], sizes / sizes.sum())
-    np.testing.assert_allclose(obs[5::6][:2], 2 * sizes / sizes.sum(), rtol=1e-6)
+    assert runner.data.domains == DOMAINS  # content skew: the three tuning domains, evaluated on their union
+    # the engine split each domain as the episode drew it; the env sees the real blocks: shares and histograms
+    counts = np.array([np.bincount(labels, minlength=3) for labels in runner.data.device_labels], dtype=float)
+    np.testing.assert_allclose(d.share[0], counts.sum(axis=1) / counts.sum())
+    np.testing.assert_allclose(d.mix[0], counts / counts.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(obs[5:DEVICE_FEATURES * 2:DEVICE_FEATURES], 2 * counts.sum(axis=1) / counts.sum(), rtol=1e-6)
+    np.testing.assert_allclose(obs[7:10], d.mix[0, 0], rtol=1e-6)
+    np.testing.assert_allclose(d.domain_ppl[0], [runner.server.task_perplexity[k] for k in range(3)])
     _, reward, _, _, info = env.step(np.array([1, 4]))
     assert runner.round == 1 and info["perplexity"] < runner.initial_perplexity and np.isfinite(reward)
+    assert info["perplexity"] == pytest.approx(float(np.exp(d.tables.eval_weight @ np.log(d.domain_ppl[0]))), rel=1e-9)
     emulators = [m for m in runner.log.messages if m.kind in ("emulator", "frozen")]
     assert [len({int(k.split(".")[2]) for k in m.keys if k.startswith("transformer.h.")}) for m in emulators] == [10, 4]
     env.close()
@@ -208,7 +235,7 @@ def test_engine_fidelity_passes_both_checkers():
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    env = gym.make("FedPEAT-Engine-v0", num_devices=2, engine_local_steps=1, horizon=3, memory_tiers=(2.0,))
+    env = gym.make("FedPEAT-Engine-v1", num_devices=2, engine_local_steps=1, horizon=3, memory_tiers=(2.0,))
     check_env(env.unwrapped, skip_render_check=True)
     sb3_check_env(env.unwrapped)
     env.close()
@@ -216,7 +243,8 @@ def test_engine_fidelity_passes_both_checkers():
 
 def test_latency_term_saturates_on_a_hopeless_link():
     # the device transmits at -100 dBm: its adapter upload takes ages (the reference latency is a download)
-    env = _make(num_devices=1, memory_tiers=(2.0,), target_perplexity=2.0, channel={"uplink_power_dbm": -100.0})
+    env = _make(num_devices=1, memory_tiers=(2.0,), target_perplexity=2.0, channel={"uplink_power_dbm": -100.0},
+                availability="always")
     env.reset(seed=0)
     _, reward, _, _, info = env.step(np.array([1]))
     assert info["round_latency_s"] > 100 * env.unwrapped.dynamics.reference_latency_s
@@ -245,12 +273,12 @@ def test_unexpected_keywords_are_type_errors_so_mainstream_clients_create_the_en
         with pytest.raises(TypeError, match="no_such_option|render_mode"):
             FedPEATEnv(**kwargs)
     assert issubclass(EnvOptionError, ValueError)
-    venv = make_vec_env("FedPEAT-v0", n_envs=2, env_kwargs={"num_devices": 3})  # SB3 passes render_mode first
-    assert venv.num_envs == 2 and venv.reset().shape == (2, 6 * 3 + 2)
+    venv = make_vec_env("FedPEAT-v1", n_envs=2, env_kwargs={"num_devices": 3})  # SB3 passes render_mode first
+    assert venv.num_envs == 2 and venv.reset().shape == (2, DEVICE_FEATURES * 3 + ROUND_FEATURES)
 
 
 def test_render_modes_show_the_round():
-    env = _make(render_mode="ansi", num_devices=4)
+    env = _make(render_mode="ansi", num_devices=4, availability="always")
     with pytest.raises(RuntimeError, match="call reset"):
         env.unwrapped.render()
     env.reset(seed=0)
@@ -260,7 +288,10 @@ def test_render_modes_show_the_round():
     assert lines[0].startswith("round 1/20") and f"{info['perplexity']:.1f}" in lines[0] and len(lines) == 2 + 4
     trained = [line.split()[-1] == "yes" for line in lines[2:]]
     assert sum(trained) == info["participants"] and not trained[2]  # device 2 was not selected
-    assert [line.split()[5] for line in lines[2:]][2] == "-"  # and holds no emulator
+    assert [line.split()[-2] for line in lines[2:]][2] == "-"  # and holds no emulator
+    assert all(line.split()[-3] == "yes" for line in lines[2:])  # every device available
+    mix = [[float(x) for x in line.split()[5:8]] for line in lines[2:]]
+    np.testing.assert_allclose(mix, env.unwrapped.dynamics.mix[0], atol=0.006)
     picture = _make(render_mode="rgb_array")
     picture.reset(seed=0)
     picture.step(picture.action_space.sample())
@@ -284,7 +315,7 @@ def test_observations_and_rewards_stay_finite_under_extreme_settings(options):
     """A seeded sweep: random actions never give NaN or inf in observations, rewards or the reward terms, at 1 or 1000
     devices, horizon 1, and channels from near-perfect to near-zero rate. (``info["round_latency_s"]`` may be inf on
     a link whose rate underflows to 0: B·log2(1 + SNR) with SNR below float64's epsilon.)"""
-    env = gym.make("FedPEAT-v0", **options)
+    env = gym.make("FedPEAT-v1", **options)
     for seed in range(3):
         obs, _ = env.reset(seed=seed)
         env.action_space.seed(seed)

@@ -10,11 +10,12 @@ import pytest
 
 from fedpeat_env.env import FedPEATEnv
 from fedpeat_env.reward import REWARD_TERMS, RewardWeights
-from fedpeat_env.surrogate import Calibration
+from tests.helpers import hand_calibration
 
-# a surrogate with known parameters: plateaus 100 (ε = 0) and 140 (ε = 0.5), ppl_0 = 300
-KNOWN = dict(initial_perplexity=300.0, levels=(0.0, 0.5), plateau_perplexity=(100.0, 140.0), rate=2.0, shape=0.5,
-             share_exponent=0.5, rank_exponent=0.3, noise_std=0.0, noise_exponent=0.5, max_rank=8, ranks=(2, 4, 8))
+# a surrogate with known parameters: plateaus 100 (ε = 0) and 140 (ε = 0.5), ppl_0 = 300, no coverage or reuse term
+KNOWN = dict(initial_domain_perplexity=(300.0, 300.0, 300.0), levels=(0.0, 0.5), ladder=(1.0, 1.4),
+             domain_plateau=(100.0, 100.0, 100.0), rate=2.0, shape=0.5, share_exponent=0.5, rank_exponent=0.3,
+             noise_std=0.0, noise_exponent=0.5)
 UPLINK = np.array([2e6, 1e6, 4e6])  # bit/s of devices 0, 1, 2
 DOWNLINK = np.array([40e6, 10e6, 20e6])
 
@@ -22,7 +23,7 @@ DOWNLINK = np.array([40e6, 10e6, 20e6])
 @pytest.fixture
 def calibration_file(tmp_path):
     path = tmp_path / "known.json"
-    Calibration(**KNOWN).save(path)
+    hand_calibration(**KNOWN).save(path)
     return path
 
 
@@ -31,7 +32,7 @@ def _round(calibration_file, action, **options):
     and no noise; returns (env, reward, info)."""
     env = FedPEATEnv(num_devices=3, cost_profile="embedded", compression_levels=(0.0, 0.5), rank_levels=(2, 4, 8),
                      memory_tiers=(2.0,), partition="iid", calibration=str(calibration_file), target_perplexity=120.0,
-                     **options)
+                     **({"availability": "always"} | options))
     env.reset(seed=0)
     d = env.dynamics
     d._draw_round = lambda: (UPLINK.copy(), DOWNLINK.copy())  # known rates; the surrogate's noise stays 0
@@ -67,6 +68,7 @@ def test_each_term_of_the_default_reward_by_hand(calibration_file):
         "memory": -w.memory * sum(use.values()) / 3,
         "memory_penalty": 0.0,
         "exchange_penalty": 0.0,
+        "availability_penalty": 0.0,
     }
     assert info["perplexity"] == pytest.approx(ppl)
     assert info["round_latency_s"] == pytest.approx(q[0] + q[1])
@@ -90,7 +92,7 @@ def test_max_latency_splits_the_downlink_and_mean_memory(calibration_file):
 def test_penalties_by_hand(calibration_file):
     # devices too small for the full model: selected anyway, they are dropped and penalised, and exchange nothing
     env = FedPEATEnv(num_devices=3, cost_profile="embedded", compression_levels=(0.0, 0.5), memory_tiers=(0.8,),
-                     calibration=str(calibration_file), horizon=4, target_perplexity=2.0)
+                     calibration=str(calibration_file), horizon=4, target_perplexity=2.0, availability="always")
     env.reset(seed=0)
     masks = env.action_masks().reshape(3, 3)
     assert not masks[:, 1].any() and masks[:, 2].all()  # η · 0.8 × the full footprint holds ε = 0.5 only
@@ -99,11 +101,39 @@ def test_penalties_by_hand(calibration_file):
     assert info["reward_terms"]["memory_penalty"] == pytest.approx(-2.0 * RewardWeights().memory_penalty)
     # exchange budget κ·T = 0.25 · 4 = 1 per device: its second and third exchanges are penalised, idling is free
     env = FedPEATEnv(num_devices=3, cost_profile="embedded", compression_levels=(0.0, 0.5), memory_tiers=(2.0,),
-                     calibration=str(calibration_file), horizon=4, exchange_fraction=0.25, target_perplexity=2.0)
+                     calibration=str(calibration_file), horizon=4, exchange_fraction=0.25, target_perplexity=2.0,
+                     availability="always")
     env.reset(seed=0)
     steps = [env.step(np.array([level, 0, 0]))[4] for level in (1, 2, 0, 1)]
     assert [i["exchanges"] for i in steps] == [1, 1, 0, 1]
     assert [i["reward_terms"]["exchange_penalty"] for i in steps] == [0.0, -0.5, 0.0, -0.5]
+
+
+def test_an_unavailable_device_is_dropped_penalised_and_keeps_what_it_holds(calibration_file):
+    # on = off = 1: every device's availability flips every round, so who is available next round is known
+    env = FedPEATEnv(num_devices=3, cost_profile="embedded", compression_levels=(0.0, 0.5), memory_tiers=(2.0,),
+                     calibration=str(calibration_file), horizon=6, target_perplexity=2.0, partition="iid",
+                     availability="markov", availability_off_rate=1.0, availability_on_rate=1.0)
+    d = env.dynamics
+    seed = next(s for s in range(50) if env.reset(seed=s) and 0 < d.available[0].sum() < 3)  # both kinds at the start
+    env.reset(seed=seed)
+    first = d.available[0].copy()
+    masks = env.action_masks().reshape(3, 3)
+    np.testing.assert_array_equal(masks[:, 1:], np.repeat(first[:, None], 2, axis=1))  # only level 0 when away
+    up = int(np.flatnonzero(first)[0])
+    action = np.zeros(3, dtype=np.int64)
+    action[up] = 1
+    _, _, _, _, info = env.step(action)
+    assert d.held[0, up] == 1 and info["participants"] == 1
+    np.testing.assert_array_equal(d.available[0], ~first)  # every chain flipped
+    ppl = info["perplexity"]
+    action = np.zeros(3, dtype=np.int64)
+    action[up] = 2  # now away: dropped like a memory overflow, charged, keeps its emulator
+    _, reward, _, _, info = env.step(action)
+    assert (info["unavailable"], info["memory_violations"], info["participants"], info["exchanges"]) == (1, 0, 0, 0)
+    assert info["reward_terms"]["availability_penalty"] == pytest.approx(-RewardWeights().availability_penalty)
+    assert d.held[0, up] == 1 and info["perplexity"] == ppl and info["round_latency_s"] == 0.0
+    assert reward == pytest.approx(sum(info["reward_terms"].values()))
 
 
 def test_server_joins_the_round_share_and_compression(calibration_file):
@@ -123,8 +153,9 @@ def test_server_joins_the_round_share_and_compression(calibration_file):
 def test_a_smaller_rank_learns_more_slowly(calibration_file):
     env, _, info8 = _round(calibration_file, [1, 1, 1, 2, 2, 2], control_rank=True)
     env, _, info2 = _round(calibration_file, [1, 1, 1, 0, 0, 0], control_rank=True)
-    cal = Calibration(**KNOWN)
-    expected = {r: float(cal.mean_step(np.array([300.0]), np.array([1.0]), np.array([0.0]), np.array([r]))[0]) for r in (2, 8)}
+    cal = hand_calibration(**KNOWN)
+    expected = {r: float(cal.mean_step(np.array([[300.0, 300.0, 300.0]]), np.array([1.0]), np.array([0.0]), np.array([r]),
+                                       np.array([[1.0, 0.0, 0.0]]), np.array([0.0]))[0, 0]) for r in (2, 8)}
     assert info8["perplexity"] == pytest.approx(expected[8]) and info2["perplexity"] == pytest.approx(expected[2])
     # every device on the full model, all the data: one round of (r/r_max)^ρ · a effective rounds from the start
     assert expected[2] == pytest.approx(100.0 + 200.0 * (1 + 2.0 * (2 / 8) ** 0.3) ** (-0.5))

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 import fedpeat_env  # noqa: F401
+from fedpeat_env.dynamics import DEVICE_FEATURES, ROUND_FEATURES
 from fedpeat_env.env import FedPEATEnv
 from fedpeat_env.vector import FedPEATVectorEnv
+
+ROUND_T = DEVICE_FEATURES * 10 + 1
+"""Index of round / T in the observation at N = 10."""
 
 
 @pytest.mark.parametrize("mode", ["next_step", "same_step"])
@@ -45,7 +49,7 @@ def test_autoreset_next_step_and_independent_sub_envs():
     assert truncated.all() and not terminated.any()
     obs, reward, terminated, truncated, info = vector.step(actions)  # the autoreset step
     assert (reward == 0).all() and not (terminated | truncated).any()
-    assert np.allclose(obs[:, -1], 0.0)  # round counter back to 0
+    assert np.allclose(obs[:, ROUND_T], 0.0)  # round counter back to 0
     assert vector.observation_space.contains(obs)
     assert len({tuple(o[:5]) for o in obs}) == 3  # different scenarios per sub-env
 
@@ -70,11 +74,11 @@ def test_same_step_autoreset_and_the_sb3_adapter():
     vector.step(zeros)
     obs, _, _, truncated, info = vector.step(zeros)
     assert truncated.all() and info["_final_obs"].all()
-    assert np.allclose(info["final_obs"][:, -1], 1.0) and np.allclose(obs[:, -1], 0.0)  # round/T: 1 → new episode
+    assert np.allclose(info["final_obs"][:, ROUND_T], 1.0) and np.allclose(obs[:, ROUND_T], 0.0)  # round/T: 1 → new episode
 
     sb3 = FedPEATSB3VecEnv(3, seed=5, horizon=2)
     first = sb3.reset()
-    assert first.shape == (3, 62)  # 6 per device + 2
+    assert first.shape == (3, DEVICE_FEATURES * 10 + ROUND_FEATURES)
     sb3.step(np.zeros((3, 10), dtype=np.int64))
     obs, reward, done, infos = sb3.step(np.zeros((3, 10), dtype=np.int64))
     assert done.all() and reward.dtype == np.float32
@@ -170,7 +174,7 @@ def test_make_vec_by_id_returns_the_compiled_vector_env():
 
     from fedpeat_env.vector import FedPEATVectorEnv
 
-    venv = gym.make_vec("FedPEAT-v0", num_envs=8, vectorization_mode="vector_entry_point", num_devices=4)
+    venv = gym.make_vec("FedPEAT-v1", num_envs=8, vectorization_mode="vector_entry_point", num_devices=4)
     assert isinstance(venv, FedPEATVectorEnv) and venv.num_envs == 8
     obs, _ = venv.reset(seed=0)
-    assert obs.shape == (8, 6 * 4 + 2)
+    assert obs.shape == (8, DEVICE_FEATURES * 4 + ROUND_FEATURES)
