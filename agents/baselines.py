@@ -5,8 +5,11 @@
 | ``fixed-k`` | every device at level k every round ("FedPEAT without adaptive control"; ``fixed-0``: nobody) |
 | ``full-model`` | every device trains the full model (the level with ε = 0): the Fed-FT-like baseline |
 | ``random`` | uniform over the unmasked actions |
-| ``greedy`` | best immediate reward (``agents.search.GreedyPolicy``) |
-| ``oracle`` | clairvoyant receding-horizon search (``agents.search.OraclePolicy``) |
+| ``best-static`` | the best static rule (devices by share, memory, gain or coverage × one level), found by search on
+  validation episodes (``agents.static.BestStaticPolicy``) |
+| ``mpc`` | receding-horizon search on sampled futures, never the realised ones (``agents.mpc.MPCPolicy``) |
+| ``greedy`` | clairvoyant: best immediate reward, simulated with the round's realised draws (``agents.search``) |
+| ``oracle`` | clairvoyant receding-horizon search, knowing the realised future (``agents.search.OraclePolicy``) |
 | ``ucb`` | UCB1 bandit per device over its levels (DropPEFT-style adaptive baseline) |
 | ``largest-k`` / ``smallest-k`` | the k devices of largest / smallest data share held for the whole episode, each at its
   least compressed level that fits, whenever it is available |
@@ -20,11 +23,15 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
+from agents.mpc import MPCPolicy
 from agents.policy import Policy, action_choices, level_entries
 from agents.search import GreedyPolicy, OraclePolicy
+from agents.static import BestStaticPolicy
 
 Infeasible = Literal["skip", "compress", "select"]
-POLICY_NAMES = ("fixed-k", "full-model", "random", "greedy", "oracle", "ucb", "largest-k", "smallest-k")
+POLICY_NAMES = ("fixed-k", "full-model", "random", "best-static", "mpc", "greedy", "oracle", "ucb", "largest-k",
+                "smallest-k")
+
 
 
 class FixedPolicy:
@@ -194,7 +201,7 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
     if match:
         return HeldPolicy(int(match.group(2)), largest=match.group(1) == "largest", **kwargs)
     factories = {"full-model": lambda **kw: FixedPolicy(None, **kw), "random": RandomPolicy, "greedy": GreedyPolicy,
-                 "oracle": OraclePolicy, "ucb": UCBPolicy}
+                 "oracle": OraclePolicy, "ucb": UCBPolicy, "best-static": BestStaticPolicy, "mpc": MPCPolicy}
     if name not in factories:
         raise ValueError(f"policy name must be one of {POLICY_NAMES} (fixed-k with k = 0..K, largest-k and smallest-k "
                          f"with k >= 1), got {name!r}")

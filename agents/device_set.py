@@ -4,7 +4,7 @@ FedPEAT-v1's observation is N blocks of ``DEVICE_FEATURES`` per-device features,
 features (``fedpeat_env.dynamics``). For device i:
 
     h_i = φ(x_i)                          shared per-device encoder
-    m   = mean_j h_j                      pooled summary of all devices
+    m   = mean_j h_j                      pooled summary of the devices (empty slots left out)
     z_i = ψ([h_i, m, round])              device i in its context
     logits_i = head(z_i)                  its level (and, with control_rank, rank) logits
     value    = V(ρ([m, round]))           one value per state
@@ -25,6 +25,10 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
 from fedpeat_env.dynamics import DEVICE_FEATURES, ROUND_FEATURES
+
+HEADROOM = 1
+"""Index of a device's memory headroom among its features: 0 only for the empty slots of an episode with fewer
+devices (``EnvConfig.episode_devices``), which the pooled summary leaves out."""
 
 
 def num_devices(obs_dim: int) -> int:
@@ -52,7 +56,9 @@ class DeviceSetExtractor(nn.Module):
         devices = obs[:, : DEVICE_FEATURES * n].reshape(obs.shape[0], n, DEVICE_FEATURES)
         round_features = obs[:, DEVICE_FEATURES * n:]
         h = self.phi(devices)
-        return h, h.mean(dim=1), round_features
+        present = (devices[..., HEADROOM] > 0).to(h.dtype).unsqueeze(-1)  # an empty slot has no memory
+        pooled = (h * present).sum(dim=1) / present.sum(dim=1).clamp(min=1.0)
+        return h, pooled, round_features
 
     def forward_actor(self, obs: th.Tensor) -> th.Tensor:
         h, pooled, round_features = self._encode(obs)
@@ -102,8 +108,8 @@ class DeviceSetMixin:
 
     @th.no_grad()
     def device_actions(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
-        """Greedy actions (B, len(nvec) at this N) for observations (B, DEVICE_FEATURES·N + ROUND_FEATURES) of any N, masked logits excluded
-        (``masks``: the env's flat ``action_masks()``, (B, mask length) or (mask length,))."""
+        """Greedy actions (B, len(nvec) at this N) for observations (B, DEVICE_FEATURES·N + ROUND_FEATURES) of any N,
+        masked logits excluded (``masks``: the env's flat ``action_masks()``, (B, mask length) or (mask length,))."""
         obs_t = th.as_tensor(np.atleast_2d(obs), dtype=th.float32)
         levels, ranks = self.action_net.per_device(self.mlp_extractor.forward_actor(obs_t))
         parts = [levels] + ([] if ranks is None else [ranks])

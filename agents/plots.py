@@ -134,12 +134,16 @@ def episode_plot(policy, out_png: str | Path, env_kwargs: dict | None = None, se
 
 
 def returns_bar(table: pd.DataFrame, out_png: str | Path, title: str = "Mean return (95% bootstrap CI)") -> Path:
-    """Horizontal bars of a ``benchmark_table``'s mean returns with their CIs, saved as a PNG."""
+    """Horizontal bars of a ``benchmark_table``'s mean returns with their CIs, saved as a PNG; the clairvoyant
+    baselines (upper bounds) hatched grey and labelled so."""
     order = table.sort_values("mean return")
     mean = order["mean return"].to_numpy()
     err = np.vstack([mean - order["CI low"].to_numpy(), order["CI high"].to_numpy() - mean])
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(order) + 1.2))
-    ax.barh(order["policy"], mean, xerr=err, capsize=3, color="tab:blue", alpha=0.8)
+    future = (order["knows the future"] == "yes").to_numpy() if "knows the future" in order else np.zeros(len(order), bool)
+    labels = [f"{p} (clairvoyant)" if f else p for p, f in zip(order["policy"], future)]
+    fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(order) + 1.2))
+    ax.barh(labels, mean, xerr=err, capsize=3, color=np.where(future, "tab:gray", "tab:blue"), alpha=0.8,
+            hatch=["//" if f else "" for f in future])
     ax.axvline(0.0, color="black", lw=0.6)
     ax.set_xlabel("return")
     ax.set_title(title)

@@ -13,6 +13,10 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
+CLAIRVOYANT = ("greedy", "oracle")
+"""Baselines whose simulations read the realised future (deep copies of the env draw its coming fading, noise and
+availability): upper bounds, not controllers; tables label them so (``agents.stats.benchmark_table``)."""
+
 
 @runtime_checkable
 class Policy(Protocol):

@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import trim_mean
 
-TABLE_COLUMNS = ("policy", "mean return", "IQM", "CI low", "CI high", "final perplexity", "total latency (s)",
-                 "exchanges", "memory violations", "normalised score")
+from agents.policy import CLAIRVOYANT
+
+TABLE_COLUMNS = ("policy", "knows the future", "mean return", "IQM", "CI low", "CI high", "final perplexity",
+                 "total latency (s)", "exchanges", "memory violations", "normalised score")
 
 
 def iqm(x) -> float:
@@ -75,13 +77,15 @@ def normalised_score(R, R_random, R_oracle):
 def benchmark_table(results: Mapping[str, pd.DataFrame], random: str = "random", oracle: str = "oracle",
                     **ci_kwargs) -> pd.DataFrame:
     """One row per policy (``TABLE_COLUMNS``), sorted by mean return (best first), from ``evaluate`` frames.
-    CI: bootstrap of the mean return; per-episode columns are means; the normalised score uses the mean returns
+    CI: bootstrap of the mean return; per-episode columns are means; "knows the future" marks the clairvoyant
+    baselines (``agents.policy.CLAIRVOYANT``: upper bounds, not controllers); the normalised score uses the mean returns
     of ``random`` and ``oracle`` (NaN if either is missing)."""
     rows = []
     for name, df in results.items():
         returns = df["return"].to_numpy(dtype=float)
         low, high = bootstrap_ci(returns, **ci_kwargs)
-        rows.append({"policy": name, "mean return": returns.mean(), "IQM": iqm(returns), "CI low": low,
+        rows.append({"policy": name, "knows the future": "yes" if name in CLAIRVOYANT else "no",
+                     "mean return": returns.mean(), "IQM": iqm(returns), "CI low": low,
                      "CI high": high, "final perplexity": df["final_perplexity"].mean(),
                      "total latency (s)": df["total_latency_s"].mean(), "exchanges": df["exchanges"].mean(),
                      "memory violations": df["memory_violations"].mean()})

@@ -18,6 +18,8 @@ from fedpeat_env.config import EnvConfig
 
 EVAL_SEED_OFFSET = TEST_SEED
 """Evaluation seeds start here, away from the training seeds."""
+BEST_STATIC = "best-static"
+"""The baseline an adaptive controller has to beat: the best static rule found by search on validation seeds."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,11 @@ class BenchmarkConfig:
     argument of the algorithm)."""
     env_kwargs: dict = field(default_factory=dict)
     """FedPEAT-v1 options (defaults: the benchmark scenario)."""
-    baselines: tuple[str, ...] = ("fixed-1", "fixed-2", "fixed-3", "fixed-4", "random", "greedy", "ucb", "oracle")
-    """Baseline policies (``agents.make_policy`` names)."""
+    baselines: tuple[str, ...] = ("fixed-1", "fixed-2", "fixed-3", "fixed-4", "best-static", "mpc", "random", "ucb",
+                                  "greedy", "oracle")
+    """Baseline policies (``agents.make_policy`` names). ``best-static`` (the best static rule, searched on validation
+    seeds) is the baseline to beat; ``mpc`` the honest model-based controller; ``greedy`` and ``oracle`` know the
+    realised future (upper bounds)."""
     out_dir: str = "runs/benchmark"
     """Where the agent, table (markdown + CSV) and plots go."""
     check_every: int = 0
@@ -123,6 +128,19 @@ class BenchmarkResult:
     """``paired_difference`` of the agent's and the best fixed policy's returns: mean, CI low, CI high, episodes."""
     agent_normalised_score: float
     paths: dict[str, Path]
+    agent_minus_best_static: dict[str, float] | None = None
+    """``paired_difference`` of the agent's and ``best-static``'s returns (None without that baseline)."""
+    headroom: dict[str, dict[str, float]] = field(default_factory=dict)
+    """{"oracle − best-static", "mpc − best-static"}: paired differences, the room an adaptive controller has (the
+    oracle's is an upper bound: it knows the future)."""
+
+
+def headroom(results: dict[str, pd.DataFrame], over: str = BEST_STATIC) -> dict[str, dict[str, float]]:
+    """The paired differences of the oracle and MPC with ``over`` (the best static policy), where both are present."""
+    if over not in results:
+        return {}
+    return {f"{name} − {over}": paired_difference(results[name], results[over]) for name in ("oracle", "mpc")
+            if name in results}
 
 
 def run_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print, progress: bool = True) -> BenchmarkResult:
@@ -177,10 +195,14 @@ def summarise(results: dict[str, pd.DataFrame], agent: str, out: Path, agent_dir
         agent_minus_best_fixed=paired_difference(results[agent], results[best_name]),
         agent_normalised_score=float(rows.loc[agent, "normalised score"]),
         paths=paths,
+        agent_minus_best_static=(paired_difference(results[agent], results[BEST_STATIC]) if BEST_STATIC in results
+                                 else None),
+        headroom=headroom(results),
     )
     summary = {"oracle_margin_pct": margin, "best_fixed": best_name,
                "agent_beats_best_fixed": result.agent_beats_best_fixed,
                "agent_minus_best_fixed": result.agent_minus_best_fixed,
+               "agent_minus_best_static": result.agent_minus_best_static, "headroom": result.headroom,
                "agent_normalised_score": result.agent_normalised_score}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
@@ -198,6 +220,8 @@ class SeedsResult:
     """``benchmark_table`` of the baselines."""
     best_fixed: str
     paths: dict[str, Path]
+    headroom: dict[str, dict[str, float]] = field(default_factory=dict)
+    """``headroom`` of the baselines: oracle − best-static and mpc − best-static, paired."""
 
 
 def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = print,
@@ -237,7 +261,12 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
                                 train_config)
         diff = paired_difference(episodes_df, baselines[best_fixed])
         metrics = json.loads((agent_dir / "metrics.json").read_text())
-        rows.append({"algo": algo, "train seed": seed, "mean return": episodes_df["return"].mean(),
+        versus_static = {}
+        if BEST_STATIC in baselines:
+            static = paired_difference(episodes_df, baselines[BEST_STATIC])
+            versus_static = {f"− {BEST_STATIC}": static["mean"], "static CI low": static["CI low"],
+                             "static CI high": static["CI high"], "beats best static": static["CI low"] > 0}
+        rows.append({"algo": algo, "train seed": seed, "mean return": episodes_df["return"].mean(), **versus_static,
                      f"− {best_fixed}": diff["mean"], "diff CI low": diff["CI low"], "diff CI high": diff["CI high"],
                      "beats best fixed": diff["CI low"] > 0, "train time (min)": metrics["wall_time_s"] / 60,
                      "env steps/s": metrics["steps_per_s"],
@@ -245,19 +274,30 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
                      "steps to beat": metrics.get("steps_to_beat_best_fixed") or float("nan")})
     per_seed = pd.DataFrame(rows)
     best_score = float(baselines[best_fixed]["return"].mean())
+    static_score = float(baselines[BEST_STATIC]["return"].mean()) if BEST_STATIC in baselines else None
     table = []
     for algo, group in per_seed.groupby("algo", sort=False):
         summary = runs_summary(group["mean return"])
-        table.append({"algo": algo, "runs": summary["runs"], "IQM": summary["IQM"], "CI low": summary["CI low"],
-                      "CI high": summary["CI high"], "mean": summary["mean"], "best fixed": best_fixed,
-                      "best fixed return": best_score,
-                      "P(improvement)": probability_of_improvement(group["mean return"], [best_score]),
-                      "seeds beating it (paired CI > 0)": int(group["beats best fixed"].sum())})
+        row = {"algo": algo, "runs": summary["runs"], "IQM": summary["IQM"], "CI low": summary["CI low"],
+               "CI high": summary["CI high"], "mean": summary["mean"]}
+        if static_score is not None:
+            row |= {"best static return": static_score,
+                    "P(improvement) over best static": probability_of_improvement(group["mean return"], [static_score]),
+                    "seeds beating best static (paired CI > 0)": int(group["beats best static"].sum())}
+        row |= {"best fixed": best_fixed, "best fixed return": best_score,
+                "P(improvement)": probability_of_improvement(group["mean return"], [best_score]),
+                "seeds beating it (paired CI > 0)": int(group["beats best fixed"].sum())}
+        table.append(row)
     table = pd.DataFrame(table).sort_values("IQM", ascending=False, ignore_index=True)
     baseline_table = benchmark_table(baselines)
     lines = {f"best fixed ({best_fixed})": best_score}
+    if static_score is not None:
+        lines["best static"] = static_score
     if "oracle" in baselines:
-        lines["oracle"] = float(baselines["oracle"]["return"].mean())
+        lines["oracle (clairvoyant)"] = float(baselines["oracle"]["return"].mean())
+    room = headroom(baselines)
+    headroom_table = pd.DataFrame([{"difference": name, "mean": d["mean"], "CI low": d["CI low"],
+                                    "CI high": d["CI high"], "episodes": d["episodes"]} for name, d in room.items()])
     paths = {"markdown": out / "seeds.md", "table": out / "seeds.csv", "per_seed": out / "per_seed.csv",
              "baselines": out / "baselines.csv", "learning_curves_png": out / "learning_curves.png"}
     out.mkdir(parents=True, exist_ok=True)
@@ -265,13 +305,15 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     per_seed.to_csv(paths["per_seed"], index=False)
     baseline_table.to_csv(paths["baselines"], index=False)
     paths["markdown"].write_text("## Over training seeds\n\n" + to_markdown(table) + "\n\n## Per seed\n\n"
-                                 + to_markdown(per_seed) + "\n\n## Baselines\n\n" + to_markdown(baseline_table) + "\n")
+                                 + to_markdown(per_seed) + "\n\n## Baselines\n\n" + to_markdown(baseline_table)
+                                 + ("\n\n## Headroom over the best static policy (paired)\n\n" + to_markdown(headroom_table)
+                                    if room else "") + "\n")
     learning_curves(run_dirs, paths["learning_curves_png"], lines)
     for algo, dirs in run_dirs.items():
         paths[f"episode_{algo}_png"] = episode_plot(load_policy(dirs[0], checkpoint=config.checkpoint),
                                                     out / f"episode_{algo}.png", config.env_kwargs, seeds[0], title=f"{algo} (training seed 0): ε per device and round, "
                                                                     f"seed {seeds[0]} (grey: not selected)")
-    return SeedsResult(table, per_seed, baseline_table, best_fixed, paths)
+    return SeedsResult(table, per_seed, baseline_table, best_fixed, paths, room)
 
 
 def _finished(train_config: TrainConfig) -> bool:

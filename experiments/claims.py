@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from agents import evaluate, make_policy, paired_difference, to_markdown
 from experiments.compare import compare
 from experiments.run import MULTI_TASK_DOMAINS, check_devices
 from federation.executors import Executor
+from fedpeat_env.reward import RewardWeights
 
 PLUGIN_COMPRESSION = 0.5
 """ε of the plug-in claim's emulator (Offsite-Tuning's and FedOT's)."""
@@ -88,11 +89,13 @@ class ClaimSettings:
     adaptive controller."""
     agent_checkpoint: str = "final"
     """Which of the agent's policies: "final" (end of training) or "best" (its best validation check)."""
+    static_episodes: int = 500
+    """Validation episodes of the best-static search (``agents.static.SEARCH_EPISODES``)."""
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.seeds < 2:
             raise ValueError(f"claims need rounds >= 1 and seeds >= 2 (for a CI), got rounds={self.rounds}, seeds={self.seeds}")
-        for name in ("devices", "local_steps", "env_seeds", "env_episodes"):
+        for name in ("devices", "local_steps", "env_seeds", "env_episodes", "static_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.agent_dir is not None and not (Path(self.agent_dir) / "config.json").is_file():
@@ -207,13 +210,16 @@ def compare_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], No
 
 def control_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], None],
                   executor: Executor | None = None) -> tuple[list[dict], pd.DataFrame]:
-    """On ``FedPEAT-v1`` (the benchmark scenario, evaluation seeds of ``fedpeat benchmark``): adaptive control (the
-    greedy controller; and the agent in ``settings.agent_dir``) vs the best fixed ε; the best fixed ε vs Fed-FT's
-    cost profile (``trainable="all"``, every device on the full model), on the same devices and again with unlimited
-    device memory. Fed-FT learns like the adapter at ε = 0 here: the comparison is of costs only. It runs the surrogate
-    env: no clients, so ``executor`` is not used."""
+    """On ``FedPEAT-v1`` (the benchmark scenario, evaluation seeds of ``fedpeat benchmark``): the honest adaptive
+    controllers (``mpc``, which plans on sampled futures; the agent in ``settings.agent_dir``) against the best
+    static policy (searched on validation episodes) and the best fixed ε; the clairvoyant greedy controller as an
+    upper bound, labelled so; the best fixed ε vs Fed-FT's cost profile (``trainable="all"``, every device on the full
+    model), on the same devices and again with unlimited device memory. Fed-FT learns like the adapter at ε = 0 here:
+    the comparison is of costs only. With an agent, the verdict agent vs best-static vs fixed-1 is recomputed with
+    each reward weight at × 0.5 and × 2 (``sensitivity_row``). It runs the surrogate env: no clients, so ``executor``
+    is not used."""
     from agents.train import load_policy
-    from experiments.benchmark import EVAL_SEED_OFFSET
+    from experiments.benchmark import BEST_STATIC, EVAL_SEED_OFFSET
     from fedpeat_env.config import EnvConfig
 
     seeds = [EVAL_SEED_OFFSET + s for s in range(settings.env_seeds)]
@@ -222,7 +228,8 @@ def control_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], No
 
     def run(policy_name: str, scenario: str, env_kwargs: dict, policy=None) -> pd.DataFrame:
         say(f"control: {policy_name} ({scenario}) on {len(seeds)} seeds × {settings.env_episodes} episodes")
-        df = evaluate(policy or make_policy(policy_name), env_kwargs=env_kwargs, seeds=seeds,
+        options = {"episodes": settings.static_episodes} if policy_name == BEST_STATIC else {}
+        df = evaluate(policy or make_policy(policy_name, **options), env_kwargs=env_kwargs, seeds=seeds,
                       episodes_per_seed=settings.env_episodes)
         episodes.append(df.assign(claim=claim.key, method=policy_name, scenario=scenario))
         return df
@@ -244,17 +251,59 @@ def control_claim(claim: Claim, settings: ClaimSettings, say: Callable[[str], No
                     paired_verdict(diff), detail, ci[method], ci[baseline],
                     100.0 * (m["return"].mean() - b["return"].mean()) / abs(b["return"].mean()))
 
-    fixed_name, fixed = best_fixed("benchmark scenario", {})
-    rows = [compared("greedy", run("greedy", "benchmark scenario", {}), fixed_name, fixed, "benchmark scenario")]
+    scenario = "benchmark scenario"
+    fixed_name, fixed = best_fixed(scenario, {})
+    static, mpc = run(BEST_STATIC, scenario, {}), run("mpc", scenario, {})
+    rows = [compared("mpc", mpc, BEST_STATIC, static, scenario), compared("mpc", mpc, fixed_name, fixed, scenario)]
     if settings.agent_dir is not None:
         algo = json.loads((Path(settings.agent_dir) / "config.json").read_text())["algo"]
-        agent = run(algo, "benchmark scenario", {}, load_policy(settings.agent_dir, checkpoint=settings.agent_checkpoint))
-        rows.append(compared(f"{algo} agent", agent, fixed_name, fixed, "benchmark scenario"))
-    rows.append(compared(fixed_name, fixed, "fed-ft", run("full-model", "Fed-FT", fed_ft), "benchmark scenario"))
+        policy = load_policy(settings.agent_dir, checkpoint=settings.agent_checkpoint)
+        agent = run(algo, scenario, {}, policy)
+        rows += [compared(f"{algo} agent", agent, BEST_STATIC, static, scenario),
+                 compared(f"{algo} agent", agent, fixed_name, fixed, scenario)]
+        frames = {}
+        for name, factor in WEIGHT_SETTINGS:  # the verdict under each reward weight × 0.5 and × 2
+            label, kwargs = f"reward {name} × {factor:g}", {"reward": {name: getattr(RewardWeights(), name) * factor}}
+            frames[name, factor] = {"agent": run(algo, label, kwargs, policy), BEST_STATIC: run(BEST_STATIC, label, kwargs),
+                                    "fixed-1": run("fixed-1", label, kwargs)}
+        rows.append(sensitivity_row(claim, f"{algo} agent", frames))
+    rows.append(compared(f"greedy ({UPPER_BOUND})", run("greedy", scenario, {}), BEST_STATIC, static, scenario))
+    rows.append(compared(fixed_name, fixed, "fed-ft", run("full-model", "Fed-FT", fed_ft), scenario))
     big_name, big = best_fixed("unlimited memory", UNLIMITED_MEMORY)
     fed_ft_big = run("full-model", "Fed-FT, unlimited memory", {**fed_ft, **UNLIMITED_MEMORY})
     rows.append(compared(big_name, big, "fed-ft", fed_ft_big, "unlimited device memory"))
     return rows, pd.concat(episodes, ignore_index=True)
+
+
+UPPER_BOUND = "clairvoyant: an upper bound"
+"""How the control claim labels a controller that reads the realised future."""
+WEIGHT_SETTINGS = tuple((f.name, factor) for f in fields(RewardWeights) for factor in (0.5, 2.0))
+"""The control claim's reward-weight sensitivity: every weight at × 0.5 and × 2."""
+
+
+def sensitivity_row(claim: Claim, agent_name: str, frames: dict[tuple[str, float], dict[str, pd.DataFrame]]) -> dict:
+    """One claims row from the agent's, best-static's and fixed-1's episodes under each reward setting
+    (``WEIGHT_SETTINGS``; the agent as trained, best-static searched again for each reward): in how many settings the
+    ranking agent > best-static > fixed-1 (mean returns) holds and the agent's paired CI lies above best-static, and
+    the settings where either fails."""
+    held = beat = 0
+    failures = []
+    for (name, factor), by in frames.items():
+        means = {label: float(df["return"].mean()) for label, df in by.items()}
+        diff = paired_difference(by["agent"], by["best-static"])
+        ranked = means["agent"] > means["best-static"] > means["fixed-1"]
+        held, beat = held + ranked, beat + (diff["CI low"] > 0)
+        if not ranked or diff["CI low"] <= 0:
+            failures.append(f"{name} × {factor:g} ({means['agent']:.2f} / {means['best-static']:.2f} / "
+                            f"{means['fixed-1']:.2f}; paired {diff['mean']:+.2f} [{diff['CI low']:+.2f}, "
+                            f"{diff['CI high']:+.2f}])")
+    verdict = (f"ranking agent > best-static > fixed-1 holds in {held} of {len(frames)} settings; the agent's paired CI "
+               f"lies above best-static in {beat} of {len(frames)}")
+    detail = "each reward weight × 0.5 and × 2; the agent as trained, best-static searched again for each reward"
+    if failures:
+        detail += "; not in: " + "; ".join(failures)
+    return _row(claim, "settings", f"{agent_name}, reward weights × 0.5 / × 2", float(held), "settings",
+                float(len(frames)), verdict, detail)
 
 
 def _mean_ci(x: pd.Series) -> str:

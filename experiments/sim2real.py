@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-SIM2REAL_POLICIES = ("fixed-1", "fixed-2", "fixed-3", "fixed-4", "largest-1", "largest-2", "largest-3", "smallest-1")
-"""The baselines compared by default: every fixed level, the largest-share devices held (k = 1, 2, 3) and the
-smallest-share device held alone."""
+SIM2REAL_POLICIES = ("best-static", "mpc", "fixed-1", "fixed-2", "fixed-3", "fixed-4", "largest-1", "largest-2",
+                     "largest-3", "smallest-1")
+"""The baselines compared by default: the best static rule and MPC (both plan on the surrogate: best-static's search
+runs on it, MPC simulates it), every fixed level, the largest-share devices held (k = 1, 2, 3) and the smallest-share
+device held alone."""
 TOLERANCE = 0.05
 """Largest relative error of a policy's mean perplexity at any round, surrogate against engine."""
 TOLERANCES = {"smallest-1": 0.10}

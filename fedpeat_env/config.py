@@ -28,7 +28,12 @@ class EnvConfig:
     scenario: heterogeneous memory tiers and distances, time-correlated Rayleigh fading."""
 
     num_devices: int = 10
-    """Devices N."""
+    """Devices N (the slots of the observation and action)."""
+    episode_devices: tuple[int, ...] | None = None
+    """(low, high): each episode has n devices, n drawn uniformly from low..high at reset; the other N − n slots are
+    empty (no data, no memory, never available: all zeros in the observation, only action 0 allowed) and the reward's
+    per-device normalisations use n. For training one policy across numbers of devices (a device-set policy); None:
+    every episode has N."""
     compression_levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
     """ε of action levels 1..K (action 0 = device not selected). Each must map to a whole number of kept
     middle blocks of the embedded model (8 middle blocks: multiples of 1/8)."""
@@ -107,6 +112,9 @@ class EnvConfig:
             _check_type(f.name, hints[f.name], getattr(self, f.name))
         _require(self.num_devices >= 1, "num_devices", ">= 1", self.num_devices)
         _require(self.horizon >= 1, "horizon", ">= 1", self.horizon)
+        span = self.episode_devices
+        _require(span is None or (len(span) == 2 and 1 <= span[0] <= span[1] <= self.num_devices), "episode_devices",
+                 "None or (low, high) with 1 <= low <= high <= num_devices", span)
         levels = self.compression_levels
         _require(len(levels) >= 1 and all(0.0 <= e < 1.0 for e in levels), "compression_levels", "values in [0, 1)", levels)
         _require(list(levels) == sorted(set(levels)), "compression_levels", "strictly increasing", levels)
@@ -166,7 +174,7 @@ class EnvConfig:
                 if set(kwargs[key]) - valid:  # a ValueError: gymnasium rewrites a TypeError from the env's creator
                     raise ValueError(f"{key} has no setting(s) {sorted(set(kwargs[key]) - valid)}; valid: {sorted(valid)}")
                 kwargs[key] = settings(**kwargs[key])
-        for key in ("compression_levels", "memory_tiers", "rank_levels"):
+        for key in ("compression_levels", "memory_tiers", "rank_levels", "episode_devices"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)

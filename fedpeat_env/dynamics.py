@@ -118,6 +118,8 @@ class State(NamedTuple):
     """(B,) the same for the collaborating server's data."""
     domain_ppl: np.ndarray
     """(B, D) full-model perplexity on each domain's held-out blocks (1 for domains the scenario does not hold)."""
+    present: np.ndarray
+    """(B,) int64 devices n of the episode (``EnvConfig.episode_devices``): slots n..N−1 are empty (scenario)."""
 
 
 class Tables(NamedTuple):
@@ -284,7 +286,7 @@ class Dynamics:
                            headroom=np.zeros((B, N)), mix=np.zeros((B, N, D)),
                            fits=np.zeros((B, N, self.K + 1), dtype=bool), available=np.ones((B, N), dtype=bool),
                            flips=np.zeros((B, N)), exposure=np.zeros((B, N)), server_exposure=np.zeros(B),
-                           domain_ppl=np.ones((B, D)))
+                           domain_ppl=np.ones((B, D)), present=np.full(B, N, dtype=np.int64))
         self.masks = np.ones((B, int(self.nvec.sum())), dtype=bool)
         self._all = np.ones(batch, dtype=bool)
         self._tiers = np.asarray(config.memory_tiers, dtype=float)
@@ -338,9 +340,11 @@ class Dynamics:
         self._start(idx)
 
     def _start(self, idx: np.ndarray) -> None:
-        """Draw memory tiers, data (``EnvConfig.partition``) and availability of the sub-envs ``idx`` (in that order);
-        zero their state."""
+        """Draw the number of devices (``EnvConfig.episode_devices``, if set), memory tiers, data
+        (``EnvConfig.partition``) and availability of the sub-envs ``idx`` (in that order); zero their state."""
         cfg, n = self.config, len(idx)
+        span = cfg.episode_devices
+        present = self.rng.integers(span[0], span[1] + 1, size=n) if span else np.full(n, self.N, dtype=np.int64)
         tier_draws = self.rng.random((n, self.N))
         if cfg.partition == "domains":  # per domain, Dirichlet(α) shares of its blocks: normalised Gamma(α) draws
             share_draws = self.rng.standard_gamma(cfg.domain_alpha, (n, D, self.N))
@@ -349,7 +353,7 @@ class Dynamics:
         else:
             share_draws = np.ones((n, 1, self.N))
         available_draws = self.rng.random((n, self.N)) if self.tables.markov else np.zeros((n, self.N))
-        _start_episodes(idx, tier_draws, share_draws, available_draws, self._tiers, cfg.memory_fraction,
+        _start_episodes(idx, present, tier_draws, share_draws, available_draws, self._tiers, cfg.memory_fraction,
                         self.costs.full_memory_bytes, self.model)
 
     def set_data(self, shares: np.ndarray, mix: np.ndarray) -> None:
@@ -435,14 +439,14 @@ def _in_range(actions, nvec) -> bool:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _start_episodes(idx, tier_draws, share_draws, available_draws, tiers, memory_fraction, full_memory_bytes,
+def _start_episodes(idx, present, tier_draws, share_draws, available_draws, tiers, memory_fraction, full_memory_bytes,
                     model: Model) -> None:
-    """New episodes for the sub-envs ``idx`` (n,): each device the memory tier where its ``tier_draws`` (n, N) ~ U(0, 1)
-    falls; its data from ``share_draws`` (n, G, N): with content skew (G = D) device i holds the share
-    draws[d, i] / Σ_j draws[d, j] of domain d's blocks, else (G = 1) a share ∝ draws[0, i] of the one domain (the
-    devices together hold 1 − server share); it starts available if ``available_draws`` (n, N) < the chain's
-    stationary availability. Masks follow from the footprint at the smallest rank (the rank head, if any, allows every
-    rank); the state is zeroed."""
+    """New episodes for the sub-envs ``idx`` (n,) with ``present`` (n,) devices each (slots beyond are empty: no data,
+    no memory, never available): each device the memory tier where its ``tier_draws`` (n, N) ~ U(0, 1) falls; its
+    data from ``share_draws`` (n, G, N): with content skew (G = D) device i holds the share draws[d, i] / Σ_j draws[d, j]
+    of domain d's blocks, else (G = 1) a share ∝ draws[0, i] of the one domain (the devices together hold 1 − server
+    share); it starts available if ``available_draws`` (n, N) < the chain's stationary availability. Masks follow from
+    the footprint at the smallest rank (the rank head, if any, allows every rank); the state is zeroed."""
     s, tables, reward = model.state, model.tables, model.reward
     N = s.allowed.shape[1]
     levels = tables.memory_bytes.shape[0]
@@ -450,30 +454,32 @@ def _start_episodes(idx, tier_draws, share_draws, available_draws, tiers, memory
     stationary = tables.on_rate / (tables.on_rate + tables.off_rate) if tables.markov else 1.0
     groups = share_draws.shape[1]
     for j in range(len(idx)):
-        b = idx[j]
+        b, n = idx[j], present[j]
+        s.present[b] = n
         for i in range(N):
             s.share[b, i] = 0.0
             for d in range(D):
                 s.mix[b, i, d] = 0.0
         for g in range(groups):
             total = 0.0
-            for i in range(N):
+            for i in range(n):
                 total += share_draws[j, g, i]
             weight = tables.domain_weight[g] if tables.content_skew else 1.0
-            for i in range(N):  # an all-zero draw (tiny α underflows) splits equally
-                part = weight * (share_draws[j, g, i] / total if total > 0 else 1.0 / N)
+            for i in range(n):  # an all-zero draw (tiny α underflows) splits equally
+                part = weight * (share_draws[j, g, i] / total if total > 0 else 1.0 / n)
                 s.share[b, i] += part
                 s.mix[b, i, g] = part
         for i in range(N):
             held = s.share[b, i]
             for d in range(D):
-                s.mix[b, i, d] = s.mix[b, i, d] / held if held > 0 else tables.domain_weight[d]
+                s.mix[b, i, d] = s.mix[b, i, d] / held if held > 0 else (tables.domain_weight[d] if i < n else 0.0)
             s.share[b, i] = device_data * held
-            s.allowed[b, i] = memory_fraction * (tiers[int(tier_draws[j, i] * len(tiers))] * full_memory_bytes)
+            capacity = tiers[int(tier_draws[j, i] * len(tiers))] * full_memory_bytes if i < n else 0.0
+            s.allowed[b, i] = memory_fraction * capacity
             s.headroom[b, i] = min(max(s.allowed[b, i] / full_memory_bytes, 0.0), 2.0)
             for k in range(levels):
-                s.fits[b, i, k] = tables.memory_bytes[k, 0] <= s.allowed[b, i]
-            s.available[b, i] = available_draws[j, i] < stationary
+                s.fits[b, i, k] = i < n and tables.memory_bytes[k, 0] <= s.allowed[b, i]
+            s.available[b, i] = i < n and available_draws[j, i] < stationary
             s.held[b, i] = s.exchanges[b, i] = s.participation[b, i] = 0
             s.exposure[b, i] = 0.0
             s.active[b, i] = False
@@ -556,12 +562,13 @@ def _price(b, actions, uplink_bps, downlink_bps, r, rv, s: State, tables: Tables
     s.server_exposure[b], reuse = trainer_epochs(s.share[b], s.active[b], s.exposure[b], tables.server_share,
                                                  s.server_exposure[b], tables.sequences_per_round, tables.blocks)
     r.round_latency_s = latency
-    r.latency_cost = min(latency / tables.reference_latency_s, LATENCY_CAP) if tables.latency_max else cost / N
+    n = s.present[b]
+    r.latency_cost = min(latency / tables.reference_latency_s, LATENCY_CAP) if tables.latency_max else cost / n
     r.exchanges = n_exchanges
     r.memory_violations = n_violations
     r.unavailable = n_unavailable
     r.participants = n_active
-    r.memory_use = memory / N if tables.memory_sum else memory / max(n_active, 1)
+    r.memory_use = memory / n if tables.memory_sum else memory / max(n_active, 1)
     r.excess_exchanges = n_excess
     r.share = data
     r.compression = weighted_eps / data if data > 0 else 0.0
@@ -579,12 +586,12 @@ def _settle(b, next_ppl, out: Output, s: State, tables: Tables, reward: RewardPa
     r = out.round_[b]
     s.ppl[b] = next_ppl
     s.t[b] += 1
-    settle_terms(next_ppl, r, out.terms[b], reward, tables.num_devices)
+    settle_terms(next_ppl, r, out.terms[b], reward, s.present[b])
     r.reward = out.term_values[b].sum()
     out.ended[0, b] = next_ppl <= reward.target
     out.ended[1, b] = (next_ppl > reward.target) & (s.t[b] >= reward.horizon)
     if tables.markov:
-        for i in range(tables.num_devices):
+        for i in range(s.present[b]):  # empty slots stay unavailable
             s.available[b, i] = s.flips[b, i] >= tables.off_rate if s.available[b, i] else s.flips[b, i] < tables.on_rate
         _mask(b, s, masks)
 
@@ -650,7 +657,7 @@ def _observe(b, obs, s: State, tables: Tables, reward: RewardParams) -> None:
         obs[b, o + 2] = tables.held_eps[s.held[b, i]]
         obs[b, o + 3] = min(s.exchanges[b, i] * per_round, 1.0)
         obs[b, o + 4] = min(s.participation[b, i] * per_round, 1.0)
-        obs[b, o + 5] = min(s.share[b, i] * N, N)
+        obs[b, o + 5] = min(s.share[b, i] * s.present[b], N)
         obs[b, o + 6] = 1.0 if s.available[b, i] else 0.0
         for d in range(D):
             obs[b, o + 7 + d] = s.mix[b, i, d] if tables.observe_domains else 0.0

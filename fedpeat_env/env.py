@@ -51,7 +51,7 @@ class FedPEATEnv(gym.Env):
     | Fi+2 | ε of the emulator the device holds (−1: none) | [-1, 1] |
     | Fi+3 | emulator exchanges so far / T | [0, 1] |
     | Fi+4 | participations so far / T | [0, 1] |
-    | Fi+5 | data share × N (1: an average device) | [0, N] |
+    | Fi+5 | data share × n (n: the episode's devices, N unless ``episode_devices``; 1: an average device) | [0, N] |
     | Fi+6 | available in the coming round (1) or not (0) | [0, 1] |
     | Fi+7+d | share of the device's data in domain d (its reported histogram; 0 with ``observe_domains=False``) | [0, 1] |
     | FN | perplexity progress (ppl_0 − ppl) / (ppl_0 − target) | [-1, 2] |

@@ -73,7 +73,8 @@ class RewardParams(NamedTuple):
 @numba.njit(cache=True, error_model="numpy")
 def settle_terms(next_ppl: float, round_, terms, params: RewardParams, num_devices: int) -> None:
     """The reward terms of a round into the record ``terms`` (``TERMS_DTYPE``), from the next perplexity and the round's
-    priced quantities ``round_`` (``fedpeat_env.dynamics.ROUND_DTYPE``). One line per term."""
+    priced quantities ``round_`` (``fedpeat_env.dynamics.ROUND_DTYPE``), for an episode of ``num_devices`` devices.
+    One line per term."""
     w = params.weights
     terms.perplexity = -w.perplexity * max(next_ppl - params.target, 0.0) / (params.initial_ppl - params.target)
     terms.latency = -w.latency * round_.latency_cost

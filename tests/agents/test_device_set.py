@@ -7,12 +7,14 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 from typer.testing import CliRunner
 
 import fedpeat_env  # noqa: F401
 from agents import evaluate
 from agents.train import TrainConfig, load_policy, train
 from experiments.cli import app
+from fedpeat_env.dynamics import DEVICE_FEATURES
 
 FAST = {"n_steps": 16, "batch_size": 32, "n_epochs": 1}
 
@@ -49,10 +51,22 @@ def test_any_number_of_devices_and_devices_as_a_set(agents):
     env = gym.make("FedPEAT-v1", num_devices=6, horizon=4)
     obs, _ = env.reset(seed=0)
     order = np.array([3, 0, 5, 1, 4, 2])
-    devices = obs[:36].reshape(6, 6)
-    permuted = np.concatenate([devices[order].ravel(), obs[36:]])
-    act = policy.model.policy.device_actions
-    assert np.array_equal(act(permuted)[0], act(obs)[0][order])  # permuting the devices permutes their actions
+    F = DEVICE_FEATURES
+    devices = obs[: 6 * F].reshape(6, F)
+    permuted = np.concatenate([devices[order].ravel(), obs[6 * F:]])
+    net = policy.model.policy
+
+    def codes(x):  # each device's code (what its logits come from), (N, hidden)
+        with th.no_grad():
+            return net.mlp_extractor.forward_actor(th.as_tensor(x[None], dtype=th.float32)).reshape(len(x) // F, -1)
+
+    assert not th.allclose(codes(obs)[0], codes(obs)[1])  # devices differ
+    assert th.allclose(codes(permuted), codes(obs)[order], atol=1e-6)  # permuting the devices permutes their codes
+    act = net.device_actions
+    assert np.array_equal(act(permuted)[0], act(obs)[0][order])
+    # empty slots (an episode with fewer devices) change nothing for the devices present
+    padded = np.concatenate([devices.ravel(), np.tile([0, 0, -1] + [0] * (F - 3), 2), obs[6 * F:]]).astype(np.float32)
+    assert th.allclose(codes(padded)[:6], codes(obs), atol=1e-6)
 
 
 def test_an_mlp_policy_refuses_another_number_of_devices_and_the_cli_flag(agents, tmp_path):

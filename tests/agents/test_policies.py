@@ -15,7 +15,10 @@ from agents.policy import Policy, action_choices
 from agents.search import GreedyPolicy, OraclePolicy, idle_action, simulate, uniform_actions
 from fedpeat_env.env import FedPEATEnv
 
-NAMES = ["fixed-0", "fixed-1", "fixed-2", "fixed-3", "fixed-4", "full-model", "random", "greedy", "oracle", "ucb"]
+NAMES = ["fixed-0", "fixed-1", "fixed-2", "fixed-3", "fixed-4", "full-model", "random", "greedy", "oracle", "ucb",
+         "best-static", "mpc", "largest-2", "smallest-1"]
+KWARGS = {"best-static": {"episodes": 8}, "mpc": {"futures": 2}}
+"""Smaller searches than the defaults, for speed."""
 SEEDS = range(6)
 
 
@@ -23,7 +26,7 @@ SEEDS = range(6)
 @pytest.mark.parametrize("name", NAMES)
 def test_baseline_plays_valid_masked_actions(name, control_rank, env_kwargs):
     env = gym.make("FedPEAT-v1", **env_kwargs, control_rank=control_rank)
-    policy = make_policy(name)
+    policy = make_policy(name, **KWARGS.get(name, {}))
     assert isinstance(policy, Policy)
     for seed in (0, 1):
         obs, _ = env.reset(seed=seed)

@@ -29,26 +29,39 @@ def test_evaluate_baseline_prints_episodes_and_mean():
 
 def test_benchmark_writes_table_plots_and_summary(tmp_path):
     args = ["benchmark", "--seeds", "3", "--episodes", "1", "--timesteps", "256", "--out", str(tmp_path), *SMALL,
-            "--baseline", "fixed-1", "--baseline", "fixed-4", "--baseline", "random", "--baseline", "oracle"]
+            "--baseline", "fixed-1", "--baseline", "fixed-4", "--baseline", "best-static", "--baseline", "mpc",
+            "--baseline", "random", "--baseline", "oracle"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "benchmark.csv")
-    assert set(table["policy"]) == {"ppo", "fixed-1", "fixed-4", "random", "oracle"}
+    assert set(table["policy"]) == {"ppo", "fixed-1", "fixed-4", "best-static", "mpc", "random", "oracle"}
+    assert dict(zip(table["policy"], table["knows the future"]))["oracle"] == "yes"
+    assert set(table.loc[table["policy"] != "oracle", "knows the future"]) == {"no"}
     scores = dict(zip(table["policy"], table["normalised score"]))
     assert scores["random"] == 0.0 and scores["oracle"] == 1.0
     assert (table["CI low"] <= table["mean return"]).all() and (table["mean return"] <= table["CI high"]).all()
     episodes = pd.read_csv(tmp_path / "episodes.csv")
-    assert len(episodes) == 5 * 3 and set(episodes["seed"]) == {10000, 10001, 10002}
+    assert len(episodes) == 7 * 3 and set(episodes["seed"]) == {10000, 10001, 10002}
     for name in ("benchmark.md", "returns.png", "learning_curve.png", "episode.png", "ppo/model.zip", "ppo/vecnormalize.pkl"):
         assert (tmp_path / name).stat().st_size > 0, name
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["best_fixed"] in {"fixed-1", "fixed-4"} and "oracle_margin_pct" in summary
-    assert "oracle margin over the best fixed policy" in result.output
+    assert "oracle* margin over the best fixed policy" in result.output
     returns = episodes.pivot(index=["seed", "episode"], columns="policy", values="return")
     diff = summary["agent_minus_best_fixed"]
     assert diff["episodes"] == 3 and diff["CI low"] <= diff["mean"] <= diff["CI high"]
     assert diff["mean"] == pytest.approx((returns["ppo"] - returns[summary["best_fixed"]]).mean())
     assert "ppo − best fixed, paired over 3 episodes" in result.output
+    # the verdict is against the best static policy; the headroom over it, paired, for the oracle and mpc
+    static = summary["agent_minus_best_static"]
+    assert static["mean"] == pytest.approx((returns["ppo"] - returns["best-static"]).mean())
+    text = " ".join(result.output.split())
+    assert f"ppo beats the best static policy on the paired test: {'yes' if static['CI low'] > 0 else 'no'}" in text
+    for name in ("oracle", "mpc"):
+        room = summary["headroom"][f"{name} − best-static"]
+        assert room["mean"] == pytest.approx((returns[name] - returns["best-static"]).mean())
+        assert f"{name} − best-static, paired over 3 episodes: {room['mean']:+.3f}" in text
+    assert "(an upper bound: the oracle knows the future)" in text
 
     # the trained agent again, more episodes per seed, no training
     model_written = (tmp_path / "ppo" / "model.zip").stat().st_mtime_ns
@@ -85,7 +98,7 @@ def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_
 
     args = ["benchmark", "--train-seeds", "2", "--algo", "ppo", "--algo", "a2c", "--timesteps", "256", "--seeds", "2",
             "--episodes", "1", "--out", str(tmp_path), *SMALL, "--baseline", "fixed-1", "--baseline", "fixed-4",
-            "--baseline", "oracle"]
+            "--baseline", "best-static", "--baseline", "oracle"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     table, per_seed = pd.read_csv(tmp_path / "seeds.csv"), pd.read_csv(tmp_path / "per_seed.csv")
@@ -97,6 +110,10 @@ def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_
         assert row["best fixed"] == best and row["IQM"] == pytest.approx(iqm(runs))
         assert row["P(improvement)"] == pytest.approx(probability_of_improvement(runs, [baselines.loc[best, "mean return"]]))
         assert row["CI low"] <= row["IQM"] <= row["CI high"]
+        static = baselines.loc["best-static", "mean return"]
+        assert row["P(improvement) over best static"] == pytest.approx(probability_of_improvement(runs, [static]))
+        beats = per_seed.loc[per_seed["algo"] == row["algo"], "beats best static"].sum()
+        assert row["seeds beating best static (paired CI > 0)"] == beats
     for algo, seed in [("ppo", 0), ("ppo", 1), ("a2c", 0), ("a2c", 1)]:
         episodes = pd.read_csv(tmp_path / algo / f"seed-{seed}" / "evaluation-final.csv")
         assert episodes["return"].mean() == pytest.approx(
@@ -108,7 +125,7 @@ def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_
     again = runner.invoke(app, args)  # a second run reuses every finished training and evaluation
     assert again.exit_code == 0, again.output
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/seed-*/model.zip")} == written
-    assert " ".join(again.output.split()).count("reusing") == 4 + 4 + 3
+    assert " ".join(again.output.split()).count("reusing") == 4 + 4 + 4
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "per_seed.csv"), per_seed)
 
     a2c_only = args[:3] + args[5:]  # without --algo ppo
@@ -133,10 +150,11 @@ def test_demo_trains_evaluates_and_gives_the_paired_verdict(tmp_path):
                                  "--seeds", "1", "--episodes", "2", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    diff = summary["agent_minus_best_fixed"]
+    diff, static = summary["agent_minus_best_fixed"], summary["agent_minus_best_static"]
     text = " ".join(result.output.split())
-    assert f"maskable-ppo − best fixed, paired over {diff['episodes']} episodes" in text
-    assert f"beats the best fixed policy on the paired test: {'yes' if diff['CI low'] > 0 else 'no'}" in text
+    assert f"maskable-ppo − best fixed, paired over {diff['episodes']} episodes" in text  # fixed-k keeps its rows
+    assert f"maskable-ppo − best static, paired over {static['episodes']} episodes" in text
+    assert f"beats the best static policy on the paired test: {'yes' if static['CI low'] > 0 else 'no'}" in text
     assert (tmp_path / "maskable-ppo" / "best" / "model.zip").is_file()  # the best validation checkpoint is evaluated
 
 

@@ -142,12 +142,15 @@ def test_claims_verdicts_follow_from_their_runs(tmp_path):
 
     claims = ["claims", "--claim", "fltac", "--claim", "emulator", "--claim", "control", "--rounds", "1", "--seeds", "2",
               "--devices", "2", "--local-steps", "1", "--env-seeds", "2", "--env-episodes", "1",
-              "--out", str(tmp_path / "claims")]
+              "--static-episodes", "8", "--out", str(tmp_path / "claims")]
     result = runner.invoke(app, claims)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "claims" / "claims.csv")
     runs = pd.read_csv(tmp_path / "claims" / "claims_runs.csv")
-    assert list(table["claim"]) == ["emulator", "control", "control", "control", "fltac"]
+    assert list(table["claim"]) == ["emulator"] + ["control"] * 5 + ["fltac"]
+    control = table[table["claim"] == "control"]
+    assert list(control["method"])[:2] == ["mpc", "mpc"] and list(control["baseline"])[0] == "best-static"
+    assert list(control["method"])[2] == "greedy (clairvoyant: an upper bound)"  # labelled as what it is
     assert (tmp_path / "claims" / "claims.md").read_text().startswith("# Papers' claims")
 
     fltac, tac_runs = table.set_index("claim").loc["fltac"], runs[runs["claim"] == "fltac"]
@@ -172,11 +175,11 @@ def test_claims_verdicts_follow_from_their_runs(tmp_path):
                 wanted = "Fed-FT" + (", unlimited memory" if scenario == "unlimited memory" else "")
                 return episodes[(episodes["method"] == "full-model") & (episodes["scenario"] == wanted)]
             return episodes[(episodes["method"] == name) & (episodes["scenario"] == scenario)]
-        m, b = side(row["method"]), side(row["baseline"])
+        m, b = side(row["method"].split(" (")[0]), side(row["baseline"])
         assert len(m) == len(b) == 2 and row["method value"] == pytest.approx(m["return"].mean())
         assert row["verdict"] == paired_verdict(paired_difference(m, b))
     fixed = episodes[(episodes["scenario"] == "benchmark scenario") & episodes["method"].str.startswith("fixed-")]
-    assert table.loc[1, "baseline"] == fixed.groupby("method")["return"].mean().idxmax()  # the best fixed ε
+    assert table.loc[2, "baseline"] == fixed.groupby("method")["return"].mean().idxmax()  # the best fixed ε
 
     for extra, message in [(["--claim", "fedx"], "claim must be one of"), (["--seeds", "1"], "seeds >= 2"),
                            (["--agent", str(tmp_path)], "agent must be a trained agent's directory")]:
@@ -193,12 +196,27 @@ def test_claims_control_with_an_agents_best_checkpoint(tmp_path):
     train(TrainConfig(algo="ppo", timesteps=64, n_envs=8, out_dir=str(agent), check_every=32, check_episodes=2,
                       algo_kwargs={"n_steps": 8, "batch_size": 16, "n_epochs": 1}), progress=False)
     result = runner.invoke(app, ["claims", "--claim", "control", "--env-seeds", "2", "--env-episodes", "1",
-                                 "--agent", str(agent), "--checkpoint", "best", "--out", str(tmp_path / "claims")])
+                                 "--static-episodes", "8", "--agent", str(agent), "--checkpoint", "best",
+                                 "--out", str(tmp_path / "claims")])
     assert result.exit_code == 0, result.output
-    row = pd.read_csv(tmp_path / "claims" / "claims.csv").set_index("method").loc["ppo agent"]
+    table = pd.read_csv(tmp_path / "claims" / "claims.csv")
+    rows = table.set_index("method").loc["ppo agent"]
+    assert list(rows["baseline"])[0] == "best-static"
     best = evaluate(load_policy(agent, checkpoint="best"), seeds=[EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + 1])
-    assert row["method value"] == pytest.approx(best["return"].mean())
-    assert f"--agent {agent} --checkpoint best`" in (tmp_path / "claims" / "claims.md").read_text()
+    assert rows["method value"].tolist() == pytest.approx([best["return"].mean()] * 2)
+    assert f"--agent {agent} --checkpoint best" in (tmp_path / "claims" / "claims.md").read_text()
+    # the verdict under each reward weight × 0.5 and × 2, recomputed from the episodes
+    from experiments.claims import WEIGHT_SETTINGS
+
+    runs = pd.read_csv(tmp_path / "claims" / "claims_runs.csv")
+    held = 0
+    for name, factor in WEIGHT_SETTINGS:
+        scenario = runs[runs["scenario"] == f"reward {name} × {factor:g}"]
+        means = scenario.groupby("method")["return"].mean()
+        held += means["ppo"] > means["best-static"] > means["fixed-1"]
+    sensitivity = table.set_index("method").loc["ppo agent, reward weights × 0.5 / × 2"]
+    assert sensitivity["method value"] == held and sensitivity["baseline value"] == len(WEIGHT_SETTINGS) == 14
+    assert sensitivity["verdict"].startswith(f"ranking agent > best-static > fixed-1 holds in {held} of 14 settings")
 
 
 def test_claim_verdicts():

@@ -163,3 +163,28 @@ def test_a_bad_calibration_file_names_the_field(tmp_path, field, value, message)
         Calibration.load(path)
     with pytest.raises(ValueError, match=message):
         gym.make("FedPEAT-v1", calibration=str(path))
+
+
+def test_episodes_with_fewer_devices_leave_empty_slots(calibration):
+    env = gym.make("FedPEAT-v1", calibration=calibration, num_devices=8, episode_devices=(3, 5), availability="always",
+                   memory_tiers=(2.0,), target_perplexity=2.0).unwrapped
+    d = env.dynamics
+    counts = set()
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed)
+        n = int(d.present[0])
+        counts.add(n)
+        assert d.share[0, :n].sum() == pytest.approx(1.0) and not d.share[0, n:].any()
+        per_device = obs[: 8 * DEVICE_FEATURES].reshape(8, DEVICE_FEATURES)
+        empty = per_device[n:]  # no memory, data or availability; holds no emulator (-1); its channel is still drawn
+        assert not empty[:, [1, *range(3, DEVICE_FEATURES)]].any() and (empty[:, 2] == -1).all()
+        masks = env.action_masks().reshape(8, 5)
+        assert masks[:n, 1:].all() and not masks[n:, 1:].any() and masks[:, 0].all()
+    assert counts == {3, 4, 5}  # uniform over the range
+    # the per-device normalisations use the episode's n: every device exchanges once in round 1
+    env.reset(seed=0)
+    n = int(d.present[0])
+    _, _, _, _, info = env.step(np.array([4] * n + [0] * (8 - n)))
+    assert info["exchanges"] == n and info["reward_terms"]["exchanges"] == pytest.approx(-0.3 * n / n)
+    with pytest.raises(ValueError, match=r"episode_devices must be None or \(low, high\) with 1 <= low <= high"):
+        gym.make("FedPEAT-v1", calibration=calibration, num_devices=4, episode_devices=(3, 5))
