@@ -55,7 +55,7 @@ class BenchmarkConfig:
     out_dir: str = "runs/benchmark"
     """Where the agent, table (markdown + CSV) and plots go."""
     check_every: int = 0
-    """Every this many env steps of training, the policy against the best fixed policy on validation episodes
+    """Every this many env steps of training, the policy against the best static policy on validation episodes
     (``TrainConfig.check_every``; 0: off): the per-seed table then reports the training time to beat it."""
     check_episodes: int = 500
     """Validation episodes of each check (``TrainConfig.check_episodes``)."""
@@ -270,8 +270,8 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
                      f"− {best_fixed}": diff["mean"], "diff CI low": diff["CI low"], "diff CI high": diff["CI high"],
                      "beats best fixed": diff["CI low"] > 0, "train time (min)": metrics["wall_time_s"] / 60,
                      "env steps/s": metrics["steps_per_s"],
-                     "time to beat (min)": (metrics.get("time_to_beat_best_fixed_s") or float("nan")) / 60,
-                     "steps to beat": metrics.get("steps_to_beat_best_fixed") or float("nan")})
+                     "time to beat best static (min)": (metrics.get("time_to_beat_s") or float("nan")) / 60,
+                     "steps to beat best static": metrics.get("steps_to_beat") or float("nan")})
     per_seed = pd.DataFrame(rows)
     best_score = float(baselines[best_fixed]["return"].mean())
     static_score = float(baselines[BEST_STATIC]["return"].mean()) if BEST_STATIC in baselines else None

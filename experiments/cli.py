@@ -583,7 +583,7 @@ def train_cmd(
     policy: str = typer.Option(None, help="mlp (a flat MLP) or device-set (one network shared by the devices; "
                                           "evaluates at any num_devices). Default: hyperparams/ALGO.yml's, else mlp."),
     seed: int = typer.Option(0, help="Seed of the run."),
-    check_every: int = typer.Option(0, help="Every this many env steps, the policy against the best fixed policy on "
+    check_every: int = typer.Option(0, help="Every this many env steps, the policy against the best static policy on "
                                             "--check-episodes validation episodes; metrics.json reports the time to "
                                             "beat it (0: off)."),
     check_episodes: int = typer.Option(500, help="Validation episodes of each check."),
@@ -670,7 +670,7 @@ def benchmark_cmd(
                                             "probability of improvement; finished runs are reused)."),
     hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
                                           "key:value (repeatable)."),
-    check_every: int = typer.Option(0, help="Every this many training steps, each agent against the best fixed policy "
+    check_every: int = typer.Option(0, help="Every this many training steps, each agent against the best static policy "
                                             "on --check-episodes validation episodes; the per-seed table reports the "
                                             "time to beat it."),
     check_episodes: int = typer.Option(500, help="Validation episodes of each check."),
