@@ -7,8 +7,9 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test test-slow bench lint clean
+.PHONY: setup demo test test-slow bench lint docs clean
 
 setup: $(STAMP)
 
@@ -32,8 +33,14 @@ test-slow: setup
 bench: setup
 	$(BIN)/fedpeat bench engine
 
+docs: setup
+	# the generated pages first (tables from the committed result files, the CLI reference), then a strict build
+	$(BIN)/fedpeat report
+	$(BIN)/typer experiments.cli utils docs --name fedpeat --title "Command line (generated)" --output docs/cli.md
+	$(BIN)/mkdocs build --strict --site-dir site
+
 lint: setup
 	$(BIN)/ruff check federation fedpeat_env agents experiments tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks
+	rm -rf $(VENV) .pytest_cache .benchmarks site

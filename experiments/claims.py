@@ -344,8 +344,9 @@ def run_claims(settings: ClaimSettings = ClaimSettings(), only: Sequence[str] = 
 
 def write_claims(table: pd.DataFrame, runs: pd.DataFrame, out_dir: Path, settings: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "claims.md", out_dir / "claims.csv", out_dir / "claims_runs.csv"]
+    paths = [out_dir / "claims.md", out_dir / "claims.csv", out_dir / "claims_runs.csv", out_dir / "command.txt"]
     paths[0].write_text(f"# Papers' claims on the embedded model\n\n{settings}\n\n" + to_markdown(table, digits=2))
     table.to_csv(paths[1], index=False)
     runs.to_csv(paths[2], index=False)
+    paths[3].write_text(settings.strip("`") + "\n")  # the command, for `fedpeat report`
     return paths

@@ -5,6 +5,7 @@ number in the docs cannot drift from the run that made it.
 |---|---|---|
 | ``fedpeat_env/calibrations/embedded-v3.json`` | ``fedpeat calibrate`` | fitted parameters; errors per condition and domain |
 | ``results/sim2real/`` (``sim2real.csv``, ``summary.json``, ``sim2real.png``) | ``fedpeat sim2real``, copied | per policy, both fidelities |
+| ``results/claims/claims.csv`` (+ ``command.txt``) | ``fedpeat claims``, copied | one row per claim, the verdict computed from the runs |
 
 ``write_reports`` writes them to ``docs/generated/``, where the docs pages include them; a test regenerates them and
 compares, so a committed table that no longer matches its result file fails the suite.
@@ -89,13 +90,32 @@ def sim2real_table(directory: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _number(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:,.2f}"
+
+
+def claims_table(directory: Path) -> str:
+    """One row per claim of ``claims.csv``: the two sides with their CIs, the verdict and its detail; the command
+    that wrote it (``command.txt``) above."""
+    table = pd.read_csv(directory / "claims.csv", keep_default_na=False, na_values=[""])
+    lines = [f"Written by `{(directory / 'command.txt').read_text().strip()}`.", "",
+             "| claim | method | baseline | method | baseline | verdict | detail |", "|---|---|---|---:|---:|---|---|"]
+    for _, r in table.iterrows():
+        method = _number(r["method value"]) + (f" {r['method CI']}" if isinstance(r["method CI"], str) else "")
+        baseline = _number(r["baseline value"]) + (f" {r['baseline CI']}" if isinstance(r["baseline CI"], str) else "")
+        lines.append(f"| {r['claim']} | {r['method']} | {r['baseline']} | {method} | {baseline} | {r['verdict']} | "
+                     f"{r['detail']} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_reports(calibration_path: Path = DEFAULT_CALIBRATION, results_dir: Path = DEFAULT_RESULTS,
                   out_dir: Path = DEFAULT_OUT) -> list[Path]:
     """Write every generated table (and copy the figures they go with) into ``out_dir``; returns the paths written.
     Raises ``FileNotFoundError`` naming the first missing source file, before anything is written."""
     sim2real_dir = results_dir / "sim2real"
+    claims_dir = results_dir / "claims"
     sources = [calibration_path, sim2real_dir / "sim2real.csv", sim2real_dir / "summary.json",
-               sim2real_dir / "sim2real.png"]
+               sim2real_dir / "sim2real.png", claims_dir / "claims.csv", claims_dir / "command.txt"]
     for source in sources:
         if not source.is_file():
             raise FileNotFoundError(f"fedpeat report: {source} is missing (see experiments/report.py for the command "
@@ -103,7 +123,7 @@ def write_reports(calibration_path: Path = DEFAULT_CALIBRATION, results_dir: Pat
     calibration = Calibration.load(calibration_path)
     pages = {"calibration_parameters.md": calibration_parameters(calibration),
              "calibration_errors.md": calibration_errors(calibration),
-             "sim2real.md": sim2real_table(sim2real_dir)}
+             "sim2real.md": sim2real_table(sim2real_dir), "claims.md": claims_table(claims_dir)}
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in pages.items():
