@@ -11,9 +11,9 @@ import pytest
 import fedpeat_env  # noqa: F401
 from agents import static
 from agents.baselines import FixedPolicy, make_policy
-from agents.policy import CLAIRVOYANT
 from agents.evaluate import TEST_SEED, VALIDATION_SEED
 from agents.mpc import MPCPolicy
+from agents.policy import CLAIRVOYANT
 from agents.search import simulate, uniform_actions
 from agents.static import BestStaticPolicy, StaticPolicy, StaticRule, search_static, static_family
 
