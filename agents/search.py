@@ -27,7 +27,7 @@ def rollout(env: gym.Env, action: np.ndarray, rounds: int) -> tuple[list[float],
     for _ in range(rounds):
         _, reward, terminated, truncated, info = sim.step(action)
         rewards.append(float(reward))
-        gaps.append(float(info["reward_terms"]["perplexity"]))
+        gaps.append(float(info["reward_perplexity"]))
         if terminated or truncated:
             return rewards, gaps, True
     return rewards, gaps, False

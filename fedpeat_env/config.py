@@ -167,7 +167,8 @@ class EnvConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:
-            raise EnvOptionError(f"unknown FedPEAT env option(s) {unknown}; valid options: {sorted(names)}")
+            raise EnvOptionError(f"__init__() got an unexpected keyword argument {unknown[0]!r}: unknown FedPEAT env "
+                                 f"option(s) {unknown}; valid options: {sorted(names)}")
         for key, settings in (("reward", RewardWeights), ("channel", ChannelConfig)):
             if isinstance(kwargs.get(key), dict):
                 valid = {f.name for f in fields(settings)}
@@ -181,8 +182,10 @@ class EnvConfig:
 
 
 class EnvOptionError(TypeError, ValueError):
-    """An unexpected keyword: a ``TypeError``, as Python raises for one (clients such as SB3's ``make_vec_env`` retry
-    without ``render_mode`` on a ``TypeError``), and a ``ValueError`` like every other bad option."""
+    """An unexpected keyword: a ``TypeError`` worded as Python words one ("__init__() got an unexpected keyword argument
+    'x'"), because clients retry without a keyword they added on that error (SB3's ``make_vec_env`` drops
+    ``render_mode`` on a ``TypeError``, torchrl's ``GymEnv`` drops ``frameskip`` on that wording), and a ``ValueError``
+    like every other bad option; the message goes on to name the valid options."""
 
 
 def _check_type(name: str, hint, value) -> None:

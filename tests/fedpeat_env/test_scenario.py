@@ -185,6 +185,6 @@ def test_episodes_with_fewer_devices_leave_empty_slots(calibration):
     env.reset(seed=0)
     n = int(d.present[0])
     _, _, _, _, info = env.step(np.array([4] * n + [0] * (8 - n)))
-    assert info["exchanges"] == n and info["reward_terms"]["exchanges"] == pytest.approx(-0.3 * n / n)
+    assert info["exchanges"] == n and info["reward_exchanges"] == pytest.approx(-0.3 * n / n)
     with pytest.raises(ValueError, match=r"episode_devices must be None or \(low, high\) with 1 <= low <= high"):
         gym.make("FedPEAT-v1", calibration=calibration, num_devices=4, episode_devices=(3, 5))

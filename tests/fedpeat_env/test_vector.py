@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gymnasium.vector import AutoresetMode
 
 import fedpeat_env  # noqa: F401
 from fedpeat_env.dynamics import DEVICE_FEATURES, ROUND_FEATURES
@@ -54,9 +55,14 @@ def test_autoreset_next_step_and_independent_sub_envs():
     assert len({tuple(o[:5]) for o in obs}) == 3  # different scenarios per sub-env
 
 
-def test_vector_env_rejects_bad_actions_and_engine_fidelity():
+def test_vector_env_rejects_bad_actions_a_step_before_reset_and_engine_fidelity():
     vector = FedPEATVectorEnv(2)
-    vector.reset(seed=0)
+    with pytest.raises(RuntimeError, match=r"call reset\(\) before step\(\)"):  # not rewards of -10 from no episode
+        vector.step(np.zeros((2, 10), dtype=np.int64))
+    _, info = vector.reset(seed=0)
+    _, _, _, _, step_info = vector.step(np.zeros((2, 10), dtype=np.int64))
+    assert set(info) == set(step_info) and all(np.shape(v) == (2,) for v in info.values())  # one layout for both
+    assert vector.autoreset_mode == AutoresetMode.NEXT_STEP
     with pytest.raises(ValueError, match="actions must be integers of shape"):
         vector.step(np.full((2, 10), 7))
     with pytest.raises(ValueError, match="fidelity must be 'surrogate'"):
@@ -161,7 +167,7 @@ def test_step_result_is_step_without_the_info_dict(mode):
         obs_r, out, terminated_r, truncated_r, final_obs = envs[1].step_result(actions)
         assert np.array_equal(obs, obs_r) and np.array_equal(reward, out.round_["reward"])
         assert np.array_equal(terminated, terminated_r) and np.array_equal(truncated, truncated_r)
-        assert np.array_equal(info["perplexity"], out.round_["perplexity"]) and np.array_equal(info["latency"], out.terms["latency"])
+        assert np.array_equal(info["perplexity"], out.round_["perplexity"]) and np.array_equal(info["reward_latency"], out.terms["latency"])
         assert (final_obs is None) == ("final_obs" not in info)
         if final_obs is not None:
             assert np.array_equal(final_obs, info["final_obs"])
