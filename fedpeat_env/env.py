@@ -179,10 +179,11 @@ class FedPEATEnv(gym.Env):
     def render(self) -> str | np.ndarray | None:
         """``render_mode="ansi"``: a text table of the round; ``"rgb_array"``: a picture of the cell (base station,
         devices at their distances coloured by channel gain, sized by memory tier, ringed when they trained, labelled
-        with the ε they hold); None without a render mode."""
+        with their id and the ε they hold, with a legend); None without a render mode. After the last step of an
+        episode it still shows that round (``gymnasium.wrappers.RecordVideo`` renders it)."""
         if self.render_mode is None:
             return None
-        if self._needs_reset:
+        if self._needs_seed:
             raise RuntimeError("call reset() before render()")
         from fedpeat_env.render import round_picture, round_text
 
