@@ -215,7 +215,7 @@ def bench_env(steps: int = 20_000, num_envs: int = 1024, vector_steps: int = 500
     rates = best_rates(steppers, {"cartpole": steps, "fedpeat": steps, "vector": vector_steps},
                        {"vector": num_envs}, blocks)
     with tempfile.TemporaryDirectory() as tmp:
-        # the benchmark's PPO (hyperparams/ppo.yml): its rollouts and minibatches
+        # the benchmark's PPO (agents/hyperparams/ppo.yml): its rollouts and minibatches
         train(TrainConfig.from_hyperparams("ppo", timesteps=ppo_timesteps, out_dir=tmp), progress=False)
         share = json.loads((Path(tmp) / "metrics.json").read_text())["env_time_share"]
     return {"cartpole_steps_per_s": rates["cartpole"], "fedpeat_steps_per_s": rates["fedpeat"],

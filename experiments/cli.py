@@ -576,12 +576,12 @@ def train_cmd(
     ctx: typer.Context,
     algo: str = typer.Option("ppo", parser=ALGO, metavar="NAME", help="RL algorithm (the registry agents.train.ALGOS)."),
     env: str = typer.Option("FedPEAT-v1", help="Gymnasium id."),
-    timesteps: int = typer.Option(None, help="Training env steps (default: n_timesteps of hyperparams/ALGO.yml)."),
-    n_envs: int = typer.Option(None, "--n-envs", help="Parallel envs (default: n_envs of hyperparams/ALGO.yml, or 8)."),
-    hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
+    timesteps: int = typer.Option(None, help="Training env steps (default: n_timesteps of agents/hyperparams/ALGO.yml)."),
+    n_envs: int = typer.Option(None, "--n-envs", help="Parallel envs (default: n_envs of agents/hyperparams/ALGO.yml, or 8)."),
+    hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of agents/hyperparams/ALGO.yml as "
                                           "key:value (RL Zoo spelling, repeatable), e.g. n_steps:64 ent_coef:0.0."),
     policy: str = typer.Option(None, help="mlp (a flat MLP) or device-set (one network shared by the devices; "
-                                          "evaluates at any num_devices). Default: hyperparams/ALGO.yml's, else mlp."),
+                                          "evaluates at any num_devices). Default: agents/hyperparams/ALGO.yml's, else mlp."),
     seed: int = typer.Option(0, help="Seed of the run."),
     check_every: int = typer.Option(0, help="Every this many env steps, the policy against the best fixed policy on "
                                             "--check-episodes validation episodes; metrics.json reports the time to "
@@ -594,7 +594,7 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint; give the "
                                 "same settings (--timesteps may grow)."),
 ) -> None:
-    """Train an RL controller (SB3) on a FedPEAT env with the tuned settings of hyperparams/ALGO.yml (RL Baselines3
+    """Train an RL controller (SB3) on a FedPEAT env with the tuned settings of agents/hyperparams/ALGO.yml (RL Baselines3
     Zoo's format); tensorboard logs in OUT/tb."""
     from agents.checkpoint import last_checkpoint
     from agents.hyperparams import parse_hyperparams
@@ -616,9 +616,20 @@ def train_cmd(
         gym.make(env, **config.env_kwargs).close()  # validate the env options before training
         if resume:
             last_checkpoint(config)  # no checkpoint, other settings or a corrupt file: one message before any work
+    console.print(_tuned_settings(algo, env), markup=False)
     path = train(config, checkpoint_every=checkpoint_every, resume=resume)
     console.print_json((path / "metrics.json").read_text())
     console.print(f"saved to {path}")
+
+
+def _tuned_settings(algo: str, env: str) -> str:
+    """One line naming the tuned settings a command starts from (the package's file and its entry for ``env``)."""
+    from agents.hyperparams import hyperparams_file, load_hyperparams
+
+    path, tuned = hyperparams_file(algo), load_hyperparams(algo, env)
+    if not tuned:
+        return f"no tuned settings for {env} in {path}: the algorithm's defaults and the options given"
+    return f"tuned settings for {env} from {path}: " + ", ".join(f"{key}={value}" for key, value in tuned.items())
 
 
 @app.command("evaluate")
@@ -662,13 +673,13 @@ def benchmark_cmd(
     ctx: typer.Context,
     seeds: int = typer.Option(10, help="Evaluation seeds (same channels for every policy)."),
     episodes: int = typer.Option(10, help="Episodes per seed (the seed's stream continues)."),
-    timesteps: int = typer.Option(None, help="Agent training steps (default: hyperparams/ALGO.yml's: 700k for PPO, "
+    timesteps: int = typer.Option(None, help="Agent training steps (default: agents/hyperparams/ALGO.yml's: 700k for PPO, "
                                              "≈ 4.5 min on one core)."),
     algo: list[str] = typer.Option(["ppo"], parser=ALGO, metavar="NAME", help="RL algorithm (the registry agents.train.ALGOS; "
                                                                   "repeatable: several in one benchmark)."),
     train_seeds: int = typer.Option(1, help="Training seeds per algorithm (> 1: IQM over runs with bootstrap CIs, "
                                             "probability of improvement; finished runs are reused)."),
-    hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
+    hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of agents/hyperparams/ALGO.yml as "
                                           "key:value (repeatable)."),
     check_every: int = typer.Option(0, help="Every this many training steps, each agent against the best fixed policy "
                                             "on --check-episodes validation episodes; the per-seed table reports the "
