@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
+import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -33,12 +33,19 @@ def registry_name(registry: str, option: str):
 
 def writable_dir(path: Path | None) -> Path | None:
     """Typer callback of output-directory options: at parse time, before any work, ``path`` must be a directory
-    that exists or can be created, and that this process can write to (None passes: the command's default)."""
+    that exists or can be created, and that this process can write to (None passes: the command's default). Writing
+    is tried (a temporary directory made and removed in the nearest existing one): permission bits do not tell, e.g.
+    for root in ``/proc`` or on a read-only mount."""
     if path is None:
         return None
-    existing = next(p for p in (path, *path.parents) if p.exists())  # the directory that would hold the new ones
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        why = "is not a directory" if not existing.is_dir() else "is not writable"
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())  # would hold the new ones
+    why = "is not a directory" if not existing.is_dir() else None
+    if why is None:
+        try:
+            Path(tempfile.mkdtemp(prefix=".fedpeat-probe-", dir=existing)).rmdir()
+        except OSError as err:
+            why = f"is not writable ({err.strerror or err})"
+    if why is not None:
         raise typer.BadParameter(f"must be a directory that can be created and written; {str(existing)!r} {why}")
     return path
 

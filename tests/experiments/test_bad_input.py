@@ -5,19 +5,18 @@ imported; a slow case means the check comes too late)."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from stable_baselines3.common.base_class import BaseAlgorithm
 from transformers import PreTrainedModel
-from typer.testing import CliRunner
 
 import agents.train  # noqa: F401  (the libraries the commands import, loaded once here rather than in the first case)
 from experiments import cli
 from experiments.cli import app
 from federation.engine import RoundRunner
+from tests.helpers import cli_runner, cli_text
 
-runner = CliRunner()
+runner = cli_runner()
 cli.console.width = 200  # one line per message
 
 WITH_OUT_DIR = ("run", "compare", "claims", "train", "benchmark", "sim2real", "regime", "demo", "pretrain")
@@ -193,12 +192,6 @@ CASES = [
 ]
 
 NOT_AN_INTEGER = "Input should be a valid integer"
-_BOX = re.compile(r"[\u2500-\u257f]")  # the frame typer draws around its own errors
-
-
-def _text(output: str) -> str:
-    """The output as one line: no frame, single spaces (a long message may wrap)."""
-    return " ".join(_BOX.sub(" ", output).split())
 
 
 def _work_started(*args, **kwargs):
@@ -227,7 +220,7 @@ def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch, command, fr
 
     result = runner.invoke(app, args)
 
-    text = _text(result.output)
+    text = cli_text(result.output)
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert fragment.replace("{tmp}", str(tmp_path)).replace("{int}", NOT_AN_INTEGER) in text, text
     assert "Traceback" not in result.output
