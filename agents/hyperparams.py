@@ -12,6 +12,7 @@ Command-line overrides use the Zoo's spelling, ``key:value``, values read as YAM
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,9 @@ def _check_types(algo_cls: type, algo_kwargs: Mapping[str, Any]) -> None:
         elif isinstance(default, int):
             ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
         elif isinstance(default, float):
-            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (key in SCHEDULED and isinstance(value, str))
-            kind = "a number" + (" or lin_<initial>" if key in SCHEDULED else "")
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)) or (
+                key in SCHEDULED and isinstance(value, str))
+            kind = "a finite number" + (" or lin_<initial>" if key in SCHEDULED else "")
         else:
             continue
         if not ok:
@@ -131,7 +133,7 @@ def algo_constructor_kwargs(algo_kwargs: Mapping[str, Any]) -> dict[str, Any]:
                 start = float(initial)
             except ValueError:
                 start = None
-            if prefix != "lin" or start is None or not start > 0:
+            if prefix != "lin" or start is None or not 0 < start < math.inf:
                 raise ValueError(f"{key} must be a number or lin_<initial> with initial > 0, got {value!r}")
             out[key] = linear_schedule(start)
     return out

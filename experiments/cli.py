@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
@@ -61,6 +62,21 @@ def writable_file(path: Path | None) -> Path | None:
     return path
 
 
+def finite_number(value) -> float:
+    """Typer parser of number options: a finite float ("nan" and "inf" parse as floats and would slip through every
+    range check written as a comparison); anything else is refused with the option's name."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise typer.BadParameter(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise typer.BadParameter(f"must be a finite number, got {value!r}")
+    return number
+
+
+NUMBER = {"parser": finite_number, "metavar": "NUMBER"}
+"""Keyword arguments of a number option: ``typer.Option(0.5, **NUMBER, help=...)``."""
+
 METHOD = registry_name("federation.methods:METHODS", "method")
 EXECUTOR = registry_name("federation.executor_config:EXECUTORS", "executor")
 ALGO = registry_name("agents.train:ALGOS", "algo")
@@ -91,7 +107,7 @@ RAY_ADDRESS_OPTION = typer.Option(None, help="With --executor ray: the cluster t
                                             "default: start a local Ray.")
 RAY_WORKERS_OPTION = typer.Option(None, min=1, help="With --executor ray: client actors (devices spread over them); default: "
                                             "one per --ray-cpus-per-worker of the cluster's CPUs.")
-RAY_CPUS_OPTION = typer.Option(1.0, help="With --executor ray: CPUs reserved per client actor (its torch threads).")
+RAY_CPUS_OPTION = typer.Option(1.0, **NUMBER, help="With --executor ray: CPUs reserved per client actor (its torch threads).")
 
 
 @contextmanager
@@ -151,14 +167,14 @@ def run(
     devices: int = typer.Option(4, help="Number of devices N."),
     rounds: int = typer.Option(5, help="Federated rounds."),
     seed: int = typer.Option(0, help="Seed of every random draw."),
-    compression: list[float] = typer.Option([], help="Emulator compression ε: once for all devices, or once per device."),
+    compression: list[float] = typer.Option([], **NUMBER, help="Emulator compression ε: once for all devices, or once per device."),
     lora_rank: list[int] = typer.Option([], help="LoRA rank: once for all devices, or once per device (≤ 8)."),
     lora_aggregation: str = typer.Option("naive", help="LoRA aggregation: naive (mean of A, B) or exact (mean of B·A)."),
     case: int = typer.Option(1, help="FedPEAT frozen-weight case (1, 2 or 3)."),
-    server_fraction: float = typer.Option(0.0, help="Share of data on the server, which then also trains (collaborative)."),
+    server_fraction: float = typer.Option(0.0, **NUMBER, help="Share of data on the server, which then also trains (collaborative)."),
     local_steps: int = typer.Option(10, help="Local optimiser steps per round."),
     partition: str = typer.Option("iid", parser=PARTITION, metavar="NAME", help="Data split (federation.data.PARTITIONS: iid, dirichlet)."),
-    alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
+    alpha: float = typer.Option(0.5, **NUMBER, help="Dirichlet concentration (partition=dirichlet)."),
     latency_aggregation: str = typer.Option("sum", help="Round latency: sum (devices served in turn, FedPEAT's total) "
                                                         "or max (served at once, the downlink split between them)."),
     distill_steps: int = typer.Option(None, help="Sub-model distillation steps (fedpeat: default 0, fedot/fedpft: 50)."),
@@ -403,7 +419,7 @@ def demo_federated(
 def calibrate(
     rounds: int = typer.Option(20, help="Engine rounds per calibration run (the benchmark's horizon)."),
     local_steps: int = typer.Option(10, help="Local steps per device per round."),
-    levels: list[float] = typer.Option([0.0, 0.25, 0.5, 0.75], help="Compression ratios ε to calibrate."),
+    levels: list[float] = typer.Option([0.0, 0.25, 0.5, 0.75], **NUMBER, help="Compression ratios ε to calibrate."),
     ranks: str = typer.Option("2,4,8", help="LoRA ranks of the engine runs, comma-separated; the last is the global rank."),
     workers: int = typer.Option(2, help="Engine runs in parallel (worker processes, one torch thread each)."),
     refit: Path = typer.Option(None, help="Refit from the engine runs stored in this calibration file (no engine runs)."),
@@ -860,9 +876,9 @@ def compare_cmd(
     seeds: int = typer.Option(3, help="Seeds per method."),
     devices: int = typer.Option(4, help="Devices N."),
     local_steps: int = typer.Option(10, help="Local steps per device per round."),
-    compression: float = typer.Option(0.5, help="Emulator compression ε of fedpeat and fedot."),
+    compression: float = typer.Option(0.5, **NUMBER, help="Emulator compression ε of fedpeat and fedot."),
     partition: str = typer.Option("iid", parser=PARTITION, metavar="NAME", help="Data split (federation.data.PARTITIONS: iid, dirichlet)."),
-    alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
+    alpha: float = typer.Option(0.5, **NUMBER, help="Dirichlet concentration (partition=dirichlet)."),
     domain: list[str] = typer.Option([], help="Tuning domains (repeatable). Default: pydocs, or the three tuning "
                                               "domains when a multi-task method (fltac) is compared."),
     out: Path = typer.Option(Path("runs/compare"), callback=writable_dir, help="Output directory."),

@@ -570,7 +570,8 @@ def _price(b, actions, uplink_bps, downlink_bps, r, rv, s: State, tables: Tables
     r.participants = n_active
     r.memory_use = memory / n if tables.memory_sum else memory / max(n_active, 1)
     r.excess_exchanges = n_excess
-    r.share = data
+    r.share = max(data, 1.0 / tables.blocks) if data > 0 else 0.0  # trainers hold whole blocks, at least one (a
+    # Dirichlet draw of tiny α gives shares of 1e-300, whose noise term σ·s^(−γ) overflowed to an infinite perplexity)
     r.compression = weighted_eps / data if data > 0 else 0.0
     r.rank = weighted_rank / data if data > 0 else 0.0
     r.reuse = reuse

@@ -57,6 +57,18 @@ CASES = [
     ("run --local-steps 0", "--local-steps must be >= 1, got 0"),
     ("run --block-size 4", "Invalid value for '--block-size': Input should be greater than or equal to 8"),
     ("run --seed -1", "--seed must be >= 0, got -1"),
+    # numbers that parse as floats but are not finite: refused where they enter, named
+    ("run --alpha nan", "Invalid value for '--alpha': must be a finite number, got 'nan'"),
+    ("run --compression inf", "Invalid value for '--compression': must be a finite number, got 'inf'"),
+    ("run --server-fraction half", "Invalid value for '--server-fraction': 'half' is not a number"),
+    ("run --method fedpft -o keep_ratio=nan", "keep_ratio must be a finite number, got 'nan'"),
+    ("compare --compression nan", "Invalid value for '--compression': must be a finite number, got 'nan'"),
+    ("calibrate --levels 0 --levels nan", "Invalid value for '--levels': must be a finite number, got 'nan'"),
+    ("train --hyperparams ent_coef:nan", "ent_coef must be a finite number, got nan"),
+    ("train --env-option dirichlet_alpha=NaN", "dirichlet_alpha must be a finite number, got nan"),
+    ('train --env-option channel={"max_distance_m":Infinity}', "channel: max_distance_m must be a finite number, got inf"),
+    ('train --env-option reward={"latency":-Infinity}', "reward weight latency must be a finite number >= 0, got -inf"),
+    ("benchmark --env-option target_perplexity=Infinity", "target_perplexity must be a finite number, got inf"),
     # compare
     ("compare --seeds 0", "--seeds must be >= 1, got 0"),
     ("compare --devices 0", "--devices must be >= 1, got 0"),

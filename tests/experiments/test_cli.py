@@ -112,7 +112,7 @@ def test_run_takes_method_options_and_prints_method_metrics(tmp_path):
     assert record["config"]["method_config"]["keep_ratio"] == 0.5
     cases = [
         (["--method", "fedpft", "-o", "keepratio=0.5"], "method option 'keepratio' is not a setting of 'fedpft'"),
-        (["--method", "fedpft", "-o", "keep_ratio=half"], "keep_ratio must be a number"),
+        (["--method", "fedpft", "-o", "keep_ratio=half"], "keep_ratio must be a finite number"),
         (["--method", "fedpft", "-o", "keep_ratio"], "method option must look like key=value"),
         (["--method", "hetlora", "-o", "aggregation=mean"], "aggregation must be one of"),
         (["--method", "fed-ft", "--distill-steps", "3"], "--distill-steps applies to methods"),

@@ -258,7 +258,12 @@ def test_latency_term_saturates_on_a_hopeless_link():
     ({"num_devices": "ten"}, "num_devices must be an integer, got 'ten'"),
     ({"num_devices": 2.5}, "num_devices must be an integer, got 2.5"),
     ({"horizon": None}, "horizon must be an integer, got None"),
-    ({"compression_levels": 0.5}, "compression_levels must be a tuple of numbers, got 0.5"),
+    ({"compression_levels": 0.5}, "compression_levels must be a tuple of finite numbers, got 0.5"),
+    ({"target_perplexity": float("inf")}, "target_perplexity must be a finite number, got inf"),
+    ({"memory_tiers": (0.5, float("nan"))}, r"memory_tiers must be a tuple of finite numbers, got \(0.5, nan\)"),
+    ({"channel": {"max_distance_m": float("inf")}}, "channel: max_distance_m must be a finite number, got inf"),
+    ({"channel": {"uplink_bandwidth_hz": [1e6, float("nan")]}}, "channel: uplink_bandwidth_hz must be finite numbers"),
+    ({"reward": {"memory_penalty": float("inf")}}, "reward weight memory_penalty must be a finite number >= 0, got inf"),
     ({"control_rank": 1}, "control_rank must be True or False, got 1"),
     ({"cost_profile": 3}, r"cost_profile must be one of \('embedded'"),
 ])
@@ -313,11 +318,15 @@ def test_render_modes_show_the_round():
     {"channel": ChannelConfig(min_distance_m=5e4, max_distance_m=1e5, uplink_power_dbm=-30.0,  # links near zero
                               downlink_power_dbm=-30.0, fading_correlation=0.0)},
     {"control_rank": True, "num_devices": 3, "horizon": 2},
+    {"partition": "dirichlet", "dirichlet_alpha": 1e-3},  # shares that underflow: a device of 1e-300 of the data
+    {"domain_alpha": 1e-3},
+    {"domain_alpha": 1e3, "partition": "domains"},
 ])
 def test_observations_and_rewards_stay_finite_under_extreme_settings(options):
-    """A seeded sweep: random actions never give NaN or inf in observations, rewards or the reward terms, at 1 or 1000
-    devices, horizon 1, and channels from near-perfect to near-zero rate. (``info["round_latency_s"]`` may be inf on
-    a link whose rate underflows to 0: B·log2(1 + SNR) with SNR below float64's epsilon.)"""
+    """A seeded sweep: random actions never give NaN or inf in observations, rewards or the reward terms, and the
+    observations stay in the declared space, at 1 or 1000 devices, horizon 1, channels from near-perfect to near-zero
+    rate and the extreme data splits the options allow. (``info["round_latency_s"]`` may be inf on a link whose rate
+    underflows to 0: B·log2(1 + SNR) with SNR below float64's epsilon.)"""
     env = gym.make("FedPEAT-v1", **options)
     for seed in range(3):
         obs, _ = env.reset(seed=seed)
@@ -327,6 +336,7 @@ def test_observations_and_rewards_stay_finite_under_extreme_settings(options):
         while not done:
             obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
             assert np.isfinite(obs).all() and np.isfinite(reward), (options, seed)
+            assert env.observation_space.contains(obs), (options, seed)
             assert all(np.isfinite(v) for v in reward_terms(info).values())
             done = terminated or truncated
     env.close()
