@@ -804,6 +804,87 @@ def _print_benchmark(result) -> None:
         console.print(f"{name}: {path}")
 
 
+marl_app = typer.Typer(no_args_is_help=True, help="The multi-agent face (fedpeat_env.parallel_env, one agent per "
+                                                   "device): parameter-shared PPO, and its comparison with the "
+                                                   "single-agent device-set policy.")
+app.add_typer(marl_app, name="marl")
+
+
+@marl_app.command("train", context_settings={"allow_extra_args": True})
+def marl_train_cmd(
+    ctx: typer.Context,
+    timesteps: int = typer.Option(200_000, help="Agent-steps over all agents (rounds played: timesteps / devices)."),
+    n_envs: int = typer.Option(8, "--n-envs", help="Episodes played at once (each gives every device an agent)."),
+    seed: int = typer.Option(0, help="Seed of the episodes, the network and torch."),
+    hyperparams: list[str] = typer.Option([], "--hyperparams", help="A PPO argument as key:value (repeatable), e.g. "
+                                          "n_steps:64 ent_coef:0.0; default: agents.marl.MARL_DEFAULTS."),
+    env_option: list[str] = typer.Option([], help="Env option key=value (repeatable), e.g. num_devices=6."),
+    out: Path = typer.Option(Path("runs/marl"), callback=writable_dir, help="Output directory (model, config, metrics)."),
+) -> None:
+    """Train one network for every device of fedpeat_env.parallel_env (SuperSuit + SB3 PPO, shared parameters, the
+    shared reward)."""
+    from agents.hyperparams import parse_hyperparams
+    from agents.marl import MARL_DEFAULTS, MARLConfig, train_marl
+
+    _quiet_libraries()
+    with user_errors():
+        at_least(1, timesteps=timesteps, n_envs=n_envs)
+        at_least(0, seed=seed)
+        config = MARLConfig(timesteps=timesteps, n_envs=n_envs, seed=seed, env_kwargs=_env_kwargs(env_option),
+                            algo_kwargs={**MARL_DEFAULTS, **parse_hyperparams(_zoo_hyperparams(hyperparams, ctx))},
+                            out_dir=str(out))
+    path = train_marl(config)
+    console.print_json((path / "metrics.json").read_text())
+    console.print(f"saved to {path}")
+
+
+@marl_app.command("compare")
+def marl_compare_cmd(
+    marl: Path = typer.Option(..., help="A MARL run's directory (fedpeat marl train)."),
+    agent: Path = typer.Option(..., help="A single-agent run's directory (fedpeat train; a device-set policy runs at "
+                                         "the MARL run's number of devices)."),
+    checkpoint: str = typer.Option("final", help="Of --agent: final or best."),
+    seeds: int = typer.Option(10, help="Evaluation seeds (the benchmark's test seeds from 10000)."),
+    episodes: int = typer.Option(10, help="Episodes per seed."),
+    baseline: list[str] = typer.Option(["fixed-1"], help="Baselines beside them (repeatable)."),
+    out: Path = typer.Option(None, callback=writable_dir, help="Directory for marl_compare.csv (default: not written)."),
+) -> None:
+    """The MARL run and the single-agent agent on the same episodes (common random numbers, the MARL run's env
+    options): mean returns with 95% CIs and the paired difference MARL − agent."""
+    from rich.table import Table
+
+    from agents import make_policy
+    from agents.marl import MARLPolicy, compare_marl
+    from agents.train import checked_checkpoint
+    from experiments.benchmark import EVAL_SEED_OFFSET
+
+    _quiet_libraries()
+    with user_errors():
+        at_least(1, seeds=seeds, episodes=episodes)
+        MARLPolicy.load(marl)  # a MARL run's directory, before any episode
+        checked_checkpoint(agent, checkpoint)
+        for name in baseline:
+            try:
+                make_policy(name)
+            except ValueError as err:
+                raise ValueError(f"--baseline: {err}") from None
+        table, diff = compare_marl(marl, agent, [EVAL_SEED_OFFSET + s for s in range(seeds)], episodes, checkpoint,
+                                   tuple(baseline))
+    view = Table(title="MARL (parameter-shared PPO) vs the single-agent device-set policy, same episodes")
+    for column in ("policy", "mean return", "95% CI", "episodes"):
+        view.add_column(column, justify="left" if column == "policy" else "right")
+    for row in table.to_dict("records"):
+        view.add_row(row["policy"], f"{row['mean return']:.3f}", f"[{row['CI low']:.3f}, {row['CI high']:.3f}]",
+                     str(row["episodes"]))
+    console.print(view)
+    console.print(f"marl − device-set agent, paired over {diff['episodes']} episodes: {diff['mean']:+.3f} "
+                  f"[{diff['CI low']:+.3f}, {diff['CI high']:+.3f}]")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        table.assign(**{"paired diff marl - agent": diff["mean"]}).to_csv(out / "marl_compare.csv", index=False)
+        console.print(f"wrote {out / 'marl_compare.csv'}")
+
+
 @app.command("sim2real")
 def sim2real_cmd(
     agent: Path = typer.Option(None, help="Trained agent directory, compared beside the baselines (its env options)."),

@@ -200,6 +200,18 @@ class Output(NamedTuple):
             theirs[...] = mine
         return out
 
+    def __reduce__(self):
+        """Pickled as its records, the float views rebuilt over them (pickle and cloudpickle, e.g. SuperSuit's copies
+        of an env, would otherwise restore separate arrays: the kernels would write where the env does not read)."""
+        return _output_from, (self.round_, self.terms, self.ended, self.obs)
+
+
+def _output_from(round_: np.ndarray, terms: np.ndarray, ended: np.ndarray, obs: np.ndarray) -> Output:
+    """An ``Output`` over these records, with the float views of ``Output.empty``."""
+    batch = len(round_)
+    return Output(round_, round_.view(np.float64).reshape(batch, -1), terms, terms.view(np.float64).reshape(batch, -1),
+                  ended, obs)
+
 
 @structref.register
 class ModelType(types.StructRef):
