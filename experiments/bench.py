@@ -116,7 +116,7 @@ def bench_engine_overhead(steps: int = 20, batch_size: int = 8, repeats: int = 3
         bare.train()
         for _ in range(steps):
             batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
-            loss = bare(input_ids=batch, labels=batch).loss
+            loss = lm_loss(bare, batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
