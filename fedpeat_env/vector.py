@@ -22,8 +22,10 @@ class FedPEATVectorEnv(VectorEnv):
     numbers) with arrays of shape (B,); a reset's info has the same keys (the terms 0, the starting perplexity,
     round 0).
     ``autoreset_mode`` NEXT_STEP (default): the step after an episode ends resets that sub-env (its action is
-    ignored) and returns reward 0. SAME_STEP: a finished sub-env is reset within the step; its last observation is
-    in ``info["final_obs"]`` where ``info["_final_obs"]`` is True (the mode torchrl's ``GymWrapper`` takes).
+    ignored) and returns reward 0. SAME_STEP (the mode torchrl's ``GymWrapper`` and skrl take): a finished sub-env is
+    reset within the step and, as in gymnasium's own vector envs, the step returns its reward but the observation
+    and info of its reset; its last observation and info are in ``info["final_obs"]`` and ``info["final_info"]``
+    (each key with its ``_key`` mask) where ``info["_final_obs"]`` is True.
     ``step`` before the first ``reset`` raises ``RuntimeError``.
     """
 
@@ -62,9 +64,13 @@ class FedPEATVectorEnv(VectorEnv):
         self.dynamics.reset(int(self.np_random.integers(2**62)))  # as FedPEATEnv
         self._autoreset[:] = False
         self._needs_reset = False
+        return self.dynamics.observe(), self._start_info()
+
+    def _start_info(self) -> dict:
+        """The info of the episodes as they start (a reset's): the terms 0, the starting perplexity, round 0."""
         out = self.dynamics.new_output()  # zeros: no round played yet
         out.round_["perplexity"] = self.dynamics.ppl
-        return self.dynamics.observe(), self._info(out)
+        return self._info(out)
 
     def action_masks(self) -> np.ndarray:
         """(num_envs, mask length) boolean masks, one row per sub-env (see ``FedPEATEnv.action_masks``)."""
@@ -91,8 +97,13 @@ class FedPEATVectorEnv(VectorEnv):
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         obs, out, terminated, truncated, final_obs = self.step_result(actions)
         info = self._info(out)
-        if final_obs is not None:
-            info |= {"final_obs": final_obs, "_final_obs": terminated | truncated}
+        if final_obs is not None:  # SAME_STEP: the sub-envs that reset report their reset's info, the round's aside
+            done = terminated | truncated
+            final_info = {key: value.copy() for key, value in info.items()} | {f"_{key}": done.copy() for key in info}
+            start = self._start_info()
+            for key, value in info.items():
+                value[done] = start[key][done]
+            info |= {"final_obs": final_obs, "_final_obs": done, "final_info": final_info, "_final_info": done.copy()}
         return obs, out.round_["reward"], terminated, truncated, info
 
     @staticmethod
