@@ -33,6 +33,8 @@ from agents.stats import bootstrap_ci, paired_difference
 from fedpeat_env.config import EnvConfig
 from fedpeat_env.parallel import agent_observations, stacked_joint_action
 
+MARL_LABEL = "marl (shared PPO)"
+"""The MARL run's row in ``compare_marl``'s table."""
 MARL_DEFAULTS = {"n_steps": 64, "batch_size": 512, "learning_rate": 3e-4, "ent_coef": 0.01}
 """PPO settings of the recipe: 64-round rollouts of every agent of ``n_envs`` episodes, minibatches of 512
 agent-steps."""
@@ -83,6 +85,13 @@ class _SeededSB3VecEnv(SB3VecEnvWrapper):
     def seed(self, seed: int | None = None) -> list[None]:
         self._pending_seed = seed
         return [None] * self.num_envs
+
+    def get_attr(self, attr_name: str, indices=None) -> list:
+        """SuperSuit's attribute lookup, except ``render_mode``: one per sub-env from this wrapper (SuperSuit's
+        concatenated env has none to give, and SB3's wrappers warned that it was missing)."""
+        if attr_name == "render_mode":
+            return [self.render_mode] * self.num_envs
+        return super().get_attr(attr_name, indices)
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> np.ndarray:
         seed, self._pending_seed = (self._pending_seed if seed is None else seed), None
@@ -157,19 +166,42 @@ def marl_env_kwargs(out_dir: str | Path) -> dict:
     return json.loads((Path(out_dir) / "config.json").read_text())["env_kwargs"]
 
 
+def agent_label(agent_dir: str | Path) -> str:
+    """How ``compare_marl`` names a single-agent run: its algorithm and policy, e.g. ``single-agent ppo (device-set)``."""
+    from agents.train import DEVICE_SET
+
+    config = json.loads((Path(agent_dir) / "config.json").read_text())
+    return f"single-agent {config['algo']} ({'device-set' if config['policy'] == DEVICE_SET else 'mlp'})"
+
+
+def _check_agent_fits(agent_dir: str | Path, options: dict) -> None:
+    """``ValueError`` before any episode if the agent of ``agent_dir`` cannot act in episodes with ``options``: a flat
+    MLP acts only at the number of devices it was trained at (a device-set policy at any)."""
+    from agents.train import DEVICE_SET
+
+    config = json.loads((Path(agent_dir) / "config.json").read_text())
+    trained, wanted = (EnvConfig.from_kwargs(**kw).num_devices for kw in (config["env_kwargs"], options))
+    if config["policy"] != DEVICE_SET and trained != wanted:
+        raise ValueError(f"agent {agent_dir} is an mlp policy trained at num_devices={trained}; the compared episodes "
+                         f"have num_devices={wanted} (train it with --policy device-set, which acts at any number)")
+
+
 def compare_marl(marl_dir: str | Path, agent_dir: str | Path, seeds, episodes_per_seed: int = 1,
                  checkpoint: str = "final", baselines: tuple[str, ...] = ("fixed-1",),
                  env_kwargs: dict | None = None) -> tuple[pd.DataFrame, dict]:
-    """The MARL run of ``marl_dir``, the single-agent agent of ``agent_dir`` (a device-set policy runs at the MARL
-    run's N) and ``baselines`` on the same episodes (``seeds`` × ``episodes_per_seed``, common random numbers), on
-    the env options of the MARL run (or ``env_kwargs``). Returns (one row per policy: mean return and its 95%
-    bootstrap CI, episodes; the paired difference MARL − agent: mean, CI low, CI high, episodes)."""
+    """The MARL run of ``marl_dir``, the single-agent run of ``agent_dir`` (a device-set policy acts at the MARL run's
+    N; a flat MLP must have been trained at it) and ``baselines`` on the same episodes (``seeds`` ×
+    ``episodes_per_seed``, common random numbers), on the env options of the MARL run (or ``env_kwargs``). Returns
+    (one row per policy, the MARL run first and the agent (``agent_label``) second: mean return and its 95% bootstrap
+    CI, episodes; the paired difference MARL − agent: mean, CI low, CI high, episodes, agent: the agent's label)."""
     from agents import evaluate, make_policy
     from agents.train import load_policy
 
     marl = MARLPolicy.load(marl_dir)
     options = marl_env_kwargs(marl_dir) if env_kwargs is None else env_kwargs
-    policies = {"marl (shared PPO)": marl, "device-set agent": load_policy(agent_dir, checkpoint=checkpoint)}
+    _check_agent_fits(agent_dir, options)
+    label = agent_label(agent_dir)
+    policies = {MARL_LABEL: marl, label: load_policy(agent_dir, checkpoint=checkpoint)}
     policies |= {name: make_policy(name) for name in baselines}
     results = {name: evaluate(policy, "FedPEAT-v1", options, seeds, episodes_per_seed)
                for name, policy in policies.items()}
@@ -178,5 +210,5 @@ def compare_marl(marl_dir: str | Path, agent_dir: str | Path, seeds, episodes_pe
         low, high = bootstrap_ci(df["return"])
         rows.append({"policy": name, "mean return": float(df["return"].mean()), "CI low": low, "CI high": high,
                      "episodes": len(df)})
-    diff = paired_difference(results["marl (shared PPO)"], results["device-set agent"])
-    return pd.DataFrame(rows), diff
+    diff = paired_difference(results[MARL_LABEL], results[label])
+    return pd.DataFrame(rows), {**diff, "agent": label}

@@ -870,14 +870,14 @@ def marl_compare_cmd(
                 raise ValueError(f"--baseline: {err}") from None
         table, diff = compare_marl(marl, agent, [EVAL_SEED_OFFSET + s for s in range(seeds)], episodes, checkpoint,
                                    tuple(baseline))
-    view = Table(title="MARL (parameter-shared PPO) vs the single-agent device-set policy, same episodes")
+    view = Table(title="MARL (parameter-shared PPO) vs the single-agent policy, same episodes")
     for column in ("policy", "mean return", "95% CI", "episodes"):
         view.add_column(column, justify="left" if column == "policy" else "right")
     for row in table.to_dict("records"):
         view.add_row(row["policy"], f"{row['mean return']:.3f}", f"[{row['CI low']:.3f}, {row['CI high']:.3f}]",
                      str(row["episodes"]))
     console.print(view)
-    console.print(f"marl − device-set agent, paired over {diff['episodes']} episodes: {diff['mean']:+.3f} "
+    console.print(f"marl − {diff['agent']}, paired over {diff['episodes']} episodes: {diff['mean']:+.3f} "
                   f"[{diff['CI low']:+.3f}, {diff['CI high']:+.3f}]")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

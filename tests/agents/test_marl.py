@@ -4,6 +4,7 @@ comparison with the single-agent device-set policy on the same episodes (tiny bu
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -49,13 +50,30 @@ def test_marl_trains_and_is_compared_with_the_device_set_policy_on_the_same_epis
                                    "--episodes", "2", "--out", str(tmp_path / "cmp")])
     assert compared.exit_code == 0, compared.output
     text = cli_text(compared.output)
-    assert "marl (shared PPO)" in text and "device-set agent" in text and "fixed-1" in text
-    assert "marl − device-set agent, paired over 4 episodes" in text
+    assert "marl (shared PPO)" in text and "single-agent ppo (device-set)" in text and "fixed-1" in text
+    assert "marl − single-agent ppo (device-set), paired over 4 episodes" in text
     import pandas as pd
 
+    from agents import evaluate, make_policy
+    from experiments.benchmark import EVAL_SEED_OFFSET
+
     table = pd.read_csv(tmp_path / "cmp" / "marl_compare.csv")
-    assert list(table["policy"]) == ["marl (shared PPO)", "device-set agent", "fixed-1"]
+    assert list(table["policy"]) == ["marl (shared PPO)", "single-agent ppo (device-set)", "fixed-1"]
     assert (table["episodes"] == 4).all() and np.isfinite(table["mean return"]).all()
+    # the same episodes for every row: the benchmark's test seeds, 2 episodes each, at the MARL run's env options
+    fixed = evaluate(make_policy("fixed-1"), "FedPEAT-v1", env_kwargs, [EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + 1], 2)
+    assert table.loc[2, "mean return"] == pytest.approx(fixed["return"].mean(), rel=1e-9)
+
+    # a flat MLP agent trained at another number of devices is refused before any episode, naming the agent
+    mlp_dir = tmp_path / "mlp-agent"
+    shutil.copytree(agent_dir, mlp_dir)
+    config = json.loads((mlp_dir / "config.json").read_text())
+    config |= {"policy": "MlpPolicy", "env_kwargs": {**config["env_kwargs"], "num_devices": 5}}
+    (mlp_dir / "config.json").write_text(json.dumps(config))
+    refused = runner.invoke(app, ["marl", "compare", "--marl", str(marl_dir), "--agent", str(mlp_dir), "--seeds", "1"])
+    assert refused.exit_code == 2, refused.output
+    assert f"agent {mlp_dir} is an mlp policy trained at num_devices=5; the compared episodes have num_devices=3" \
+        in cli_text(refused.output)
 
     # the MARL policy on the single-agent env is the trained network acting for each agent of the parallel env
     policy = MARLPolicy.load(marl_dir)
