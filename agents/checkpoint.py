@@ -8,7 +8,7 @@ A checkpoint is a directory ``out_dir/checkpoints/step-<steps>/``:
 | ``vecnormalize.pkl`` | the VecNormalize statistics (when the run normalises) |
 | ``state.pkl`` | the global random states (torch, numpy, random) and, for ``FedPEAT-v1``, the episodes in progress |
 | ``best/`` | the run's ``best/`` checkpoint at that step (when ``check_every`` > 0) |
-| ``checkpoint.json`` | steps, the ``TrainConfig``, the ``BestFixedCheck`` state, training time, env time and steps so far, the monitor files' sizes |
+| ``checkpoint.json`` | steps, the ``TrainConfig``, the ``BaselineCheck`` state, training time, env time and steps so far, the monitor files' sizes |
 
 Checkpoints are taken at rollout boundaries (after a policy update, before the next rollout: nothing collected is
 lost) once ``K`` env steps have passed since the last one, and at the end of training. Each is written into a

@@ -19,8 +19,6 @@ search over the devices' allowed levels with V (``agents.search.coordinate_searc
 
 from __future__ import annotations
 
-import copy
-
 import gymnasium as gym
 import numpy as np
 
@@ -56,8 +54,7 @@ class MPCPolicy:
         totals = np.zeros((len(streams), rounds))
         tails = np.zeros((len(streams), rounds))
         for f, stream in enumerate(streams):
-            sim = copy.deepcopy(env.dynamics)
-            sim.rng.bit_generator.state = stream  # a sampled future: the env's own draws are never read
+            sim = env.dynamics.fork(stream)  # a sampled future: the env's own draws are never read
             total, actions = 0.0, np.ascontiguousarray(action[None, :], dtype=np.int64)
             for m in range(rounds):
                 out = sim.step(actions)

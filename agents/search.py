@@ -1,14 +1,15 @@
 """Search baselines that look ahead on deep copies of the env: greedy (one round) and the clairvoyant oracle.
 
-``copy.deepcopy(env)`` of the unwrapped env carries its random generators, so a copy draws exactly the fading and
-surrogate noise the real env will draw next (the draws do not depend on the action). Simulating an action on a
-copy therefore shows its true outcome: both baselines know the coming round's channel, the oracle also the next
-``lookahead`` rounds'. They only make sense for the surrogate fidelity (a copy of an engine env would copy models).
+A copy of the env's round model that continues its random stream (``Dynamics.fork()``, what ``copy.deepcopy`` of the
+env would give, cheaper) draws exactly the fading, surrogate noise and availability the real env will draw next (the
+draws do not depend on the action). Simulating an action on such a copy therefore shows its true outcome: both
+baselines know the coming round's channel, the oracle also the next ``lookahead`` rounds': they are clairvoyant, upper
+bounds rather than controllers (``agents.mpc.MPCPolicy`` is the honest planner). They only make sense for the
+surrogate fidelity.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import gymnasium as gym
@@ -20,15 +21,17 @@ Score = Callable[[np.ndarray], float]
 
 
 def rollout(env: gym.Env, action: np.ndarray, rounds: int) -> tuple[list[float], list[float], bool]:
-    """Hold ``action`` for up to ``rounds`` rounds on a deep copy of ``env``: (rewards, perplexity terms, whether
+    """Hold ``action`` for up to ``rounds`` rounds on a copy of ``env``'s round model that continues its realised
+    random stream (``Dynamics.fork``: what a deep copy of the env would draw): (rewards, perplexity terms, whether
     the episode ended)."""
-    sim = copy.deepcopy(env)
+    sim = env.dynamics.fork()
+    actions = np.ascontiguousarray(np.asarray(action, dtype=np.int64)[None, :])
     rewards, gaps = [], []
     for _ in range(rounds):
-        _, reward, terminated, truncated, info = sim.step(action)
-        rewards.append(float(reward))
-        gaps.append(float(info["reward_perplexity"]))
-        if terminated or truncated:
+        out = sim.step(actions)
+        rewards.append(float(out.round_["reward"][0]))
+        gaps.append(float(out.terms["perplexity"][0]))
+        if out.ended[0, 0] or out.ended[1, 0]:
             return rewards, gaps, True
     return rewards, gaps, False
 

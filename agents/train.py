@@ -45,7 +45,7 @@ from agents.device_set import DeviceSetPolicy, MaskableDeviceSetPolicy
 from agents.evaluate import VALIDATION_SEED, evaluate
 from agents.hyperparams import algo_constructor_kwargs, load_hyperparams, split_hyperparams
 from agents.policy import SB3Policy
-from agents.stats import best_fixed, paired_difference
+from agents.stats import paired_difference
 from agents.vec import FedPEATSB3VecEnv
 
 Algo = Literal["ppo", "a2c", "maskable-ppo"]
@@ -83,8 +83,8 @@ class TrainConfig:
     normalize: bool = True
     """VecNormalize the observations and rewards (statistics saved as ``vecnormalize.pkl``)."""
     check_every: int = 0
-    """Every this many env steps, evaluate the current policy against the best fixed policy on validation episodes
-    (``BestFixedCheck``; 0: never). ``metrics.json`` then reports the training time to beat it."""
+    """Every this many env steps, evaluate the current policy against the best static policy on validation episodes
+    (``BaselineCheck``; 0: never). ``metrics.json`` then reports the training time to beat it."""
     check_episodes: int = 500
     """Validation episodes of each check (seeds from ``VALIDATION_SEED``, apart from the benchmark's). 500: a paired
     difference with the best fixed policy has a per-episode SD of ≈ 1.5–1.8 (the rare episodes that reach the target
@@ -121,24 +121,25 @@ class TrainConfig:
         return cls(algo=algo, env_id=env_id, algo_kwargs=algo_kwargs, **settings)
 
 
-"""Seeds of the training-time checks start here (the benchmark evaluates from 10,000)."""
+CHECK_REFERENCE = "best-static"
+"""The policy the training checks compare with: the best static rule (``agents.static``), the baseline to beat."""
 
 
-class BestFixedCheck(BaseCallback):
-    """Every ``config.check_every`` env steps: the current policy and the best fixed policy (the best ``fixed-k`` on the
-    same validation episodes, found once) on ``config.check_episodes`` episodes; records the paired difference
-    (``eval/paired_diff_mean`` and its CI in the logs, as SB3's ``EvalCallback`` logs ``eval/``) and the training
-    time and steps at which its 95% CI first lies above 0. The policy of the check with the best mean difference is kept in ``out_dir/best/`` (model and VecNormalize
-    statistics, as SB3's ``EvalCallback`` keeps ``best_model``; ``load_policy(..., checkpoint="best")``). Check time
-    (``check_time_s``: the checks and finding the best fixed policy) is not counted as training time.
-    ``state``/``load_state`` carry the checks over a resumed run."""
+class BaselineCheck(BaseCallback):
+    """Every ``config.check_every`` env steps: the current policy and the best static policy (``CHECK_REFERENCE``,
+    searched on validation episodes once) on ``config.check_episodes`` validation episodes; records the paired
+    difference (``eval/paired_diff_mean`` and its CI in the logs, as SB3's ``EvalCallback`` logs ``eval/``) and the
+    training time and steps at which its 95% CI first lies above 0. The policy of the check with the best mean
+    difference is kept in ``out_dir/best/`` (model and VecNormalize statistics, as SB3's ``EvalCallback`` keeps
+    ``best_model``; ``load_policy(..., checkpoint="best")``). Check time (``check_time_s``: the checks and the reference's
+    own episodes) is not counted as training time. ``state``/``load_state`` carry the checks over a resumed run."""
 
     def __init__(self, config: TrainConfig, venv) -> None:
         super().__init__()
         self.config, self.venv = config, venv
         self.seeds = [VALIDATION_SEED + s for s in range(config.check_episodes)]
         self.baseline: pd.DataFrame | None = None
-        self.best_fixed, self.check_time_s, self.started = "", 0.0, 0.0
+        self.check_time_s, self.started = 0.0, 0.0
         self.last_check, self.beaten_at = 0, None
         self.history: list[dict] = []
         self.best: dict | None = None
@@ -146,25 +147,19 @@ class BestFixedCheck(BaseCallback):
 
     def state(self) -> dict:
         """What a checkpoint keeps to continue the checks (JSON): the checks so far, the best and the first that beat
-        the best fixed policy, and the check and training time so far."""
-        return {"best_fixed": self.best_fixed, "last_check": self.last_check, "beaten_at": self.beaten_at,
+        the reference, and the check and training time so far."""
+        return {"reference": CHECK_REFERENCE, "last_check": self.last_check, "beaten_at": self.beaten_at,
                 "history": self.history, "best": self.best, "check_time_s": self.check_time_s,
                 "train_time_s": time.perf_counter() - self.started - self.check_time_s}
 
     def load_state(self, state: dict) -> None:
-        """Continue from ``state`` (before training starts); the best fixed policy is found again."""
+        """Continue from ``state`` (before training starts); the reference's episodes are played again."""
         self.last_check, self.beaten_at, self.history = state["last_check"], state["beaten_at"], list(state["history"])
         self.best, self.check_time_s, self.trained_before_s = state["best"], state["check_time_s"], state["train_time_s"]
 
     def _on_training_start(self) -> None:
-        began = time.perf_counter()  # finding the best fixed policy is check time (again in each resumed part)
-        env = gym.make(self.config.env_id, **self.config.env_kwargs)
-        levels = len(env.unwrapped.config.compression_levels)
-        env.close()
-        fixed = {f"fixed-{k}": evaluate(make_policy(f"fixed-{k}"), self.config.env_id, self.config.env_kwargs, self.seeds)
-                 for k in range(1, levels + 1)}
-        self.best_fixed = best_fixed(fixed)
-        self.baseline = fixed[self.best_fixed]
+        began = time.perf_counter()  # the reference's search and episodes are check time (again in each resumed part)
+        self.baseline = evaluate(make_policy(CHECK_REFERENCE), self.config.env_id, self.config.env_kwargs, self.seeds)
         self.check_time_s += time.perf_counter() - began
         self.started = time.perf_counter() - self.trained_before_s - self.check_time_s
 
@@ -192,9 +187,9 @@ class BestFixedCheck(BaseCallback):
         return True
 
     def report(self) -> dict:
-        return {"best_fixed": self.best_fixed, "check_time_s": self.check_time_s,
-                "steps_to_beat_best_fixed": None if self.beaten_at is None else self.beaten_at["steps"],
-                "time_to_beat_best_fixed_s": None if self.beaten_at is None else self.beaten_at["train_time_s"],
+        return {"reference": CHECK_REFERENCE, "check_time_s": self.check_time_s,
+                "steps_to_beat": None if self.beaten_at is None else self.beaten_at["steps"],
+                "time_to_beat_s": None if self.beaten_at is None else self.beaten_at["train_time_s"],
                 "best_check": self.best, "checks": self.history}
 
 
@@ -256,7 +251,7 @@ def train(config: TrainConfig, progress: bool = True, checkpoint_every: int = 0,
         model, rng, before = *_restored_model(config, venv, path, meta["steps"]), meta["totals"]
         model.set_logger(resumed_logger(out / "tb", meta["steps"]))
     venv = model.get_env()
-    check = BestFixedCheck(config, venv) if config.check_every else None
+    check = BaselineCheck(config, venv) if config.check_every else None
     if check is not None and saved is not None:
         check.load_state(saved[1]["check"])
     checks_before = check.check_time_s if check else 0.0

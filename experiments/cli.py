@@ -606,7 +606,7 @@ def train_cmd(
     policy: str = typer.Option(None, help="mlp (a flat MLP) or device-set (one network shared by the devices; "
                                           "evaluates at any num_devices). Default: agents/hyperparams/ALGO.yml's, else mlp."),
     seed: int = typer.Option(0, help="Seed of the run."),
-    check_every: int = typer.Option(0, help="Every this many env steps, the policy against the best fixed policy on "
+    check_every: int = typer.Option(0, help="Every this many env steps, the policy against the best static policy on "
                                             "--check-episodes validation episodes; metrics.json reports the time to "
                                             "beat it (0: off)."),
     check_episodes: int = typer.Option(500, help="Validation episodes of each check."),
@@ -704,7 +704,7 @@ def benchmark_cmd(
                                             "probability of improvement; finished runs are reused)."),
     hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of agents/hyperparams/ALGO.yml as "
                                           "key:value (repeatable)."),
-    check_every: int = typer.Option(0, help="Every this many training steps, each agent against the best fixed policy "
+    check_every: int = typer.Option(0, help="Every this many training steps, each agent against the best static policy "
                                             "on --check-episodes validation episodes; the per-seed table reports the "
                                             "time to beat it."),
     check_episodes: int = typer.Option(500, help="Validation episodes of each check."),
@@ -717,6 +717,8 @@ def benchmark_cmd(
     agent: Path = typer.Option(None, help="Evaluate this trained agent's directory instead of training one."),
     out: Path = typer.Option(Path("runs/benchmark"), callback=writable_dir, help="Output directory."),
     env_option: list[str] = typer.Option([], help="Env option key=value (repeatable)."),
+    train_env_option: list[str] = typer.Option([], help="Env option key=value of training only, over --env-option "
+                                               "(repeatable), e.g. 'episode_devices=[5,10]'."),
     baseline: list[str] = typer.Option([], help="Baselines to compare (repeatable; default: all)."),
 ) -> None:
     """Adaptive vs fixed: train the agent (or take --agent), evaluate it and every baseline, write table (md + CSV)
@@ -736,8 +738,9 @@ def benchmark_cmd(
         config = BenchmarkConfig(seeds=seeds, episodes_per_seed=episodes, timesteps=timesteps, algo=algo[0],
                                  algos=tuple(algo) if len(algo) > 1 else (), train_seeds=train_seeds,
                                  hyperparams=parse_hyperparams(_zoo_hyperparams(hyperparams, ctx)),
-                                 env_kwargs=_env_kwargs(env_option), check_every=check_every,
-                                 check_episodes=check_episodes, workers=workers, checkpoint=checkpoint,
+                                 env_kwargs=_env_kwargs(env_option), train_env_kwargs=_env_kwargs(train_env_option),
+                                 check_every=check_every, check_episodes=check_episodes, workers=workers,
+                                 checkpoint=checkpoint,
                                  executor=executor, ray_address=ray_address, out_dir=str(out),
                                  agent_dir=None if agent is None else str(agent))
         for name in config.algo_list:
@@ -1027,4 +1030,23 @@ def claims_cmd(
                + (f" --agent {agent}" + (f" --checkpoint {checkpoint}" if checkpoint != "final" else "") if agent else "")
                + "`")
     for path in write_claims(table, runs, out, command):
+        console.print(f"wrote {path}")
+
+
+@app.command("report")
+def report_cmd(
+    results: Path = typer.Option(Path("results"), help="Directory of the committed result files (sim2real/, ...)."),
+    calibration: Path = typer.Option(Path("fedpeat_env/calibrations/embedded-v3.json"), help="Calibration file."),
+    out: Path = typer.Option(Path("docs/generated"), callback=writable_dir,
+                             help="Directory for the generated tables (the docs include them)."),
+) -> None:
+    """Regenerate the docs' result tables from the committed result files, so that no number is typed by hand."""
+    from experiments.report import write_reports
+
+    try:
+        written = write_reports(calibration, results, out)
+    except FileNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    for path in written:
         console.print(f"wrote {path}")

@@ -6,6 +6,7 @@ parameters (the surrogate env imports this module without torch). No Gymnasium /
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from collections.abc import Iterable, Mapping
@@ -311,10 +312,27 @@ class WirelessChannel:
         self.path_loss_db.flags.writeable = False  # the linear path gain is derived from it when a device is drawn
         self._h = np.empty((2, n))  # fading: real and imaginary parts
         self._draw(np.arange(n))
-        # the Shannon rates' arguments (constructor-validated: the unchecked formula is safe)
+        self._bind()
+
+    def _bind(self) -> None:
+        """The Shannon rates' arguments (constructor-validated: the unchecked formula is safe), over this channel's own
+        bandwidth array."""
+        config = self.config
         self._links = (self.uplink_bandwidth_hz, float(dbm_to_w(config.uplink_power_dbm)),
                        float(config.downlink_bandwidth_hz), float(dbm_to_w(config.downlink_power_dbm)),
                        noise_psd_w_per_hz(config.noise_figure_db))
+
+    def fork(self, rng: np.random.Generator) -> WirelessChannel:
+        """A copy with its own per-device arrays (the same distances, bandwidths and fading state) that draws from
+        ``rng``: what a planner simulates on without touching this channel or its stream."""
+        twin = copy.copy(self)
+        for name in self._ARRAYS:
+            setattr(twin, name, getattr(self, name).copy())
+        twin.path_loss_db = twin._path_loss.view()
+        twin.path_loss_db.flags.writeable = False
+        twin._rng = rng
+        twin._bind()
+        return twin
 
     def _draw(self, idx: np.ndarray) -> np.ndarray:
         """Draw the devices ``idx``: distances, then bandwidths, then fading; returns their gains in dB."""

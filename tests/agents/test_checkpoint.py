@@ -69,7 +69,7 @@ def test_a_run_resumed_after_a_kill_ends_as_the_uninterrupted_run(tmp_path, env_
     assert a["env_steps"] == b["env_steps"] == 4 * ROLLOUT and b["wall_time_s"] > 0
     assert [c["steps"] for c in b["checks"]] == [c["steps"] for c in a["checks"]] == [ROLLOUT * k for k in range(1, 5)]
     assert [c["mean"] for c in b["checks"]] == [c["mean"] for c in a["checks"]]
-    assert b["best_check"]["mean"] == a["best_check"]["mean"] and b["best_fixed"] == a["best_fixed"]
+    assert b["best_check"]["mean"] == a["best_check"]["mean"] and b["reference"] == a["reference"]
     assert b["checks"][2]["train_time_s"] == a["checks"][2]["train_time_s"]  # from the checkpoint
     assert b["checks"][3]["train_time_s"] > b["checks"][2]["train_time_s"]
     with open(resumed / "vecnormalize.pkl", "rb") as f, open(whole / "vecnormalize.pkl", "rb") as g:

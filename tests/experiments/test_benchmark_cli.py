@@ -30,9 +30,11 @@ def test_evaluate_baseline_prints_episodes_and_mean():
 def test_benchmark_writes_table_plots_and_summary(tmp_path):
     args = ["benchmark", "--seeds", "3", "--episodes", "1", "--timesteps", "256", "--out", str(tmp_path), *SMALL,
             "--baseline", "fixed-1", "--baseline", "fixed-4", "--baseline", "best-static", "--baseline", "mpc",
-            "--baseline", "random", "--baseline", "oracle"]
+            "--baseline", "random", "--baseline", "oracle", "--train-env-option", "episode_devices=[2,3]"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    trained = json.loads((tmp_path / "ppo" / "config.json").read_text())["env_kwargs"]  # 2-3 devices in training only
+    assert trained == {"num_devices": 3, "horizon": 4, "episode_devices": [2, 3]}
     table = pd.read_csv(tmp_path / "benchmark.csv")
     assert set(table["policy"]) == {"ppo", "fixed-1", "fixed-4", "best-static", "mpc", "random", "oracle"}
     assert dict(zip(table["policy"], table["knows the future"]))["oracle"] == "yes"
@@ -104,6 +106,10 @@ def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_
     table, per_seed = pd.read_csv(tmp_path / "seeds.csv"), pd.read_csv(tmp_path / "per_seed.csv")
     baselines = pd.read_csv(tmp_path / "baselines.csv").set_index("policy")
     best = baselines.loc[["fixed-1", "fixed-4"], "mean return"].idxmax()
+    room = pd.read_csv(tmp_path / "headroom.csv").set_index("difference")  # mpc is not in this run: the oracle only
+    assert list(room.index) == ["oracle − best-static"] and room.loc["oracle − best-static", "episodes"] == 2
+    assert room.loc["oracle − best-static", "mean"] == pytest.approx(
+        baselines.loc["oracle", "mean return"] - baselines.loc["best-static", "mean return"])
     assert len(per_seed) == 4 and set(per_seed["algo"]) == {"ppo", "a2c"}
     for _, row in table.iterrows():
         runs = per_seed.loc[per_seed["algo"] == row["algo"], "mean return"]

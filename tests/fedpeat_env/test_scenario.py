@@ -192,3 +192,23 @@ def test_episodes_with_fewer_devices_leave_empty_slots(calibration):
     assert info["exchanges"] == n and info["reward_exchanges"] == pytest.approx(-0.3 * n / n)
     with pytest.raises(ValueError, match=r"episode_devices must be None or \(low, high\) with 1 <= low <= high"):
         gym.make("FedPEAT-v1", calibration=calibration, num_devices=4, episode_devices=(3, 5))
+
+
+def test_a_fork_simulates_ahead_like_a_deep_copy_without_touching_the_env(calibration):
+    import copy
+
+    env = gym.make("FedPEAT-v1", calibration=calibration, target_perplexity=2.0).unwrapped
+    env.reset(seed=2)
+    d = env.dynamics
+    before = [array.copy() for array in d.state]
+    action = np.zeros((1, 10), dtype=np.int64)
+    action[0, :4] = 4
+    realised, copied, sampled = d.fork(), copy.deepcopy(d), d.fork(np.random.PCG64(99).state)
+    for _ in range(4):
+        a, b = realised.step(action), copied.step(action)
+        sampled.step(action)
+        np.testing.assert_array_equal(a.round_values, b.round_values)  # the realised future, as a deep copy draws it
+        np.testing.assert_array_equal(a.obs, b.obs)
+    assert not np.array_equal(realised.gain_db, sampled.gain_db)  # another stream: another future
+    for array, kept in zip(d.state, before):  # the env itself did not move
+        np.testing.assert_array_equal(array, kept)
