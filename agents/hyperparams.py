@@ -1,4 +1,5 @@
-"""Tuned hyperparameters in RL Baselines3 Zoo's format: ``hyperparams/<algo>.yml``, one mapping per env id.
+"""Tuned hyperparameters in RL Baselines3 Zoo's format: ``agents/hyperparams/<algo>.yml`` (package data, so an
+installed ``fedpeat`` reads them too), one mapping per env id.
 
 Keys the trainer handles (as the Zoo does): ``n_envs``, ``n_timesteps``, ``policy``, ``normalize``; every other key is
 a constructor argument of the algorithm (``n_steps``, ``batch_size``, ``ent_coef``, ``policy_kwargs``, …). A key that
@@ -11,14 +12,15 @@ Command-line overrides use the Zoo's spelling, ``key:value``, values read as YAM
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-HYPERPARAMS_DIR = Path(__file__).resolve().parents[1] / "hyperparams"
-"""The repository's ``hyperparams/`` directory."""
+HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
+"""The tuned settings shipped with the package (``agents/hyperparams/``)."""
 TRAINER_KEYS = ("n_envs", "n_timesteps", "policy", "normalize")
 """Zoo keys the trainer handles itself; the rest go to the algorithm's constructor."""
 _NOT_SETTABLE = ("self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model")
@@ -29,8 +31,13 @@ def hyperparams_file(algo: str) -> Path:
 
 
 def load_hyperparams(algo: str, env_id: str, path: Path | None = None) -> dict[str, Any]:
-    """The ``env_id`` entry of ``path`` (default ``hyperparams/<algo>.yml``); {} when the file or entry is absent."""
-    path = path or hyperparams_file(algo)
+    """The ``env_id`` entry of ``path`` (default ``agents/hyperparams/<algo>.yml``); {} when the entry is absent (an env
+    without tuned settings) or a given ``path`` does not exist; ``ValueError`` if the packaged file is missing (a broken
+    install would otherwise train the algorithm's defaults without a word)."""
+    if path is None:
+        path = hyperparams_file(algo)
+        if not path.is_file():
+            raise ValueError(f"the tuned settings {path} are missing from the installed package; reinstall fedpeat-gym")
     if not path.is_file():
         return {}
     table = yaml.load(path.read_text(), Loader=yaml.SafeLoader) or {}  # the Zoo writes 3e6 as !!float, safe to read
@@ -92,8 +99,9 @@ def _check_types(algo_cls: type, algo_kwargs: Mapping[str, Any]) -> None:
         elif isinstance(default, int):
             ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
         elif isinstance(default, float):
-            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (key in SCHEDULED and isinstance(value, str))
-            kind = "a number" + (" or lin_<initial>" if key in SCHEDULED else "")
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)) or (
+                key in SCHEDULED and isinstance(value, str))
+            kind = "a finite number" + (" or lin_<initial>" if key in SCHEDULED else "")
         else:
             continue
         if not ok:
@@ -125,7 +133,7 @@ def algo_constructor_kwargs(algo_kwargs: Mapping[str, Any]) -> dict[str, Any]:
                 start = float(initial)
             except ValueError:
                 start = None
-            if prefix != "lin" or start is None or not start > 0:
+            if prefix != "lin" or start is None or not 0 < start < math.inf:
                 raise ValueError(f"{key} must be a number or lin_<initial> with initial > 0, got {value!r}")
             out[key] = linear_schedule(start)
     return out

@@ -108,7 +108,7 @@ class TrainConfig:
     @classmethod
     def from_hyperparams(cls, algo: str = "ppo", env_id: str = "FedPEAT-v1", overrides: dict | None = None,
                          hyperparams_path: Path | None = None, **fields) -> TrainConfig:
-        """Settings from ``hyperparams/<algo>.yml`` (the ``env_id`` entry, RL Zoo format), then ``overrides`` (the
+        """Settings from ``agents/hyperparams/<algo>.yml`` (the ``env_id`` entry, RL Zoo format), then ``overrides`` (the
         same keys, e.g. from ``--hyperparams``), then explicit ``fields`` (None values are ignored)."""
         if algo not in ALGOS:
             raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {algo!r}")

@@ -116,7 +116,7 @@ def bench_engine_overhead(steps: int = 20, batch_size: int = 8, repeats: int = 3
         bare.train()
         for _ in range(steps):
             batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
-            loss = bare(input_ids=batch, labels=batch).loss
+            loss = lm_loss(bare, batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
@@ -215,7 +215,7 @@ def bench_env(steps: int = 20_000, num_envs: int = 1024, vector_steps: int = 500
     rates = best_rates(steppers, {"cartpole": steps, "fedpeat": steps, "vector": vector_steps},
                        {"vector": num_envs}, blocks)
     with tempfile.TemporaryDirectory() as tmp:
-        # the benchmark's PPO (hyperparams/ppo.yml): its rollouts and minibatches
+        # the benchmark's PPO (agents/hyperparams/ppo.yml): its rollouts and minibatches
         train(TrainConfig.from_hyperparams("ppo", timesteps=ppo_timesteps, out_dir=tmp), progress=False)
         share = json.loads((Path(tmp) / "metrics.json").read_text())["env_time_share"]
     return {"cartpole_steps_per_s": rates["cartpole"], "fedpeat_steps_per_s": rates["fedpeat"],

@@ -32,7 +32,7 @@ class BenchmarkConfig:
     """Episodes per seed: the first from ``reset(seed)``, the next ones continue that seed's stream (``evaluate``).
     The CIs are over all seeds × episodes: with one episode per seed, a few seeds with deep fades decided them."""
     timesteps: int | None = None
-    """Agent training steps (None: ``n_timesteps`` of ``hyperparams/<algo>.yml``: 700k for PPO, ≈ 4.5 min on one
+    """Agent training steps (None: ``n_timesteps`` of ``agents/hyperparams/<algo>.yml``: 700k for PPO, ≈ 4.5 min on one
     core)."""
     algo: str = "ppo"
     """A name of the registry ``agents.train.ALGOS`` (ppo, a2c, maskable-ppo)."""
@@ -43,7 +43,7 @@ class BenchmarkConfig:
     train_seed: int = 0
     """Seed of the training run."""
     hyperparams: dict = field(default_factory=dict)
-    """Overrides of ``hyperparams/<algo>.yml`` (RL Zoo keys: n_envs, n_timesteps, policy, normalize, or any
+    """Overrides of ``agents/hyperparams/<algo>.yml`` (RL Zoo keys: n_envs, n_timesteps, policy, normalize, or any
     argument of the algorithm)."""
     env_kwargs: dict = field(default_factory=dict)
     """FedPEAT-v1 options (defaults: the benchmark scenario)."""
@@ -106,7 +106,7 @@ class BenchmarkConfig:
         return self.algos or (self.algo,)
 
     def train_config(self, algo: str | None = None, seed: int | None = None, out_dir: str | None = None) -> TrainConfig:
-        """An agent's training settings: ``hyperparams/<algo>.yml``, then ``hyperparams``, then ``timesteps``
+        """An agent's training settings: ``agents/hyperparams/<algo>.yml``, then ``hyperparams``, then ``timesteps``
         (``algo``, ``seed``: default ``algo`` and ``train_seed``; ``out_dir``: default ``out_dir/<algo>``)."""
         algo = algo or self.algo
         return TrainConfig.from_hyperparams(algo, overrides=self.hyperparams,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
+import math
+import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -33,12 +34,19 @@ def registry_name(registry: str, option: str):
 
 def writable_dir(path: Path | None) -> Path | None:
     """Typer callback of output-directory options: at parse time, before any work, ``path`` must be a directory
-    that exists or can be created, and that this process can write to (None passes: the command's default)."""
+    that exists or can be created, and that this process can write to (None passes: the command's default). Writing
+    is tried (a temporary directory made and removed in the nearest existing one): permission bits do not tell, e.g.
+    for root in ``/proc`` or on a read-only mount."""
     if path is None:
         return None
-    existing = next(p for p in (path, *path.parents) if p.exists())  # the directory that would hold the new ones
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        why = "is not a directory" if not existing.is_dir() else "is not writable"
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())  # would hold the new ones
+    why = "is not a directory" if not existing.is_dir() else None
+    if why is None:
+        try:
+            Path(tempfile.mkdtemp(prefix=".fedpeat-probe-", dir=existing)).rmdir()
+        except OSError as err:
+            why = f"is not writable ({err.strerror or err})"
+    if why is not None:
         raise typer.BadParameter(f"must be a directory that can be created and written; {str(existing)!r} {why}")
     return path
 
@@ -53,6 +61,21 @@ def writable_file(path: Path | None) -> Path | None:
     writable_dir(path.parent)
     return path
 
+
+def finite_number(value) -> float:
+    """Typer parser of number options: a finite float ("nan" and "inf" parse as floats and would slip through every
+    range check written as a comparison); anything else is refused with the option's name."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise typer.BadParameter(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise typer.BadParameter(f"must be a finite number, got {value!r}")
+    return number
+
+
+NUMBER = {"parser": finite_number, "metavar": "NUMBER"}
+"""Keyword arguments of a number option: ``typer.Option(0.5, **NUMBER, help=...)``."""
 
 METHOD = registry_name("federation.methods:METHODS", "method")
 EXECUTOR = registry_name("federation.executor_config:EXECUTORS", "executor")
@@ -84,7 +107,7 @@ RAY_ADDRESS_OPTION = typer.Option(None, help="With --executor ray: the cluster t
                                             "default: start a local Ray.")
 RAY_WORKERS_OPTION = typer.Option(None, min=1, help="With --executor ray: client actors (devices spread over them); default: "
                                             "one per --ray-cpus-per-worker of the cluster's CPUs.")
-RAY_CPUS_OPTION = typer.Option(1.0, help="With --executor ray: CPUs reserved per client actor (its torch threads).")
+RAY_CPUS_OPTION = typer.Option(1.0, **NUMBER, help="With --executor ray: CPUs reserved per client actor (its torch threads).")
 
 
 @contextmanager
@@ -144,14 +167,14 @@ def run(
     devices: int = typer.Option(4, help="Number of devices N."),
     rounds: int = typer.Option(5, help="Federated rounds."),
     seed: int = typer.Option(0, help="Seed of every random draw."),
-    compression: list[float] = typer.Option([], help="Emulator compression ε: once for all devices, or once per device."),
+    compression: list[float] = typer.Option([], **NUMBER, help="Emulator compression ε: once for all devices, or once per device."),
     lora_rank: list[int] = typer.Option([], help="LoRA rank: once for all devices, or once per device (≤ 8)."),
     lora_aggregation: str = typer.Option("naive", help="LoRA aggregation: naive (mean of A, B) or exact (mean of B·A)."),
     case: int = typer.Option(1, help="FedPEAT frozen-weight case (1, 2 or 3)."),
-    server_fraction: float = typer.Option(0.0, help="Share of data on the server, which then also trains (collaborative)."),
+    server_fraction: float = typer.Option(0.0, **NUMBER, help="Share of data on the server, which then also trains (collaborative)."),
     local_steps: int = typer.Option(10, help="Local optimiser steps per round."),
     partition: str = typer.Option("iid", parser=PARTITION, metavar="NAME", help="Data split (federation.data.PARTITIONS: iid, dirichlet)."),
-    alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
+    alpha: float = typer.Option(0.5, **NUMBER, help="Dirichlet concentration (partition=dirichlet)."),
     latency_aggregation: str = typer.Option("sum", help="Round latency: sum (devices served in turn, FedPEAT's total) "
                                                         "or max (served at once, the downlink split between them)."),
     distill_steps: int = typer.Option(None, help="Sub-model distillation steps (fedpeat: default 0, fedot/fedpft: 50)."),
@@ -396,7 +419,7 @@ def demo_federated(
 def calibrate(
     rounds: int = typer.Option(20, help="Engine rounds per calibration run (the benchmark's horizon)."),
     local_steps: int = typer.Option(10, help="Local steps per device per round."),
-    levels: list[float] = typer.Option([0.0, 0.25, 0.5, 0.75], help="Compression ratios ε to calibrate."),
+    levels: list[float] = typer.Option([0.0, 0.25, 0.5, 0.75], **NUMBER, help="Compression ratios ε to calibrate."),
     ranks: str = typer.Option("2,4,8", help="LoRA ranks of the engine runs, comma-separated; the last is the global rank."),
     workers: int = typer.Option(2, help="Engine runs in parallel (worker processes, one torch thread each)."),
     refit: Path = typer.Option(None, help="Refit from the engine runs stored in this calibration file (no engine runs)."),
@@ -576,12 +599,12 @@ def train_cmd(
     ctx: typer.Context,
     algo: str = typer.Option("ppo", parser=ALGO, metavar="NAME", help="RL algorithm (the registry agents.train.ALGOS)."),
     env: str = typer.Option("FedPEAT-v1", help="Gymnasium id."),
-    timesteps: int = typer.Option(None, help="Training env steps (default: n_timesteps of hyperparams/ALGO.yml)."),
-    n_envs: int = typer.Option(None, "--n-envs", help="Parallel envs (default: n_envs of hyperparams/ALGO.yml, or 8)."),
-    hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
+    timesteps: int = typer.Option(None, help="Training env steps (default: n_timesteps of agents/hyperparams/ALGO.yml)."),
+    n_envs: int = typer.Option(None, "--n-envs", help="Parallel envs (default: n_envs of agents/hyperparams/ALGO.yml, or 8)."),
+    hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of agents/hyperparams/ALGO.yml as "
                                           "key:value (RL Zoo spelling, repeatable), e.g. n_steps:64 ent_coef:0.0."),
     policy: str = typer.Option(None, help="mlp (a flat MLP) or device-set (one network shared by the devices; "
-                                          "evaluates at any num_devices). Default: hyperparams/ALGO.yml's, else mlp."),
+                                          "evaluates at any num_devices). Default: agents/hyperparams/ALGO.yml's, else mlp."),
     seed: int = typer.Option(0, help="Seed of the run."),
     check_every: int = typer.Option(0, help="Every this many env steps, the policy against the best static policy on "
                                             "--check-episodes validation episodes; metrics.json reports the time to "
@@ -594,7 +617,7 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint; give the "
                                 "same settings (--timesteps may grow)."),
 ) -> None:
-    """Train an RL controller (SB3) on a FedPEAT env with the tuned settings of hyperparams/ALGO.yml (RL Baselines3
+    """Train an RL controller (SB3) on a FedPEAT env with the tuned settings of agents/hyperparams/ALGO.yml (RL Baselines3
     Zoo's format); tensorboard logs in OUT/tb."""
     from agents.checkpoint import last_checkpoint
     from agents.hyperparams import parse_hyperparams
@@ -616,9 +639,20 @@ def train_cmd(
         gym.make(env, **config.env_kwargs).close()  # validate the env options before training
         if resume:
             last_checkpoint(config)  # no checkpoint, other settings or a corrupt file: one message before any work
+    console.print(_tuned_settings(algo, env), markup=False)
     path = train(config, checkpoint_every=checkpoint_every, resume=resume)
     console.print_json((path / "metrics.json").read_text())
     console.print(f"saved to {path}")
+
+
+def _tuned_settings(algo: str, env: str) -> str:
+    """One line naming the tuned settings a command starts from (the package's file and its entry for ``env``)."""
+    from agents.hyperparams import hyperparams_file, load_hyperparams
+
+    path, tuned = hyperparams_file(algo), load_hyperparams(algo, env)
+    if not tuned:
+        return f"no tuned settings for {env} in {path}: the algorithm's defaults and the options given"
+    return f"tuned settings for {env} from {path}: " + ", ".join(f"{key}={value}" for key, value in tuned.items())
 
 
 @app.command("evaluate")
@@ -662,13 +696,13 @@ def benchmark_cmd(
     ctx: typer.Context,
     seeds: int = typer.Option(10, help="Evaluation seeds (same channels for every policy)."),
     episodes: int = typer.Option(10, help="Episodes per seed (the seed's stream continues)."),
-    timesteps: int = typer.Option(None, help="Agent training steps (default: hyperparams/ALGO.yml's: 700k for PPO, "
+    timesteps: int = typer.Option(None, help="Agent training steps (default: agents/hyperparams/ALGO.yml's: 700k for PPO, "
                                              "≈ 4.5 min on one core)."),
     algo: list[str] = typer.Option(["ppo"], parser=ALGO, metavar="NAME", help="RL algorithm (the registry agents.train.ALGOS; "
                                                                   "repeatable: several in one benchmark)."),
     train_seeds: int = typer.Option(1, help="Training seeds per algorithm (> 1: IQM over runs with bootstrap CIs, "
                                             "probability of improvement; finished runs are reused)."),
-    hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of hyperparams/ALGO.yml as "
+    hyperparams: list[str] = typer.Option([], "--hyperparams", help="Override a setting of agents/hyperparams/ALGO.yml as "
                                           "key:value (repeatable)."),
     check_every: int = typer.Option(0, help="Every this many training steps, each agent against the best static policy "
                                             "on --check-episodes validation episodes; the per-seed table reports the "
@@ -773,6 +807,87 @@ def _print_benchmark(result) -> None:
         console.print(f"{name}: {path}")
 
 
+marl_app = typer.Typer(no_args_is_help=True, help="The multi-agent face (fedpeat_env.parallel_env, one agent per "
+                                                   "device): parameter-shared PPO, and its comparison with the "
+                                                   "single-agent device-set policy.")
+app.add_typer(marl_app, name="marl")
+
+
+@marl_app.command("train", context_settings={"allow_extra_args": True})
+def marl_train_cmd(
+    ctx: typer.Context,
+    timesteps: int = typer.Option(200_000, help="Agent-steps over all agents (rounds played: timesteps / devices)."),
+    n_envs: int = typer.Option(8, "--n-envs", help="Episodes played at once (each gives every device an agent)."),
+    seed: int = typer.Option(0, help="Seed of the episodes, the network and torch."),
+    hyperparams: list[str] = typer.Option([], "--hyperparams", help="A PPO argument as key:value (repeatable), e.g. "
+                                          "n_steps:64 ent_coef:0.0; default: agents.marl.MARL_DEFAULTS."),
+    env_option: list[str] = typer.Option([], help="Env option key=value (repeatable), e.g. num_devices=6."),
+    out: Path = typer.Option(Path("runs/marl"), callback=writable_dir, help="Output directory (model, config, metrics)."),
+) -> None:
+    """Train one network for every device of fedpeat_env.parallel_env (SuperSuit + SB3 PPO, shared parameters, the
+    shared reward)."""
+    from agents.hyperparams import parse_hyperparams
+    from agents.marl import MARL_DEFAULTS, MARLConfig, train_marl
+
+    _quiet_libraries()
+    with user_errors():
+        at_least(1, timesteps=timesteps, n_envs=n_envs)
+        at_least(0, seed=seed)
+        config = MARLConfig(timesteps=timesteps, n_envs=n_envs, seed=seed, env_kwargs=_env_kwargs(env_option),
+                            algo_kwargs={**MARL_DEFAULTS, **parse_hyperparams(_zoo_hyperparams(hyperparams, ctx))},
+                            out_dir=str(out))
+    path = train_marl(config)
+    console.print_json((path / "metrics.json").read_text())
+    console.print(f"saved to {path}")
+
+
+@marl_app.command("compare")
+def marl_compare_cmd(
+    marl: Path = typer.Option(..., help="A MARL run's directory (fedpeat marl train)."),
+    agent: Path = typer.Option(..., help="A single-agent run's directory (fedpeat train; a device-set policy runs at "
+                                         "the MARL run's number of devices)."),
+    checkpoint: str = typer.Option("final", help="Of --agent: final or best."),
+    seeds: int = typer.Option(10, help="Evaluation seeds (the benchmark's test seeds from 10000)."),
+    episodes: int = typer.Option(10, help="Episodes per seed."),
+    baseline: list[str] = typer.Option(["fixed-1"], help="Baselines beside them (repeatable)."),
+    out: Path = typer.Option(None, callback=writable_dir, help="Directory for marl_compare.csv (default: not written)."),
+) -> None:
+    """The MARL run and the single-agent agent on the same episodes (common random numbers, the MARL run's env
+    options): mean returns with 95% CIs and the paired difference MARL − agent."""
+    from rich.table import Table
+
+    from agents import make_policy
+    from agents.marl import MARLPolicy, compare_marl
+    from agents.train import checked_checkpoint
+    from experiments.benchmark import EVAL_SEED_OFFSET
+
+    _quiet_libraries()
+    with user_errors():
+        at_least(1, seeds=seeds, episodes=episodes)
+        MARLPolicy.load(marl)  # a MARL run's directory, before any episode
+        checked_checkpoint(agent, checkpoint)
+        for name in baseline:
+            try:
+                make_policy(name)
+            except ValueError as err:
+                raise ValueError(f"--baseline: {err}") from None
+        table, diff = compare_marl(marl, agent, [EVAL_SEED_OFFSET + s for s in range(seeds)], episodes, checkpoint,
+                                   tuple(baseline))
+    view = Table(title="MARL (parameter-shared PPO) vs the single-agent policy, same episodes")
+    for column in ("policy", "mean return", "95% CI", "episodes"):
+        view.add_column(column, justify="left" if column == "policy" else "right")
+    for row in table.to_dict("records"):
+        view.add_row(row["policy"], f"{row['mean return']:.3f}", f"[{row['CI low']:.3f}, {row['CI high']:.3f}]",
+                     str(row["episodes"]))
+    console.print(view)
+    console.print(f"marl − {diff['agent']}, paired over {diff['episodes']} episodes: {diff['mean']:+.3f} "
+                  f"[{diff['CI low']:+.3f}, {diff['CI high']:+.3f}]")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        table.assign(**{"paired diff marl - agent": diff["mean"]}).to_csv(out / "marl_compare.csv", index=False)
+        console.print(f"wrote {out / 'marl_compare.csv'}")
+
+
 @app.command("sim2real")
 def sim2real_cmd(
     agent: Path = typer.Option(None, help="Trained agent directory, compared beside the baselines (its env options)."),
@@ -845,9 +960,9 @@ def compare_cmd(
     seeds: int = typer.Option(3, help="Seeds per method."),
     devices: int = typer.Option(4, help="Devices N."),
     local_steps: int = typer.Option(10, help="Local steps per device per round."),
-    compression: float = typer.Option(0.5, help="Emulator compression ε of fedpeat and fedot."),
+    compression: float = typer.Option(0.5, **NUMBER, help="Emulator compression ε of fedpeat and fedot."),
     partition: str = typer.Option("iid", parser=PARTITION, metavar="NAME", help="Data split (federation.data.PARTITIONS: iid, dirichlet)."),
-    alpha: float = typer.Option(0.5, help="Dirichlet concentration (partition=dirichlet)."),
+    alpha: float = typer.Option(0.5, **NUMBER, help="Dirichlet concentration (partition=dirichlet)."),
     domain: list[str] = typer.Option([], help="Tuning domains (repeatable). Default: pydocs, or the three tuning "
                                               "domains when a multi-task method (fltac) is compared."),
     out: Path = typer.Option(Path("runs/compare"), callback=writable_dir, help="Output directory."),

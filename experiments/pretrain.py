@@ -22,9 +22,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from federation.data import DOMAINS, pretraining_blocks, read_documents, tokenize_blocks
-from federation.foundation import EMBEDDED_DIR
+from federation.foundation import EMBEDDED_DIR, causal_lm
 from federation.seeding import seed_everything
-from federation.training import optimise, perplexity
+from federation.training import lm_loss, optimise, perplexity
 
 EOS = "<|endoftext|>"
 
@@ -99,7 +99,7 @@ def build_model(config: PretrainConfig, tokenizer: PreTrainedTokenizerFast) -> G
         pad_token_id=tokenizer.pad_token_id,
         attn_implementation="eager",  # faster than sdpa at this size on CPU
     )
-    return GPT2LMHeadModel(gpt_config)
+    return causal_lm(GPT2LMHeadModel(gpt_config))
 
 
 def _lr_factor(step: int, config: PretrainConfig) -> float:
@@ -130,7 +130,7 @@ def pretrain(config: PretrainConfig = PretrainConfig(), out_dir: Path = EMBEDDED
             if (step + 1) % 250 == 0:
                 progress.console.log(f"step {step + 1}/{config.steps} loss {loss:.3f}")
 
-        optimise(list(model.parameters()), lambda batch, stage: model(input_ids=batch, labels=batch).loss,
+        optimise(list(model.parameters()), lambda batch, stage: lm_loss(model, batch),
                  lambda: train_blocks[rng.integers(0, len(train_blocks), size=config.batch_size)], config.steps,
                  config.lr, config.weight_decay, max_grad_norm=1.0, lr_factor=lambda s: _lr_factor(s, config),
                  on_step=report)

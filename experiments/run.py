@@ -64,10 +64,13 @@ def _convert(name: str, raw: str, hint):
             raise ValueError(f"{name} must be true or false, got {raw!r}")
         return raw.lower() in ("true", "1")
     try:
-        return hint(raw)
+        value = hint(raw)
     except (TypeError, ValueError):
-        kind = {int: "an integer", float: "a number"}.get(hint, getattr(hint, "__name__", str(hint)))
-        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
+        value = None
+    if value is None or (hint is float and not math.isfinite(value)):  # "nan" and "inf" parse as floats
+        kind = {int: "an integer", float: "a finite number"}.get(hint, getattr(hint, "__name__", str(hint)))
+        raise ValueError(f"{name} must be {kind}, got {raw!r}")
+    return value
 
 
 def build_method_config(method: str, local_steps: int, lora_aggregation: str = "naive", case: int = 1,

@@ -19,7 +19,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from federation.architecture import keep_for_compression
-from federation.training import DistillConfig, batch_sampler, optimise
+from federation.foundation import causal_lm
+from federation.training import DistillConfig, batch_sampler, block_inputs, optimise
 
 _BLOCK_KEY = re.compile(r"(^|\.)h\.(\d+)\.")
 
@@ -187,7 +188,7 @@ def build_submodel(config: GPT2Config, spec: SubModelSpec, state: dict[str, torc
         raise ValueError(f"spec has num_layers={spec.num_layers} but config.n_layer={config.n_layer}")
     sub_config = config.__class__.from_dict({**config.to_dict(), "n_layer": len(spec.layers)})
     sub_config._attn_implementation = getattr(config, "_attn_implementation", None) or "eager"
-    model = GPT2LMHeadModel(sub_config)
+    model = causal_lm(GPT2LMHeadModel(sub_config))
     for block, neurons in spec.ffn_neurons:  # pruned FFNs: narrower c_fc / c_proj (GPT-2 Conv1D: (in, out))
         mlp = model.transformer.h[spec.layers.index(block)].mlp
         mlp.c_fc, mlp.c_proj = Conv1D(len(neurons), config.n_embd), Conv1D(config.n_embd, len(neurons))
@@ -223,8 +224,8 @@ def distill_emulator(
 
     def loss_fn(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target = full_model(input_ids=batch, output_hidden_states=True).hidden_states[top_in_full]
-        out = emulator(input_ids=batch, labels=batch, output_hidden_states=True)
+            target = full_model(**block_inputs(batch), output_hidden_states=True).hidden_states[top_in_full]
+        out = emulator(**block_inputs(batch), labels=batch, output_hidden_states=True)
         return out.loss + hidden_weight * nn.functional.mse_loss(out.hidden_states[top_in_sub], target)
 
     full_model.eval()

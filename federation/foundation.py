@@ -7,6 +7,8 @@ with the exact config and metrics); ``fedpeat pretrain`` rebuilds it. The archit
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,9 +28,33 @@ def load_foundation(
     source = EMBEDDED_DIR if name_or_path is None else name_or_path
     if name_or_path is None and not (EMBEDDED_DIR / "model.safetensors").is_file():
         raise FileNotFoundError(f"embedded checkpoint missing in {EMBEDDED_DIR}; rebuild it with `fedpeat pretrain`")
-    model = GPT2LMHeadModel.from_pretrained(source, attn_implementation=attn_implementation, dtype=torch.float32)
+    with _no_progress_bars():
+        model = GPT2LMHeadModel.from_pretrained(source, attn_implementation=attn_implementation, dtype=torch.float32)
     model.eval()
-    return model, load_tokenizer(name_or_path)
+    return causal_lm(model), load_tokenizer(name_or_path)
+
+
+def causal_lm(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
+    """``model`` with its loss named transformers' causal-LM loss, which it computes anyway: ``GPT2LMHeadModel``'s
+    class name matches none of transformers' loss names, so each model's first loss warned that ``loss_type=None``
+    is unrecognised before falling back to that loss. Every model the engine builds goes through here."""
+    model.loss_type = "ForCausalLM"
+    return model
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' (and the hub's) progress bars off while the block runs, as they were after it: loading a
+    checkpoint drew a 'Loading weights' bar on every load (each engine run, each env episode). Warnings stay on."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name_or_path: str | Path | None = None) -> PreTrainedTokenizerBase:

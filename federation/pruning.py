@@ -17,7 +17,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from federation.emulator import SubModelSpec, adapter_block_indices, full_spec, train_parameters
-from federation.training import DistillConfig
+from federation.training import DistillConfig, block_inputs
 
 
 def _ffn(block: nn.Module) -> tuple[Conv1D, Conv1D]:
@@ -114,7 +114,7 @@ def ffn_activation_scores(model: nn.Module, blocks: torch.Tensor, sub_blocks: li
     model.eval()
     try:
         for start in range(0, len(blocks), batch_size):
-            model(input_ids=blocks[start : start + batch_size])
+            model(**block_inputs(blocks[start : start + batch_size]))
     finally:
         for hook in hooks:
             hook.remove()
@@ -163,8 +163,8 @@ def distill_pruned(
 
     def loss_fn(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            targets = full_model(input_ids=batch, output_hidden_states=True).hidden_states[1:]
-        hidden = pruned(input_ids=batch, output_hidden_states=True).hidden_states[1:]
+            targets = full_model(**block_inputs(batch), output_hidden_states=True).hidden_states[1:]
+        hidden = pruned(**block_inputs(batch), output_hidden_states=True).hidden_states[1:]
         loss = torch.stack([((h - t) ** 2).sum() / (t**2).sum() for h, t in zip(hidden, targets)]).mean()
         for b, idx in pruned_blocks.items():
             loss = loss + weight_product * ffn_weight_product_loss(full_model.transformer.h[b], pruned.transformer.h[b], idx)

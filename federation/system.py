@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Literal
 
 import numba
@@ -252,6 +253,12 @@ class ChannelConfig:
     downlink_power_dbm: float = 40.0
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # every setting a finite number (NaN passes the negated range checks below)
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise ValueError(f"{f.name} must be {'finite numbers' if isinstance(value, tuple) else 'a finite number'}"
+                                 f", got {value!r}")
         if not self.min_distance_m > 0:
             raise ValueError(f"min_distance_m must be > 0 m, got {self.min_distance_m!r}")
         if not self.max_distance_m >= self.min_distance_m:

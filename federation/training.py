@@ -40,9 +40,16 @@ class LocalObjective:
         return state
 
 
+def block_inputs(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Model inputs for token blocks ``batch`` (B, T): the ids and an all-ones attention mask. Blocks are cut from
+    running text and never padded, which the mask states; without it transformers warns that token 0 (GPT-2's EOS,
+    also its pad token) at a block's edge may be padding. Same outputs as no mask."""
+    return {"input_ids": batch, "attention_mask": torch.ones_like(batch)}
+
+
 def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of ``batch`` (B, T)."""
-    return model(input_ids=batch, labels=batch).loss
+    return model(**block_inputs(batch), labels=batch).loss
 
 
 @torch.no_grad()

@@ -167,13 +167,17 @@ class EnvConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:
-            raise EnvOptionError(f"unknown FedPEAT env option(s) {unknown}; valid options: {sorted(names)}")
+            raise EnvOptionError(f"__init__() got an unexpected keyword argument {unknown[0]!r}: unknown FedPEAT env "
+                                 f"option(s) {unknown}; valid options: {sorted(names)}")
         for key, settings in (("reward", RewardWeights), ("channel", ChannelConfig)):
             if isinstance(kwargs.get(key), dict):
                 valid = {f.name for f in fields(settings)}
                 if set(kwargs[key]) - valid:  # a ValueError: gymnasium rewrites a TypeError from the env's creator
                     raise ValueError(f"{key} has no setting(s) {sorted(set(kwargs[key]) - valid)}; valid: {sorted(valid)}")
-                kwargs[key] = settings(**kwargs[key])
+                try:
+                    kwargs[key] = settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()})
+                except ValueError as err:  # named as the option's setting: "channel: max_distance_m must be ..."
+                    raise ValueError(str(err) if str(err).startswith(key) else f"{key}: {err}") from None
         for key in ("compression_levels", "memory_tiers", "rank_levels", "episode_devices"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
@@ -181,8 +185,10 @@ class EnvConfig:
 
 
 class EnvOptionError(TypeError, ValueError):
-    """An unexpected keyword: a ``TypeError``, as Python raises for one (clients such as SB3's ``make_vec_env`` retry
-    without ``render_mode`` on a ``TypeError``), and a ``ValueError`` like every other bad option."""
+    """An unexpected keyword: a ``TypeError`` worded as Python words one ("__init__() got an unexpected keyword argument
+    'x'"), because clients retry without a keyword they added on that error (SB3's ``make_vec_env`` drops
+    ``render_mode`` on a ``TypeError``, torchrl's ``GymEnv`` drops ``frameskip`` on that wording), and a ``ValueError``
+    like every other bad option; the message goes on to name the valid options."""
 
 
 def _check_type(name: str, hint, value) -> None:
@@ -209,16 +215,18 @@ def _is(hint, value) -> bool:
         return isinstance(value, (bool, np.bool_))
     if hint is int:
         return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if hint is float:  # finite: NaN and inf pass most range checks' negations and poison every number downstream
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and bool(
+            np.isfinite(value))
     return isinstance(value, hint)
 
 
-_PLURAL = {int: "integers", float: "numbers"}
+_PLURAL = {int: "integers", float: "finite numbers"}
 
 
 def _type_name(hint) -> str:
-    return {int: "an integer", float: "a number", bool: "True or False", str: "a string"}.get(hint, f"a {hint.__name__}")
+    return {int: "an integer", float: "a finite number", bool: "True or False", str: "a string"}.get(
+        hint, f"a {hint.__name__}")
 
 
 def _require(ok: bool, name: str, allowed: str, value) -> None:

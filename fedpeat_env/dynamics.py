@@ -201,6 +201,18 @@ class Output(NamedTuple):
             theirs[...] = mine
         return out
 
+    def __reduce__(self):
+        """Pickled as its records, the float views rebuilt over them (pickle and cloudpickle, e.g. SuperSuit's copies
+        of an env, would otherwise restore separate arrays: the kernels would write where the env does not read)."""
+        return _output_from, (self.round_, self.terms, self.ended, self.obs)
+
+
+def _output_from(round_: np.ndarray, terms: np.ndarray, ended: np.ndarray, obs: np.ndarray) -> Output:
+    """An ``Output`` over these records, with the float views of ``Output.empty``."""
+    batch = len(round_)
+    return Output(round_, round_.view(np.float64).reshape(batch, -1), terms, terms.view(np.float64).reshape(batch, -1),
+                  ended, obs)
+
 
 @structref.register
 class ModelType(types.StructRef):
@@ -585,7 +597,8 @@ def _price(b, actions, uplink_bps, downlink_bps, r, rv, s: State, tables: Tables
     r.participants = n_active
     r.memory_use = memory / n if tables.memory_sum else memory / max(n_active, 1)
     r.excess_exchanges = n_excess
-    r.share = data
+    r.share = max(data, 1.0 / tables.blocks) if data > 0 else 0.0  # trainers hold whole blocks, at least one (a
+    # Dirichlet draw of tiny α gives shares of 1e-300, whose noise term σ·s^(−γ) overflowed to an infinite perplexity)
     r.compression = weighted_eps / data if data > 0 else 0.0
     r.rank = weighted_rank / data if data > 0 else 0.0
     r.reuse = reuse

@@ -10,7 +10,7 @@ from gymnasium import spaces
 
 from fedpeat_env.config import EnvConfig, EnvOptionError
 from fedpeat_env.dynamics import INFO_KEYS, ROUND_DTYPE, Dynamics, Output
-from fedpeat_env.reward import REWARD_TERMS
+from fedpeat_env.reward import REWARD_INFO_KEYS
 from fedpeat_env.surrogate import Calibration
 
 _INFO_FIELDS = tuple((key, kind, ROUND_DTYPE.names.index(key)) for key, kind in INFO_KEYS)
@@ -59,9 +59,12 @@ class FedPEATEnv(gym.Env):
     | FN+2+d | progress on domain d: log(ppl0_d / ppl_d) / log(ppl_0 / target) (0: a domain the scenario lacks) | [-1, 2] |
 
     ## Rewards
-    A sum of named terms (``fedpeat_env.reward``), all in ``info["reward_terms"]``. The paper's form is the default:
-    the latency and memory of all devices summed (``latency_aggregation="sum"``, ``memory_aggregation="sum"``), sums
-    divided by N so that the weights keep their scale for any N.
+    A sum of named terms (``fedpeat_env.reward``), each in ``info["reward_<term>"]`` (``REWARD_INFO_KEYS``; the
+    reward is their sum). The paper's form is the default: the latency and memory of all devices summed
+    (``latency_aggregation="sum"``, ``memory_aggregation="sum"``). Only the cost terms (latency, exchanges, memory) are
+    divided by N, so that their weights keep their scale for any N; the penalties are charged per violating device
+    (memory, availability) or per excess exchange and are not divided by N (divided, a violation would cost next to
+    nothing at large N).
 
     | term | value |
     |------|-------|
@@ -141,7 +144,7 @@ class FedPEATEnv(gym.Env):
         if self.config.fidelity == "engine":
             self._start_engine(int(self.np_random.integers(2**31)))
         self._needs_reset = False
-        return self.dynamics.observe()[0], {"perplexity": float(self.dynamics.ppl[0])}
+        return self.dynamics.observe()[0], self._reset_info()
 
     def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._needs_reset:
@@ -160,17 +163,27 @@ class FedPEATEnv(gym.Env):
     def _reward_and_info(out: Output) -> tuple[float, dict]:
         """Episode 0's reward (a Python float) and info dict: the reward terms and the ``INFO_KEYS`` of its round."""
         values = out.round_.item(0)
-        info = {"reward_terms": dict(zip(REWARD_TERMS, out.terms.item(0)))}
+        info = dict(zip(REWARD_INFO_KEYS, out.terms.item(0)))
         info |= {key: kind(values[index]) for key, kind, index in _INFO_FIELDS}
         return values[_REWARD_FIELD], info
+
+    def _reset_info(self) -> dict:
+        """The info of a reset, with the keys of a step's (clients that batch infos over sub-envs, e.g. torchrl's
+        vector envs, infer their layout from the first one): the reward terms 0, the starting perplexity, round 0 and
+        no round numbers yet."""
+        info = dict.fromkeys(REWARD_INFO_KEYS, 0.0)
+        info |= {key: kind(0) for key, kind, _ in _INFO_FIELDS}
+        info["perplexity"] = float(self.dynamics.ppl[0])
+        return info
 
     def render(self) -> str | np.ndarray | None:
         """``render_mode="ansi"``: a text table of the round; ``"rgb_array"``: a picture of the cell (base station,
         devices at their distances coloured by channel gain, sized by memory tier, ringed when they trained, labelled
-        with the ε they hold); None without a render mode."""
+        with their id and the ε they hold, with a legend); None without a render mode. After the last step of an
+        episode it still shows that round (``gymnasium.wrappers.RecordVideo`` renders it)."""
         if self.render_mode is None:
             return None
-        if self._needs_reset:
+        if self._needs_seed:
             raise RuntimeError("call reset() before render()")
         from fedpeat_env.render import round_picture, round_text
 

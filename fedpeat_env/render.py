@@ -62,17 +62,19 @@ def round_text(dynamics) -> str:
 def round_picture(dynamics, size_px: int = 480) -> np.ndarray:
     """The ``rgb_array`` frame (size_px, size_px, 3) uint8: the base station at the centre, each device at its
     distance (evenly spread angles), coloured by channel gain, sized by memory tier, ringed when it trained, faded
-    while unavailable, labelled with the ε it holds."""
+    while unavailable, labelled with its id and the ε it holds; a colour bar of the gains and a legend of the memory
+    tiers and rings."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     views, s = device_views(dynamics), dynamics.state
     fig = Figure(figsize=(size_px / 100, size_px / 100), dpi=100)
     canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.02, 0.02, 0.96, 0.9))
+    ax = fig.add_axes((0.02, 0.02, 0.76, 0.88))
     radius = dynamics.config.channel.max_distance_m * 1.15
     ax.set_xlim(-radius, radius)
     ax.set_ylim(-radius, radius)
@@ -82,12 +84,34 @@ def round_picture(dynamics, size_px: int = 480) -> np.ndarray:
     angles = np.linspace(0, 2 * np.pi, len(views), endpoint=False)
     gains = np.array([v.gain_db for v in views])
     xs, ys = ([v.distance_m * f(a) for v, a in zip(views, angles)] for f in (np.cos, np.sin))
-    ax.scatter(xs, ys, s=[60 + 120 * v.tier for v in views], c=gains, cmap="viridis", vmin=-130, vmax=-70,
-               edgecolors=["red" if v.trained else "none" for v in views], linewidths=2.5,
-               alpha=[1.0 if v.available else 0.3 for v in views])
-    for x, y, v in zip(xs, ys, views):
-        ax.annotate("–" if v.held_eps < 0 else f"ε{v.held_eps:g}", (x, y), textcoords="offset points", xytext=(8, 6),
-                    fontsize=8)
-    fig.suptitle(f"round {int(s.t[0])}  ppl {float(s.ppl[0]):.1f}  (red ring: trained; faded: unavailable)", fontsize=10)
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(*GAIN_DB), "viridis")
+    faces = scale.to_rgba(gains)
+    faces[:, 3] = [1.0 if v.available else 0.3 for v in views]
+    edges = [(1.0, 0.0, 0.0, 1.0) if v.trained else face for v, face in zip(views, faces)]
+    ax.scatter(xs, ys, s=[_marker_area(v.tier) for v in views], c=faces, edgecolors=edges, linewidths=2.5)
+    for i, (x, y, v) in enumerate(zip(xs, ys, views)):
+        held = "–" if v.held_eps < 0 else f"ε{v.held_eps:g}"
+        ax.annotate(f"{i}: {held}", (x, y), textcoords="offset points", xytext=(8, 6), fontsize=7)
+    bar = fig.colorbar(scale, cax=fig.add_axes((0.83, 0.5, 0.03, 0.38)))
+    bar.set_label("channel gain (dB)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    tiers = [Line2D([], [], marker="o", linestyle="", color="grey", markersize=np.sqrt(_marker_area(t)),
+                    label=f"memory ×{t:g}") for t in dynamics.config.memory_tiers]
+    rings = [Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="red",
+                    markeredgewidth=2, markersize=8, label="trained"),
+             Line2D([], [], marker="o", linestyle="", color="grey", alpha=0.3, markersize=8, label="unavailable"),
+             Line2D([], [], marker="^", linestyle="", color="black", markersize=8, label="base station")]
+    fig.legend(handles=tiers + rings, loc="lower right", fontsize=6, frameon=False, labelspacing=1.0,
+               borderpad=0.2, handletextpad=0.5)
+    fig.suptitle(f"round {int(s.t[0])}  ppl {float(s.ppl[0]):.1f}  (labels: device: ε held)", fontsize=10)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+GAIN_DB = (-130.0, -70.0)
+"""Range of the gain colour scale (dB)."""
+
+
+def _marker_area(tier: float) -> float:
+    """A device's marker area (points²) for its memory tier (multiple of the full model's footprint)."""
+    return 60 + 120 * tier

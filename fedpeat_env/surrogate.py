@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -205,6 +206,34 @@ class Coverage:
     domain_alpha: tuple[float, float] = (0.5, 0.5)
     partitions: tuple[str, ...] = ("iid", "dirichlet", "domains")
 
+    def __post_init__(self) -> None:
+        for name in ("num_devices", "server_fraction", "dirichlet_alpha", "domain_alpha"):
+            span, check = getattr(self, name), _integer if name == "num_devices" else _finite
+            if not (isinstance(span, tuple) and len(span) == 2 and all(check(v) for v in span) and span[0] <= span[1]):
+                raise ValueError(f"calibration field covered.{name} must be a [low, high] pair of "
+                                 f"{'integers' if name == 'num_devices' else 'finite numbers'}, got {span!r}")
+        if not _integer(self.rounds):
+            raise ValueError(f"calibration field covered.rounds must be an integer, got {self.rounds!r}")
+        if not isinstance(self.partitions, tuple) or not all(isinstance(p, str) for p in self.partitions):
+            raise ValueError(f"calibration field covered.partitions must be a list of names, got {self.partitions!r}")
+
+
+def _finite(value) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    """An integer (not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+_NUMBER_LISTS = ("levels", "ladder", "initial_domain_perplexity", "domain_plateau")
+_INTEGER_LISTS = ("domain_train_blocks", "domain_eval_blocks", "ranks")
+_NUMBERS = ("coverage", "coverage_exponent", "transfer", "reuse", "reuse_onset", "reuse_scale", "rate", "shape",
+            "share_exponent", "rank_exponent", "noise_std", "noise_exponent")
+_INTEGERS = ("max_rank", "local_sequences")
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -252,6 +281,22 @@ class Calibration:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        for name in _NUMBER_LISTS + _INTEGER_LISTS:  # the type of every number first: NaN, inf, "oops", 1.5 blocks
+            value, integer = getattr(self, name), name in _INTEGER_LISTS
+            if not isinstance(value, tuple) or not all((_integer if integer else _finite)(v) for v in value):
+                raise ValueError(f"calibration field {name} must be a list of {'integers' if integer else 'finite numbers'}"
+                                 f", got {value!r}")
+        for name in _NUMBERS + _INTEGERS:
+            value, integer = getattr(self, name), name in _INTEGERS
+            if not (_integer if integer else _finite)(value):
+                raise ValueError(f"calibration field {name} must be {'an integer' if integer else 'finite numbers'}, got "
+                                 f"{value!r}")
+        if not isinstance(self.best_perplexity, dict) or not all(
+                isinstance(k, str) and _finite(v) and v > 1 for k, v in self.best_perplexity.items()):
+            raise ValueError(f"calibration field best_perplexity must map scenarios to finite perplexities > 1, got "
+                             f"{self.best_perplexity!r}")
+        if not isinstance(self.covered, Coverage):
+            raise ValueError(f"calibration field covered must be a Coverage, got {self.covered!r}")
         if len(self.levels) != len(self.ladder) or len(self.levels) < 1:
             raise ValueError("levels and ladder must have the same, non-zero length")
         if list(self.levels) != sorted(self.levels):
@@ -262,16 +307,8 @@ class Calibration:
         for name in ("initial_domain_perplexity", "domain_plateau", "domain_train_blocks", "domain_eval_blocks"):
             if len(getattr(self, name)) != len(self.domains):
                 raise ValueError(f"{name} must have one entry per domain {self.domains}")
-        numbers = {f.name: getattr(self, f.name) for f in self.__dataclass_fields__.values()
-                   if f.name in SurrogateParams._fields or f.name in ("initial_domain_perplexity", "domain_plateau",
-                                                                      "ladder", "levels", "local_sequences")}
-        for name, value in numbers.items():
-            values = value if isinstance(value, tuple) else (value,)
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-                raise ValueError(f"calibration field {name} must be finite numbers, got {value!r}")
         positive = ("initial_domain_perplexity", "domain_plateau", "ladder", "rate", "shape", "max_rank", "reuse_scale",
-
-                    "local_sequences", "domain_train_blocks", "domain_eval_blocks")
+                    "local_sequences", "domain_train_blocks", "domain_eval_blocks", "ranks")
         for name in positive:
             values = getattr(self, name) if isinstance(getattr(self, name), tuple) else (getattr(self, name),)
             if not all(v > 0 for v in values):
@@ -391,8 +428,10 @@ class Calibration:
         try:
             for key in ("levels", "ladder", "domains", "initial_domain_perplexity", "domain_plateau",
                         "domain_train_blocks", "domain_eval_blocks", "ranks"):
-                data[key] = tuple(data[key])
+                data[key] = tuple(data[key]) if isinstance(data[key], list) else data[key]
             covered = data.get("covered", {})
+            if not isinstance(covered, dict):
+                raise ValueError(f"calibration field covered must be a mapping, got {covered!r}")
             data["covered"] = Coverage(**{k: tuple(v) if isinstance(v, list) else v for k, v in covered.items()})
             return cls(**data)
         except (KeyError, TypeError) as err:

@@ -11,18 +11,22 @@ from gymnasium.vector.utils import batch_space
 
 from fedpeat_env.config import EnvConfig
 from fedpeat_env.dynamics import INFO_KEYS, Dynamics, Output
-from fedpeat_env.reward import REWARD_TERMS
+from fedpeat_env.reward import REWARD_INFO_KEYS, REWARD_TERMS
 from fedpeat_env.surrogate import Calibration
 
 
 class FedPEATVectorEnv(VectorEnv):
     """B independent FedPEAT-v1 episodes (surrogate fidelity) sharing one batched ``Dynamics``.
 
-    Same observation, action and reward as ``FedPEATEnv``; info holds its keys with arrays of shape (B,), the reward
-    terms as top-level keys.
+    Same observation, action and reward as ``FedPEATEnv``; info holds its keys (``reward_<term>`` and the round's
+    numbers) with arrays of shape (B,); a reset's info has the same keys (the terms 0, the starting perplexity,
+    round 0).
     ``autoreset_mode`` NEXT_STEP (default): the step after an episode ends resets that sub-env (its action is
-    ignored) and returns reward 0. SAME_STEP: a finished sub-env is reset within the step; its last observation is
-    in ``info["final_obs"]`` where ``info["_final_obs"]`` is True.
+    ignored) and returns reward 0. SAME_STEP (the mode torchrl's ``GymWrapper`` and skrl take): a finished sub-env is
+    reset within the step and, as in gymnasium's own vector envs, the step returns its reward but the observation
+    and info of its reset; its last observation and info are in ``info["final_obs"]`` and ``info["final_info"]``
+    (each key with its ``_key`` mask) where ``info["_final_obs"]`` is True.
+    ``step`` before the first ``reset`` raises ``RuntimeError``.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -47,12 +51,26 @@ class FedPEATVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self._nvec = self.single_action_space.nvec
         self._autoreset = np.zeros(num_envs, dtype=bool)
+        self._needs_reset = True
+
+    @property
+    def autoreset_mode(self) -> AutoresetMode:
+        """How finished sub-envs restart (``metadata["autoreset_mode"]``; gymnasium's own vector envs and torchrl read
+        this attribute)."""
+        return self.metadata["autoreset_mode"]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self.dynamics.reset(int(self.np_random.integers(2**62)))  # as FedPEATEnv
         self._autoreset[:] = False
-        return self.dynamics.observe(), {}
+        self._needs_reset = False
+        return self.dynamics.observe(), self._start_info()
+
+    def _start_info(self) -> dict:
+        """The info of the episodes as they start (a reset's): the terms 0, the starting perplexity, round 0."""
+        out = self.dynamics.new_output()  # zeros: no round played yet
+        out.round_["perplexity"] = self.dynamics.ppl
+        return self._info(out)
 
     def action_masks(self) -> np.ndarray:
         """(num_envs, mask length) boolean masks, one row per sub-env (see ``FedPEATEnv.action_masks``)."""
@@ -78,16 +96,28 @@ class FedPEATVectorEnv(VectorEnv):
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         obs, out, terminated, truncated, final_obs = self.step_result(actions)
-        info = {name: out.terms[name] for name in REWARD_TERMS}
-        info |= {key: out.round_[key].astype(np.int64) if kind is int else out.round_[key] for key, kind in INFO_KEYS}
-        if final_obs is not None:
-            info |= {"final_obs": final_obs, "_final_obs": terminated | truncated}
+        info = self._info(out)
+        if final_obs is not None:  # SAME_STEP: the sub-envs that reset report their reset's info, the round's aside
+            done = terminated | truncated
+            final_info = {key: value.copy() for key, value in info.items()} | {f"_{key}": done.copy() for key in info}
+            start = self._start_info()
+            for key, value in info.items():
+                value[done] = start[key][done]
+            info |= {"final_obs": final_obs, "_final_obs": done, "final_info": final_info, "_final_info": done.copy()}
         return obs, out.round_["reward"], terminated, truncated, info
+
+    @staticmethod
+    def _info(out: Output) -> dict:
+        """The reward terms and ``INFO_KEYS`` of a round (copies, (B,) each)."""
+        info = {key: out.terms[name].copy() for name, key in zip(REWARD_TERMS, REWARD_INFO_KEYS)}
+        return info | {key: out.round_[key].astype(np.int64 if kind is int else np.float64) for key, kind in INFO_KEYS}
 
     def step_result(self, actions: np.ndarray) -> tuple[np.ndarray, Output, np.ndarray, np.ndarray, np.ndarray | None]:
         """``step`` without building ``info``: (observation, the round's ``Output`` (its ``round_`` records hold the
         reward and perplexity), terminated, truncated, the last observations of the sub-envs that SAME_STEP reset
         (None if none)). For adapters that read a few fields (``agents.vec``)."""
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step(): FedPEATVectorEnv has no episodes yet")
         actions = self.validate_actions(actions)
         d = self.dynamics
         final_obs = None

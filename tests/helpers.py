@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+from typer.testing import CliRunner
+
 from federation.client import ClientJob, ClientUpdate
 from federation.executors import LocalExecutor
 from federation.training import LocalTrainConfig
@@ -9,6 +13,21 @@ from fedpeat_env.surrogate import DOMAINS, Calibration, Coverage
 
 FAST_TRAIN = LocalTrainConfig(steps=2, batch_size=4, lr=3e-3)
 """Local training of engine tests: two steps of four blocks, seconds per round on the embedded model."""
+
+TERMINAL = {"COLUMNS": "200"}
+"""The terminal every CLI test runs in, whatever terminal runs the suite: rich draws typer's error panels and our
+tables at the terminal's width (``COLUMNS``), and at 80 columns a message naming a long path wraps mid-phrase."""
+_BOX = re.compile(r"[\u2500-\u257f]")  # the frame rich draws around typer's errors
+
+
+def cli_runner() -> CliRunner:
+    """typer's test runner in a ``TERMINAL`` of 200 columns."""
+    return CliRunner(env=TERMINAL)
+
+
+def cli_text(output: str) -> str:
+    """What a user reads, as one line: no panel frame, single spaces (a long message may still wrap)."""
+    return " ".join(_BOX.sub(" ", output).split())
 
 
 class RecordingExecutor(LocalExecutor):

@@ -28,7 +28,7 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 
 from federation.methods.base import Method, MethodConfig
-from federation.training import LocalObjective
+from federation.training import LocalObjective, block_inputs
 
 SHARED, LOCAL, TEACHER = "default", "local", "teacher"
 
@@ -79,9 +79,9 @@ class DualAdapterObjective(LocalObjective):
         student, teacher = ([SHARED], [LOCAL, TEACHER]) if stage == 0 else ([LOCAL, TEACHER], [SHARED])
         with torch.no_grad():
             self._activate(model, teacher)
-            target = model(input_ids=batch).logits
+            target = model(**block_inputs(batch)).logits
         self._activate(model, student)
-        logits = model(input_ids=batch).logits
+        logits = model(**block_inputs(batch)).logits
         return 0.5 * (_lm_loss(logits, batch) + _kl(target, logits, self.temperature))
 
     def finish(self, model: PeftModel, private: dict) -> None:

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from typer.testing import CliRunner
 
 from agents.checkpoint import CHECKPOINT_DIR, checkpoints, config_differences
 from agents.plots import read_episodes
 from agents.train import ALGOS, TrainConfig, _make_venv, _restored_model, train
 from experiments import cli
 from experiments.cli import app
+from tests.helpers import cli_runner
 
-runner = CliRunner()
+runner = cli_runner()
 cli.console.width = 200  # one error line, unwrapped
 ROLLOUT = 4 * 16  # n_envs × n_steps: checkpoints fall on rollout boundaries
 FAST = {"n_steps": 16, "batch_size": 32, "n_epochs": 1}

@@ -8,13 +8,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from typer.testing import CliRunner
 
 import fedpeat_env  # noqa: F401
 from agents import evaluate
 from agents.train import TrainConfig, load_policy, train
 from experiments.cli import app
 from fedpeat_env.dynamics import DEVICE_FEATURES
+from tests.helpers import cli_runner
 
 FAST = {"n_steps": 16, "batch_size": 32, "n_epochs": 1}
 
@@ -70,7 +70,7 @@ def test_any_number_of_devices_and_devices_as_a_set(agents):
 
 
 def test_an_mlp_policy_refuses_another_number_of_devices_and_the_cli_flag(agents, tmp_path):
-    runner = CliRunner()
+    runner = cli_runner()
     out = tmp_path / "mlp"
     result = runner.invoke(app, ["train", "--policy", "device-set", "--timesteps", "64", "--n-envs", "2", "--hyperparams",
                                  "n_steps:16 batch_size:16 n_epochs:1", "--out", str(out), "--env-option", "num_devices=3",

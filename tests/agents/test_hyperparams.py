@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from agents.hyperparams import HYPERPARAMS_DIR, load_hyperparams, parse_hyperparams
 from agents.train import ALGOS, TrainConfig
 from experiments.benchmark import BenchmarkConfig
 from experiments.cli import app
+from tests.helpers import cli_runner
 
-runner = CliRunner()
+runner = cli_runner()
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
@@ -50,6 +51,7 @@ def test_train_cli_takes_n_envs_and_hyperparams(tmp_path):
             "--env-option", "horizon=4"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert f"tuned settings for FedPEAT-v1 from {HYPERPARAMS_DIR / 'ppo.yml'}: n_envs=32" in " ".join(result.output.split())
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["n_envs"] == 2 and saved["normalize"] is False
     assert saved["algo_kwargs"] == {"n_steps": 16, "batch_size": 16, "learning_rate": "lin_0.001", "ent_coef": 0.01,
@@ -62,26 +64,51 @@ def test_train_cli_takes_n_envs_and_hyperparams(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-def test_rl_zoo_trains_and_replays_from_the_committed_file(tmp_path):
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _zoo_lines(markdown: str) -> list[str]:
+    """The RL Zoo command lines of a markdown text (comments cut)."""
+    return [line.split("#")[0].strip() for line in markdown.splitlines()
+            if line.startswith(("python -m rl_zoo3.", "python -m agents.zoo "))]
+
+
+def test_every_readme_zoo_line_runs(tmp_path):
+    """Each RL Zoo line of the README, as written, plus a tiny budget: a few thousand steps on 3 devices, the logs in
+    the test's directory (the enjoy line replays what the train line before it saved)."""
+    import shlex
     import subprocess
     import sys
 
-    common = ["--algo", "ppo", "--env", "FedPEAT-v1", "--gym-packages", "fedpeat_env", "agents.device_set", "-f", str(tmp_path),
-              "--num-threads", "1"]
-    train = subprocess.run([sys.executable, "-m", "rl_zoo3.train", *common, "--conf-file", str(HYPERPARAMS_DIR / "ppo.yml"),
-                            "-n", "2048", "--eval-freq", "-1", "--env-kwargs", "num_devices:3", "horizon:4"],
-                           capture_output=True, text=True, timeout=600)
-    assert train.returncode == 0, train.stderr[-2000:]
-    saved = tmp_path / "ppo" / "FedPEAT-v1_1" / "FedPEAT-v1.zip"
+    from sb3_contrib import MaskablePPO
     from stable_baselines3 import PPO
 
     from agents.device_set import DeviceSetPolicy
 
-    assert isinstance(PPO.load(saved, device="cpu").policy, DeviceSetPolicy)  # the file's policy: 'device-set'
-    enjoy = subprocess.run([sys.executable, "-m", "rl_zoo3.enjoy", *common, "-n", "40", "--no-render",
-                            "--env-kwargs", "num_devices:3", "horizon:4"], capture_output=True, text=True, timeout=600)
-    assert enjoy.returncode == 0, enjoy.stderr[-2000:]
-    assert "Mean reward" in enjoy.stdout and "Episode Length 4" in enjoy.stdout
+    lines = _zoo_lines((ROOT / "README.md").read_text())
+    assert len(lines) == 3 and any("--algo ppo_mask" in line for line in lines)
+    outputs = []
+    for line in lines:
+        args = shlex.split(line)[1:]  # the README's arguments after "python"
+        tiny = ["-f", str(tmp_path), "--env-kwargs", "num_devices:3", "horizon:4"]
+        tiny += ["-n", "40"] if "enjoy" in args[1:3] or "rl_zoo3.enjoy" in args else ["-n", "2048", "--eval-freq", "-1"]
+        done = subprocess.run([sys.executable, *args, *tiny], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (line, done.stderr[-2000:])
+        outputs.append(done.stdout)
+    assert isinstance(PPO.load(tmp_path / "ppo" / "FedPEAT-v1_1" / "FedPEAT-v1.zip", device="cpu").policy,
+                      DeviceSetPolicy)  # ppo.yml's policy: 'device-set'
+    assert "Mean reward" in outputs[1] and "Episode Length 4" in outputs[1]
+    masked = MaskablePPO.load(tmp_path / "ppo_mask" / "FedPEAT-v1_1" / "FedPEAT-v1.zip", device="cpu")
+    assert masked.n_steps == 64 and masked.batch_size == 512  # maskable-ppo.yml, read from the package
+
+
+def test_the_tuned_settings_are_package_data_and_their_absence_is_an_error(monkeypatch, tmp_path):
+    import agents.hyperparams as hp
+
+    assert HYPERPARAMS_DIR == ROOT / "agents" / "hyperparams" and (HYPERPARAMS_DIR / "ppo.yml").is_file()
+    monkeypatch.setattr(hp, "HYPERPARAMS_DIR", tmp_path)  # an install that lost its data files
+    with pytest.raises(ValueError, match="ppo.yml are missing from the installed package"):
+        TrainConfig.from_hyperparams("ppo")
 
 
 def test_zoo_linear_schedules_reach_the_algorithm_and_bad_ones_are_refused(tmp_path, env_kwargs):

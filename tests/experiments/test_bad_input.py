@@ -5,19 +5,18 @@ imported; a slow case means the check comes too late)."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from stable_baselines3.common.base_class import BaseAlgorithm
 from transformers import PreTrainedModel
-from typer.testing import CliRunner
 
 import agents.train  # noqa: F401  (the libraries the commands import, loaded once here rather than in the first case)
 from experiments import cli
 from experiments.cli import app
 from federation.engine import RoundRunner
+from tests.helpers import cli_runner, cli_text
 
-runner = CliRunner()
+runner = cli_runner()
 cli.console.width = 200  # one line per message
 
 WITH_OUT_DIR = ("run", "compare", "claims", "train", "benchmark", "sim2real", "regime", "demo", "pretrain")
@@ -58,6 +57,18 @@ CASES = [
     ("run --local-steps 0", "--local-steps must be >= 1, got 0"),
     ("run --block-size 4", "Invalid value for '--block-size': Input should be greater than or equal to 8"),
     ("run --seed -1", "--seed must be >= 0, got -1"),
+    # numbers that parse as floats but are not finite: refused where they enter, named
+    ("run --alpha nan", "Invalid value for '--alpha': must be a finite number, got 'nan'"),
+    ("run --compression inf", "Invalid value for '--compression': must be a finite number, got 'inf'"),
+    ("run --server-fraction half", "Invalid value for '--server-fraction': 'half' is not a number"),
+    ("run --method fedpft -o keep_ratio=nan", "keep_ratio must be a finite number, got 'nan'"),
+    ("compare --compression nan", "Invalid value for '--compression': must be a finite number, got 'nan'"),
+    ("calibrate --levels 0 --levels nan", "Invalid value for '--levels': must be a finite number, got 'nan'"),
+    ("train --hyperparams ent_coef:nan", "ent_coef must be a finite number, got nan"),
+    ("train --env-option dirichlet_alpha=NaN", "dirichlet_alpha must be a finite number, got nan"),
+    ('train --env-option channel={"max_distance_m":Infinity}', "channel: max_distance_m must be a finite number, got inf"),
+    ('train --env-option reward={"latency":-Infinity}', "reward weight latency must be a finite number >= 0, got -inf"),
+    ("benchmark --env-option target_perplexity=Infinity", "target_perplexity must be a finite number, got inf"),
     # compare
     ("compare --seeds 0", "--seeds must be >= 1, got 0"),
     ("compare --devices 0", "--devices must be >= 1, got 0"),
@@ -193,12 +204,6 @@ CASES = [
 ]
 
 NOT_AN_INTEGER = "Input should be a valid integer"
-_BOX = re.compile(r"[\u2500-\u257f]")  # the frame typer draws around its own errors
-
-
-def _text(output: str) -> str:
-    """The output as one line: no frame, single spaces (a long message may wrap)."""
-    return " ".join(_BOX.sub(" ", output).split())
 
 
 def _work_started(*args, **kwargs):
@@ -227,7 +232,7 @@ def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch, command, fr
 
     result = runner.invoke(app, args)
 
-    text = _text(result.output)
+    text = cli_text(result.output)
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert fragment.replace("{tmp}", str(tmp_path)).replace("{int}", NOT_AN_INTEGER) in text, text
     assert "Traceback" not in result.output

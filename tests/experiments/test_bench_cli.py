@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from typer.testing import CliRunner
 
 from experiments import cli
 from experiments.bench import bench_env, best_rates
 from experiments.cli import app
+from tests.helpers import cli_runner
 
-runner = CliRunner()
+runner = cli_runner()
 cli.console.width = 200
 
 

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from experiments import cli
 from experiments.cli import app
+from tests.helpers import cli_runner
 
-runner = CliRunner()
+runner = cli_runner()
 cli.console.width = 200
 SMALL = ["--env-option", "num_devices=3", "--env-option", "horizon=4"]
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from experiments import cli
 from experiments.cli import app
+from tests.helpers import cli_runner, cli_text
 
-runner = CliRunner()
+runner = cli_runner()
 cli.console.width = 200  # the round table must not wrap or truncate numbers
 
 
@@ -111,7 +112,7 @@ def test_run_takes_method_options_and_prints_method_metrics(tmp_path):
     assert record["config"]["method_config"]["keep_ratio"] == 0.5
     cases = [
         (["--method", "fedpft", "-o", "keepratio=0.5"], "method option 'keepratio' is not a setting of 'fedpft'"),
-        (["--method", "fedpft", "-o", "keep_ratio=half"], "keep_ratio must be a number"),
+        (["--method", "fedpft", "-o", "keep_ratio=half"], "keep_ratio must be a finite number"),
         (["--method", "fedpft", "-o", "keep_ratio"], "method option must look like key=value"),
         (["--method", "hetlora", "-o", "aggregation=mean"], "aggregation must be one of"),
         (["--method", "fed-ft", "--distill-steps", "3"], "--distill-steps applies to methods"),
@@ -298,8 +299,14 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, c
     blocker.write_text("not a directory")
     result = runner.invoke(app, [*command, "--out", str(blocker / "sub")])
     assert result.exit_code == 2, result.output
-    assert "--out" in result.output and "not a directory" in result.output
+    text = cli_text(result.output)
+    assert "Invalid value for '--out'" in text and f"{str(blocker)!r} is not a directory" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
+    if Path("/proc").is_dir():  # a directory whose permission bits allow writing (to root) but that refuses it
+        forbidden = runner.invoke(app, [*command, "--out", "/proc/forbidden/x"])
+        text = cli_text(forbidden.output)
+        assert forbidden.exit_code == 2 and "Traceback" not in forbidden.output, forbidden.output
+        assert "Invalid value for '--out'" in text and "'/proc' is not writable" in text, text
 
 
 def test_the_block_size_shrinks_only_when_the_devices_need_more_blocks():

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from experiments import cli
 from experiments.cli import app
+from tests.helpers import cli_runner
 
-runner = CliRunner()
+runner = cli_runner()
 cli.console.width = 200
 RUN = ["run", "--method", "fedpeat", "--devices", "2", "--local-steps", "1", "--compression", "0.5"]
 

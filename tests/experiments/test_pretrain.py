@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from experiments.cli import app
 from federation.data import DOMAINS, PRETRAIN_DOMAINS
 from federation.foundation import load_foundation
+from tests.helpers import cli_runner
 
 
 @pytest.mark.slow
 def test_pretrain_writes_a_loadable_checkpoint_and_its_record(tmp_path):
-    result = CliRunner().invoke(app, ["pretrain", "--steps", "3", "--out", str(tmp_path)])
+    result = cli_runner().invoke(app, ["pretrain", "--steps", "3", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "pretrain.json").read_text())
     assert record["config"]["steps"] == 3 and record["torch_threads"] == 1

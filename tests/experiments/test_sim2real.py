@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from agents.evaluate import evaluate
 from agents.train import TrainConfig, load_policy, train
@@ -16,8 +15,9 @@ from experiments import cli
 from experiments.benchmark import EVAL_SEED_OFFSET
 from experiments.cli import app
 from fedpeat_env.calibration import trajectory_from_dict
+from tests.helpers import cli_runner
 
-runner = CliRunner()
+runner = cli_runner()
 cli.console.width = 200
 
 

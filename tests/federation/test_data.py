@@ -122,12 +122,11 @@ def test_pretraining_domains_are_not_tuning_domains(foundation):
 
 
 def test_build_corpus_rebuilds_the_committed_splits_byte_for_byte(tmp_path):
-    from typer.testing import CliRunner
-
     from experiments.cli import app
     from federation.data import CORPUS_DIR
+    from tests.helpers import cli_runner
 
-    result = CliRunner().invoke(app, ["build-corpus", "--out", str(tmp_path)])
+    result = cli_runner().invoke(app, ["build-corpus", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.txt.gz"))
     assert len(built) == 10  # five domains × train/valid

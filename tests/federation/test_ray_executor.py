@@ -140,12 +140,12 @@ def test_a_run_checkpointed_on_ray_resumes_with_the_uninterrupted_numbers(ray_ex
 
 def test_run_command_on_ray_writes_the_local_runs_rounds(ray_executor, tmp_path):
     import pandas as pd
-    from typer.testing import CliRunner
 
     from experiments.cli import app
+    from tests.helpers import cli_runner
 
     args = ["run", "--devices", "3", "--rounds", "2", "--local-steps", "1", "--compression", "0.5"]
-    cli = CliRunner()
+    cli = cli_runner()
     for name, extra in (("local", []), ("ray", ["--executor", "ray", "--ray-cpus-per-worker", "0.5"])):
         result = cli.invoke(app, [*args, *extra, "--out", str(tmp_path / name)])
         assert result.exit_code == 0, result.output

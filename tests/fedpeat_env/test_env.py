@@ -13,7 +13,7 @@ from federation.system import ChannelConfig
 from fedpeat_env.costs import level_costs
 from fedpeat_env.dynamics import DEVICE_FEATURES, DOMAINS, ROUND_FEATURES
 from fedpeat_env.env import FedPEATEnv
-from fedpeat_env.reward import REWARD_TERMS
+from fedpeat_env.reward import REWARD_TERMS, reward_terms
 
 
 def _make(**kwargs):
@@ -94,9 +94,12 @@ def test_info_reward_terms_and_python_float_reward():
     env.reset(seed=0)
     _, reward, _, _, info = env.step(np.full(10, 4))
     assert type(reward) is float and np.isfinite(reward)
-    assert tuple(info["reward_terms"]) == REWARD_TERMS == ("perplexity", "latency", "exchanges", "memory",
-                                                           "memory_penalty", "exchange_penalty", "availability_penalty")
-    assert reward == pytest.approx(sum(info["reward_terms"].values()))
+    assert tuple(reward_terms(info)) == REWARD_TERMS == ("perplexity", "latency", "exchanges", "memory",
+                                                         "memory_penalty", "exchange_penalty", "availability_penalty")
+    assert [key for key in info if key.startswith("reward_")] == [f"reward_{t}" for t in REWARD_TERMS]  # flat keys
+    assert reward == pytest.approx(sum(reward_terms(info).values()))
+    _, reset_info = env.reset(seed=0)
+    assert set(reset_info) == set(info) and reward_terms(reset_info) == dict.fromkeys(REWARD_TERMS, 0.0)
     for key in ("perplexity", "round_latency_s", "exchanges", "memory_violations", "unavailable", "reuse"):
         assert key in info
     # first round: every available device that fits downloads
@@ -115,8 +118,8 @@ def test_action_mask_matches_memory_and_violations_are_penalised():
     _, _, _, _, info = env.step(np.ones(10, dtype=np.int64))  # everyone on the full model
     assert info["memory_violations"] == int((available & ~d.fits[0][:, 1]).sum())
     assert info["unavailable"] == int((~available).sum())
-    assert info["reward_terms"]["memory_penalty"] == pytest.approx(-1.0 * info["memory_violations"])
-    assert info["reward_terms"]["availability_penalty"] == pytest.approx(-1.0 * info["unavailable"])
+    assert info["reward_memory_penalty"] == pytest.approx(-1.0 * info["memory_violations"])
+    assert info["reward_availability_penalty"] == pytest.approx(-1.0 * info["unavailable"])
 
 
 def test_exchange_only_when_the_emulator_changes_and_penalty_beyond_budget():
@@ -127,7 +130,7 @@ def test_exchange_only_when_the_emulator_changes_and_penalty_beyond_budget():
     for level in (1, 1, 2, 3, 3, 4):
         _, _, _, _, info = env.step(np.array([level, 0]))
         exchanges.append(info["exchanges"])
-        penalties.append(info["reward_terms"]["exchange_penalty"])
+        penalties.append(info["reward_exchange_penalty"])
     assert exchanges == [1, 0, 1, 1, 0, 1]
     assert penalties == [0, 0, 0, -0.5, 0, -0.5]  # budget κ·T = 2 exchanges per device
 
@@ -248,14 +251,19 @@ def test_latency_term_saturates_on_a_hopeless_link():
     env.reset(seed=0)
     _, reward, _, _, info = env.step(np.array([1]))
     assert info["round_latency_s"] > 100 * env.unwrapped.dynamics.reference_latency_s
-    assert info["reward_terms"]["latency"] == pytest.approx(-0.5 * 10.0)
+    assert info["reward_latency"] == pytest.approx(-0.5 * 10.0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"num_devices": "ten"}, "num_devices must be an integer, got 'ten'"),
     ({"num_devices": 2.5}, "num_devices must be an integer, got 2.5"),
     ({"horizon": None}, "horizon must be an integer, got None"),
-    ({"compression_levels": 0.5}, "compression_levels must be a tuple of numbers, got 0.5"),
+    ({"compression_levels": 0.5}, "compression_levels must be a tuple of finite numbers, got 0.5"),
+    ({"target_perplexity": float("inf")}, "target_perplexity must be a finite number, got inf"),
+    ({"memory_tiers": (0.5, float("nan"))}, r"memory_tiers must be a tuple of finite numbers, got \(0.5, nan\)"),
+    ({"channel": {"max_distance_m": float("inf")}}, "channel: max_distance_m must be a finite number, got inf"),
+    ({"channel": {"uplink_bandwidth_hz": [1e6, float("nan")]}}, "channel: uplink_bandwidth_hz must be finite numbers"),
+    ({"reward": {"memory_penalty": float("inf")}}, "reward weight memory_penalty must be a finite number >= 0, got inf"),
     ({"control_rank": 1}, "control_rank must be True or False, got 1"),
     ({"cost_profile": 3}, r"cost_profile must be one of \('embedded'"),
 ])
@@ -310,11 +318,15 @@ def test_render_modes_show_the_round():
     {"channel": ChannelConfig(min_distance_m=5e4, max_distance_m=1e5, uplink_power_dbm=-30.0,  # links near zero
                               downlink_power_dbm=-30.0, fading_correlation=0.0)},
     {"control_rank": True, "num_devices": 3, "horizon": 2},
+    {"partition": "dirichlet", "dirichlet_alpha": 1e-3},  # shares that underflow: a device of 1e-300 of the data
+    {"domain_alpha": 1e-3},
+    {"domain_alpha": 1e3, "partition": "domains"},
 ])
 def test_observations_and_rewards_stay_finite_under_extreme_settings(options):
-    """A seeded sweep: random actions never give NaN or inf in observations, rewards or the reward terms, at 1 or 1000
-    devices, horizon 1, and channels from near-perfect to near-zero rate. (``info["round_latency_s"]`` may be inf on
-    a link whose rate underflows to 0: B·log2(1 + SNR) with SNR below float64's epsilon.)"""
+    """A seeded sweep: random actions never give NaN or inf in observations, rewards or the reward terms, and the
+    observations stay in the declared space, at 1 or 1000 devices, horizon 1, channels from near-perfect to near-zero
+    rate and the extreme data splits the options allow. (``info["round_latency_s"]`` may be inf on a link whose rate
+    underflows to 0: B·log2(1 + SNR) with SNR below float64's epsilon.)"""
     env = gym.make("FedPEAT-v1", **options)
     for seed in range(3):
         obs, _ = env.reset(seed=seed)
@@ -324,6 +336,7 @@ def test_observations_and_rewards_stay_finite_under_extreme_settings(options):
         while not done:
             obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
             assert np.isfinite(obs).all() and np.isfinite(reward), (options, seed)
-            assert all(np.isfinite(v) for v in info["reward_terms"].values())
+            assert env.observation_space.contains(obs), (options, seed)
+            assert all(np.isfinite(v) for v in reward_terms(info).values())
             done = terminated or truncated
     env.close()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedpeat_env.env import FedPEATEnv
-from fedpeat_env.reward import REWARD_TERMS, RewardWeights
+from fedpeat_env.reward import REWARD_TERMS, RewardWeights, reward_terms
 from tests.helpers import hand_calibration
 
 # a surrogate with known parameters: plateaus 100 (ε = 0) and 140 (ε = 0.5), ppl_0 = 300, no coverage or reuse term
@@ -74,7 +74,7 @@ def test_each_term_of_the_default_reward_by_hand(calibration_file):
     assert info["round_latency_s"] == pytest.approx(q[0] + q[1])
     assert info["share"] == pytest.approx(s) and info["compression"] == pytest.approx(0.25)
     for name in REWARD_TERMS:
-        assert info["reward_terms"][name] == pytest.approx(expected[name], rel=1e-9, abs=1e-12), name
+        assert info[f"reward_{name}"] == pytest.approx(expected[name], rel=1e-9, abs=1e-12), name
     assert reward == pytest.approx(sum(expected.values()))
 
 
@@ -85,8 +85,8 @@ def test_max_latency_splits_the_downlink_and_mean_memory(calibration_file):
     q = {i: 8 * down[i] / (DOWNLINK[i] / 3) + 8 * up[i] / UPLINK[i] for i in active}  # three devices share the band
     q_ref = env.dynamics.reference_latency_s
     assert info["round_latency_s"] == pytest.approx(max(q.values()))
-    assert info["reward_terms"]["latency"] == pytest.approx(-0.5 * min(max(q.values()) / q_ref, 10.0))
-    assert info["reward_terms"]["memory"] == pytest.approx(-0.2 * np.mean(list(use.values())))
+    assert info["reward_latency"] == pytest.approx(-0.5 * min(max(q.values()) / q_ref, 10.0))
+    assert info["reward_memory"] == pytest.approx(-0.2 * np.mean(list(use.values())))
 
 
 def test_penalties_by_hand(calibration_file):
@@ -98,7 +98,7 @@ def test_penalties_by_hand(calibration_file):
     assert not masks[:, 1].any() and masks[:, 2].all()  # η · 0.8 × the full footprint holds ε = 0.5 only
     _, _, _, _, info = env.step(np.array([1, 1, 2]))
     assert (info["memory_violations"], info["exchanges"]) == (2, 1)
-    assert info["reward_terms"]["memory_penalty"] == pytest.approx(-2.0 * RewardWeights().memory_penalty)
+    assert info["reward_memory_penalty"] == pytest.approx(-2.0 * RewardWeights().memory_penalty)
     # exchange budget κ·T = 0.25 · 4 = 1 per device: its second and third exchanges are penalised, idling is free
     env = FedPEATEnv(num_devices=3, cost_profile="embedded", compression_levels=(0.0, 0.5), memory_tiers=(2.0,),
                      calibration=str(calibration_file), horizon=4, exchange_fraction=0.25, target_perplexity=2.0,
@@ -106,7 +106,7 @@ def test_penalties_by_hand(calibration_file):
     env.reset(seed=0)
     steps = [env.step(np.array([level, 0, 0]))[4] for level in (1, 2, 0, 1)]
     assert [i["exchanges"] for i in steps] == [1, 1, 0, 1]
-    assert [i["reward_terms"]["exchange_penalty"] for i in steps] == [0.0, -0.5, 0.0, -0.5]
+    assert [i["reward_exchange_penalty"] for i in steps] == [0.0, -0.5, 0.0, -0.5]
 
 
 def test_an_unavailable_device_is_dropped_penalised_and_keeps_what_it_holds(calibration_file):
@@ -131,9 +131,9 @@ def test_an_unavailable_device_is_dropped_penalised_and_keeps_what_it_holds(cali
     action[up] = 2  # now away: dropped like a memory overflow, charged, keeps its emulator
     _, reward, _, _, info = env.step(action)
     assert (info["unavailable"], info["memory_violations"], info["participants"], info["exchanges"]) == (1, 0, 0, 0)
-    assert info["reward_terms"]["availability_penalty"] == pytest.approx(-RewardWeights().availability_penalty)
+    assert info["reward_availability_penalty"] == pytest.approx(-RewardWeights().availability_penalty)
     assert d.held[0, up] == 1 and info["perplexity"] == ppl and info["round_latency_s"] == 0.0
-    assert reward == pytest.approx(sum(info["reward_terms"].values()))
+    assert reward == pytest.approx(sum(reward_terms(info).values()))
 
 
 def test_server_joins_the_round_share_and_compression(calibration_file):
@@ -169,8 +169,8 @@ def test_reward_table_of_the_docstring_names_the_terms():
 
 
 def test_weights_reject_wrong_types():
-    with pytest.raises(ValueError, match="reward weight latency must be a number >= 0"):
+    with pytest.raises(ValueError, match="reward weight latency must be a finite number >= 0"):
         RewardWeights(latency="high")
-    with pytest.raises(ValueError, match="reward weight memory must be a number >= 0"):
+    with pytest.raises(ValueError, match="reward weight memory must be a finite number >= 0"):
         RewardWeights(memory=-1.0)
     assert math.isclose(RewardWeights().record()["latency"], 0.5)

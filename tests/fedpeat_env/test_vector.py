@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gymnasium.vector import AutoresetMode
 
 import fedpeat_env  # noqa: F401
 from fedpeat_env.dynamics import DEVICE_FEATURES, ROUND_FEATURES
@@ -29,9 +30,10 @@ def test_batch_of_one_reproduces_the_single_env_over_many_episodes(mode):
         action = rng.integers(0, 5, size=10)
         obs_s, r_s, term_s, trunc_s, info_s = single.step(action)
         obs_v, r_v, term_v, trunc_v, info_v = vector.step(action[None])
-        final = info_v["final_obs"][0] if term_s or trunc_s and mode == "same_step" else obs_v[0]
+        same_step_end = (term_s or trunc_s) and mode == "same_step"
+        final, step_info = (info_v["final_obs"][0], info_v["final_info"]) if same_step_end else (obs_v[0], info_v)
         assert np.array_equal(obs_s, final) and r_s == pytest.approx(float(r_v[0]))
-        assert info_s["perplexity"] == info_v["perplexity"][0] and (term_v[0], trunc_v[0]) == (term_s, trunc_s)
+        assert info_s["perplexity"] == step_info["perplexity"][0] and (term_v[0], trunc_v[0]) == (term_s, trunc_s)
         if term_s or trunc_s:
             episodes += 1
             obs_s, _ = single.reset()  # unseeded: the next episode of the stream
@@ -54,9 +56,14 @@ def test_autoreset_next_step_and_independent_sub_envs():
     assert len({tuple(o[:5]) for o in obs}) == 3  # different scenarios per sub-env
 
 
-def test_vector_env_rejects_bad_actions_and_engine_fidelity():
+def test_vector_env_rejects_bad_actions_a_step_before_reset_and_engine_fidelity():
     vector = FedPEATVectorEnv(2)
-    vector.reset(seed=0)
+    with pytest.raises(RuntimeError, match=r"call reset\(\) before step\(\)"):  # not rewards of -10 from no episode
+        vector.step(np.zeros((2, 10), dtype=np.int64))
+    _, info = vector.reset(seed=0)
+    _, _, _, _, step_info = vector.step(np.zeros((2, 10), dtype=np.int64))
+    assert set(info) == set(step_info) and all(np.shape(v) == (2,) for v in info.values())  # one layout for both
+    assert vector.autoreset_mode == AutoresetMode.NEXT_STEP
     with pytest.raises(ValueError, match="actions must be integers of shape"):
         vector.step(np.full((2, 10), 7))
     with pytest.raises(ValueError, match="fidelity must be 'surrogate'"):
@@ -73,7 +80,7 @@ def test_same_step_autoreset_and_the_sb3_adapter():
     zeros = np.zeros((2, 10), dtype=np.int64)
     vector.step(zeros)
     obs, _, _, truncated, info = vector.step(zeros)
-    assert truncated.all() and info["_final_obs"].all()
+    assert truncated.all() and info["_final_obs"].all() and info["_final_info"].all()
     assert np.allclose(info["final_obs"][:, ROUND_T], 1.0) and np.allclose(obs[:, ROUND_T], 0.0)  # round/T: 1 → new episode
 
     sb3 = FedPEATSB3VecEnv(3, seed=5, horizon=2)
@@ -87,6 +94,31 @@ def test_same_step_autoreset_and_the_sb3_adapter():
     assert sb3.get_attr("steps") == [6, 0, 0]
     with pytest.raises(ValueError, match="autoreset_mode must be"):
         FedPEATVectorEnv(2, autoreset_mode="sometimes")
+
+
+def test_same_step_reports_the_reset_info_and_the_rounds_info_aside_as_gymnasiums_vector_envs():
+    """SAME_STEP as gymnasium's SyncVectorEnv: a sub-env that ended reports its reset's info (round 0, terms 0, the
+    new episode's starting perplexity) and the round's info in ``final_info`` (with ``_key`` masks), the others their
+    round's; torchrl reads the round's numbers from ``final_info``."""
+    from gymnasium.vector import AutoresetMode
+
+    from fedpeat_env.reward import REWARD_INFO_KEYS
+
+    vector = FedPEATVectorEnv(3, autoreset_mode=AutoresetMode.SAME_STEP, horizon=2)
+    vector.reset(seed=4)
+    ones = np.ones((3, 10), dtype=np.int64)
+    vector.step(ones)
+    vector.dynamics.t[2] = 0  # sub-env 2 is one round behind: it does not end with the others
+    obs, reward, terminated, truncated, info = vector.step(ones)
+    done = terminated | truncated
+    assert done.tolist() == [True, True, False]
+    final = info["final_info"]
+    assert np.array_equal(info["_final_info"], done) and all(np.array_equal(final[f"_{k}"], done) for k in REWARD_INFO_KEYS)
+    np.testing.assert_allclose(sum(final[k] for k in REWARD_INFO_KEYS)[done], reward[done])  # the round's terms
+    assert (final["round"][done] == 2).all() and (info["round"][done] == 0).all()
+    assert all((info[k][done] == 0).all() for k in REWARD_INFO_KEYS)
+    np.testing.assert_array_equal(info["perplexity"][done], vector.dynamics.ppl[done])  # where the new episodes start
+    assert info["round"][2] == 1 and np.isclose(sum(info[k] for k in REWARD_INFO_KEYS)[2], reward[2])  # still playing
 
 
 def test_sb3_adapter_reports_episode_metrics_that_add_up_to_the_returns():
@@ -161,7 +193,9 @@ def test_step_result_is_step_without_the_info_dict(mode):
         obs_r, out, terminated_r, truncated_r, final_obs = envs[1].step_result(actions)
         assert np.array_equal(obs, obs_r) and np.array_equal(reward, out.round_["reward"])
         assert np.array_equal(terminated, terminated_r) and np.array_equal(truncated, truncated_r)
-        assert np.array_equal(info["perplexity"], out.round_["perplexity"]) and np.array_equal(info["latency"], out.terms["latency"])
+        round_info = info.get("final_info", info)  # SAME_STEP: every sub-env's round there when some reset
+        assert np.array_equal(round_info["perplexity"], out.round_["perplexity"])
+        assert np.array_equal(round_info["reward_latency"], out.terms["latency"])
         assert (final_obs is None) == ("final_obs" not in info)
         if final_obs is not None:
             assert np.array_equal(final_obs, info["final_obs"])
