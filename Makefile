@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel on local disk (plain `torch` would pull a multi-GB CUDA build).
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[dev]"
+	# tianshou 2.0.1 pins pandas<3 in its metadata but runs on pandas 3 (docs/clients.md, tested): without its pins
+	$(BIN)/pip install --no-deps tianshou==2.0.1
+	$(BIN)/pip install deepdiff h5py overrides sensai-utils virtualenv
 	touch $(STAMP)
 
 demo: setup

@@ -57,8 +57,6 @@ def test_every_client_has_its_section_with_one_snippet():
 
 @pytest.mark.parametrize("section", list(PYTHON))
 def test_each_python_snippet_runs_as_a_script(section, tmp_path):
-    if section == "tianshou":
-        pytest.importorskip("tianshou", reason="tianshou is its own extra (pip install -e '.[tianshou]')")
     script = tmp_path / "snippet.py"
     script.write_text(_block(section, "python"))
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
