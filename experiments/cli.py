@@ -83,6 +83,24 @@ ALGO = registry_name("agents.train:ALGOS", "algo")
 PARTITION = registry_name("federation.data:PARTITIONS", "partition")
 
 
+def command_line(ctx: typer.Context) -> str:
+    """The command as a user would type it again: ``fedpeat <command>`` and every option that differs from its
+    default (repeatable options repeated), then the extra Zoo-style arguments."""
+    parts = [ctx.command_path.replace(ctx.find_root().info_name or "", "fedpeat", 1)]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if not getattr(param, "opts", None) or value == param.default or value in (None, [], ()):
+            continue
+        flag = max(param.opts, key=len)
+        if isinstance(value, bool):
+            parts.append(flag if value else max(getattr(param, "secondary_opts", None) or [f"--no-{flag[2:]}"], key=len))
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            text = str(item)
+            parts.append(f"{flag} {repr(text) if any(c in text for c in ' [],') else text}")
+    return " ".join(parts + list(ctx.args))
+
+
 @contextmanager
 def user_errors():
     """Bad input (a ``ValueError`` from validation) becomes one red line naming the problem and exit code 2."""
@@ -755,6 +773,7 @@ def benchmark_cmd(
         else:
             result = run_benchmark(config, say=console.log)
     if config.multi_run:
+        (out / "command.txt").write_text(command_line(ctx) + "\n")  # for `fedpeat report`
         console.print(seeds_result.table.to_string(index=False))
         console.print(seeds_result.per_seed.to_string(index=False))
         _print_headroom(seeds_result.headroom)
@@ -1039,12 +1058,18 @@ def report_cmd(
     calibration: Path = typer.Option(Path("fedpeat_env/calibrations/embedded-v3.json"), help="Calibration file."),
     out: Path = typer.Option(Path("docs/generated"), callback=writable_dir,
                              help="Directory for the generated tables (the docs include them)."),
+    readme: Path = typer.Option(Path("README.md"), help="README whose results block (between its report:headline "
+                                                        "markers) is rewritten."),
 ) -> None:
-    """Regenerate the docs' result tables from the committed result files, so that no number is typed by hand."""
+    """Regenerate the docs' result tables and the README's results block from the committed result files, so that no
+    number is typed by hand."""
     from experiments.report import write_reports
 
+    if not readme.is_file():
+        console.print(f"[red]error:[/red] --readme must be an existing file, got {str(readme)!r}")
+        raise typer.Exit(2)
     try:
-        written = write_reports(calibration, results, out)
+        written = write_reports(calibration, results, out, readme)
     except FileNotFoundError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err

@@ -118,7 +118,8 @@ def sim_to_real(config: Sim2RealConfig, say: Callable[[str], None] = print) -> t
     kwargs, names, agent = config.resolved()
     out = Path(config.out_dir)
     agent_key = _agent_key(config.agent_dir, config.checkpoint)
-    dynamics = gym.make("FedPEAT-v1", **kwargs).unwrapped.dynamics
+    surrogate_env = gym.make("FedPEAT-v1", **kwargs).unwrapped
+    dynamics, fitted = surrogate_env.dynamics, _fitted_perplexities(surrogate_env.calibration)
     reference = {"target": dynamics.target, "initial": dynamics.initial_ppl}  # what the engine env's reward reads
 
     def key(name: str, seed: int) -> dict:
@@ -167,9 +168,22 @@ def sim_to_real(config: Sim2RealConfig, say: Callable[[str], None] = print) -> t
     episodes = {"FedPEAT-v1": surrogate, "FedPEAT-Engine-v1": engine}
     trajectories = _trajectories(episodes, kwargs["horizon"])
     table, summary = _compare(episodes, trajectories, names, kwargs["horizon"])
+    table.insert(1, "in the fit", [sum(_rounded(e["trace"]) in fitted for (n, _), e in engine.items() if n == name)
+                                   for name in names])  # engine episodes the calibration was fitted on: in-sample
     summary |= {"seeds": list(config.seeds), "env_kwargs": kwargs, "agent": agent, "checkpoint": config.checkpoint}
     _save_engine_runs(engine, kwargs, out / "engine_runs.json")
     return table, summary, trajectories
+
+
+def _rounded(trace: Sequence[dict]) -> tuple[float, ...]:
+    return tuple(round(float(r["perplexity"]), 6) for r in trace)
+
+
+def _fitted_perplexities(calibration) -> set[tuple[float, ...]]:
+    """The perplexity trajectories of the calibration's fit runs of condition "policy" (episodes added from a
+    sim2real run with ``fedpeat calibrate --add-runs``), to tell which policies' episodes it was fitted on."""
+    return {tuple(round(float(p), 6) for p in run["perplexity"]) for run in calibration.meta.get("fit_runs", [])
+            if run["spec"]["condition"] == "policy"}
 
 
 def _trajectories(episodes: dict[str, dict], horizon: int) -> pd.DataFrame:

@@ -73,8 +73,8 @@ def _zoo_lines(markdown: str) -> list[str]:
             if line.startswith(("python -m rl_zoo3.", "python -m agents.zoo "))]
 
 
-def test_every_readme_zoo_line_runs(tmp_path):
-    """Each RL Zoo line of the README, as written, plus a tiny budget: a few thousand steps on 3 devices, the logs in
+def test_every_documented_zoo_line_runs(tmp_path):
+    """Each RL Zoo line of docs/clients.md, as written, plus a tiny budget: a few thousand steps on 3 devices, the logs in
     the test's directory (the enjoy line replays what the train line before it saved)."""
     import shlex
     import subprocess
@@ -85,11 +85,11 @@ def test_every_readme_zoo_line_runs(tmp_path):
 
     from agents.device_set import DeviceSetPolicy
 
-    lines = _zoo_lines((ROOT / "README.md").read_text())
+    lines = _zoo_lines((ROOT / "docs" / "clients.md").read_text())
     assert len(lines) == 3 and any("--algo ppo_mask" in line for line in lines)
     outputs = []
     for line in lines:
-        args = shlex.split(line)[1:]  # the README's arguments after "python"
+        args = shlex.split(line)[1:]  # the documented arguments after "python"
         tiny = ["-f", str(tmp_path), "--env-kwargs", "num_devices:3", "horizon:4"]
         tiny += ["-n", "40"] if "enjoy" in args[1:3] or "rl_zoo3.enjoy" in args else ["-n", "2048", "--eval-freq", "-1"]
         done = subprocess.run([sys.executable, *args, *tiny], cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -10,6 +10,7 @@ import pytest
 
 from experiments import cli
 from experiments.cli import app
+from experiments.report import benchmark_tables, headline
 from tests.helpers import cli_runner
 
 runner = cli_runner()
@@ -126,6 +127,19 @@ def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_
             per_seed.loc[(per_seed["algo"] == algo) & (per_seed["train seed"] == seed), "mean return"].item())
     assert (tmp_path / "learning_curves.png").stat().st_size > 0 and (tmp_path / "seeds.md").is_file()
     assert (tmp_path / "episode_ppo.png").stat().st_size > 0 and (tmp_path / "episode_a2c.png").stat().st_size > 0
+    # the command as typed (for `fedpeat report`), and the report's tables from these files
+    command = (tmp_path / "command.txt").read_text().strip()
+    assert command.startswith("fedpeat benchmark --seeds 2 --episodes 1 --timesteps 256 --algo ppo --algo a2c "
+                              "--train-seeds 2 ")
+    assert f"--out {tmp_path}" in command and "--baseline fixed-1 --baseline fixed-4" in command
+    tables = benchmark_tables(tmp_path)
+    for _, row in per_seed.iterrows():
+        line = next(line for line in tables["benchmark_per_seed.md"].splitlines()
+                    if line.startswith(f"| {row['algo']} | {row['train seed']} |"))
+        assert f"| {row['mean return']:.2f} | {row['− best-static']:+.2f} [" in line
+    block = headline(tmp_path)
+    assert f"IQM {table.loc[0, 'IQM']:.2f}" in block and command in block
+    assert block.count("| yes |") == 1  # the oracle, the only clairvoyant baseline of this run
 
     written = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/seed-*/model.zip")}
     again = runner.invoke(app, args)  # a second run reuses every finished training and evaluation

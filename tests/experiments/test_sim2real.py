@@ -58,6 +58,28 @@ def test_sim2real_compares_perplexity_trajectories_and_ranks(tmp_path):
     for held, pick in (("smallest", np.argmin), ("largest", np.argmax)):  # who trained, round by round
         assert any(all(set(np.flatnonzero(~np.isnan(row))) <= {pick(r.device_share)} for row in np.asarray(r.compression))
                    for r in runs), held
+    # which policies' engine episodes a calibration was fitted on (none here: the committed calibration has no policy
+    # runs); a calibration whose fit runs hold one of these episodes marks exactly that policy's episode
+    assert (table["in the fit"] == 0).all()
+    from types import SimpleNamespace
+
+    from experiments.sim2real import _fitted_perplexities, _rounded
+
+    stored = json.loads((out / "engine_runs.json").read_text())
+    fitted = _fitted_perplexities(SimpleNamespace(meta={"fit_runs": stored[:1]}))
+    cached = {p.parent.name: json.loads(p.read_text())["episode"]["trace"] for p in (out / "engine").glob("*/seed-*.json")}
+    assert [name for name, trace in cached.items() if _rounded(trace) in fitted] == ["ppo"]
+    # fedpeat report's table and README block from these files: every policy's numbers as sim2real wrote them
+    from experiments.report import sim2real_headline, sim2real_table
+
+    markdown, block = sim2real_table(out), sim2real_headline(out)
+    for _, row in table.iterrows():
+        line = next(line for line in markdown.splitlines() if line.startswith(f"| {row['policy']} |"))
+        assert f"| {row['FedPEAT-v1 return']:.2f} | {row['FedPEAT-Engine-v1 return']:.2f} |" in line
+        assert f"{100 * row['ppl error, worst round']:.1f}% ({int(row['worst round'])})" in line
+        line = next(line for line in block.splitlines() if line.startswith(f"| {row['policy']} |"))
+        assert line.startswith(f"| {row['policy']} | {row['FedPEAT-Engine-v1 return']:.2f} | ")
+    assert f"Kendall τ of the returns over the policies: {summary['kendall_tau']:.2f}" in markdown
     assert all(len(r.perplexity) == len(r.compression) + 1 == 3 for r in runs)
     # a rerun reuses every engine episode
     again = runner.invoke(app, args)
