@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup demo test test-slow bench lint docs clean
+.PHONY: setup demo test test-slow bench lint typecheck docs clean
 
 setup: $(STAMP)
 
@@ -45,5 +45,9 @@ docs: setup
 lint: setup
 	$(BIN)/ruff check federation fedpeat_env agents experiments tests
 
+typecheck: setup
+	# mypy on the four packages, settings and files in pyproject.toml ([tool.mypy])
+	$(BIN)/python -m mypy
+
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks site
+	rm -rf $(VENV) .pytest_cache .mypy_cache .benchmarks site

@@ -18,13 +18,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 
 from agents.mpc import MPCPolicy
-from agents.policy import Policy, action_choices, level_entries
+from agents.policy import Policy, action_choices, as_fedpeat, level_entries
 from agents.search import GreedyPolicy, OraclePolicy
 from agents.static import BestStaticPolicy
 
@@ -55,7 +56,7 @@ class FixedPolicy:
 
     def reset(self, env: gym.Env) -> None:
         level = self.level if self.level is not None else _full_model_level(env)
-        num_levels = int(env.action_space.nvec[0]) - 1
+        num_levels = int(as_fedpeat(env).action_space.nvec[0]) - 1
         if level > num_levels:
             raise ValueError(f"level must be in 0..{num_levels} for this env, got {level}")
         self._level = level
@@ -94,9 +95,9 @@ class HeldPolicy:
 
     def reset(self, env: gym.Env) -> None:
         n = level_entries(env)
-        share = np.asarray(env.dynamics.share[0], dtype=float)
+        share = np.asarray(as_fedpeat(env).dynamics.share[0], dtype=float)
         order = np.argsort(-share if self.largest else share, kind="stable")
-        fits = env.dynamics.fits[0]  # (N, K+1): level k fits the device's memory
+        fits = as_fedpeat(env).dynamics.fits[0]  # (N, K+1): level k fits the device's memory
         self._levels = np.zeros(n, dtype=np.int64)
         for i in order[: self.k]:
             fitting = np.flatnonzero(fits[i, 1:]) + 1
@@ -106,12 +107,12 @@ class HeldPolicy:
     def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
         if self._levels is None:
             raise RuntimeError("call reset(env) before act()")
-        available = np.asarray(env.dynamics.available[0], dtype=bool)
+        available = np.asarray(as_fedpeat(env).dynamics.available[0], dtype=bool)
         return np.concatenate([np.where(available, self._levels, 0), self._ranks])
 
 
 def _full_model_level(env: gym.Env) -> int:
-    levels = list(getattr(env.config, "compression_levels", ()))
+    levels = list(getattr(as_fedpeat(env).config, "compression_levels", ()))
     if 0.0 not in levels:
         raise ValueError(f"full-model needs compression_levels to contain 0.0, got {tuple(levels)}")
     return levels.index(0.0) + 1
@@ -155,8 +156,8 @@ class UCBPolicy:
 
     def reset(self, env: gym.Env) -> None:
         choices, n = action_choices(env), level_entries(env)
-        width = int(env.action_space.nvec[0])
-        fits = env.dynamics.fits[0]  # (N, K+1): the levels each device's memory holds, whether it is away or not
+        width = int(as_fedpeat(env).action_space.nvec[0])
+        fits = as_fedpeat(env).dynamics.fits[0]  # (N, K+1): the levels each device's memory holds, whether it is away or not
         self.arms = [np.flatnonzero(fits[i, 1:]) + 1 for i in range(n)]
         self.pulls, self.totals = np.zeros((n, width)), np.zeros((n, width))
         self.ranks = np.array([values[-1] for values in choices[n:]], dtype=np.int64)
@@ -200,8 +201,9 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
     match = re.fullmatch(r"(largest|smallest)-([1-9]\d*)", name)
     if match:
         return HeldPolicy(int(match.group(2)), largest=match.group(1) == "largest", **kwargs)
-    factories = {"full-model": lambda **kw: FixedPolicy(None, **kw), "random": RandomPolicy, "greedy": GreedyPolicy,
-                 "oracle": OraclePolicy, "ucb": UCBPolicy, "best-static": BestStaticPolicy, "mpc": MPCPolicy}
+    factories: dict[str, Callable[..., Policy]] = {
+        "full-model": lambda **kw: FixedPolicy(None, **kw), "random": RandomPolicy, "greedy": GreedyPolicy,
+        "oracle": OraclePolicy, "ucb": UCBPolicy, "best-static": BestStaticPolicy, "mpc": MPCPolicy}
     if name not in factories:
         raise ValueError(f"policy name must be one of {POLICY_NAMES} (fixed-k with k = 0..K, largest-k and smallest-k "
                          f"with k >= 1), got {name!r}")

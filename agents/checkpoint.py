@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -239,7 +239,7 @@ def env_state(venv: VecEnv) -> dict | None:
 def set_env_state(venv: VecEnv, state: dict) -> None:
     """Restore ``env_state`` into a vector env built with the same settings."""
     layers = _layers(venv)
-    layers[-1].set_state(state["episodes"])
+    cast(FedPEATSB3VecEnv, layers[-1]).set_state(state["episodes"])  # ``env_state`` saved them: this is the env
     for layer in layers:
         if isinstance(layer, VecNormalize):
             layer.returns = state["returns"].copy()

@@ -18,10 +18,15 @@ are not normalised per dimension (their statistics would fix N); the env's featu
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.torch_layers import MlpExtractor
+from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from fedpeat_env.dynamics import DEVICE_FEATURES, ROUND_FEATURES
@@ -91,27 +96,46 @@ class DeviceHead(nn.Module):
         return levels.flatten(1) if ranks is None else th.cat([levels.flatten(1), ranks.flatten(1)], dim=1)
 
 
-class DeviceSetMixin:
+if TYPE_CHECKING:
+    class _ActorCritic(BasePolicy):
+        """What ``DeviceSetMixin`` uses of the policy it is mixed into (``ActorCriticPolicy``,
+        ``MaskableActorCriticPolicy``): typing only."""
+
+        features_dim: int
+        ortho_init: bool
+        mlp_extractor: MlpExtractor
+        action_net: nn.Module
+
+        def _build(self, lr_schedule: Schedule) -> None: ...
+else:
+    _ActorCritic = object
+
+
+class DeviceSetMixin(_ActorCritic):
     """Replaces SB3's MLP extractor and flat action layer by the device-set networks (see the module docstring)."""
 
     def _build_mlp_extractor(self) -> None:
-        self.mlp_extractor = DeviceSetExtractor(self.features_dim)
+        # SB3 types the attribute as its MlpExtractor; its custom-network hook (this method) takes any such module
+        self.mlp_extractor = DeviceSetExtractor(self.features_dim)  # type: ignore[assignment]
 
     def _build(self, lr_schedule) -> None:
         super()._build(lr_schedule)
-        nvec = np.asarray(self.action_space.nvec)
+        nvec = np.asarray(cast(spaces.MultiDiscrete, self.action_space).nvec)
         n = num_devices(self.features_dim)
-        self.action_net = DeviceHead(self.mlp_extractor.hidden, int(nvec[0]), int(nvec[n]) if len(nvec) > n else 0)
+        extractor = cast(DeviceSetExtractor, self.mlp_extractor)
+        self.action_net = DeviceHead(extractor.hidden, int(nvec[0]), int(nvec[n]) if len(nvec) > n else 0)
         if self.ortho_init:
             self.action_net.apply(lambda module: self.init_weights(module, gain=0.01))
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        # as in SB3's ActorCriticPolicy._build: optimizer_class is typed type[Optimizer], whose __init__ takes no lr
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
     @th.no_grad()
     def device_actions(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
         """Greedy actions (B, len(nvec) at this N) for observations (B, DEVICE_FEATURES·N + ROUND_FEATURES) of any N,
         masked logits excluded (``masks``: the env's flat ``action_masks()``, (B, mask length) or (mask length,))."""
         obs_t = th.as_tensor(np.atleast_2d(obs), dtype=th.float32)
-        levels, ranks = self.action_net.per_device(self.mlp_extractor.forward_actor(obs_t))
+        head, extractor = cast(DeviceHead, self.action_net), cast(DeviceSetExtractor, self.mlp_extractor)
+        levels, ranks = head.per_device(extractor.forward_actor(obs_t))
         parts = [levels] + ([] if ranks is None else [ranks])
         if masks is not None:
             flat = th.as_tensor(np.atleast_2d(masks), dtype=th.bool)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 import fedpeat_env  # noqa: F401  (registers the FedPEAT ids)
-from agents.policy import Policy
+from agents.policy import Policy, as_fedpeat
 
 TEST_SEED = 10_000
 """The benchmark's test episodes start at this seed (``fedpeat benchmark``, ``evaluate``, ``sim2real``)."""
@@ -53,7 +53,7 @@ def round_trace(env: gym.Env, action: np.ndarray | None, perplexity: float) -> d
     """What a FedPEAT ``env`` (unwrapped) shows after a reset (``action`` None) or a round: the perplexity, per domain
     (``domain_ppl``), and per device the ε and LoRA rank it trained at (NaN / 0 where it did not train); after a
     reset also the data (``share``, ``mix``), the server's share and the training blocks."""
-    d = env.dynamics
+    d = as_fedpeat(env).dynamics
     record = {"perplexity": float(perplexity), "domain_ppl": d.domain_ppl[0].tolist()}
     if action is None:
         return record | {"share": d.share[0].tolist(), "mix": d.mix[0].tolist(), "server_share": d.tables.server_share,

@@ -15,9 +15,12 @@ import inspect
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 """The tuned settings shipped with the package (``agents/hyperparams/``)."""
@@ -68,12 +71,13 @@ def _value(raw: str) -> Any:
     return value
 
 
-def algo_arguments(algo_cls: type) -> tuple[str, ...]:
+def algo_arguments(algo_cls: type[BaseAlgorithm]) -> tuple[str, ...]:
     """The constructor arguments of an SB3 algorithm class that a hyperparameter file may set."""
     return tuple(name for name in inspect.signature(algo_cls.__init__).parameters if name not in _NOT_SETTABLE)
 
 
-def split_hyperparams(algo: str, algo_cls: type, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_hyperparams(algo: str, algo_cls: type[BaseAlgorithm],
+                      params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(trainer settings, algorithm kwargs); ``ValueError`` naming every key that is neither."""
     allowed = algo_arguments(algo_cls)
     unknown = sorted(k for k in params if k not in TRAINER_KEYS and k not in allowed)
@@ -87,7 +91,7 @@ def split_hyperparams(algo: str, algo_cls: type, params: Mapping[str, Any]) -> t
     return trainer, algo_kwargs
 
 
-def _check_types(algo_cls: type, algo_kwargs: Mapping[str, Any]) -> None:
+def _check_types(algo_cls: type[BaseAlgorithm], algo_kwargs: Mapping[str, Any]) -> None:
     """``ValueError`` naming an argument whose value has not the type of its default in the constructor (a bool, an
     integer, a number: an integer is a number; ``SCHEDULED`` arguments may also be ``lin_<x>`` strings), so that a
     misspelt value fails here rather than when training starts. Arguments without such a default are not checked."""

@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecNormalize
 from supersuit.vector.sb3_vector_wrapper import SB3VecEnvWrapper
 
 import fedpeat_env
 from agents.hyperparams import algo_constructor_kwargs, split_hyperparams
+from agents.policy import Policy, as_fedpeat
 from agents.stats import bootstrap_ci, paired_difference
 from fedpeat_env.config import EnvConfig
 from fedpeat_env.parallel import agent_observations, stacked_joint_action
@@ -116,7 +117,7 @@ def train_marl(config: MARLConfig, progress: bool = False) -> Path:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.torch_threads)
-    venv = VecMonitor(make_marl_env(config.n_envs, config.seed, **config.env_kwargs))
+    venv: VecEnv = VecMonitor(make_marl_env(config.n_envs, config.seed, **config.env_kwargs))
     if config.normalize_reward:
         venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=config.algo_kwargs.get("gamma", 0.99))
     model = PPO("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0,
@@ -126,6 +127,7 @@ def train_marl(config: MARLConfig, progress: bool = False) -> Path:
     wall = time.perf_counter() - start
     model.save(out / "model.zip")
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    assert model.ep_info_buffer is not None  # set by learn
     returns = [info["r"] for info in model.ep_info_buffer]
     metrics = {"wall_time_s": wall, "agent_steps": int(model.num_timesteps),
                "agent_steps_per_s": model.num_timesteps / wall,
@@ -156,7 +158,7 @@ class MARLPolicy:
         pass
 
     def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
-        per_device = agent_observations(obs, env.config.num_devices)
+        per_device = agent_observations(obs, as_fedpeat(env).config.num_devices)
         actions, _ = self.model.predict(per_device, deterministic=True)
         return stacked_joint_action(actions)
 
@@ -201,7 +203,7 @@ def compare_marl(marl_dir: str | Path, agent_dir: str | Path, seeds, episodes_pe
     options = marl_env_kwargs(marl_dir) if env_kwargs is None else env_kwargs
     _check_agent_fits(agent_dir, options)
     label = agent_label(agent_dir)
-    policies = {MARL_LABEL: marl, label: load_policy(agent_dir, checkpoint=checkpoint)}
+    policies: dict[str, Policy] = {MARL_LABEL: marl, label: load_policy(agent_dir, checkpoint=checkpoint)}
     policies |= {name: make_policy(name) for name in baselines}
     results = {name: evaluate(policy, "FedPEAT-v1", options, seeds, episodes_per_seed)
                for name, policy in policies.items()}

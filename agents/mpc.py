@@ -19,10 +19,13 @@ search over the devices' allowed levels with V (``agents.search.coordinate_searc
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 
-from agents.policy import action_choices
+from agents.policy import action_choices, as_fedpeat
 from agents.search import best_of, coordinate_search, uniform_actions
 
 
@@ -46,15 +49,15 @@ class MPCPolicy:
     def reset(self, env: gym.Env) -> None:
         self._plan = None
 
-    def value(self, env: gym.Env, action: np.ndarray, streams: list[dict]) -> float:
+    def value(self, env: gym.Env, action: np.ndarray, streams: Sequence[Mapping[str, Any]]) -> float:
         """V(action) on the futures ``streams`` (PCG64 states)."""
-        horizon = env.dynamics.reward.horizon
-        left = horizon - int(env.dynamics.t[0])
+        horizon = as_fedpeat(env).dynamics.reward.horizon
+        left = horizon - int(as_fedpeat(env).dynamics.t[0])
         rounds = min(self.lookahead, left)
         totals = np.zeros((len(streams), rounds))
         tails = np.zeros((len(streams), rounds))
         for f, stream in enumerate(streams):
-            sim = env.dynamics.fork(stream)  # a sampled future: the env's own draws are never read
+            sim = as_fedpeat(env).dynamics.fork(stream)  # a sampled future: the env's own draws are never read
             total, actions = 0.0, np.ascontiguousarray(action[None, :], dtype=np.int64)
             for m in range(rounds):
                 out = sim.step(actions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -63,8 +64,8 @@ def learning_curve(source: str | Path, out_png: str | Path, window: int = 20, ti
     return _save(fig, out_png)
 
 
-def learning_curves(runs: dict[str, list[str | Path]], out_png: str | Path, lines: dict[str, float] | None = None,
-                    window: int = 20, points: int = 100) -> Path:
+def learning_curves(runs: Mapping[str, Sequence[str | Path]], out_png: str | Path,
+                    lines: dict[str, float] | None = None, window: int = 20, points: int = 100) -> Path:
     """Episode return against env steps over training seeds: per algorithm the median of its runs' rolling means
     (``window`` episodes, on a common grid of ``points`` steps) and the band between their min and max, with
     horizontal ``lines`` (e.g. the best fixed policy and the oracle)."""
@@ -93,28 +94,29 @@ def episode_plot(policy, out_png: str | Path, env_kwargs: dict | None = None, se
     import gymnasium as gym
 
     import fedpeat_env  # noqa: F401
+    from agents.policy import as_fedpeat
     from fedpeat_env.render import device_views
 
     env = gym.make("FedPEAT-v1", **(env_kwargs or {}))
     obs, _ = env.reset(seed=seed)
-    dyn = env.unwrapped.dynamics
+    dyn = as_fedpeat(env.unwrapped).dynamics
     policy.reset(env.unwrapped)
     n = dyn.N
     tiers = [device.tier for device in device_views(dyn)]
-    chosen, dropped, gains, ppl = [], [], [], []
+    chosen_rows, dropped_rows, gain_rows, ppl = [], [], [], []
     done = False
     while not done:
         action = policy.act(obs, env.unwrapped)
         obs, _, terminated, truncated, info = env.step(action)
         levels = np.asarray(action[:n])
         eps = np.where(levels > 0, dyn.tables.eps[levels], np.nan)
-        chosen.append(eps)
-        dropped.append((levels > 0) & ~dyn.state.active[0])
-        gains.append(dyn.state.gain_db[0].copy())
+        chosen_rows.append(eps)
+        dropped_rows.append((levels > 0) & ~dyn.state.active[0])
+        gain_rows.append(dyn.state.gain_db[0].copy())
         ppl.append(info["perplexity"])
         done = terminated or truncated
     env.close()
-    chosen, dropped, gains = np.array(chosen).T, np.array(dropped).T, np.array(gains).T
+    chosen, dropped, gains = np.array(chosen_rows).T, np.array(dropped_rows).T, np.array(gain_rows).T
     fig, (ax_eps, ax_gain) = plt.subplots(2, 1, figsize=(7, 1.2 + 0.45 * n * 2), sharex=True)
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     image = ax_eps.imshow(np.ma.masked_invalid(chosen), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0)

@@ -8,10 +8,14 @@ A policy sees the observation and the *unwrapped* env (so searches can deep-copy
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
+
+if TYPE_CHECKING:
+    from fedpeat_env.env import FedPEATEnv
 
 CLAIRVOYANT = ("greedy", "oracle")
 """Baselines whose simulations read the realised future (deep copies of the env draw its coming fading, noise and
@@ -29,9 +33,15 @@ class Policy(Protocol):
         """The action (integer array in ``env.action_space``) for observation ``obs``."""
 
 
+def as_fedpeat(env: gym.Env) -> FedPEATEnv:
+    """``env`` typed as the FedPEAT env a policy is given unwrapped (its ``dynamics``, ``config``, ``action_masks``);
+    typing only, no check."""
+    return cast("FedPEATEnv", env)
+
+
 def action_choices(env: gym.Env) -> list[np.ndarray]:
     """Allowed values of each entry of a MultiDiscrete action, from ``env.action_masks()`` when the env has it."""
-    nvec = np.asarray(env.action_space.nvec)
+    nvec = np.asarray(cast(spaces.MultiDiscrete, env.action_space).nvec)
     mask = env.action_masks() if hasattr(env, "action_masks") else np.ones(int(nvec.sum()), dtype=bool)
     parts = np.split(np.asarray(mask, dtype=bool), np.cumsum(nvec)[:-1])
     return [np.flatnonzero(part) for part in parts]
@@ -39,7 +49,8 @@ def action_choices(env: gym.Env) -> list[np.ndarray]:
 
 def level_entries(env: gym.Env) -> int:
     """Number of leading action entries that are per-device levels (the rest, if any, are LoRA-rank entries)."""
-    return int(getattr(getattr(env, "config", None), "num_devices", len(env.action_space.nvec)))
+    nvec = cast(spaces.MultiDiscrete, env.action_space).nvec
+    return int(getattr(getattr(env, "config", None), "num_devices", len(nvec)))
 
 
 class SB3Policy:
@@ -66,7 +77,7 @@ class SB3Policy:
         if self.vecnormalize is not None:
             obs = self.vecnormalize.normalize_obs(obs)  # a no-op on observations for the device-set policy
         if device_actions is not None and self.deterministic:  # the device-set policy: any number of devices
-            return device_actions(obs, env.action_masks() if self.masked else None)[0]
-        kwargs = {"action_masks": env.action_masks()} if self.masked else {}
+            return device_actions(obs, as_fedpeat(env).action_masks() if self.masked else None)[0]
+        kwargs = {"action_masks": as_fedpeat(env).action_masks()} if self.masked else {}
         action, _ = self.model.predict(obs, deterministic=self.deterministic, **kwargs)
         return np.asarray(action, dtype=np.int64)

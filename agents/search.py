@@ -15,7 +15,7 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
-from agents.policy import action_choices, level_entries
+from agents.policy import action_choices, as_fedpeat, level_entries
 
 Score = Callable[[np.ndarray], float]
 
@@ -24,7 +24,7 @@ def rollout(env: gym.Env, action: np.ndarray, rounds: int) -> tuple[list[float],
     """Hold ``action`` for up to ``rounds`` rounds on a copy of ``env``'s round model that continues its realised
     random stream (``Dynamics.fork``: what a deep copy of the env would draw): (rewards, perplexity terms, whether
     the episode ended)."""
-    sim = env.dynamics.fork()
+    sim = as_fedpeat(env).dynamics.fork()
     actions = np.ascontiguousarray(np.asarray(action, dtype=np.int64)[None, :])
     rewards, gaps = [], []
     for _ in range(rounds):
@@ -77,7 +77,7 @@ def uniform_actions(env: gym.Env) -> list[np.ndarray]:
     """For each level k = 0..K: every device whose memory holds k at level k, the others idle."""
     choices, n_levels = action_choices(env), level_entries(env)
     actions = []
-    for level in range(int(env.action_space.nvec[0])):
+    for level in range(int(as_fedpeat(env).action_space.nvec[0])):
         action = idle_action(env)
         action[:n_levels] = [level if level in choices[i] else 0 for i in range(n_levels)]
         actions.append(action)
@@ -155,7 +155,7 @@ class OraclePolicy:
     def value(self, env: gym.Env, action: np.ndarray) -> float:
         """V(action): hold it for m ≤ lookahead rounds, then idle to the end; the best m."""
         rewards, gaps, ended = rollout(env, action, self.lookahead)
-        left = env.config.horizon - self._round
+        left = as_fedpeat(env).config.horizon - self._round
         tails = (left - np.arange(1, len(rewards) + 1)) * np.asarray(gaps)
         if ended:
             tails[-1] = 0.0  # nothing is paid after the episode's last round

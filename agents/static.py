@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from agents.evaluate import VALIDATION_SEED
-from agents.policy import action_choices, level_entries
+from agents.policy import action_choices, as_fedpeat, level_entries
 
 STATIC_ORDERS: tuple[str, ...] = ("share", "memory", "gain", "coverage")
 SEARCH_EPISODES = 500
@@ -102,16 +102,17 @@ class StaticPolicy:
 
     def reset(self, env: gym.Env) -> None:
         n = level_entries(env)
-        if self.rule.level >= int(env.action_space.nvec[0]):
-            raise ValueError(f"level must be in 1..{int(env.action_space.nvec[0]) - 1} for this env, got {self.rule.level}")
-        self._levels = self.rule.levels(env.dynamics)[0][:n]
+        width = int(as_fedpeat(env).action_space.nvec[0])
+        if self.rule.level >= width:
+            raise ValueError(f"level must be in 1..{width - 1} for this env, got {self.rule.level}")
+        self._levels = self.rule.levels(as_fedpeat(env).dynamics)[0][:n]
         self._ranks = np.array([values[-1] for values in action_choices(env)[n:]], dtype=np.int64)
 
     def act(self, obs: np.ndarray, env: gym.Env) -> np.ndarray:
         if self._levels is None:
             raise RuntimeError("call reset(env) before act()")
-        masks = np.asarray(env.action_masks())[None, :]
-        levels = allowed_levels(self._levels[None, :], masks, int(env.action_space.nvec[0]))[0]
+        masks = np.asarray(as_fedpeat(env).action_masks())[None, :]
+        levels = allowed_levels(self._levels[None, :], masks, int(as_fedpeat(env).action_space.nvec[0]))[0]
         return np.concatenate([levels, self._ranks])
 
 
@@ -179,7 +180,8 @@ class BestStaticPolicy:
         self._policy: StaticPolicy | None = None
 
     def reset(self, env: gym.Env) -> None:
-        kwargs = {k: v for k, v in asdict(env.config).items() if k not in ("fidelity", "executor", "ray_address")}
+        options = asdict(as_fedpeat(env).config)
+        kwargs = {k: v for k, v in options.items() if k not in ("fidelity", "executor", "ray_address")}
         key = json.dumps([kwargs, self.episodes], sort_keys=True, default=str)
         if key not in _SEARCHED:
             _SEARCHED[key] = search_static(kwargs, self.episodes)[0]

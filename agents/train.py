@@ -15,13 +15,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import gymnasium as gym
 import pandas as pd
 import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
@@ -49,7 +50,7 @@ from agents.stats import paired_difference
 from agents.vec import FedPEATSB3VecEnv
 
 Algo = Literal["ppo", "a2c", "maskable-ppo"]
-ALGOS = {"ppo": PPO, "a2c": A2C, "maskable-ppo": MaskablePPO}
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "maskable-ppo": MaskablePPO}
 DEVICE_SET = "device-set"
 POLICIES = {"mlp": "MlpPolicy", DEVICE_SET: DEVICE_SET}
 """``fedpeat train --policy`` names → ``TrainConfig.policy``."""
@@ -114,11 +115,11 @@ class TrainConfig:
             raise ValueError(f"algo must be one of {tuple(ALGOS)}, got {algo!r}")
         params = {**load_hyperparams(algo, env_id, hyperparams_path), **(overrides or {})}
         trainer, algo_kwargs = split_hyperparams(algo, ALGOS[algo], params)
-        settings = {"n_envs": trainer.get("n_envs"), "timesteps": trainer.get("n_timesteps"),
-                    "policy": trainer.get("policy"), "normalize": trainer.get("normalize")}
+        settings: dict[str, Any] = {"n_envs": trainer.get("n_envs"), "timesteps": trainer.get("n_timesteps"),
+                                    "policy": trainer.get("policy"), "normalize": trainer.get("normalize")}
         settings = {k: (int(v) if k in ("n_envs", "timesteps") else v) for k, v in settings.items() if v is not None}
         settings |= {k: v for k, v in fields.items() if v is not None}
-        return cls(algo=algo, env_id=env_id, algo_kwargs=algo_kwargs, **settings)
+        return cls(algo=cast(Algo, algo), env_id=env_id, algo_kwargs=algo_kwargs, **settings)  # a name of ALGOS
 
 
 CHECK_REFERENCE = "best-static"
@@ -140,7 +141,8 @@ class BaselineCheck(BaseCallback):
         self.seeds = [VALIDATION_SEED + s for s in range(config.check_episodes)]
         self.baseline: pd.DataFrame | None = None
         self.check_time_s, self.started = 0.0, 0.0
-        self.last_check, self.beaten_at = 0, None
+        self.last_check = 0
+        self.beaten_at: dict[str, float] | None = None
         self.history: list[dict] = []
         self.best: dict | None = None
         self.trained_before_s = 0.0  # training time before this process (a resumed run)
@@ -321,7 +323,7 @@ def _new_model(config: TrainConfig, venv: VecEnv):
                              **algo_constructor_kwargs(config.algo_kwargs))
 
 
-def _restored_model(config: TrainConfig, venv: VecEnv, path: Path, steps: int):
+def _restored_model(config: TrainConfig, venv: VecEnv, path: Path, steps: int) -> tuple[BaseAlgorithm, Any]:
     """(model on ``venv`` with the checkpoint ``path``'s parameters, statistics and episodes, its random states)."""
     state = read_state(path)
     if config.normalize:

@@ -44,6 +44,7 @@ class FedPEATSB3VecEnv(VecEnv):
 
     def step_wait(self):
         started = time.perf_counter()
+        assert self._actions is not None  # step_async set them
         obs, out, terminated, truncated, final_obs = self.venv.step_result(self._actions)
         infos = [{"perplexity": ppl, "TimeLimit.truncated": cut}
                  for ppl, cut in zip(out.round_["perplexity"].tolist(), truncated.tolist())]

@@ -10,6 +10,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from rich.table import Table
@@ -57,7 +58,8 @@ def measure_training_memory(model: torch.nn.Module, batch: torch.Tensor) -> Memo
     activations = sum(n for ptr, n in storages.items() if ptr not in param_ptrs)
     state = [t for s in optimiser.state.values() for t in s.values() if torch.is_tensor(t)]
     unique_params = {p.data_ptr(): p for p in model.parameters()}.values()
-    result = MemoryMeasurement(tensor_bytes(unique_params), tensor_bytes(p.grad for p in params), tensor_bytes(state), activations)
+    gradients = (cast(torch.Tensor, p.grad) for p in params)  # backward gave every trainable parameter one
+    result = MemoryMeasurement(tensor_bytes(unique_params), tensor_bytes(gradients), tensor_bytes(state), activations)
     optimiser.zero_grad(set_to_none=True)
     model.eval()
     return result
@@ -75,6 +77,7 @@ def bench_emulator(steps: int = 20, batch_size: int = 8, ratios: tuple[float, ..
     runner = RoundRunner(EngineConfig(num_devices=1, max_eval_blocks=1))
     blocks = runner.data.device_blocks[0]
     lora = runner.method.lora  # FedPEAT's adapter, as devices train it
+    assert lora is not None  # FedPEAT trains LoRA
     rows = []
     for ratio in ratios:
         spec = layer_drop_spec(runner.model.config.n_layer, 1, ratio)
@@ -102,6 +105,7 @@ def bench_engine_overhead(steps: int = 20, batch_size: int = 8, repeats: int = 3
     decision = [DeviceDecision(True, 0.5)]
     runner.run_round(decision, evaluate=False)  # first round: emulator exchange + model build
     spec = runner.server.device_specs[0]
+    assert runner.method.lora is not None  # FedPEAT trains LoRA
     bare = attach_lora(build_emulator(runner.model, spec), spec, runner.method.lora)  # the same adapter as the engine's
     blocks = runner.data.device_blocks[0]
     engine_s, bare_s = [], []

@@ -7,9 +7,13 @@ import statistics
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from federation.ray_executor import RayExecutor
 
 GIB = 2**30
 
@@ -83,7 +87,8 @@ def bench_executors(clients: int = 8, workers: int = 2, rounds: int = 5, local_s
     ExecutorConfig("ray", workers=workers)  # Ray installed? (before any work)
     config = EngineConfig(num_devices=clients, method_config=FedPEATConfig(train=LocalTrainConfig(steps=local_steps)))
     decisions = [DeviceDecision(True, 0.5)] * clients
-    rows, threads = [], torch.get_num_threads()
+    rows: list[dict[str, Any]] = []
+    threads = torch.get_num_threads()
     for layout, driver_slot in LAYOUTS.items():
         torch.set_num_threads(1 if layout == "local-1-thread" else threads)
         with PeakMemory() as memory:
@@ -95,7 +100,7 @@ def bench_executors(clients: int = 8, workers: int = 2, rounds: int = 5, local_s
             times = [runner.run_round(decisions, evaluate=evaluate).wall_time_s for _ in range(rounds)]
             if executor is not None:
                 executor.shutdown()
-                executor.ray.shutdown()
+                cast("RayExecutor", executor).ray.shutdown()
         del runner
         gc.collect()
         rows.append({"executor": layout, "round_s": statistics.median(times), "startup_s": startup_s if executor else 0.0,
@@ -132,18 +137,20 @@ def bench_devices(num_devices: Sequence[int] = (10, 100, 1000), steps: int = 200
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 10:
         raise ValueError(f"steps must be an integer >= 10, got {steps!r}")
     import gymnasium as gym
+    from gymnasium import spaces
 
     import fedpeat_env  # noqa: F401
+    from agents.policy import as_fedpeat
 
     rows = []
     for n in num_devices:
         env = gym.make("FedPEAT-v1", num_devices=n)
         env.reset(seed=0)
-        sample = MaskedSampler(env.action_space.nvec, np.random.default_rng(0))
+        sample = MaskedSampler(cast(spaces.MultiDiscrete, env.action_space).nvec, np.random.default_rng(0))
 
         def step(k: int, env=env, sample=sample) -> None:
             for _ in range(k):
-                if any(env.step(sample(env.unwrapped.action_masks()))[2:4]):
+                if any(env.step(sample(as_fedpeat(env.unwrapped).action_masks()))[2:4]):
                     env.reset()
 
         step(10)  # warm-up

@@ -13,7 +13,7 @@ from agents import benchmark_table, evaluate, make_policy, oracle_margin, paired
 from agents import best_fixed as best_fixed_policy
 from agents.evaluate import TEST_SEED
 from agents.train import ALGOS, CHECKPOINTS, TrainConfig, load_policy, train
-from federation.executor_config import ExecutorConfig
+from federation.executor_config import ExecutorConfig, ExecutorKind
 from fedpeat_env.config import EnvConfig
 
 EVAL_SEED_OFFSET = TEST_SEED
@@ -69,7 +69,7 @@ class BenchmarkConfig:
     workers: int = 1
     """Training runs at once (``run_seeds_benchmark``; worker processes, one torch thread each). Each run is seeded
     on its own, so the results do not depend on it."""
-    executor: str = "local"
+    executor: ExecutorKind = "local"
     """Where the training runs go (``run_seeds_benchmark``): "local" (this process, or ``workers`` processes) or "ray"
     (one Ray task per run, one CPU each: in parallel on a cluster, as many at once as it has CPUs). Same results."""
     ray_address: str | None = None
@@ -259,7 +259,8 @@ def run_seeds_benchmark(config: BenchmarkConfig, say: Callable[[str], None] = pr
     baseline_key = {"env_kwargs": config.env_kwargs, "seeds": seeds, "episodes_per_seed": episodes}
     baselines = _baselines_cached(config.baselines, out / "baselines", baseline_key, config.workers, say)
     best_fixed = best_fixed_policy(baselines)
-    rows, run_dirs = [], {}
+    rows = []
+    run_dirs: dict[str, list[Path]] = {}
     for (algo, seed, train_config), agent_dir in zip(runs, agent_dirs):
         run_dirs.setdefault(algo, []).append(agent_dir)
         episodes_df = evaluated(agent_dir / f"evaluation-{config.checkpoint}.csv", str(agent_dir),

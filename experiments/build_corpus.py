@@ -100,6 +100,7 @@ def _without_docstrings(source: str) -> str:
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                assert first.end_lineno is not None  # ast.parse sets it
                 drop.update(range(first.lineno, first.end_lineno + 1))
     return "\n".join(line for n, line in enumerate(source.splitlines(), 1) if n not in drop)
 

@@ -26,6 +26,7 @@ from agents import best_fixed as best_fixed_policy
 from agents import evaluate, make_policy, paired_difference, to_markdown
 from experiments.compare import compare
 from experiments.run import MULTI_TASK_DOMAINS, check_devices
+from federation.data import PartitionKind
 from federation.executors import Executor
 from fedpeat_env.reward import RewardWeights
 
@@ -44,7 +45,7 @@ class Claim:
     method: str = ""
     """Compare entry claimed to be at least as good (``experiments.compare`` syntax; compare claims only)."""
     baseline: str = ""
-    partition: str = "iid"
+    partition: PartitionKind = "iid"
     alpha: float = 0.5
     domains: tuple[str, ...] = ()
 

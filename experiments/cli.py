@@ -9,9 +9,16 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from agents.policy import Policy
+    from federation.data import PartitionKind
+    from federation.executor_config import ExecutorKind
+    from federation.system import LatencyAggregation
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="FedPEAT-Gym: federated emulator-assisted tuning.")
 console = Console()
@@ -74,7 +81,7 @@ def finite_number(value) -> float:
     return number
 
 
-NUMBER = {"parser": finite_number, "metavar": "NUMBER"}
+NUMBER: dict[str, Any] = {"parser": finite_number, "metavar": "NUMBER"}
 """Keyword arguments of a number option: ``typer.Option(0.5, **NUMBER, help=...)``."""
 
 METHOD = registry_name("federation.methods:METHODS", "method")
@@ -139,7 +146,7 @@ def executor_scope(kind: str, address: str | None, workers: int | None, cpus_per
             raise ValueError("--ray-address and --ray-workers apply to --executor ray only")
         yield None
         return
-    executor = ExecutorConfig(kind, address, workers, cpus_per_worker).make()
+    executor = ExecutorConfig(cast("ExecutorKind", kind), address, workers, cpus_per_worker).make()  # parsed: EXECUTOR
     try:
         yield executor
     finally:
@@ -236,9 +243,11 @@ def run(
         at_least(0, seed=seed)
         method_config = build_method_config(method, local_steps, lora_aggregation, case, distill_steps, compression,
                                             parse_options(option))
+        split = cast("PartitionKind", partition)  # PARTITION parsed it
+        latency = cast("LatencyAggregation", latency_aggregation)  # EngineConfig checks it
         config = EngineConfig(method=method, num_devices=devices, seed=seed, server_fraction=server_fraction,
-                              partition=partition, dirichlet_alpha=alpha, domains=default_domains([method], domain),
-                              latency_aggregation=latency_aggregation, method_config=method_config,
+                              partition=split, dirichlet_alpha=alpha, domains=default_domains([method], domain),
+                              latency_aggregation=latency, method_config=method_config,
                               clients_per_round=_count_or_share("--clients-per-round", clients_per_round, devices),
                               block_size=block_size or EngineConfig.block_size)
         if block_size is None and (fitting := fitting_block_size(devices, config.domains, server_fraction)) != config.block_size:
@@ -695,7 +704,7 @@ def evaluate_cmd(
         if checkpoint not in CHECKPOINTS:
             raise ValueError(f"--checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
         if Path(policy).is_dir():
-            chosen = load_policy(policy, checkpoint=checkpoint)
+            chosen: Policy = load_policy(policy, checkpoint=checkpoint)
         else:
             try:
                 chosen = make_policy(policy)
@@ -759,7 +768,7 @@ def benchmark_cmd(
                                  env_kwargs=_env_kwargs(env_option), train_env_kwargs=_env_kwargs(train_env_option),
                                  check_every=check_every, check_episodes=check_episodes, workers=workers,
                                  checkpoint=checkpoint,
-                                 executor=executor, ray_address=ray_address, out_dir=str(out),
+                                 executor=cast("ExecutorKind", executor), ray_address=ray_address, out_dir=str(out),
                                  agent_dir=None if agent is None else str(agent))
         for name in config.algo_list:
             config.train_config(name)  # validate the settings before any work
@@ -1000,9 +1009,10 @@ def compare_cmd(
             from federation.methods import METHODS
 
             methods = list(METHODS)
-        plan_comparison(methods, rounds, range(seeds), devices, local_steps, compression, partition, alpha, domain)
+        split = cast("PartitionKind", partition)  # PARTITION parsed it
+        plan_comparison(methods, rounds, range(seeds), devices, local_steps, compression, split, alpha, domain)
         with executor_scope(executor, ray_address, ray_workers, ray_cpus_per_worker) as clients:
-            runs, summary = compare(methods, rounds, list(range(seeds)), devices, local_steps, compression, partition,
+            runs, summary = compare(methods, rounds, list(range(seeds)), devices, local_steps, compression, split,
                                     alpha, domain, say=console.log, executor=clients)
     console.print(summary.to_string(index=False))
     for path in write_comparison(runs, summary, out):

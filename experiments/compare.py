@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from agents.stats import bootstrap_ci, to_markdown
+from federation.data import PartitionKind
 from federation.engine import EngineConfig
 from federation.executors import Executor
 from federation.methods import make_method
@@ -31,7 +32,7 @@ def parse_method_entry(entry: str) -> tuple[str, dict[str, str]]:
 
 
 def plan_comparison(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: int = 4, local_steps: int = 10,
-                    compression: float = 0.5, partition: str = "iid", alpha: float = 0.5,
+                    compression: float = 0.5, partition: PartitionKind = "iid", alpha: float = 0.5,
                     domains: Sequence[str] = ()) -> list[tuple[str, EngineConfig, list[float]]]:
     """(entry, engine config at seed 0, ε of its devices) per method entry, every one checked before any run
     (``experiments.run.plan_run``: the data and the model can realise it). Emulator methods with a controllable
@@ -58,7 +59,7 @@ def plan_comparison(methods: Sequence[str], rounds: int, seeds: Sequence[int], d
 
 
 def compare(methods: Sequence[str], rounds: int, seeds: Sequence[int], devices: int = 4, local_steps: int = 10,
-            compression: float = 0.5, partition: str = "iid", alpha: float = 0.5, domains: Sequence[str] = (),
+            compression: float = 0.5, partition: PartitionKind = "iid", alpha: float = 0.5, domains: Sequence[str] = (),
             say: Callable[[str], None] = print, executor: Executor | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-run rows, per-entry summary sorted by final perplexity) of the runs ``plan_comparison`` plans (every
     entry validated before any run). Method-specific metrics of the last round (e.g. fltac's clustering accuracy)

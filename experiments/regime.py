@@ -79,6 +79,7 @@ def regime_table(config: RegimeConfig = RegimeConfig(), say: Callable[[str], Non
         runner.close()
     steps = config.devices * config.rounds * config.local_steps
     say(f"centralised LoRA and full fine-tuning: {steps} steps of {train_config.batch_size} sequences")
+    assert method.lora is not None  # FedPEAT trains LoRA
     lora_model = attach_lora(copy.deepcopy(model), full_spec(num_layers, num_adapter), method.lora)
     train_local(lora_model, train_blocks, replace(train_config, steps=steps), config.seed)
     rows.append({"setting": "centralised LoRA (same adapter)", "ε": 0.0, "full-model ppl": perplexity(lora_model, eval_blocks),

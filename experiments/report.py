@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
+import numpy as np
 import pandas as pd
 
 from fedpeat_env.surrogate import Calibration
@@ -234,13 +236,14 @@ def env_frame(path: Path, seed: int = 0) -> Path:
     import gymnasium as gym
     import matplotlib.pyplot as plt
 
+    from agents.policy import as_fedpeat
     from agents.static import StaticRule
 
     env = gym.make("FedPEAT-v1", render_mode="rgb_array")
     env.reset(seed=seed)
-    levels = StaticRule("share", 2, 1).levels(env.unwrapped.dynamics)[0]
+    levels = StaticRule("share", 2, 1).levels(as_fedpeat(env.unwrapped).dynamics)[0]
     env.step(levels)
-    frame = env.render()
+    frame = cast(np.ndarray, env.render())  # render_mode "rgb_array"
     env.close()
     plt.imsave(path, frame)
     return path

@@ -111,7 +111,8 @@ def _per_device(name: str, values: Sequence, num_devices: int, default) -> list:
     return values
 
 
-def decisions_for(num_devices: int, compression: Sequence[float], lora_rank: Sequence[int] = ()) -> list[DeviceDecision]:
+def decisions_for(num_devices: int, compression: Sequence[float],
+                  lora_rank: Sequence[int | None] = ()) -> list[DeviceDecision]:
     """Per-device decisions from ``--compression`` (default 0) and ``--lora-rank`` (default: the global rank)."""
     eps = _per_device("compression", compression, num_devices, 0.0)
     ranks = _per_device("lora_rank", lora_rank, num_devices, None)
@@ -173,7 +174,7 @@ def check_decisions(config: EngineConfig, decisions: Sequence[DeviceDecision]) -
             keep_for_compression(middle, eps)  # ValueError naming the largest ε the model can realise
 
 
-def plan_run(config: EngineConfig, rounds: int, compression: Sequence[float] = (), lora_rank: Sequence[int] = (),
+def plan_run(config: EngineConfig, rounds: int, compression: Sequence[float] = (), lora_rank: Sequence[int | None] = (),
              remedy: str = "use fewer devices") -> list[DeviceDecision]:
     """The fixed decisions of a run, checked before anything is loaded (``check_devices``, ``check_decisions``);
     ``remedy`` ends the message of too many devices. Without ``lora_rank`` the method's own per-device ranks apply."""
@@ -204,6 +205,7 @@ def run_federated(
     if resume and checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir (the directory of the checkpointed run)")
     if resume:
+        assert checkpoint_dir is not None  # checked above
         done = check_resumable(checkpoint_dir, config, decisions)  # before building anything
         if done >= rounds:
             console.print(f"the checkpoint in {checkpoint_dir} already has {done} rounds (--rounds {rounds}): nothing to run")
@@ -212,7 +214,7 @@ def run_federated(
                          "to continue it, or choose another directory")
     runner = RoundRunner(config, executor)
     runner.validate(decisions)  # fail before any training on a bad decision
-    results = runner.resume(checkpoint_dir, decisions) if resume else []
+    results = runner.resume(checkpoint_dir, decisions) if resume and checkpoint_dir is not None else []
     columns = (TextColumn(f"{config.method} rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ppl {task.fields[ppl]:.1f}"))
     with Progress(*columns, console=console, transient=True) as progress:

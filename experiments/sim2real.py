@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -115,10 +116,12 @@ def sim_to_real(config: Sim2RealConfig, say: Callable[[str], None] = print) -> t
 
     import gymnasium as gym
 
+    from agents.policy import as_fedpeat
+
     kwargs, names, agent = config.resolved()
     out = Path(config.out_dir)
     agent_key = _agent_key(config.agent_dir, config.checkpoint)
-    surrogate_env = gym.make("FedPEAT-v1", **kwargs).unwrapped
+    surrogate_env = as_fedpeat(gym.make("FedPEAT-v1", **kwargs).unwrapped)
     dynamics, fitted = surrogate_env.dynamics, _fitted_perplexities(surrogate_env.calibration)
     reference = {"target": dynamics.target, "initial": dynamics.initial_ppl}  # what the engine env's reward reads
 
@@ -209,7 +212,7 @@ def _compare(episodes: dict[str, dict], trajectories: pd.DataFrame, names: Seque
     episode_error = ((paired["FedPEAT-v1"] - paired["FedPEAT-Engine-v1"]).abs() / paired["FedPEAT-Engine-v1"])
     rows = []
     for name in names:
-        row = {"policy": name}
+        row: dict[str, Any] = {"policy": name}
         for fidelity in ("FedPEAT-v1", "FedPEAT-Engine-v1"):
             frame = pd.DataFrame([e["row"] for (n, _), e in episodes[fidelity].items() if n == name])
             row[f"{fidelity} return"] = float(frame["return"].mean())

@@ -43,7 +43,8 @@ def attach_lora(model: nn.Module, spec: SubModelSpec, lora: LoraSpec) -> PeftMod
     """Wrap ``model`` (a sub-model built for ``spec``) with LoRA on its adapter blocks; base weights frozen."""
     config = LoraConfig(
         r=lora.rank,
-        lora_alpha=lora.alpha_per_rank * lora.rank,
+        # peft annotates lora_alpha as int; it takes a float (scaling = lora_alpha / r)
+        lora_alpha=lora.alpha_per_rank * lora.rank,  # type: ignore[arg-type]
         lora_dropout=0.0,
         target_modules=list(lora.target_modules),
         fan_in_fan_out=True,
@@ -70,8 +71,8 @@ def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor], spec: S
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise ValueError(f"adapter keys do not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
     result = set_peft_model_state_dict(model, {_PEFT_PREFIX + spec.to_sub_key(k): v for k, v in state.items()})
-    if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"peft rejected adapter keys {result.unexpected_keys[:3]}")
+    if unexpected := getattr(result, "unexpected_keys", None):
+        raise ValueError(f"peft rejected adapter keys {unexpected[:3]}")
 
 
 def lora_rank_of(state: dict[str, torch.Tensor]) -> int:

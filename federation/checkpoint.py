@@ -70,8 +70,8 @@ def checkpoints(directory: Path) -> list[Path]:
     """The checkpoints (JSON files) in ``directory``, oldest first; empty without any (or without the directory)."""
     if not directory.is_dir():
         return []
-    found = {p: _JSON_NAME.match(p.name) for p in directory.iterdir()}
-    return sorted((p for p, m in found.items() if m), key=lambda p: int(found[p].group(1)))
+    found = {p: m for p in directory.iterdir() if (m := _JSON_NAME.match(p.name))}
+    return sorted(found, key=lambda p: int(found[p].group(1)))
 
 
 def read_record(path: Path) -> dict:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from peft import PeftModel
 from transformers import GPT2Config
 
 from federation.adapters import LoraSpec, adapter_state, attach_lora, load_adapter_state
@@ -95,7 +96,7 @@ class Client:
         self.frozen: dict[str, torch.Tensor] = {}
         self.private: dict = {}
         """State a ``LocalObjective`` keeps on the device between rounds (never uploaded)."""
-        self._model = None
+        self._model: PeftModel | None = None
         self._model_lora: LoraSpec | None = None
 
     def task_blocks(self, task: int | None) -> torch.Tensor:
@@ -157,8 +158,10 @@ class Client:
         """Hold ``state.spec`` with its frozen weights ``frozen``, and ``state.private``, as before a run was interrupted;
         ``frozen`` None: hold nothing (the server sends the sub-model with the device's next job). The trainable model
         is rebuilt from them at the next job."""
-        held = state.spec is not None and frozen is not None
-        self.spec, self.frozen = (state.spec, frozen) if held else (None, {})
+        if state.spec is not None and frozen is not None:
+            self.spec, self.frozen = state.spec, frozen
+        else:
+            self.spec, self.frozen = None, {}
         self._model, self._model_lora = None, None
         self.private = copy.deepcopy(state.private)
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 from transformers.pytorch_utils import Conv1D
 
 from federation.architecture import keep_for_compression
@@ -190,7 +192,7 @@ def build_submodel(config: GPT2Config, spec: SubModelSpec, state: dict[str, torc
     sub_config._attn_implementation = getattr(config, "_attn_implementation", None) or "eager"
     model = causal_lm(GPT2LMHeadModel(sub_config))
     for block, neurons in spec.ffn_neurons:  # pruned FFNs: narrower c_fc / c_proj (GPT-2 Conv1D: (in, out))
-        mlp = model.transformer.h[spec.layers.index(block)].mlp
+        mlp = cast(GPT2Block, model.transformer.h[spec.layers.index(block)]).mlp
         mlp.c_fc, mlp.c_proj = Conv1D(len(neurons), config.n_embd), Conv1D(config.n_embd, len(neurons))
     missing, unexpected = model.load_state_dict({spec.to_sub_key(k): v for k, v in state.items()}, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and sub_config.tie_word_embeddings)]

@@ -206,7 +206,8 @@ class Server:
         """The method's jobs for the selected devices, with the frozen weights of a device's new sub-model on its
         first job; logs the downlink. ``keep_models`` False: devices free their built model after training. Returns
         (jobs, device -> emulator exchanged)."""
-        jobs, exchanged, per_device = [], {}, {}
+        jobs, exchanged = [], {}
+        per_device: dict[int, int] = {}
         for config in self.method.configure(round_idx, decisions, self.global_state):
             device, spec = config.device, config.spec
             frozen = None
@@ -365,6 +366,7 @@ class RoundRunner:
         self.method.validate(decisions)
 
     def _server_job(self, seed: int) -> ClientJob:
+        assert self.server_client is not None  # called for a collaborative run only
         spec = self.method.server_spec()
         frozen = self.server.frozen_payload(spec) if self.server_client.spec != spec else None
         return ClientJob(SERVER_DEVICE, self.round, spec, frozen, self.server.global_state, self.method.lora_for(),

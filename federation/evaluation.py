@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import cast
 
 import numpy as np
 import torch
+from peft import PeftModel
 
 from federation.adapters import LoraSpec, attach_lora, load_adapter_state
 from federation.emulator import SubModelSpec
@@ -37,7 +39,7 @@ class PlugInEvaluator:
     def load(self, model: torch.nn.Module, state: State, spec: SubModelSpec) -> None:
         """Plug ``state`` (full-model keys: LoRA tensors, or every weight without LoRA) into ``model``."""
         if self.lora is not None:
-            load_adapter_state(model, state, spec)
+            load_adapter_state(cast(PeftModel, model), state, spec)  # ``model()`` attached LoRA
             return
         _, unexpected = model.load_state_dict({spec.to_sub_key(k): v for k, v in state.items()}, strict=False)
         if unexpected:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import cast
 
 import torch
 from torch import nn
+from transformers import GPT2LMHeadModel
+from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 from transformers.pytorch_utils import Conv1D
 
 from federation.emulator import SubModelSpec, adapter_block_indices, full_spec, train_parameters
@@ -23,9 +26,10 @@ from federation.training import DistillConfig, block_inputs
 def _ffn(block: nn.Module) -> tuple[Conv1D, Conv1D]:
     """(c_fc, c_proj) of a GPT-2 block; ValueError if the block has no GPT-2 FFN."""
     mlp = getattr(block, "mlp", None)
-    if not (isinstance(getattr(mlp, "c_fc", None), Conv1D) and isinstance(getattr(mlp, "c_proj", None), Conv1D)):
+    fc, proj = getattr(mlp, "c_fc", None), getattr(mlp, "c_proj", None)
+    if not (isinstance(fc, Conv1D) and isinstance(proj, Conv1D)):
         raise ValueError(f"block must be a GPT-2 block with Conv1D mlp.c_fc and mlp.c_proj, got {type(block).__name__}")
-    return mlp.c_fc, mlp.c_proj
+    return fc, proj
 
 
 def _check_index(name: str, idx: torch.Tensor, size: int) -> None:
@@ -87,7 +91,7 @@ def least_active(activation_scores: torch.Tensor, fraction: float) -> torch.Tens
     return order[: round(fraction * len(activation_scores))].sort().values.long()
 
 
-def pruned_spec(full_model: nn.Module, keep_ratio: float, num_adapter_layers: int) -> SubModelSpec:
+def pruned_spec(full_model: GPT2LMHeadModel, keep_ratio: float, num_adapter_layers: int) -> SubModelSpec:
     """FedPFT sub-model spec: every block, LoRA on all of them, the FFN of each middle block (all but the
     ``num_adapter_layers`` bottom and top blocks, which stay whole) reduced to its top ``keep_ratio`` neurons by
     saliency."""
@@ -101,7 +105,7 @@ def pruned_spec(full_model: nn.Module, keep_ratio: float, num_adapter_layers: in
 
 
 @torch.no_grad()
-def ffn_activation_scores(model: nn.Module, blocks: torch.Tensor, sub_blocks: list[int], batch_size: int = 16) -> dict[int, torch.Tensor]:
+def ffn_activation_scores(model: GPT2LMHeadModel, blocks: torch.Tensor, sub_blocks: list[int], batch_size: int = 16) -> dict[int, torch.Tensor]:
     """Mean |activation| of every FFN neuron (after the nonlinearity) of the blocks ``sub_blocks`` of ``model`` over
     the token blocks (N, T): {block: (k,)}. Higher = more active (the inverse of APoZ's 'percentage of zeros')."""
     sums: dict[int, torch.Tensor] = {}
@@ -109,7 +113,7 @@ def ffn_activation_scores(model: nn.Module, blocks: torch.Tensor, sub_blocks: li
     for b in sub_blocks:
         def record(module, inputs, output, b=b):
             sums[b] = sums.get(b, 0) + output.abs().sum(dim=(0, 1))
-        hooks.append(model.transformer.h[b].mlp.act.register_forward_hook(record))
+        hooks.append(cast(GPT2Block, model.transformer.h[b]).mlp.act.register_forward_hook(record))
     was_training = model.training
     model.eval()
     try:
@@ -127,8 +131,8 @@ PRUNED_DISTILL = DistillConfig(lr=1e-3)
 
 
 def distill_pruned(
-    full_model: nn.Module,
-    pruned: nn.Module,
+    full_model: GPT2LMHeadModel,
+    pruned: GPT2LMHeadModel,
     spec: SubModelSpec,
     blocks: torch.Tensor,
     config: DistillConfig = PRUNED_DISTILL,
@@ -158,7 +162,8 @@ def distill_pruned(
             mask = torch.zeros(fc.weight.shape[1])
             mask[positions] = 1.0
             for param, shaped in ((fc.weight, mask[None, :]), (fc.bias, mask), (proj.weight, mask[:, None])):
-                params.append(param.requires_grad_(True))
+                param.requires_grad_(True)
+                params.append(param)
                 hooks.append(param.register_hook(lambda grad, shaped=shaped: grad * shaped))
 
     def loss_fn(batch: torch.Tensor) -> torch.Tensor:

@@ -187,7 +187,8 @@ class RayExecutor(Executor):
         """One call of the slot's actor with its jobs, each job's payloads replaced by their position among the call's
         distinct payloads (passed as object refs, so that Ray resolves them in the actor)."""
         position: dict[int, int] = {}  # id(payload) -> its argument position
-        refs, packed = [], []
+        refs: list[object] = []  # object refs
+        packed = []
         for _, job in items:
             for payload in (job.frozen_payload, job.trainable_payload):
                 if payload is not None and id(payload) not in position:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from types import UnionType
-from typing import Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -175,7 +175,8 @@ class EnvConfig:
                 if set(kwargs[key]) - valid:  # a ValueError: gymnasium rewrites a TypeError from the env's creator
                     raise ValueError(f"{key} has no setting(s) {sorted(set(kwargs[key]) - valid)}; valid: {sorted(valid)}")
                 try:
-                    kwargs[key] = settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()})
+                    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()}
+                    kwargs[key] = settings(**values)
                 except ValueError as err:  # named as the option's setting: "channel: max_distance_m must be ..."
                     raise ValueError(str(err) if str(err).startswith(key) else f"{key}: {err}") from None
         for key in ("compression_levels", "memory_tiers", "rank_levels", "episode_devices"):

@@ -17,7 +17,8 @@ drew.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numba
 import numpy as np
@@ -39,7 +40,7 @@ from fedpeat_env.reward import LATENCY_CAP, REWARD_TERMS, TERMS_DTYPE, RewardPar
 from fedpeat_env.surrogate import DOMAINS, surrogate_round, trainer_epochs
 
 if TYPE_CHECKING:
-    from fedpeat_env.surrogate import Calibration
+    from fedpeat_env.surrogate import Calibration, SurrogateParams
 
 GAIN_DB_CENTRE, GAIN_DB_SCALE = -100.0, 20.0  # gain normalisation: (g_dB + 100) / 20, clipped to [-3, 3]
 D = len(DOMAINS)
@@ -72,7 +73,7 @@ ROUND_FIELDS: tuple[tuple[str, str], ...] = (
 )
 """Fields of ``ROUND_DTYPE``: what one round of one episode reports."""
 ROUND_DTYPE = np.dtype([(name, np.float64) for name, _ in ROUND_FIELDS])
-_MIX = ROUND_DTYPE.names.index(f"mix_{DOMAINS[0]}")
+_MIX = cast(tuple[str, ...], ROUND_DTYPE.names).index(f"mix_{DOMAINS[0]}")  # numpy: names of a structured dtype
 """Index of the first domain-mix field in a round's float64 view."""
 INFO_KEYS: tuple[tuple[str, type], ...] = (("perplexity", float), ("round_latency_s", float), ("exchanges", int),
                                            ("memory_violations", int), ("unavailable", int), ("participants", int),
@@ -227,6 +228,12 @@ class Model(structref.StructRefProxy):
     ``surrogate`` (``SurrogateParams``), ``reward`` (``RewardParams``), ``masks`` (the action masks, (B, mask length)). One reference instead of dozens of arrays:
     numba checks and unboxes the arguments of every call, which cost more than a single episode's round."""
 
+    state: State
+    tables: Tables
+    surrogate: SurrogateParams
+    reward: RewardParams
+    masks: np.ndarray
+
     def __new__(cls, state: State, tables: Tables, surrogate, reward: RewardParams, masks: np.ndarray) -> Model:
         return structref.StructRefProxy.__new__(cls, state, tables, surrogate, reward, masks)
 
@@ -308,7 +315,7 @@ class Dynamics:
         self.channel = WirelessChannel(B * N, config.channel, self.rng)
         self._link = np.empty((3, B * N))  # the round's [gain, uplink rate, downlink rate] (``WirelessChannel.step_into``)
 
-    def fork(self, stream: dict | None = None) -> Dynamics:
+    def fork(self, stream: Mapping[str, Any] | None = None) -> Dynamics:
         """A copy for simulating ahead: it shares this one's constant tables and parameters and owns its state, masks,
         channel and random stream, which continues from ``stream`` (a PCG64 state: a *sampled* future) or, None, from
         this one's (the realised future). Much cheaper than ``copy.deepcopy``."""
@@ -356,7 +363,7 @@ class Dynamics:
         """Start B new episodes at the next multiple of ``EPISODE_STRIDE`` draws of the stream."""
         self._episode += 1
         self.rng.bit_generator.state = self._origin
-        self.rng.bit_generator.advance(self._episode * EPISODE_STRIDE)
+        cast(np.random.PCG64, self.rng.bit_generator).advance(self._episode * EPISODE_STRIDE)
         self.reset_episodes(self._all)
 
     def reset_episodes(self, envs: np.ndarray) -> None:

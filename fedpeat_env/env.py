@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -13,8 +13,13 @@ from fedpeat_env.dynamics import INFO_KEYS, ROUND_DTYPE, Dynamics, Output
 from fedpeat_env.reward import REWARD_INFO_KEYS
 from fedpeat_env.surrogate import Calibration
 
-_INFO_FIELDS = tuple((key, kind, ROUND_DTYPE.names.index(key)) for key, kind in INFO_KEYS)
-_REWARD_FIELD = ROUND_DTYPE.names.index("reward")
+if TYPE_CHECKING:  # torch stays out of ``import fedpeat_env``
+    from federation.engine import RoundRunner
+    from federation.executors import Executor
+
+_ROUND_NAMES = cast(tuple[str, ...], ROUND_DTYPE.names)  # numpy: names of a structured dtype
+_INFO_FIELDS = tuple((key, kind, _ROUND_NAMES.index(key)) for key, kind in INFO_KEYS)
+_REWARD_FIELD = _ROUND_NAMES.index("reward")
 
 
 class FedPEATEnv(gym.Env):
@@ -112,6 +117,8 @@ class FedPEATEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 2}
+    action_space: spaces.MultiDiscrete
+    observation_space: spaces.Box
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -129,8 +136,8 @@ class FedPEATEnv(gym.Env):
         self._nvec = self.action_space.nvec
         low, high = self.dynamics.observation_bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
-        self._runner = None
-        self._executor = None
+        self._runner: RoundRunner | None = None
+        self._executor: Executor | None = None
         self._needs_reset = self._needs_seed = True
 
     # --- Gymnasium API -------------------------------------------------------------------------------
@@ -273,6 +280,7 @@ class FedPEATEnv(gym.Env):
         made active."""
         from federation.methods import DeviceDecision
 
+        assert self._runner is not None  # engine fidelity: ``reset`` started the run
         N = self.config.num_devices
         eps = self.dynamics.eps_table[actions[0, :N]]
         ranks = actions[0, N:] if self.config.control_rank else np.zeros(N, dtype=np.int64)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy.optimize import least_squares, minimize
@@ -29,6 +30,8 @@ from fedpeat_env.calibration import (
     trajectory_to_dict,
 )
 from fedpeat_env.surrogate import DOMAINS, Calibration, Coverage, run_reuse
+
+_Number = TypeVar("_Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,8 @@ def round_inputs(runs: Sequence[Trajectory], max_rank: int, local_sequences: int
         shares, mix = np.asarray(run.device_share), np.asarray(run.device_mix)
         server_mix = mix.T @ shares / shares.sum() if run.server_share > 0 else np.zeros(len(DOMAINS))
         weight = np.array([eval_blocks.get(d, 0) if d in run.spec.domains else 0 for d in DOMAINS], dtype=float)
-        for t, (eps, ranks) in enumerate(zip(run.compression, run.rank)):
-            eps, ranks = np.asarray(eps, dtype=float), np.asarray(ranks, dtype=float)
+        for t, (round_eps, round_ranks) in enumerate(zip(run.compression, run.rank)):
+            eps, ranks = np.asarray(round_eps, dtype=float), np.asarray(round_ranks, dtype=float)
             trained = ~np.isnan(eps)
             data = run.server_share + shares[trained].sum()
             cols["domain_ppl"].append(run.domain_perplexity[t])
@@ -138,9 +141,9 @@ def errors(calibration: Calibration, runs: Sequence[Trajectory], local_sequences
     step_d, roll_d = one_step(calibration, inputs), rollout(calibration, inputs)
     step, roll = union(step_d, inputs.eval_weight), union(roll_d, inputs.eval_weight)
     conditions = np.array([runs[k].spec.condition for k in inputs.run])
-    report = {"one_step": _mape(step, inputs.next_ppl), "rollout": _mape(roll, inputs.next_ppl),
-              "rollout_max_round": float(np.max(np.abs(roll - inputs.next_ppl) / inputs.next_ppl)),
-              "by_condition": {}, "by_domain": {}}
+    report: dict[str, Any] = {"one_step": _mape(step, inputs.next_ppl), "rollout": _mape(roll, inputs.next_ppl),
+                              "rollout_max_round": float(np.max(np.abs(roll - inputs.next_ppl) / inputs.next_ppl)),
+                              "by_condition": {}, "by_domain": {}}
     for condition in CONDITIONS:
         mask = conditions == condition
         if mask.any():
@@ -274,7 +277,7 @@ def best_perplexities(runs: Sequence[Trajectory], first_level: float, max_rank: 
 
 def coverage(runs: Sequence[Trajectory]) -> Coverage:
     """The ranges of N, rounds, server share and α the runs covered (α of the Dirichlet and content-skewed runs)."""
-    def span(values: list[float], default: tuple[float, float]) -> tuple[float, float]:
+    def span(values: list[_Number], default: tuple[_Number, _Number]) -> tuple[_Number, _Number]:
         return (min(values), max(values)) if values else default
 
     specs = [r.spec for r in runs]
@@ -361,6 +364,6 @@ def stored_runs(calibration: Calibration) -> tuple[list[Trajectory], list[Trajec
     meta = calibration.meta
     if "fit_runs" not in meta or "engine" not in meta or "data" not in meta:
         raise ValueError("this calibration stores no engine runs to refit from")
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["data"].items()}
+    data: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["data"].items()}
     return ([trajectory_from_dict(r) for r in meta["fit_runs"]], [trajectory_from_dict(r) for r in meta["heldout_runs"]],
             EngineSettings(**meta["engine"]), DataFacts(**data))

@@ -137,6 +137,6 @@ def stacked_joint_action(agent_actions: np.ndarray) -> np.ndarray:
     return np.asarray(agent_actions, dtype=np.int64).T.reshape(-1)
 
 
-def _copy(space: spaces.Space) -> spaces.Space:
+def _copy(space: spaces.Discrete | spaces.MultiDiscrete) -> spaces.Discrete | spaces.MultiDiscrete:
     """An equal, separate space object (each agent samples from its own generator)."""
     return spaces.Discrete(space.n) if isinstance(space, spaces.Discrete) else spaces.MultiDiscrete(space.nvec)

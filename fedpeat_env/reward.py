@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import astuple, dataclass, fields
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -94,7 +94,7 @@ def settle_terms(next_ppl: float, round_, terms, params: RewardParams, num_devic
     """The reward terms of a round into the record ``terms`` (``TERMS_DTYPE``), from the next perplexity and the round's
     priced quantities ``round_`` (``fedpeat_env.dynamics.ROUND_DTYPE``), for an episode of ``num_devices`` devices.
     One line per term."""
-    w = params.weights
+    w: Any = params.weights  # a record: compiled code reads its fields as attributes
     terms.perplexity = -w.perplexity * max(next_ppl - params.target, 0.0) / (params.initial_ppl - params.target)
     terms.latency = -w.latency * round_.latency_cost
     terms.exchanges = -w.exchanges * round_.exchanges / num_devices

@@ -36,7 +36,7 @@ import numbers
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -401,8 +401,9 @@ class Calibration:
         """The noiseless next per-domain perplexities (B, D) of B rounds: ``domain_ppl`` and ``mix`` (B, D) in
         ``DOMAINS`` order, the rest (B,)."""
         out = np.empty(np.shape(domain_ppl))
-        mean_steps(*(np.ascontiguousarray(x, dtype=float) for x in (domain_ppl, share, compression, rank, mix, reuse)),
-                   self.params(), out)
+        ppl, shares, eps, ranks, mixes, reuses = (np.ascontiguousarray(x, dtype=float)
+                                                  for x in (domain_ppl, share, compression, rank, mix, reuse))
+        mean_steps(ppl, shares, eps, ranks, mixes, reuses, self.params(), out)
         return out
 
     def save(self, path: Path) -> None:
@@ -432,7 +433,8 @@ class Calibration:
             covered = data.get("covered", {})
             if not isinstance(covered, dict):
                 raise ValueError(f"calibration field covered must be a mapping, got {covered!r}")
-            data["covered"] = Coverage(**{k: tuple(v) if isinstance(v, list) else v for k, v in covered.items()})
+            bounds: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in covered.items()}
+            data["covered"] = Coverage(**bounds)
             return cls(**data)
         except (KeyError, TypeError) as err:
             raise ValueError(f"calibration file {path} lacks or has unknown fields ({err})") from None

@@ -30,6 +30,8 @@ class FedPEATVectorEnv(VectorEnv):
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    single_action_space: spaces.MultiDiscrete
+    single_observation_space: spaces.Box
 
     def __init__(self, num_envs: int, autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP, **kwargs: Any) -> None:
         if num_envs < 1:

@@ -166,7 +166,7 @@ class Method:
                 raise ValueError(f"method {self.name!r} has no emulator; compression must be 0, got {decision.compression}")
             if decision.lora_rank is not None and self.lora is None:
                 raise ValueError(f"method {self.name!r} trains all weights; lora_rank must be None")
-            if decision.lora_rank is not None and not 1 <= decision.lora_rank <= self.lora.rank:
+            if decision.lora_rank is not None and self.lora is not None and not 1 <= decision.lora_rank <= self.lora.rank:
                 raise ValueError(f"lora_rank must be in [1, {self.lora.rank}], got {decision.lora_rank}")
 
     def configure(self, round_idx: int, decisions: Sequence[DeviceDecision], global_state: State) -> list[DeviceConfig]:
@@ -242,7 +242,7 @@ class Method:
 
     def download(self, global_state: State, lora: LoraSpec | None) -> State:
         """What a device training ``lora`` downloads: the global adapter truncated to its rank."""
-        if lora is not None and lora.rank < self.lora.rank:
+        if lora is not None and self.lora is not None and lora.rank < self.lora.rank:
             return truncate_rank(global_state, lora.rank)
         return global_state
 

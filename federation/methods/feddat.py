@@ -21,11 +21,13 @@ plugged into the full model. Baseline: ``fedpetuning`` (FedAvg of a single LoRA 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
-from peft.tuners.lora import LoraLayer
+from peft.tuners.lora import LoraLayer, LoraModel
+from torch import nn
 
 from federation.methods.base import Method, MethodConfig
 from federation.training import LocalObjective, block_inputs
@@ -55,12 +57,13 @@ class DualAdapterObjective(LocalObjective):
     @staticmethod
     def _activate(model: PeftModel, adapters: list[str]) -> None:
         """Make ``adapters`` the active ones; only the shared and local adapters may train."""
-        model.base_model.set_adapter(adapters)  # peft sets requires_grad=True on every active adapter
+        cast(LoraModel, model.base_model).set_adapter(adapters)  # peft sets requires_grad=True on every active adapter
         for name, param in model.named_parameters():
             if f".{TEACHER}." in name:
                 param.requires_grad_(False)
 
-    def prepare(self, model: PeftModel, private: dict) -> None:
+    def prepare(self, model: nn.Module, private: dict) -> None:
+        model = cast(PeftModel, model)  # the client's model of a LoRA job
         if LOCAL not in model.peft_config:
             config = model.peft_config[SHARED]
             with torch.random.fork_rng():  # the random init is overwritten below; keep the global RNG untouched
@@ -75,7 +78,8 @@ class DualAdapterObjective(LocalObjective):
         set_peft_model_state_dict(model, shared, adapter_name=TEACHER)
         self._activate(model, [SHARED, LOCAL])  # both trainable: train_local's optimiser holds both
 
-    def loss(self, model: PeftModel, batch: torch.Tensor, stage: int) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: torch.Tensor, stage: int) -> torch.Tensor:
+        model = cast(PeftModel, model)  # the client's model of a LoRA job
         student, teacher = ([SHARED], [LOCAL, TEACHER]) if stage == 0 else ([LOCAL, TEACHER], [SHARED])
         with torch.no_grad():
             self._activate(model, teacher)
@@ -84,7 +88,8 @@ class DualAdapterObjective(LocalObjective):
         logits = model(**block_inputs(batch)).logits
         return 0.5 * (_lm_loss(logits, batch) + _kl(target, logits, self.temperature))
 
-    def finish(self, model: PeftModel, private: dict) -> None:
+    def finish(self, model: nn.Module, private: dict) -> None:
+        model = cast(PeftModel, model)  # the client's model of a LoRA job
         private[LOCAL] = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=LOCAL).items()}
         self._activate(model, [SHARED])
 
@@ -103,6 +108,7 @@ class FedDATConfig(MethodConfig):
 class FedDAT(Method):
     name = "feddat"
     config_class = FedDATConfig
+    config: FedDATConfig
     lora_on_all_layers = True
 
     def objective(self) -> DualAdapterObjective:

@@ -45,6 +45,7 @@ class FedOTConfig(FedPEATConfig):
 class FedOT(FedPEAT):
     name = "fedot"
     config_class = FedOTConfig
+    config: FedOTConfig
 
     def check_decisions(self, decisions: Sequence[DeviceDecision]) -> None:
         super().check_decisions(decisions)

@@ -56,6 +56,7 @@ class FedPEATConfig(MethodConfig):
 class FedPEAT(Method):
     name = "fedpeat"
     config_class = FedPEATConfig
+    config: FedPEATConfig
     default_lora = LoraSpec(rank=8, target_modules=ALL_LINEAR)
     """PEAT's adapter: LoRA r = 8 on every linear layer of the bottom/top adapter blocks (attention and FFN)."""
 

@@ -67,6 +67,7 @@ class FedPFTConfig(MethodConfig):
 class FedPFT(Method):
     name = "fedpft"
     config_class = FedPFTConfig
+    config: FedPFTConfig
     uses_emulator = True
     lora_on_all_layers = True
 

@@ -8,6 +8,7 @@ averages the adapters (FedAvg by sample count). μ = 0 is FedPETuning exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -42,7 +43,8 @@ class ProximalLoss(LocalObjective):
     def proximal(self, model: nn.Module) -> torch.Tensor:
         """Σ‖w − w_g‖² over the anchored parameters (differentiable)."""
         params = dict(model.named_parameters())
-        return sum(((params[name] - w_g) ** 2).sum() for name, w_g in self.anchor.items())
+        total = sum(((params[name] - w_g) ** 2).sum() for name, w_g in self.anchor.items())
+        return cast(torch.Tensor, total)  # a Tensor, not sum's 0: prepare anchors the trainable weights
 
     def loss(self, model: nn.Module, batch: torch.Tensor, stage: int = 0) -> torch.Tensor:
         return lm_loss(model, batch) + 0.5 * self.mu * self.proximal(model)
@@ -51,6 +53,7 @@ class ProximalLoss(LocalObjective):
 class FedProx(FedPETuning):
     name = "fedprox"
     config_class = FedProxConfig
+    config: FedProxConfig
 
     def objective(self) -> ProximalLoss:
         return ProximalLoss(self.config.mu)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import cast
 
 from federation.aggregation import clustering_accuracy, fedavg, fltac
 from federation.client import ClientUpdate
@@ -58,9 +59,9 @@ class FLTAC(Method):
         if self.config.lora_aggregation == "exact":  # same clusters, equal weights, products averaged
             clusters = [self.average([u.state for u, lab in zip(updates, labels) if lab == c], [1.0] * int((labels == c).sum()))
                         for c in range(len(clusters))]
-        tasks = [u.task for u in updates]
-        for update, label in zip(updates, labels):
-            self.slot_states[(update.device, update.task)] = clusters[label]
+        tasks = cast(list[int], [u.task for u in updates])  # every job of FL-TAC names its task (configure_device)
+        for update, label, task in zip(updates, labels, tasks):
+            self.slot_states[(update.device, task)] = clusters[label]
         for task in set(tasks):
             majority = Counter(int(label) for label, t in zip(labels, tasks) if t == task).most_common(1)[0][0]
             self.task_states[task] = clusters[majority]
@@ -68,7 +69,7 @@ class FLTAC(Method):
         return fedavg([u.state for u in updates], [1.0] * len(updates))
 
     def evaluation_states(self, global_state: State) -> dict[int | None, State]:
-        return dict(self.task_states)
+        return {task: state for task, state in self.task_states.items()}
 
     def round_metrics(self) -> dict[str, float]:
         return dict(self._metrics)

@@ -23,12 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
 
-from federation.adapters import lora_rank_of, pad_rank, truncate_rank
+from federation.adapters import LoraSpec, lora_rank_of, pad_rank, truncate_rank
 from federation.aggregation import hetlora, lora_exact, zero_pad_average
 from federation.client import SERVER_DEVICE, ClientUpdate
 from federation.methods.base import DeviceConfig, DeviceDecision, Method, MethodConfig, State
@@ -93,7 +93,8 @@ def _lora_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     for module in model.modules():
         a_dict, b_dict = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
         if isinstance(a_dict, nn.ModuleDict) and isinstance(b_dict, nn.ModuleDict) and "default" in a_dict:
-            factors.append((a_dict["default"].weight, b_dict["default"].weight))
+            a, b = cast(nn.Linear, a_dict["default"]), cast(nn.Linear, b_dict["default"])  # peft's LoRA A and B
+            factors.append((a.weight, b.weight))
     if not factors:
         raise ValueError("HetLoRALoss needs a model with peft LoRA modules (lora_A / lora_B, adapter 'default')")
     return factors
@@ -132,6 +133,9 @@ class HetLoRAConfig(MethodConfig):
 class HetLoRA(Method):
     name = "hetlora"
     config_class = HetLoRAConfig
+    config: HetLoRAConfig
+    default_lora: LoraSpec  # the inherited LoraSpec(): HetLoRA always trains LoRA
+    lora: LoraSpec
     lora_on_all_layers = True
 
     def __init__(self, config: MethodConfig | None = None) -> None:

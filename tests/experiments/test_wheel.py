@@ -16,12 +16,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE_IGNORE = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "runs", "__pycache__",
-                                       ".pytest_cache", ".ruff_cache", ".benchmarks")
+                                       ".pytest_cache", ".ruff_cache", ".mypy_cache", ".benchmarks")
 """What the copy of the source tree leaves out: environments, caches, earlier build output (a stale ``build/`` would
 put files that are no longer in the tree into the wheel) and run outputs."""
 PACKAGE_DATA = ("fedpeat_env/calibrations/embedded-v3.json", "agents/hyperparams/ppo.yml",
                 "agents/hyperparams/maskable-ppo.yml", "federation/assets/tiny-gpt2/model.safetensors",
-                "federation/assets/tiny-gpt2/tokenizer.json", "federation/assets/corpus/pydocs/train.txt.gz")
+                "federation/assets/tiny-gpt2/tokenizer.json", "federation/assets/corpus/pydocs/train.txt.gz",
+                "federation/py.typed", "fedpeat_env/py.typed", "agents/py.typed", "experiments/py.typed")
 
 MAKE_BOTH_IDS = """
 import gymnasium as gym
