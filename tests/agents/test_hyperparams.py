@@ -73,6 +73,7 @@ def _zoo_lines(markdown: str) -> list[str]:
             if line.startswith(("python -m rl_zoo3.", "python -m agents.zoo "))]
 
 
+@pytest.mark.slow  # three RL Zoo runs as subprocesses
 def test_every_documented_zoo_line_runs(tmp_path):
     """Each RL Zoo line of docs/clients.md, as written, plus a tiny budget: a few thousand steps on 3 devices, the logs in
     the test's directory (the enjoy line replays what the train line before it saved)."""

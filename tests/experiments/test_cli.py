@@ -65,6 +65,7 @@ def test_run_rejects_bad_input_with_one_clear_error(tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow  # end to end: several engine runs through the CLI
 def test_demo_federated_prints_the_round_table():
     result = runner.invoke(app, ["demo-federated", "--rounds", "1"])
     assert result.exit_code == 0, result.output
@@ -124,6 +125,7 @@ def test_run_takes_method_options_and_prints_method_metrics(tmp_path):
         assert message in " ".join(bad.output.split()), (extra, bad.output)
 
 
+@pytest.mark.slow  # end to end: several engine runs through the CLI
 def test_compare_method_variants_and_claims(tmp_path):
     args = ["compare", "--method", "hetlora:ranks=2,8", "--method", "hetlora:ranks=2,8:aggregation=zero-pad",
             "--rounds", "1", "--seeds", "2", "--devices", "2", "--local-steps", "1", "--out", str(tmp_path / "cmp")]
@@ -137,6 +139,7 @@ def test_compare_method_variants_and_claims(tmp_path):
 
 
 
+@pytest.mark.slow  # end to end: several engine runs through the CLI
 def test_claims_verdicts_follow_from_their_runs(tmp_path):
     from agents.stats import bootstrap_ci, paired_difference
     from experiments.claims import paired_verdict, verdict
@@ -277,6 +280,7 @@ def test_calibrate_adds_engine_episodes_to_the_fit(tmp_path):
     assert not (tmp_path / "never.json").exists()
 
 
+@pytest.mark.slow  # end to end: several engine runs through the CLI
 def test_regime_reports_the_unigram_reference_and_the_plugin_rows(tmp_path):
     result = runner.invoke(app, ["regime", "--devices", "2", "--rounds", "1", "--local-steps", "1", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

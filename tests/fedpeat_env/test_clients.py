@@ -81,6 +81,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # spawned worker processes
 def test_torchrl_gymenv_with_num_envs_by_the_plain_id_from_a_script(torchrl_envs, env_kwargs, tmp_path):
     """torchrl's ``num_envs`` runs gymnasium's AsyncVectorEnv in spawned workers, which import the main script:
     the plain id works from a script that imports fedpeat_env (run as users run it, in its own process)."""

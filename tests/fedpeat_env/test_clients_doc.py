@@ -55,6 +55,7 @@ def test_every_client_has_its_section_with_one_snippet():
     assert all(len(blocks) == 1 for blocks in sections.values())
 
 
+@pytest.mark.slow  # each snippet is a whole script in its own process
 @pytest.mark.parametrize("section", list(PYTHON))
 def test_each_python_snippet_runs_as_a_script(section, tmp_path):
     script = tmp_path / "snippet.py"
@@ -81,6 +82,7 @@ SMOKE = {  # appended to each MARL line: the last value of an option counts
 }
 
 
+@pytest.mark.slow  # each snippet is a whole script in its own process
 def test_the_marl_comparison_commands_run_as_written_with_smoke_budgets(tmp_path):
     runner, outputs = cli_runner(), []
     cli.console.width = 200
