@@ -7,7 +7,8 @@ policy, the mean over the episodes of the full model's perplexity after each rou
 last perplexity to the horizon), surrogate against engine, its largest relative error over the rounds against a
 tolerance (``TOLERANCE``), beside the returns and whether the policies rank the same (Kendall τ). Engine episodes are
 saved one by one under ``OUT/engine/`` as they finish, so a killed run resumes where it stopped, and written together
-as calibration runs to ``OUT/engine_runs.json`` (``fedpeat calibrate --add-runs``).
+as calibration runs to ``OUT/engine_runs.json``, and per policy to ``OUT/engine_runs/<policy>.json``
+(``fedpeat calibrate --add-runs``).
 """
 
 from __future__ import annotations
@@ -234,14 +235,19 @@ def _compare(episodes: dict[str, dict], trajectories: pd.DataFrame, names: Seque
 
 
 def _save_engine_runs(engine: dict[tuple[str, int], dict], kwargs: dict, path: Path) -> None:
-    """The engine episodes as calibration runs (``fedpeat calibrate --add-runs``)."""
+    """The engine episodes as calibration runs (``fedpeat calibrate --add-runs``): all of them in ``path``, and each
+    policy's in ``<path's stem>/<policy>.json`` beside it (to add only the policies outside their tolerance)."""
     from fedpeat_env import EnvConfig
     from fedpeat_env.calibration import episode_trajectory, trajectory_to_dict
 
     env_config = EnvConfig.from_kwargs(**kwargs)
-    runs = [trajectory_to_dict(episode_trajectory(e["trace"], seed, env_config)) for (_, seed), e in engine.items()]
+    runs = {key: trajectory_to_dict(episode_trajectory(e["trace"], key[1], env_config)) for key, e in engine.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(runs) + "\n")
+    path.write_text(json.dumps(list(runs.values())) + "\n")
+    (path.parent / path.stem).mkdir(exist_ok=True)
+    for policy in dict.fromkeys(name for name, _ in runs):
+        (path.parent / path.stem / f"{policy}.json").write_text(
+            json.dumps([run for (name, _), run in runs.items() if name == policy]) + "\n")
 
 
 def plot_trajectories(trajectories: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path:

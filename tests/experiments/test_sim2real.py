@@ -66,6 +66,9 @@ def test_sim2real_compares_perplexity_trajectories_and_ranks(tmp_path):
     from experiments.sim2real import _fitted_perplexities, _rounded
 
     stored = json.loads((out / "engine_runs.json").read_text())
+    per_policy = {f.stem: json.loads(f.read_text()) for f in (out / "engine_runs").glob("*.json")}
+    assert sorted(per_policy) == ["largest-1", "ppo", "smallest-1"] and per_policy["ppo"] == stored[:1]
+    assert sorted(json.dumps(r) for runs in per_policy.values() for r in runs) == sorted(json.dumps(r) for r in stored)
     fitted = _fitted_perplexities(SimpleNamespace(meta={"fit_runs": stored[:1]}))
     cached = {p.parent.name: json.loads(p.read_text())["episode"]["trace"] for p in (out / "engine").glob("*/seed-*.json")}
     assert [name for name, trace in cached.items() if _rounded(trace) in fitted] == ["ppo"]
