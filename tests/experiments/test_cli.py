@@ -272,7 +272,8 @@ def test_calibrate_adds_engine_episodes_to_the_fit(tmp_path):
     assert result.exit_code == 0, result.output
     refit = Calibration.load(out)
     assert len(refit.meta["fit_runs"]) == len(committed.meta["fit_runs"]) + 2
-    assert refit.fit_error["fit"]["by_condition"]["policy"]["runs"] == 2
+    committed_policy_runs = committed.fit_error["fit"]["by_condition"].get("policy", {}).get("runs", 0)
+    assert refit.fit_error["fit"]["by_condition"]["policy"]["runs"] == committed_policy_runs + 2
     (tmp_path / "broken.json").write_text("[{}]")
     bad = runner.invoke(app, ["calibrate", "--refit", str(DEFAULT_CALIBRATION), "--add-runs",
                               str(tmp_path / "broken.json"), "--out", str(tmp_path / "never.json")])
