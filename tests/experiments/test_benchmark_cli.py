@@ -96,6 +96,7 @@ def test_benchmark_rejects_bad_options_before_training(tmp_path):
     assert bad_demo.exit_code == 2 and "seeds must be >= 1, got 0" in bad_demo.output
 
 
+@pytest.mark.slow  # end to end: trains agents and evaluates every baseline
 def test_benchmark_over_training_seeds_and_algorithms_resumes_finished_runs(tmp_path):
     from agents.stats import iqm, probability_of_improvement
 
@@ -165,6 +166,7 @@ def test_statistics_over_runs_by_hand():
     assert probability_of_improvement([5.0, 6.0], [1.0, 7.0]) == pytest.approx(0.5)
 
 
+@pytest.mark.slow  # end to end: trains agents and evaluates every baseline
 def test_demo_trains_evaluates_and_gives_the_paired_verdict(tmp_path):
     result = runner.invoke(app, ["demo", "--timesteps", "4096", "--check-every", "2048", "--check-episodes", "4",
                                  "--seeds", "1", "--episodes", "2", "--out", str(tmp_path)])

@@ -83,6 +83,7 @@ def test_run_hetlora_with_per_device_ranks_and_exact_aggregation(tmp_path):
     assert exact.exit_code == 0, exact.output
 
 
+@pytest.mark.slow  # end to end: engine runs or many episodes through the CLI
 def test_compare_writes_one_table_for_all_methods(tmp_path):
     args = ["compare", "--method", "fedpetuning", "--method", "fedpeat", "--rounds", "1", "--seeds", "2",
             "--devices", "2", "--local-steps", "1", "--out", str(tmp_path)]
@@ -100,6 +101,7 @@ def test_compare_writes_one_table_for_all_methods(tmp_path):
     assert bad.exit_code == 2 and "method must be one of" in bad.output
 
 
+@pytest.mark.slow  # end to end: engine runs or many episodes through the CLI
 def test_run_takes_method_options_and_prints_method_metrics(tmp_path):
     args = ["run", "--method", "fedpft", "-o", "keep_ratio=0.5", "-o", "refresh_every=1", "--distill-steps", "2",
             "--devices", "2", "--rounds", "2", "--local-steps", "1", "--out", str(tmp_path)]
@@ -191,6 +193,7 @@ def test_claims_verdicts_follow_from_their_runs(tmp_path):
         assert bad.exit_code == 2 and message in " ".join(bad.output.split()), bad.output
 
 
+@pytest.mark.slow  # end to end: engine runs or many episodes through the CLI
 def test_claims_control_with_an_agents_best_checkpoint(tmp_path):
     from agents.evaluate import evaluate
     from agents.train import TrainConfig, load_policy, train
