@@ -108,6 +108,17 @@ def command_line(ctx: typer.Context) -> str:
     return " ".join(parts + list(ctx.args))
 
 
+def check_policy_names(option: str, names: list[str]) -> None:
+    """``ValueError`` naming ``--option`` and ``agents.make_policy``'s reason for the first name it does not know."""
+    from agents import make_policy
+
+    for name in names:
+        try:
+            make_policy(name)
+        except ValueError as err:
+            raise ValueError(f"--{option}: {err}") from None
+
+
 @contextmanager
 def user_errors():
     """Bad input (a ``ValueError`` from validation) becomes one red line naming the problem and exit code 2."""
@@ -884,7 +895,6 @@ def marl_compare_cmd(
     options): mean returns with 95% CIs and the paired difference MARL − agent."""
     from rich.table import Table
 
-    from agents import make_policy
     from agents.marl import MARLPolicy, compare_marl
     from agents.train import checked_checkpoint
     from experiments.benchmark import EVAL_SEED_OFFSET
@@ -894,11 +904,7 @@ def marl_compare_cmd(
         at_least(1, seeds=seeds, episodes=episodes)
         MARLPolicy.load(marl)  # a MARL run's directory, before any episode
         checked_checkpoint(agent, checkpoint)
-        for name in baseline:
-            try:
-                make_policy(name)
-            except ValueError as err:
-                raise ValueError(f"--baseline: {err}") from None
+        check_policy_names("baseline", baseline)
         table, diff = compare_marl(marl, agent, [EVAL_SEED_OFFSET + s for s in range(seeds)], episodes, checkpoint,
                                    tuple(baseline))
     view = Table(title="MARL (parameter-shared PPO) vs the single-agent policy, same episodes")
@@ -933,7 +939,6 @@ def sim2real_cmd(
     """The policies on the surrogate and on real engine rounds, same seeds: the perplexity trajectory error per policy
     (round by round, against a 5% tolerance; 10% for the smallest-share device alone), returns, and whether the
     policies rank the same on both fidelities (Kendall τ). Finished engine episodes are reused by a rerun."""
-    from agents import make_policy
     from agents.train import checked_checkpoint
     from experiments.benchmark import EVAL_SEED_OFFSET
     from experiments.sim2real import SIM2REAL_POLICIES, Sim2RealConfig, sim_to_real, write_results
@@ -943,11 +948,7 @@ def sim2real_cmd(
         at_least(1, seeds=seeds, workers=workers, horizon=horizon)
         if agent is not None:
             checked_checkpoint(agent, checkpoint)
-        for name in policy:
-            try:
-                make_policy(name)
-            except ValueError as err:
-                raise ValueError(f"--policy: {err}") from None
+        check_policy_names("policy", policy)
         config = Sim2RealConfig(policies=tuple(policy) or SIM2REAL_POLICIES,
                                 seeds=tuple(EVAL_SEED_OFFSET + s for s in range(seeds)), horizon=horizon,
                                 env_kwargs=_env_kwargs(env_option), agent_dir=None if agent is None else str(agent),

@@ -95,10 +95,6 @@ def sim2real_table(directory: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _number(value: float) -> str:
-    return "–" if pd.isna(value) else f"{value:,.2f}"
-
-
 def claims_table(directory: Path) -> str:
     """The claims as ``fedpeat claims`` wrote them (``claims.md``: its command line, then one row per claim), without
     the long statement column; the command line above the table."""
